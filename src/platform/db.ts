@@ -1,0 +1,323 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import net from 'node:net';
+import { PGlite } from '@electric-sql/pglite';
+import { createPgConfig } from '@electric-sql/pglite/node-postgres';
+import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from 'kysely';
+import pg from 'pg';
+import type { Config } from './config';
+import type { Logger } from './logger';
+import type { Database } from './schema';
+import { Mutex } from './mutex';
+
+export type { Database };
+
+/** Session-scoped locks (projection runners): PostgreSQL advisory locks, or in-process ones for PGlite. */
+export interface SessionLocks {
+  tryAcquire(key: string): Promise<boolean>;
+  release(key: string): Promise<void>;
+  /** Called when held locks were lost (the lock connection dropped). */
+  onLost(listener: () => void): void;
+}
+
+export interface Db {
+  readonly kind: 'postgres' | 'pglite';
+  readonly db: Kysely<Database>;
+  /** Calls `onNotify` on every NOTIFY on the channel, from this or any other process. */
+  listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
+  readonly locks: SessionLocks;
+  /** For the embedded database served over the wire protocol: the URL CLIs and psql can use. */
+  readonly embeddedUrl?: string;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  /** Serve an embedded database on EMBEDDED_DB_PORT so CLIs and psql can reach it while we hold it. */
+  serveEmbedded?: boolean;
+}
+
+/** Opens the database the configuration names: PostgreSQL when DATABASE_URL is set, else PGlite. */
+export async function openDatabase(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Db> {
+  if (config.DATABASE_URL) return openServer(config.DATABASE_URL, config.DATABASE_POOL_SIZE, logger);
+  return openEmbedded(config, logger, options);
+}
+
+/**
+ * For CLIs: the server when configured; else the running service's embedded database over the wire
+ * protocol; else the data directory itself, when no service holds it.
+ */
+export async function openDatabaseForCli(config: Config, logger: Logger): Promise<Db> {
+  if (config.DATABASE_URL) return openServer(config.DATABASE_URL, 4, logger);
+  const running = await runningEmbeddedServer(config.DATA_DIR);
+  if (running) {
+    logger.debug({ url: running }, 'using the running service’s embedded database');
+    return openServer(running, 1, logger, { overEmbeddedSocket: true });
+  }
+  return openEmbedded(config, logger, { serveEmbedded: false });
+}
+
+async function openServer(
+  url: string,
+  poolSize: number,
+  logger: Logger,
+  opts: { overEmbeddedSocket?: boolean } = {},
+): Promise<Db> {
+  // int8 stays a string from pg (its default); callers convert to bigint.
+  const pool = new pg.Pool({ connectionString: url, max: poolSize, idleTimeoutMillis: 30_000 });
+  pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const sessionClient = new SessionClient(url, logger);
+  const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
+  return {
+    kind: 'postgres',
+    db,
+    locks,
+    listen: (channel, onNotify) => sessionClient.listen(channel, onNotify),
+    async close() {
+      await sessionClient.close();
+      await db.destroy();
+    },
+  };
+}
+
+/**
+ * One long-lived connection per process for LISTEN and advisory locks. When it drops, held locks are
+ * gone: listeners of `onLost` are told, and the next call reconnects.
+ */
+class SessionClient implements SessionLocks {
+  private client: pg.Client | undefined;
+  private connecting: Promise<pg.Client> | undefined;
+  private readonly held = new Set<string>();
+  private readonly lostListeners: (() => void)[] = [];
+  private readonly channels = new Map<string, Set<() => void>>();
+  private closed = false;
+  private readonly mutex = new Mutex();
+
+  constructor(
+    private readonly url: string,
+    private readonly logger: Logger,
+  ) {}
+
+  private async connection(): Promise<pg.Client> {
+    if (this.client) return this.client;
+    this.connecting ??= (async () => {
+      const client = new pg.Client({ connectionString: this.url });
+      client.on('error', (err) => {
+        this.logger.warn({ err }, 'database session connection failed');
+        this.drop(client);
+      });
+      client.on('end', () => this.drop(client));
+      client.on('notification', (msg) => {
+        for (const listener of this.channels.get(msg.channel) ?? []) listener();
+      });
+      try {
+        await client.connect();
+        for (const channel of this.channels.keys()) await client.query(`LISTEN ${quoteIdent(channel)}`);
+      } catch (err) {
+        this.connecting = undefined;
+        client.removeAllListeners();
+        await client.end().catch(() => undefined);
+        throw err;
+      }
+      this.client = client;
+      this.connecting = undefined;
+      return client;
+    })();
+    return this.connecting;
+  }
+
+  private drop(client: pg.Client): void {
+    if (this.client !== client) return;
+    this.client = undefined;
+    if (this.held.size > 0) {
+      this.held.clear();
+      for (const listener of this.lostListeners) listener();
+    }
+    // Listeners resubscribe on reconnect; wake them so they poll meanwhile.
+    for (const set of this.channels.values()) for (const listener of set) listener();
+    if (!this.closed && this.channels.size > 0) this.reconnectSoon();
+  }
+
+  private reconnectSoon(delay = 500): void {
+    setTimeout(() => {
+      if (this.closed || this.client) return;
+      this.connection().catch(() => this.reconnectSoon(Math.min(delay * 2, 10_000)));
+    }, delay).unref();
+  }
+
+  async listen(channel: string, onNotify: () => void): Promise<() => Promise<void>> {
+    let set = this.channels.get(channel);
+    if (!set) {
+      set = new Set();
+      this.channels.set(channel, set);
+      const client = this.client;
+      if (client) await client.query(`LISTEN ${quoteIdent(channel)}`);
+      else await this.connection().catch(() => this.reconnectSoon());
+    }
+    set.add(onNotify);
+    return async () => {
+      set.delete(onNotify);
+    };
+  }
+
+  tryAcquire(key: string): Promise<boolean> {
+    return this.mutex.run(async () => {
+      if (this.held.has(key)) return true;
+      const client = await this.connection();
+      const res = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtextextended($1, 0)) as ok', [
+        key,
+      ]);
+      if (res.rows[0]?.ok) this.held.add(key);
+      return Boolean(res.rows[0]?.ok);
+    });
+  }
+
+  release(key: string): Promise<void> {
+    return this.mutex.run(async () => {
+      if (!this.held.delete(key) || !this.client) return;
+      await this.client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [key]).catch(() => undefined);
+    });
+  }
+
+  onLost(listener: () => void): void {
+    this.lostListeners.push(listener);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const client = this.client ?? (await this.connecting?.catch(() => undefined));
+    this.client = undefined;
+    if (client) {
+      client.removeAllListeners('end');
+      await client.end().catch(() => undefined);
+    }
+  }
+}
+
+/** PGlite is one process: locks are an in-process set. */
+class LocalLocks implements SessionLocks {
+  private readonly held = new Set<string>();
+  async tryAcquire(key: string): Promise<boolean> {
+    if (this.held.has(key)) return false;
+    this.held.add(key);
+    return true;
+  }
+  async release(key: string): Promise<void> {
+    this.held.delete(key);
+  }
+  onLost(): void {}
+}
+
+async function openEmbedded(config: Config, logger: Logger, options: OpenOptions): Promise<Db> {
+  const inMemory = config.DATA_DIR === 'memory://' || config.DATA_DIR === ':memory:';
+  const dataDir = inMemory ? undefined : path.resolve(config.DATA_DIR);
+  if (dataDir) fs.mkdirSync(dataDir, { recursive: true });
+  const pglite = await PGlite.create(dataDir ? path.join(dataDir, 'pgdata') : 'memory://');
+
+  // PGlite has one session. Our pool holds `gate` for each connection checkout (a whole transaction),
+  // and the wire-protocol server takes it for each message it runs, so neither side's statements can
+  // land inside the other's transaction.
+  const gate = new Mutex();
+  const inner = new pg.Pool({ ...createPgConfig(pglite), max: 1, idleTimeoutMillis: 0 });
+  const pool: PostgresPool = {
+    async connect(): Promise<PostgresPoolClient> {
+      for (;;) {
+        const release = await gate.acquire();
+        // A wire client may be between the statements of its own transaction: let it finish.
+        if (!pglite.isInTransaction()) {
+          const client = await inner.connect();
+          return {
+            query: client.query.bind(client) as PostgresPoolClient['query'],
+            release: () => {
+              client.release();
+              release();
+            },
+          };
+        }
+        release();
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    },
+    end: () => inner.end(),
+  };
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+
+  let socketServer: PGLiteSocketServer | undefined;
+  let embeddedUrl: string | undefined;
+  if (options.serveEmbedded) {
+    const gated = new Proxy(pglite, {
+      get(target, prop) {
+        if (prop === 'runExclusive') {
+          return <T>(fn: () => Promise<T>) => gate.run(() => target.runExclusive(fn));
+        }
+        const value: unknown = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    socketServer = new PGLiteSocketServer({
+      db: gated,
+      host: config.EMBEDDED_DB_HOST,
+      port: config.EMBEDDED_DB_PORT,
+      maxConnections: 16,
+    });
+    await socketServer.start();
+    const conn = socketServer.getServerConn();
+    embeddedUrl = `postgres://postgres@${conn}/postgres?sslmode=disable`;
+    if (dataDir) {
+      fs.writeFileSync(
+        path.join(dataDir, 'server.json'),
+        JSON.stringify({ url: embeddedUrl, pid: process.pid }, null, 2),
+      );
+    }
+    logger.info({ url: embeddedUrl }, 'embedded database served over the PostgreSQL wire protocol');
+  }
+
+  return {
+    kind: 'pglite',
+    db,
+    locks: new LocalLocks(),
+    ...(embeddedUrl ? { embeddedUrl } : {}),
+    async listen(channel, onNotify) {
+      const unsubscribe = await pglite.listen(channel, onNotify);
+      return async () => unsubscribe();
+    },
+    async close() {
+      if (socketServer) {
+        await socketServer.stop();
+        if (dataDir) fs.rmSync(path.join(dataDir, 'server.json'), { force: true });
+      }
+      await db.destroy();
+      await pglite.close();
+    },
+  };
+}
+
+/** The URL of a live service's embedded database for this data directory, if one is running. */
+async function runningEmbeddedServer(dataDir: string): Promise<string | undefined> {
+  if (dataDir === 'memory://' || dataDir === ':memory:') return undefined;
+  let info: { url: string; pid: number };
+  try {
+    info = JSON.parse(fs.readFileSync(path.join(path.resolve(dataDir), 'server.json'), 'utf8')) as typeof info;
+  } catch {
+    return undefined;
+  }
+  try {
+    process.kill(info.pid, 0);
+  } catch {
+    return undefined; // the process that wrote it is gone
+  }
+  const { hostname, port } = new URL(info.url);
+  const reachable = await new Promise<boolean>((resolve) => {
+    const socket = net.connect(Number(port), hostname, () => {
+      socket.end();
+      resolve(true);
+    });
+    socket.on('error', () => resolve(false));
+  });
+  return reachable ? info.url : undefined;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}

@@ -1,0 +1,7 @@
+import type { Migration } from 'kysely';
+import * as eventstore from './0001_eventstore';
+
+/** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
+export const migrations: Record<string, Migration> = {
+  '0001_eventstore': eventstore,
+};
