@@ -163,7 +163,7 @@ class SessionClient implements SessionLocks {
 
   tryAcquire(key: string): Promise<boolean> {
     return this.mutex.run(async () => {
-      if (this.held.has(key)) return true;
+      if (this.held.has(key)) return false; // held by this process already: not reentrant, as LocalLocks
       const client = await this.connection();
       const res = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtextextended($1, 0)) as ok', [
         key,

@@ -1,0 +1,204 @@
+import { LRUCache } from 'lru-cache';
+import type { IdGenerator } from '../platform/clock';
+import type { Logger } from '../platform/logger';
+import { ConcurrencyConflict } from '../platform/errors';
+import {
+  WrongExpectedRevision,
+  type EventMetadata,
+  type EventStore,
+  type NewEvent,
+  type RecordedEvent,
+} from '../eventstore/port';
+
+/** What a decider emits: a type and its data. Ids and metadata are added by the handler. */
+export interface DecidedEvent {
+  type: string;
+  data: unknown;
+  /** Schema version of this event's data; 1 when absent. */
+  schemaVersion?: number;
+}
+
+/** Who and why: carried into every event's metadata. Time comes in here so deciders stay pure. */
+export interface CommandMetadata {
+  now: Date;
+  actorId?: string | null;
+  requestId?: string | null;
+  correlationId?: string | null;
+  causationId?: string | null;
+}
+
+export interface Command<Type extends string = string, Data = unknown> {
+  type: Type;
+  data: Data;
+  metadata: CommandMetadata;
+}
+
+/**
+ * An aggregate's rules: pure functions, no I/O, no clock, no random ids. `evolve` may return a new
+ * state or the same one changed; the handler folds only events that are stored.
+ */
+export interface Decider<State, Cmd extends Command, Evt extends DecidedEvent> {
+  /** Names the state shape: part of the cache key, so two deciders over one stream never share state. */
+  readonly name: string;
+  initialState(): State;
+  evolve(state: State, event: Evt): State;
+  decide(command: Cmd, state: State): Evt[];
+}
+
+export interface HandleResult<State> {
+  /** Global position of the last appended event, or of the stream's last event when nothing was appended. */
+  position: bigint;
+  nextExpectedRevision: bigint;
+  events: RecordedEvent[];
+  state: State;
+}
+
+export interface CommandHandlerOptions {
+  ids: IdGenerator;
+  /** How often a command is decided again after losing a race for its stream. */
+  maxRetries?: number;
+  /** Streams whose folded state is kept, so a command reads only events newer than it. */
+  cacheSize?: number;
+  logger?: Logger;
+}
+
+interface Cached {
+  revision: bigint;
+  position: bigint;
+  state: unknown;
+}
+
+/**
+ * The one generic command handler: read → fold → decide → append with the expected revision,
+ * retried on a conflict. Folded state is kept per stream with its revision, so a command reads only
+ * the events appended since (usually none) and its latency does not grow with the stream.
+ */
+export class CommandHandler {
+  private readonly cache: LRUCache<string, Cached> | undefined;
+  private readonly maxRetries: number;
+  /** Commands on one stream run one at a time in this process: they share its cached state. */
+  private readonly streamQueues = new KeyedQueue();
+
+  constructor(
+    private readonly store: EventStore,
+    private readonly options: CommandHandlerOptions,
+  ) {
+    this.maxRetries = options.maxRetries ?? 5;
+    const size = options.cacheSize ?? 10_000;
+    this.cache = size > 0 ? new LRUCache({ max: size }) : undefined;
+  }
+
+  async handle<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    streamName: string,
+    command: Cmd,
+  ): Promise<HandleResult<State>> {
+    const key = `${decider.name}\u0000${streamName}`;
+    return this.streamQueues.run(key, () => this.decideAndAppend(decider, key, streamName, command));
+  }
+
+  private async decideAndAppend<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    key: string,
+    streamName: string,
+    command: Cmd,
+  ): Promise<HandleResult<State>> {
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.load(decider, key, streamName);
+      const decided = decider.decide(command, current.state as State);
+      if (decided.length === 0) {
+        return {
+          position: current.position,
+          nextExpectedRevision: current.revision,
+          events: [],
+          state: current.state as State,
+        };
+      }
+      const events = decided.map((e) => this.toNewEvent(e, command.metadata));
+      try {
+        const result = await this.store.append(
+          streamName,
+          events,
+          current.revision < 0n ? 'no_stream' : current.revision,
+        );
+        const recorded = events.map(
+          (e, i): RecordedEvent => ({
+            ...e,
+            streamName,
+            revision: result.nextExpectedRevision - BigInt(events.length - 1 - i),
+            // Only the last event's position is known without a read; earlier ones are below it.
+            position: result.position,
+            logPosition: result.logPosition,
+            recordedAt: command.metadata.now,
+          }),
+        );
+        let state = current.state as State;
+        for (const e of decided) state = decider.evolve(state, e);
+        this.cache?.set(key, { revision: result.nextExpectedRevision, position: result.position, state });
+        return { position: result.position, nextExpectedRevision: result.nextExpectedRevision, events: recorded, state };
+      } catch (err) {
+        if (!(err instanceof WrongExpectedRevision)) throw err;
+        this.cache?.delete(key);
+        if (attempt >= this.maxRetries) {
+          throw new ConcurrencyConflict(`${streamName} kept changing; try again`);
+        }
+        this.options.logger?.debug({ streamName, attempt }, 'append conflict, deciding again');
+        await sleep(Math.random() * 5 * (attempt + 1));
+      }
+    }
+  }
+
+  /** The stream's state: the cached fold plus whatever was appended since (by us or anyone else). */
+  private async load<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    key: string,
+    streamName: string,
+  ): Promise<Cached> {
+    const cached = this.cache?.get(key);
+    let revision = cached?.revision ?? -1n;
+    let position = cached?.position ?? 0n;
+    // Deciders may change state in place; a cached state is only ever advanced by stored events.
+    let state = (cached?.state as State | undefined) ?? decider.initialState();
+    const newer = await this.store.readStream(streamName, { fromRevision: revision + 1n });
+    for (const e of newer) {
+      state = decider.evolve(state, e as unknown as Evt);
+      revision = e.revision;
+      position = e.position;
+    }
+    const loaded = { revision, position, state };
+    if (newer.length > 0) this.cache?.set(key, loaded);
+    return loaded;
+  }
+
+  private toNewEvent(e: DecidedEvent, m: CommandMetadata): NewEvent {
+    const metadata: EventMetadata = {
+      occurredAt: m.now.toISOString(),
+      actorId: m.actorId ?? null,
+      requestId: m.requestId ?? null,
+      correlationId: m.correlationId ?? m.requestId ?? null,
+      causationId: m.causationId ?? null,
+      schemaVersion: e.schemaVersion ?? 1,
+    };
+    return { id: this.options.ids.next(), type: e.type, data: e.data, metadata };
+  }
+}
+
+/** Runs tasks one after another per key; keys with nothing queued hold no memory. */
+class KeyedQueue {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const result = prev.then(task, task);
+    const tail = result.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return result;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

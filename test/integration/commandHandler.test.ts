@@ -1,0 +1,146 @@
+import { CommandHandler } from '../../src/commands/handler';
+import { createPostgresEventStore } from '../../src/eventstore/postgres';
+import type { EventStore, ReadStreamOptions } from '../../src/eventstore/port';
+import { uuidV7Ids } from '../../src/platform/clock';
+import { ConcurrencyConflict, BadRequest } from '../../src/platform/errors';
+import { counterDecider, type CounterCommand } from '../support/counter';
+import { openTestDatabase, testDatabases, type TestDatabase } from '../support/databases';
+
+const increment = (by: number, actorId = 'user-1'): CounterCommand => ({
+  type: 'Increment',
+  data: { by },
+  metadata: { now: new Date(), actorId, requestId: 'req-1' },
+});
+
+/** Counts what the handler reads, to prove reads stay small as a stream grows. */
+function countingStore(inner: EventStore) {
+  const counts = { eventsRead: 0, reads: 0 };
+  const store: EventStore = {
+    ...inner,
+    async readStream(name: string, opts?: ReadStreamOptions) {
+      const events = await inner.readStream(name, opts);
+      counts.reads++;
+      counts.eventsRead += events.length;
+      return events;
+    },
+  };
+  return { store, counts };
+}
+
+describe.each(testDatabases())('command handler on %s', (kind) => {
+  let t: TestDatabase;
+  let store: EventStore;
+  beforeAll(async () => {
+    t = await openTestDatabase(kind);
+    store = createPostgresEventStore(t.db);
+  });
+  afterAll(async () => {
+    await store.close();
+    await t.close();
+  });
+
+  it('reads, folds, decides and appends, answering with the last global position', async () => {
+    const handler = new CommandHandler(store, { ids: uuidV7Ids });
+    const first = await handler.handle(counterDecider, 'counter-a', increment(2));
+    const second = await handler.handle(counterDecider, 'counter-a', increment(5));
+    expect(second.state.value).toBe(7);
+    expect(second.nextExpectedRevision).toBe(1n);
+    expect(second.position).toBeGreaterThan(first.position);
+    const stored = await store.readStream('counter-a');
+    expect(stored.map((e) => e.data)).toEqual([
+      expect.objectContaining({ by: 2 }),
+      expect.objectContaining({ by: 5 }),
+    ]);
+    expect(stored[1]!.position).toBe(second.position);
+    expect(stored[1]!.metadata).toMatchObject({ actorId: 'user-1', requestId: 'req-1', schemaVersion: 1 });
+  });
+
+  it('appends nothing when the decider decides nothing, and rethrows domain errors untouched', async () => {
+    const handler = new CommandHandler(store, { ids: uuidV7Ids });
+    const reset = await handler.handle(counterDecider, 'counter-empty', {
+      type: 'Reset',
+      data: {},
+      metadata: { now: new Date() },
+    });
+    expect(reset.events).toEqual([]);
+    expect(await store.readStream('counter-empty')).toEqual([]);
+    await expect(handler.handle(counterDecider, 'counter-empty', increment(-1))).rejects.toBeInstanceOf(BadRequest);
+  });
+
+  it('decides again on a conflict with another instance, so no increment is lost', async () => {
+    // Two handlers = two service instances with their own caches, racing on one stream.
+    const a = new CommandHandler(store, { ids: uuidV7Ids, maxRetries: 50 });
+    const b = new CommandHandler(store, { ids: uuidV7Ids, maxRetries: 50 });
+    await Promise.all(
+      Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).handle(counterDecider, 'counter-race', increment(1))),
+    );
+    const events = await store.readStream('counter-race');
+    expect(events).toHaveLength(40);
+    expect(events.map((e) => e.revision)).toEqual(Array.from({ length: 40 }, (_, i) => BigInt(i)));
+    const final = await a.handle(counterDecider, 'counter-race', increment(1));
+    expect(final.state.value).toBe(41);
+  });
+
+  it('gives up with a 409 ConcurrencyConflict after its bounded retries', async () => {
+    // Another writer appends to the stream before each of our appends: every attempt conflicts.
+    const rival = new CommandHandler(store, { ids: uuidV7Ids });
+    const racing: EventStore = {
+      ...store,
+      async append(name, events, expected) {
+        await rival.handle(counterDecider, name, increment(1, 'rival'));
+        return store.append(name, events, expected);
+      },
+    };
+    const handler = new CommandHandler(racing, { ids: uuidV7Ids, maxRetries: 2 });
+    const error = await handler.handle(counterDecider, 'counter-contended', increment(1)).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConcurrencyConflict);
+    expect((error as ConcurrencyConflict).status).toBe(409);
+    const events = await store.readStream('counter-contended');
+    expect(events.every((e) => e.metadata.actorId === 'rival')).toBe(true);
+    expect(events).toHaveLength(3);
+  });
+
+  it('reads only the events appended since its cached state, however long the stream', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const handler = new CommandHandler(counted, { ids: uuidV7Ids });
+    await store.append(
+      'counter-long',
+      Array.from({ length: 500 }, () => ({
+        id: uuidV7Ids.next(),
+        type: 'CounterIncremented',
+        data: { by: 1, incrementedAt: new Date().toISOString() },
+        metadata: { occurredAt: new Date().toISOString(), schemaVersion: 1 },
+      })),
+      'no_stream',
+    );
+    await handler.handle(counterDecider, 'counter-long', increment(1));
+    expect(counts.eventsRead).toBe(500);
+    counts.eventsRead = 0;
+    for (let i = 0; i < 20; i++) await handler.handle(counterDecider, 'counter-long', increment(1));
+    expect(counts.eventsRead).toBe(0);
+    // An append by another instance is picked up as one newer event, not a re-read.
+    await new CommandHandler(store, { ids: uuidV7Ids }).handle(counterDecider, 'counter-long', increment(10));
+    const after = await handler.handle(counterDecider, 'counter-long', increment(1));
+    expect(counts.eventsRead).toBe(1);
+    expect(after.state.value).toBe(500 + 1 + 20 + 10 + 1);
+  });
+
+  it('runs concurrent commands on one stream in one process one after another, without conflicts', async () => {
+    const appends: unknown[] = [];
+    const watching: EventStore = {
+      ...store,
+      async append(name, events, expected) {
+        appends.push(expected);
+        return store.append(name, events, expected);
+      },
+    };
+    const handler = new CommandHandler(watching, { ids: uuidV7Ids, maxRetries: 0 });
+    const results = await Promise.all(
+      Array.from({ length: 25 }, () => handler.handle(counterDecider, 'counter-local', increment(1))),
+    );
+    expect(results.map((r) => r.state.value).sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 25 }, (_, i) => i + 1),
+    );
+    expect(appends).toHaveLength(25);
+  });
+});
