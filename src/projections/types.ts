@@ -3,8 +3,8 @@ import type { LogPosition, RecordedEvent } from '../eventstore/port';
 import type { Database } from '../platform/schema';
 
 /**
- * A read model. `apply` writes its tables through the handle it is given (never a fixed schema):
- * during a rebuild that handle points at new tables beside the live ones.
+ * A read model. `apply` writes its tables through the handle it is given and by unqualified names
+ * (never `public.x`): during a rebuild the search path points them at new tables beside the live ones.
  */
 export interface Projector {
   readonly name: string;

@@ -1,0 +1,435 @@
+import { sql, type Kysely, type Transaction } from 'kysely';
+import { START, compareLogPositions, type EventStore, type LogPosition } from '../eventstore/port';
+import type { Db } from '../platform/db';
+import type { Logger } from '../platform/logger';
+import type { Database } from '../platform/schema';
+import type {
+  ProjectionEngine,
+  ProjectionStatus,
+  Projector,
+  RebuildProgress,
+  RunnerState,
+} from './types';
+
+export interface ProjectionEngineOptions {
+  db: Db;
+  store: EventStore;
+  logger: Logger;
+  projectors: readonly Projector[];
+  /** Events per live batch (one transaction each). */
+  batchSize?: number;
+  /** Events per rebuild batch. */
+  rebuildBatchSize?: number;
+  /** How often a standby runner tries for the lock. */
+  standbyRetryMs?: number;
+  /** Called after each committed batch (metrics). */
+  onApplied?: (projection: string, events: number) => void;
+}
+
+export interface RunningProjectionEngine extends ProjectionEngine {
+  /** Starts a runner per projector: each catches up, then follows live appends. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Another process moved the checkpoint (a rebuild swapped tables, or a second runner): start over from it. */
+class CheckpointMoved extends Error {
+  override readonly name = 'CheckpointMoved';
+}
+
+const LAG_COUNT_CAP = 1_000_000;
+const POLL_MS = 10;
+
+/**
+ * Runs projectors: one runner per projector across all processes (advisory lock; the others stand
+ * by). Each batch writes the rows and the checkpoint in one transaction, and only if the checkpoint
+ * is still the one the runner started the batch from — so a batch can never be applied twice, even
+ * by two runners that both believe they hold the lock.
+ */
+export function createProjectionEngine(options: ProjectionEngineOptions): RunningProjectionEngine {
+  const { db: handle, store, logger } = options;
+  const db = handle.db;
+  const byName = new Map(options.projectors.map((p) => [p.name, p]));
+  if (byName.size !== options.projectors.length) throw new Error('projector names must be unique');
+  const runners = new Map(
+    options.projectors.map((p) => [p.name, new Runner(p, handle, store, logger.child({ projection: p.name }), options)]),
+  );
+  let started = false;
+
+  function projector(name: string): Projector {
+    const p = byName.get(name);
+    if (!p) throw new Error(`unknown projection ${name}; known: ${[...byName.keys()].join(', ')}`);
+    return p;
+  }
+
+  return {
+    names: [...byName.keys()],
+
+    async start() {
+      if (started) return;
+      started = true;
+      for (const runner of runners.values()) runner.start();
+    },
+
+    async stop() {
+      await Promise.all([...runners.values()].map((r) => r.stop()));
+      started = false;
+    },
+
+    async waitFor(names, position, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      for (const name of names) projector(name);
+      let target = await store.locate(position);
+      while (!target && Date.now() < deadline) {
+        await sleep(POLL_MS);
+        target = await store.locate(position);
+      }
+      if (!target) return false;
+      const reached = target;
+      const results = await Promise.all(names.map((name) => runners.get(name)!.reached(reached, deadline)));
+      return results.every(Boolean);
+    },
+
+    async status() {
+      const rows = await db.selectFrom('projection_checkpoints').selectAll().execute();
+      const byRow = new Map(rows.map((r) => [r.name, r]));
+      return Promise.all(
+        options.projectors.map(async (p): Promise<ProjectionStatus> => {
+          const row = byRow.get(p.name);
+          const checkpoint = row ? { txid: BigInt(row.txid), position: BigInt(row.position) } : null;
+          const runner = runners.get(p.name)!;
+          return {
+            name: p.name,
+            version: p.version,
+            state: started ? runner.state : 'stopped',
+            checkpoint,
+            lag: await countLag(db, p, checkpoint ?? START),
+            lastError: runner.lastError,
+          };
+        }),
+      );
+    },
+
+    async rebuild(name, onProgress) {
+      await rebuildProjection(handle, store, projector(name), logger, options.rebuildBatchSize ?? 5_000, onProgress);
+      runners.get(name)!.checkpointMoved();
+    },
+  };
+}
+
+class Runner {
+  state: RunnerState = 'stopped';
+  lastError: string | null = null;
+  private checkpoint: LogPosition | undefined;
+  private stopping = false;
+  private loop: Promise<void> | undefined;
+  private subscription: { stop(): Promise<void> } | undefined;
+  private wakeStandby: (() => void) | undefined;
+  private progress = new Set<() => void>();
+  private readonly lockKey: string;
+  private holding = false;
+
+  constructor(
+    private readonly projector: Projector,
+    private readonly handle: Db,
+    private readonly store: EventStore,
+    private readonly logger: Logger,
+    private readonly options: ProjectionEngineOptions,
+  ) {
+    this.lockKey = `projection:${projector.name}`;
+    handle.locks.onLost(() => {
+      this.holding = false;
+      if (this.state === 'running') {
+        this.logger.warn('projection lock lost; standing by');
+        void this.subscription?.stop();
+      }
+    });
+  }
+
+  start(): void {
+    this.stopping = false;
+    this.loop ??= this.run().finally(() => (this.loop = undefined));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wakeStandby?.();
+    await this.subscription?.stop();
+    await this.loop;
+    this.state = 'stopped';
+  }
+
+  /** A rebuild in this process replaced the tables: resume from the new checkpoint. */
+  checkpointMoved(): void {
+    void this.subscription?.stop();
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 500;
+    while (!this.stopping) {
+      this.holding ||= await this.handle.locks.tryAcquire(this.lockKey).catch((err: unknown) => {
+        this.logger.warn({ err }, 'cannot take the projection lock');
+        return false;
+      });
+      if (!this.holding) {
+        this.state = 'standby';
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, this.options.standbyRetryMs ?? 2_000);
+          this.wakeStandby = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        continue;
+      }
+      try {
+        this.state = 'starting';
+        const row = await this.loadCheckpoint();
+        if (row.version !== this.projector.version) {
+          this.state = 'rebuilding';
+          this.logger.info({ from: row.version, to: this.projector.version }, 'projection version changed: rebuilding');
+          await rebuildProjection(
+            this.handle,
+            this.store,
+            this.projector,
+            this.logger,
+            this.options.rebuildBatchSize ?? 5_000,
+          );
+          continue;
+        }
+        this.checkpoint = row.position;
+        this.state = 'running';
+        const failure = await this.follow(row.position);
+        if (failure instanceof CheckpointMoved || failure === undefined) {
+          backoff = 500;
+          continue;
+        }
+        throw failure;
+      } catch (err) {
+        this.state = 'failed';
+        this.lastError = err instanceof Error ? err.message : String(err);
+        this.logger.error({ err }, 'projection failed; retrying');
+        await this.releaseLock();
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 30_000);
+      }
+    }
+    await this.releaseLock();
+  }
+
+  private async releaseLock(): Promise<void> {
+    if (!this.holding) return;
+    this.holding = false;
+    await this.handle.locks.release(this.lockKey).catch(() => undefined);
+  }
+
+  /** Follows the log until stopped; resolves with the error that ended it, if any. */
+  private follow(from: LogPosition): Promise<unknown> {
+    return new Promise<unknown>((resolve) => {
+      let failure: unknown;
+      const sub = this.store.subscribe(
+        {
+          onEvents: async (events, next) => {
+            await this.commit(events, next);
+            if (events.length > 0) this.options.onApplied?.(this.projector.name, events.length);
+            this.lastError = null;
+          },
+          onError: (err) => {
+            failure = err;
+          },
+        },
+        {
+          from,
+          filter: { eventTypes: this.projector.eventTypes },
+          batchSize: this.options.batchSize ?? 500,
+        },
+      );
+      this.subscription = {
+        stop: async () => {
+          await sub.stop();
+        },
+      };
+      void sub.done.then(() => resolve(failure));
+    });
+  }
+
+  private async commit(events: Parameters<Projector['apply']>[1], next: LogPosition): Promise<void> {
+    const expected = this.checkpoint ?? START;
+    await this.handle.db.transaction().execute(async (trx) => {
+      const row = await lockCheckpoint(trx, this.projector.name);
+      if (!row || compareLogPositions(row.position, expected) !== 0) {
+        throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
+      }
+      if (events.length > 0) await this.projector.apply(trx, events);
+      await trx
+        .updateTable('projection_checkpoints')
+        .set({ txid: String(next.txid), position: String(next.position), updated_at: new Date() })
+        .where('name', '=', this.projector.name)
+        .execute();
+    });
+    this.checkpoint = next;
+    const waiters = this.progress;
+    this.progress = new Set();
+    for (const w of waiters) w();
+  }
+
+  private async loadCheckpoint(): Promise<{ version: number; position: LogPosition }> {
+    const db = this.handle.db;
+    await db
+      .insertInto('projection_checkpoints')
+      .values({ name: this.projector.name, version: this.projector.version, txid: '0', position: '0' })
+      .onConflict((oc) => oc.column('name').doNothing())
+      .execute();
+    const row = await db
+      .selectFrom('projection_checkpoints')
+      .selectAll()
+      .where('name', '=', this.projector.name)
+      .executeTakeFirstOrThrow();
+    return { version: row.version, position: { txid: BigInt(row.txid), position: BigInt(row.position) } };
+  }
+
+  /** Resolves true once this projection has applied everything up to `target`, false at the deadline. */
+  async reached(target: LogPosition, deadline: number): Promise<boolean> {
+    for (;;) {
+      const at = this.state === 'running' ? this.checkpoint : await this.storedCheckpoint();
+      if (at && compareLogPositions(at, target) >= 0) return true;
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      if (this.state === 'running') {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(timer);
+            this.progress.delete(done);
+            resolve();
+          };
+          const timer = setTimeout(done, Math.min(left, 250));
+          this.progress.add(done);
+        });
+      } else {
+        // The runner is in another process: its checkpoint is in the table.
+        await sleep(Math.min(left, POLL_MS));
+      }
+    }
+  }
+
+  /** The checkpoint in the table, if it is of this projector's version (an older one is about to be rebuilt). */
+  private async storedCheckpoint(): Promise<LogPosition | undefined> {
+    const row = await this.handle.db
+      .selectFrom('projection_checkpoints')
+      .select(['version', 'txid', 'position'])
+      .where('name', '=', this.projector.name)
+      .executeTakeFirst();
+    if (!row || row.version !== this.projector.version) return undefined;
+    return { txid: BigInt(row.txid), position: BigInt(row.position) };
+  }
+}
+
+async function lockCheckpoint(
+  trx: Transaction<Database>,
+  name: string,
+): Promise<{ version: number; position: LogPosition } | undefined> {
+  const row = await trx
+    .selectFrom('projection_checkpoints')
+    .select(['version', 'txid', 'position'])
+    .where('name', '=', name)
+    .forUpdate()
+    .executeTakeFirst();
+  return row ? { version: row.version, position: { txid: BigInt(row.txid), position: BigInt(row.position) } } : undefined;
+}
+
+async function countLag(db: Kysely<Database>, p: Projector, from: LogPosition): Promise<number> {
+  const types = p.eventTypes.length > 0 ? sql`and e.type = any(${[...p.eventTypes]}::text[])` : sql``;
+  const res = await sql<{ n: string }>`
+    select count(*) as n from (
+      select 1 from events e
+      where (e.txid, e.position) > (${String(from.txid)}::xid8, ${String(from.position)}::bigint) ${types}
+      limit ${LAG_COUNT_CAP}
+    ) x`.execute(db);
+  return Number(res.rows[0]?.n ?? 0);
+}
+
+/**
+ * Builds the projection's tables anew beside the live ones (same structure, in a schema of their
+ * own) from the start of the log, then swaps them in one transaction. The live runner keeps
+ * serving from the old tables meanwhile; the swap sets the checkpoint to where the rebuild got to,
+ * so the live runner, finding its checkpoint moved, resumes from there on the new tables.
+ */
+export async function rebuildProjection(
+  handle: Db,
+  store: EventStore,
+  projector: Projector,
+  logger: Logger,
+  batchSize: number,
+  onProgress?: (p: RebuildProgress) => void,
+): Promise<void> {
+  const db = handle.db;
+  const lockKey = `projection-rebuild:${projector.name}`;
+  if (!(await handle.locks.tryAcquire(lockKey))) {
+    throw new Error(`a rebuild of ${projector.name} is already running`);
+  }
+  const schema = `rebuild_${projector.name.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}`;
+  try {
+    await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(db);
+    await sql`create schema ${sql.id(schema)}`.execute(db);
+    for (const table of projector.tables) {
+      await sql`create table ${sql.id(schema, table)} (like ${sql.id('public', table)} including all)`.execute(db);
+    }
+    const types = projector.eventTypes;
+    const total = Number(
+      (
+        await sql<{ n: string }>`
+          select count(*) as n from events ${types.length > 0 ? sql`where type = any(${[...types]}::text[])` : sql``}`.execute(
+          db,
+        )
+      ).rows[0]?.n ?? 0,
+    );
+    let position = START;
+    let processed = 0;
+    onProgress?.({ name: projector.name, processed, total });
+    for (;;) {
+      const batch = await store.readAll({ from: position, maxCount: batchSize, filter: { eventTypes: types } });
+      if (batch.events.length > 0) {
+        await db.transaction().execute(async (trx) => {
+          // Unqualified names resolve to the new tables first, whatever SQL the projector writes.
+          await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
+          await projector.apply(trx, batch.events);
+        });
+        processed += batch.events.length;
+        onProgress?.({ name: projector.name, processed, total: Math.max(total, processed) });
+      }
+      position = batch.next;
+      if (batch.caughtUp) break;
+    }
+    await db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('projection_checkpoints')
+        .values({ name: projector.name, version: projector.version, txid: '0', position: '0' })
+        .onConflict((oc) => oc.column('name').doNothing())
+        .execute();
+      // Holding the checkpoint row keeps the live runner from committing a batch into the old tables.
+      await lockCheckpoint(trx, projector.name);
+      for (const table of projector.tables) {
+        await sql`drop table ${sql.id('public', table)}`.execute(trx);
+        await sql`alter table ${sql.id(schema, table)} set schema public`.execute(trx);
+      }
+      await sql`drop schema ${sql.id(schema)}`.execute(trx);
+      await trx
+        .updateTable('projection_checkpoints')
+        .set({
+          version: projector.version,
+          txid: String(position.txid),
+          position: String(position.position),
+          updated_at: new Date(),
+        })
+        .where('name', '=', projector.name)
+        .execute();
+    });
+    logger.info({ projection: projector.name, events: processed }, 'projection rebuilt and swapped in');
+  } finally {
+    await handle.locks.release(lockKey).catch(() => undefined);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
