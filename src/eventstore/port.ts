@@ -94,7 +94,10 @@ export interface ReadAllBatch {
 }
 
 export interface SubscriptionHandler {
-  /** Called with each batch in log order; the next batch waits for it. `next` is the batch's checkpoint. */
+  /**
+   * Called with each batch in log order; the next batch waits for it. `next` is the batch's
+   * checkpoint. `events` may be empty when only the checkpoint moved past filtered-out events.
+   */
   onEvents(events: RecordedEvent[], next: LogPosition): Promise<void>;
   /** Called when the subscription has read everything there is (also after filtered-out stretches). */
   onCaughtUp?(at: LogPosition): Promise<void> | void;
@@ -121,6 +124,8 @@ export interface EventStore {
   readStream(streamName: string, options?: ReadStreamOptions): Promise<RecordedEvent[]>;
   readAll(options?: ReadAllOptions): Promise<ReadAllBatch>;
   subscribe(handler: SubscriptionHandler, options?: SubscribeOptions): Subscription;
+  /** How many events match after `from` (exclusive), counting no further than `limit` (lag, progress). */
+  count(options: { from?: LogPosition; filter?: EventFilter; limit: number }): Promise<number>;
   /** The log position of the event at a public global position, if it exists. */
   locate(position: bigint): Promise<LogPosition | undefined>;
   /** The newest safely readable point of the log (for lag). */

@@ -28,12 +28,62 @@ const CHANNEL = 'eventstore_appended';
 const IDLE_POLL_MS = 1_000;
 /** Committed events wait behind an older open transaction: look again this soon. */
 const BLOCKED_POLL_MS = 5;
+const NOTIFY_INTERVAL_MS = 5;
 
 export interface PostgresEventStoreOptions {
   logger?: Logger;
   /** Called after every append with its duration in seconds (metrics). */
   onAppend?: (seconds: number, events: number) => void;
 }
+
+const MAX_BIGINT = 2n ** 63n - 1n;
+
+/**
+ * Appends, one statement each: the `streams` row change carries the expected-revision check (its
+ * row lock serialises writers of one stream) and feeds the new revisions to the insert. $1 stream,
+ * $2 event count, $3 category, $4 events as a JSON array, $5 expected revision.
+ */
+const APPEND_SQL: Record<'no_stream' | 'any' | 'stream_exists' | 'exact', string> = (() => {
+  const insert = `
+    insert into events (event_id, stream_name, revision, category, type, data, metadata)
+    select (v.e->>'id')::uuid, $1, s.revision - $2 + v.ord, $3, v.e->>'type', v.e->'data', v.e->'metadata'
+    from s, jsonb_array_elements($4::jsonb) with ordinality as v(e, ord)
+    order by v.ord
+    returning position, txid::text as txid, revision`;
+  return {
+    no_stream: `with s as (insert into streams (stream_name, revision) values ($1, $2::int - 1)
+                on conflict (stream_name) do nothing returning revision) ${insert}`,
+    any: `with s as (insert into streams (stream_name, revision) values ($1, $2::int - 1)
+          on conflict (stream_name) do update set revision = streams.revision + $2 returning revision) ${insert}`,
+    stream_exists: `with s as (update streams set revision = revision + $2 where stream_name = $1
+                    returning revision) ${insert}`,
+    exact: `with s as (update streams set revision = revision + $2 where stream_name = $1 and revision = $5::bigint
+            returning revision) ${insert}`,
+  };
+})();
+
+// Times come as epoch milliseconds: parsing timestamptz text costs more than the rest of a row.
+const EVENT_COLUMNS =
+  'position, txid::text as txid, event_id, stream_name, revision, type, data, metadata, (extract(epoch from recorded_at) * 1000)::float8 as recorded_ms';
+const READ_STREAM_FORWARDS_SQL = `select ${EVENT_COLUMNS} from events
+  where stream_name = $1 and revision >= $2::bigint order by revision asc limit $3`;
+const READ_STREAM_BACKWARDS_SQL = `select ${EVENT_COLUMNS} from events
+  where stream_name = $1 and revision <= $2::bigint order by revision desc limit $3`;
+/**
+ * A batch after ($1, $2) below the oldest running transaction, the newest event below it (where a
+ * filtered reader may move on to) and whether committed events already wait above it.
+ */
+const READ_ALL_SQL = `
+  select b.position, b.txid::text as txid, b.event_id, b.stream_name, b.revision, b.type, b.data, b.metadata,
+         (extract(epoch from b.recorded_at) * 1000)::float8 as recorded_ms, t.txid::text as tail_txid, t.position as tail_position,
+         (select max(txid) from events) >= h.xmin as blocked
+  from (select pg_snapshot_xmin(pg_current_snapshot()) as xmin) h
+  left join lateral eventstore_read_all($1::xid8, $2::bigint, h.xmin, $3::int, $4::text[], $5::text[]) b on true
+  left join lateral (
+    select e.txid, e.position from events e where e.txid < h.xmin
+    order by e.txid desc, e.position desc limit 1
+  ) t on true
+  order by b.txid, b.position`;
 
 interface EventRow {
   position: string;
@@ -44,10 +94,8 @@ interface EventRow {
   type: string;
   data: unknown;
   metadata: unknown;
-  recorded_at: Date;
+  recorded_ms: number;
 }
-
-const eventColumns = sql`position, txid::text as txid, event_id, stream_name, revision, type, data, metadata, recorded_at`;
 
 function toRecorded(row: EventRow): RecordedEvent {
   const position = BigInt(row.position);
@@ -60,7 +108,7 @@ function toRecorded(row: EventRow): RecordedEvent {
     revision: BigInt(row.revision),
     position,
     logPosition: { txid: BigInt(row.txid), position },
-    recordedAt: row.recorded_at,
+    recordedAt: new Date(row.recorded_ms),
   };
 }
 
@@ -97,19 +145,12 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const payload = JSON.stringify(
       events.map((e) => ({ id: e.id, type: e.type, data: e.data ?? null, metadata: e.metadata })),
     );
-    const category = streamCategory(streamName);
-    const bump = streamUpsert(streamName, n, expected);
+    const mode = typeof expected === 'bigint' ? 'exact' : expected;
+    const values: unknown[] = [streamName, n, streamCategory(streamName), payload];
+    if (typeof expected === 'bigint') values.push(String(expected));
     let rows: { position: string; txid: string; revision: string }[];
     try {
-      const res = await sql<{ position: string; txid: string; revision: string }>`
-        with s as (${bump})
-        insert into events (event_id, stream_name, revision, category, type, data, metadata)
-        select (v.e->>'id')::uuid, ${streamName}, s.revision - ${n} + v.ord, ${category},
-               v.e->>'type', v.e->'data', v.e->'metadata'
-        from s, jsonb_array_elements(${payload}::jsonb) with ordinality as v(e, ord)
-        order by v.ord
-        returning position, txid::text as txid, revision`.execute(db);
-      rows = res.rows;
+      rows = await handle.query(APPEND_SQL[mode], values, `eventstore_append_${mode}`);
     } catch (err) {
       if (isUniqueViolation(err, 'events_event_id_key')) {
         return (await priorAppend(db, streamName, events, expected)) ?? conflict(db, streamName, expected);
@@ -135,15 +176,13 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const backwards = opts.direction === 'backwards';
     const limit = opts.maxCount ?? 2 ** 31 - 1;
     if (limit <= 0) return [];
-    const from = opts.fromRevision;
-    const bound =
-      from === undefined ? sql`` : backwards ? sql`and revision <= ${String(from)}` : sql`and revision >= ${String(from)}`;
-    const res = await sql<EventRow>`
-      select ${eventColumns} from events
-      where stream_name = ${streamName} ${bound}
-      order by revision ${backwards ? sql`desc` : sql`asc`}
-      limit ${limit}`.execute(db);
-    return res.rows.map(toRecorded);
+    const from = opts.fromRevision ?? (backwards ? MAX_BIGINT : 0n);
+    const rows = await handle.query<EventRow>(
+      backwards ? READ_STREAM_BACKWARDS_SQL : READ_STREAM_FORWARDS_SQL,
+      [streamName, String(from), limit],
+      backwards ? 'eventstore_read_stream_backwards' : 'eventstore_read_stream',
+    );
+    return rows.map(toRecorded);
   }
 
   async function readAll(opts: ReadAllOptions = {}): Promise<ReadAllBatch> {
@@ -154,30 +193,15 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
   async function readAllWithPending(opts: ReadAllOptions): Promise<{ batch: ReadAllBatch; blocked: boolean }> {
     const from = opts.from ?? START;
     const limit = Math.max(1, opts.maxCount ?? 1000);
-    const filter = filterSql(opts.filter);
+    const types = opts.filter?.eventTypes?.length ? [...opts.filter.eventTypes] : null;
+    const categories = opts.filter?.categories?.length ? [...opts.filter.categories] : null;
     // One statement, one snapshot: the batch, the newest safe point (to move a filtered reader on)
     // and whether committed events already wait behind an open transaction.
-    const res = await sql<
-      Partial<EventRow> & { tail_txid: string | null; tail_position: string | null; blocked: boolean }
-    >`
-      with h as materialized (select pg_snapshot_xmin(pg_current_snapshot()) as xmin)
-      select b.*, t.txid::text as tail_txid, t.position as tail_position,
-             exists (select 1 from events e, h where e.txid >= h.xmin) as blocked
-      from h
-      left join lateral (
-        select ${eventColumns} from events e
-        where (e.txid, e.position) > (${String(from.txid)}::xid8, ${String(from.position)}::bigint)
-          and e.txid < h.xmin ${filter}
-        order by e.txid, e.position
-        limit ${limit}
-      ) b on true
-      left join lateral (
-        select e.txid, e.position from events e where e.txid < h.xmin
-        order by e.txid desc, e.position desc limit 1
-      ) t on true
-      order by b.txid::text::xid8, b.position`.execute(db);
-    const first = res.rows[0];
-    const events = res.rows.filter((r) => r.position != null).map((r) => toRecorded(r as EventRow));
+    const rows = await handle.query<
+      Partial<EventRow> & { tail_txid: string | null; tail_position: string | null; blocked: boolean | null }
+    >(READ_ALL_SQL, [String(from.txid), String(from.position), limit, types, categories], 'eventstore_read_all');
+    const first = rows[0];
+    const events = rows.filter((r) => r.position != null).map((r) => toRecorded(r as EventRow));
     const caughtUp = events.length < limit;
     let next = events.length > 0 ? events[events.length - 1]!.logPosition : from;
     if (caughtUp && first?.tail_txid != null && first.tail_position != null) {
@@ -222,10 +246,24 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     };
   }
 
+  async function count(opts: { from?: LogPosition; filter?: EventFilter; limit: number }): Promise<number> {
+    const from = opts.from ?? START;
+    const res = await sql<{ n: string }>`
+      select count(*) as n from (
+        select 1 from events e
+        where (e.txid, e.position) > (${String(from.txid)}::xid8, ${String(from.position)}::bigint)
+          ${filterSql(opts.filter)}
+        limit ${opts.limit}
+      ) x`.execute(db);
+    return Number(res.rows[0]?.n ?? 0);
+  }
+
   async function locate(position: bigint): Promise<LogPosition | undefined> {
-    const res = await sql<{ txid: string }>`
-      select txid::text as txid from events where position = ${String(position)}`.execute(db);
-    const row = res.rows[0];
+    const [row] = await handle.query<{ txid: string }>(
+      'select txid::text as txid from events where position = $1',
+      [String(position)],
+      'eventstore_locate',
+    );
     return row ? { txid: BigInt(row.txid), position } : undefined;
   }
 
@@ -233,7 +271,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const res = await sql<{ txid: string; position: string }>`
       select txid::text as txid, position from events
       where txid < pg_snapshot_xmin(pg_current_snapshot())
-      order by txid desc, position desc limit 1`.execute(db);
+      order by events.txid desc, events.position desc limit 1`.execute(db);
     const row = res.rows[0];
     return row ? { txid: BigInt(row.txid), position: BigInt(row.position) } : START;
   }
@@ -244,6 +282,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     readStream,
     readAll,
     subscribe,
+    count,
     locate,
     head,
     async ping() {
@@ -255,23 +294,6 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
       await un?.();
     },
   };
-}
-
-/** The `streams` row change that stands for the expected-revision check; returns the new last revision. */
-function streamUpsert(streamName: string, n: number, expected: ExpectedRevision) {
-  switch (expected) {
-    case 'no_stream':
-      return sql`insert into streams (stream_name, revision) values (${streamName}, ${n - 1})
-                 on conflict (stream_name) do nothing returning revision`;
-    case 'any':
-      return sql`insert into streams (stream_name, revision) values (${streamName}, ${n - 1})
-                 on conflict (stream_name) do update set revision = streams.revision + ${n} returning revision`;
-    case 'stream_exists':
-      return sql`update streams set revision = revision + ${n} where stream_name = ${streamName} returning revision`;
-    default:
-      return sql`update streams set revision = revision + ${n}
-                 where stream_name = ${streamName} and revision = ${String(expected)} returning revision`;
-  }
 }
 
 /**
@@ -417,11 +439,14 @@ class DebouncedNotify {
       .execute(this.db)
       .catch((err: unknown) => this.logger?.debug({ err }, 'append notification failed'))
       .finally(() => {
-        this.inFlight = false;
-        if (this.pending) {
-          this.pending = false;
-          this.schedule();
-        }
+        // At most one NOTIFY per few milliseconds; in-process subscribers are woken directly anyway.
+        setTimeout(() => {
+          this.inFlight = false;
+          if (this.pending) {
+            this.pending = false;
+            this.schedule();
+          }
+        }, NOTIFY_INTERVAL_MS).unref();
       });
   }
 

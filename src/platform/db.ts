@@ -27,6 +27,8 @@ export interface Db {
   /** Calls `onNotify` on every NOTIFY on the channel, from this or any other process. */
   listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
   readonly locks: SessionLocks;
+  /** One statement on a pooled connection; `name` prepares it once per connection (hot paths). */
+  query<R>(text: string, values: readonly unknown[], name?: string): Promise<R[]>;
   /** For the embedded database served over the wire protocol: the URL CLIs and psql can use. */
   readonly embeddedUrl?: string;
   close(): Promise<void>;
@@ -73,6 +75,10 @@ async function openServer(
     kind: 'postgres',
     db,
     locks,
+    async query<R>(text: string, values: readonly unknown[], name?: string) {
+      const res = await pool.query({ text, values: [...values], ...(name ? { name } : {}) });
+      return res.rows as R[];
+    },
     listen: (channel, onNotify) => sessionClient.listen(channel, onNotify),
     async close() {
       await sessionClient.close();
@@ -277,6 +283,15 @@ async function openEmbedded(config: Config, logger: Logger, options: OpenOptions
     kind: 'pglite',
     db,
     locks: new LocalLocks(),
+    async query<R>(text: string, values: readonly unknown[], name?: string) {
+      const client = await pool.connect();
+      try {
+        const res = await client.query({ text, values: [...values], ...(name ? { name } : {}) } as never);
+        return (res as unknown as { rows: R[] }).rows;
+      } finally {
+        client.release();
+      }
+    },
     ...(embeddedUrl ? { embeddedUrl } : {}),
     async listen(channel, onNotify) {
       const unsubscribe = await pglite.listen(channel, onNotify);

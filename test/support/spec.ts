@@ -15,7 +15,7 @@ export function deciderSpec<S, C extends Command, E extends DecidedEvent>(decide
             then(expected: E[]) {
               expect(run()).toEqual(expected);
             },
-            thenThrows(errorClass: abstract new (...args: never[]) => Error, message?: string | RegExp) {
+            thenThrows(errorClass: new (...args: never[]) => Error, message?: string | RegExp) {
               expect(run).toThrow(errorClass);
               if (message) expect(run).toThrow(message);
             },

@@ -28,6 +28,27 @@ export async function up(db: Kysely<unknown>): Promise<void> {
       constraint events_stream_revision_key unique (stream_name, revision)
     )`.execute(db);
   await sql`create index events_log_order on events (txid, position)`.execute(db);
+  // The global read. Its plan is pinned to the ordered scan of events_log_order that stops at the
+  // limit: with a filter the planner otherwise guesses few rows and picks a bitmap scan of the whole
+  // rest of the log plus a sort, once per batch.
+  await sql`
+    create function eventstore_read_all(
+      p_from_txid xid8, p_from_position bigint, p_xmin xid8, p_limit integer, p_types text[], p_categories text[])
+    returns table ("position" bigint, txid xid8, event_id uuid, stream_name text, revision bigint, type text,
+                   data jsonb, metadata jsonb, recorded_at timestamptz)
+    language sql stable
+    set enable_bitmapscan = off
+    set enable_sort = off
+    as $$
+      select e.position, e.txid, e.event_id, e.stream_name, e.revision, e.type, e.data, e.metadata, e.recorded_at
+      from events e
+      where (e.txid, e.position) > (p_from_txid, p_from_position)
+        and e.txid < p_xmin
+        and (p_types is null or e.type = any(p_types))
+        and (p_categories is null or e.category = any(p_categories))
+      order by e.txid, e.position
+      limit p_limit
+    $$`.execute(db);
   await sql`
     create table projection_checkpoints (
       name text primary key,
@@ -40,6 +61,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql`drop table projection_checkpoints`.execute(db);
+  await sql`drop function eventstore_read_all`.execute(db);
   await sql`drop table events`.execute(db);
   await sql`drop table streams`.execute(db);
 }
