@@ -121,21 +121,24 @@ export class CommandHandler {
           events,
           current.revision < 0n ? 'no_stream' : current.revision,
         );
-        const recorded = events.map(
-          (e, i): RecordedEvent => ({
-            ...e,
-            streamName,
-            revision: result.nextExpectedRevision - BigInt(events.length - 1 - i),
-            // Only the last event's position is known without a read; earlier ones are below it.
-            position: result.position,
-            logPosition: result.logPosition,
-            recordedAt: command.metadata.now,
-          }),
-        );
+        const recorded = events.map((e, i): RecordedEvent => ({
+          ...e,
+          streamName,
+          revision: result.nextExpectedRevision - BigInt(events.length - 1 - i),
+          // Only the last event's position is known without a read; earlier ones are below it.
+          position: result.position,
+          logPosition: result.logPosition,
+          recordedAt: command.metadata.now,
+        }));
         let state = current.state as State;
         for (const e of decided) state = decider.evolve(state, e);
         this.cache?.set(key, { revision: result.nextExpectedRevision, position: result.position, state });
-        return { position: result.position, nextExpectedRevision: result.nextExpectedRevision, events: recorded, state };
+        return {
+          position: result.position,
+          nextExpectedRevision: result.nextExpectedRevision,
+          events: recorded,
+          state,
+        };
       } catch (err) {
         if (!(err instanceof WrongExpectedRevision)) throw err;
         this.cache?.delete(key);

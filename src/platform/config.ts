@@ -17,14 +17,12 @@ const optionalUrl = (protocols: readonly string[]) =>
     .optional();
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
-const list = z
-  .string()
-  .transform((v) =>
-    v
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean),
-  );
+const list = z.string().transform((v) =>
+  v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean),
+);
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
 /**
@@ -42,7 +40,14 @@ export const ConfigSchema = z.object({
   DATA_DIR: z.string().min(1).default('./data'),
   EMBEDDED_DB_HOST: z.string().min(1).default('127.0.0.1'),
   EMBEDDED_DB_PORT: int(0, 65535).default(5499),
-  EVENTSTORE_URL: optionalUrl(['postgres', 'postgresql', 'kurrentdb', 'esdb', 'kurrentdb+discover', 'esdb+discover']),
+  EVENTSTORE_URL: optionalUrl([
+    'postgres',
+    'postgresql',
+    'kurrentdb',
+    'esdb',
+    'kurrentdb+discover',
+    'esdb+discover',
+  ]),
   REDIS_URL: optionalUrl(['redis', 'rediss']),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   JWT_ISSUER: z.string().min(1).default('chat-credits'),
@@ -77,7 +82,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const parsed = ConfigSchema.safeParse(present);
   if (!parsed.success) {
     throw new ConfigError(
-      parsed.error.issues.map((i) => ({ variable: String(i.path[0] ?? '(environment)'), message: i.message })),
+      parsed.error.issues.map((i) => ({
+        variable: String(i.path[0] ?? '(environment)'),
+        message: i.message,
+      })),
     );
   }
   const config = parsed.data;

@@ -27,8 +27,16 @@ export interface Db {
   /** Calls `onNotify` on every NOTIFY on the channel, from this or any other process. */
   listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
   readonly locks: SessionLocks;
-  /** One statement on a pooled connection; `name` prepares it once per connection (hot paths). */
-  query<R>(text: string, values: readonly unknown[], name?: string): Promise<R[]>;
+  /**
+   * One statement on a pooled connection; `name` prepares it once per connection (hot paths);
+   * `arrays` returns each row as an array, which decodes a quarter faster than objects (bulk reads).
+   */
+  query<R>(
+    text: string,
+    values: readonly unknown[],
+    name?: string,
+    options?: { arrays?: boolean },
+  ): Promise<R[]>;
   /** For the embedded database served over the wire protocol: the URL CLIs and psql can use. */
   readonly embeddedUrl?: string;
   close(): Promise<void>;
@@ -75,8 +83,8 @@ async function openServer(
     kind: 'postgres',
     db,
     locks,
-    async query<R>(text: string, values: readonly unknown[], name?: string) {
-      const res = await pool.query({ text, values: [...values], ...(name ? { name } : {}) });
+    async query<R>(text: string, values: readonly unknown[], name?: string, options?: { arrays?: boolean }) {
+      const res = await pool.query(queryConfig(text, values, name, options));
       return res.rows as R[];
     },
     listen: (channel, onNotify) => sessionClient.listen(channel, onNotify),
@@ -171,9 +179,10 @@ class SessionClient implements SessionLocks {
     return this.mutex.run(async () => {
       if (this.held.has(key)) return false; // held by this process already: not reentrant, as LocalLocks
       const client = await this.connection();
-      const res = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtextextended($1, 0)) as ok', [
-        key,
-      ]);
+      const res = await client.query<{ ok: boolean }>(
+        'select pg_try_advisory_lock(hashtextextended($1, 0)) as ok',
+        [key],
+      );
       if (res.rows[0]?.ok) this.held.add(key);
       return Boolean(res.rows[0]?.ok);
     });
@@ -182,7 +191,9 @@ class SessionClient implements SessionLocks {
   release(key: string): Promise<void> {
     return this.mutex.run(async () => {
       if (!this.held.delete(key) || !this.client) return;
-      await this.client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [key]).catch(() => undefined);
+      await this.client
+        .query('select pg_advisory_unlock(hashtextextended($1, 0))', [key])
+        .catch(() => undefined);
     });
   }
 
@@ -226,24 +237,28 @@ async function openEmbedded(config: Config, logger: Logger, options: OpenOptions
   // land inside the other's transaction.
   const gate = new Mutex();
   const inner = new pg.Pool({ ...createPgConfig(pglite), max: 1, idleTimeoutMillis: 0 });
+  const checkout = async (): Promise<{ client: pg.PoolClient; release: () => void }> => {
+    for (;;) {
+      const unlock = await gate.acquire();
+      // A wire client may be between the statements of its own transaction: let it finish.
+      if (!pglite.isInTransaction()) {
+        const client = await inner.connect();
+        return {
+          client,
+          release: () => {
+            client.release();
+            unlock();
+          },
+        };
+      }
+      unlock();
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  };
   const pool: PostgresPool = {
     async connect(): Promise<PostgresPoolClient> {
-      for (;;) {
-        const release = await gate.acquire();
-        // A wire client may be between the statements of its own transaction: let it finish.
-        if (!pglite.isInTransaction()) {
-          const client = await inner.connect();
-          return {
-            query: client.query.bind(client) as PostgresPoolClient['query'],
-            release: () => {
-              client.release();
-              release();
-            },
-          };
-        }
-        release();
-        await new Promise((r) => setTimeout(r, 2));
-      }
+      const { client, release } = await checkout();
+      return { query: client.query.bind(client), release };
     },
     end: () => inner.end(),
   };
@@ -283,13 +298,13 @@ async function openEmbedded(config: Config, logger: Logger, options: OpenOptions
     kind: 'pglite',
     db,
     locks: new LocalLocks(),
-    async query<R>(text: string, values: readonly unknown[], name?: string) {
-      const client = await pool.connect();
+    async query<R>(text: string, values: readonly unknown[], name?: string, options?: { arrays?: boolean }) {
+      const { client, release } = await checkout();
       try {
-        const res = await client.query({ text, values: [...values], ...(name ? { name } : {}) } as never);
-        return (res as unknown as { rows: R[] }).rows;
+        const res = await client.query(queryConfig(text, values, name, options));
+        return res.rows as R[];
       } finally {
-        client.release();
+        release();
       }
     },
     ...(embeddedUrl ? { embeddedUrl } : {}),
@@ -313,7 +328,9 @@ async function runningEmbeddedServer(dataDir: string): Promise<string | undefine
   if (dataDir === 'memory://' || dataDir === ':memory:') return undefined;
   let info: { url: string; pid: number };
   try {
-    info = JSON.parse(fs.readFileSync(path.join(path.resolve(dataDir), 'server.json'), 'utf8')) as typeof info;
+    info = JSON.parse(
+      fs.readFileSync(path.join(path.resolve(dataDir), 'server.json'), 'utf8'),
+    ) as typeof info;
   } catch {
     return undefined;
   }
@@ -331,6 +348,20 @@ async function runningEmbeddedServer(dataDir: string): Promise<string | undefine
     socket.on('error', () => resolve(false));
   });
   return reachable ? info.url : undefined;
+}
+
+function queryConfig(
+  text: string,
+  values: readonly unknown[],
+  name: string | undefined,
+  options: { arrays?: boolean } | undefined,
+): pg.QueryConfig {
+  return {
+    text,
+    values: [...values],
+    ...(name ? { name } : {}),
+    ...(options?.arrays ? { rowMode: 'array' } : {}),
+  } as pg.QueryConfig;
 }
 
 function quoteIdent(name: string): string {

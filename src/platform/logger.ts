@@ -4,7 +4,10 @@ import type { Config } from './config';
 export type { Logger };
 
 /** pino JSON logs; credentials are redacted wherever they appear in a logged request. */
-export function createLogger(config: Pick<Config, 'LOG_LEVEL'>, destination?: pino.DestinationStream): Logger {
+export function createLogger(
+  config: Pick<Config, 'LOG_LEVEL'>,
+  destination?: pino.DestinationStream,
+): Logger {
   const options: pino.LoggerOptions = {
     level: config.LOG_LEVEL,
     base: { service: 'chat-credits' },

@@ -1,15 +1,9 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { START, compareLogPositions, type EventStore, type LogPosition } from '../eventstore/port';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
-import type {
-  ProjectionEngine,
-  ProjectionStatus,
-  Projector,
-  RebuildProgress,
-  RunnerState,
-} from './types';
+import type { ProjectionEngine, ProjectionStatus, Projector, RebuildProgress, RunnerState } from './types';
 
 export interface ProjectionEngineOptions {
   db: Db;
@@ -52,7 +46,10 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
   const byName = new Map(options.projectors.map((p) => [p.name, p]));
   if (byName.size !== options.projectors.length) throw new Error('projector names must be unique');
   const runners = new Map(
-    options.projectors.map((p) => [p.name, new Runner(p, handle, store, logger.child({ projection: p.name }), options)]),
+    options.projectors.map((p) => [
+      p.name,
+      new Runner(p, handle, store, logger.child({ projection: p.name }), options),
+    ]),
   );
   let started = false;
 
@@ -103,7 +100,11 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
             version: p.version,
             state: started ? runner.state : 'stopped',
             checkpoint,
-            lag: await countLag(db, p, checkpoint ?? START),
+            lag: await store.count({
+              from: checkpoint ?? START,
+              filter: { eventTypes: p.eventTypes },
+              limit: LAG_COUNT_CAP,
+            }),
             lastError: runner.lastError,
           };
         }),
@@ -111,7 +112,14 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
     },
 
     async rebuild(name, onProgress) {
-      await rebuildProjection(handle, store, projector(name), logger, options.rebuildBatchSize ?? 5_000, onProgress);
+      await rebuildProjection(
+        handle,
+        store,
+        projector(name),
+        logger,
+        options.rebuildBatchSize ?? 5_000,
+        onProgress,
+      );
       runners.get(name)!.checkpointMoved();
     },
   };
@@ -187,7 +195,10 @@ class Runner {
         const row = await this.loadCheckpoint();
         if (row.version !== this.projector.version) {
           this.state = 'rebuilding';
-          this.logger.info({ from: row.version, to: this.projector.version }, 'projection version changed: rebuilding');
+          this.logger.info(
+            { from: row.version, to: this.projector.version },
+            'projection version changed: rebuilding',
+          );
           await rebuildProjection(
             this.handle,
             this.store,
@@ -204,7 +215,9 @@ class Runner {
           backoff = 500;
           continue;
         }
-        throw failure;
+        throw failure instanceof Error
+          ? failure
+          : new Error(`subscription failed: ${JSON.stringify(failure)}`);
       } catch (err) {
         this.state = 'failed';
         this.lastError = err instanceof Error ? err.message : String(err);
@@ -334,18 +347,9 @@ async function lockCheckpoint(
     .where('name', '=', name)
     .forUpdate()
     .executeTakeFirst();
-  return row ? { version: row.version, position: { txid: BigInt(row.txid), position: BigInt(row.position) } } : undefined;
-}
-
-async function countLag(db: Kysely<Database>, p: Projector, from: LogPosition): Promise<number> {
-  const types = p.eventTypes.length > 0 ? sql`and e.type = any(${[...p.eventTypes]}::text[])` : sql``;
-  const res = await sql<{ n: string }>`
-    select count(*) as n from (
-      select 1 from events e
-      where (e.txid, e.position) > (${String(from.txid)}::xid8, ${String(from.position)}::bigint) ${types}
-      limit ${LAG_COUNT_CAP}
-    ) x`.execute(db);
-  return Number(res.rows[0]?.n ?? 0);
+  return row
+    ? { version: row.version, position: { txid: BigInt(row.txid), position: BigInt(row.position) } }
+    : undefined;
 }
 
 /**
@@ -372,34 +376,35 @@ export async function rebuildProjection(
     await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(db);
     await sql`create schema ${sql.id(schema)}`.execute(db);
     for (const table of projector.tables) {
-      await sql`create table ${sql.id(schema, table)} (like ${sql.id('public', table)} including all)`.execute(db);
+      await sql`create table ${sql.id(schema, table)} (like ${sql.id('public', table)} including all)`.execute(
+        db,
+      );
     }
     const types = projector.eventTypes;
-    const total = Number(
-      (
-        await sql<{ n: string }>`
-          select count(*) as n from events ${types.length > 0 ? sql`where type = any(${[...types]}::text[])` : sql``}`.execute(
-          db,
-        )
-      ).rows[0]?.n ?? 0,
-    );
-    let position = START;
+    const total = await store.count({ filter: { eventTypes: types }, limit: Number.MAX_SAFE_INTEGER });
     let processed = 0;
     onProgress?.({ name: projector.name, processed, total });
+    const read = (from: LogPosition) =>
+      store.readAll({ from, maxCount: batchSize, filter: { eventTypes: types } });
+    let batch = await read(START);
     for (;;) {
-      const batch = await store.readAll({ from: position, maxCount: batchSize, filter: { eventTypes: types } });
+      // Read the next batch while this one is applied: decoding rows and writing them overlap.
+      const next = batch.caughtUp ? undefined : read(batch.next);
+      next?.catch(() => undefined); // awaited below; don't let a failure go unhandled meanwhile
       if (batch.events.length > 0) {
+        const events = batch.events;
         await db.transaction().execute(async (trx) => {
           // Unqualified names resolve to the new tables first, whatever SQL the projector writes.
           await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
-          await projector.apply(trx, batch.events);
+          await projector.apply(trx, events);
         });
-        processed += batch.events.length;
+        processed += events.length;
         onProgress?.({ name: projector.name, processed, total: Math.max(total, processed) });
       }
-      position = batch.next;
-      if (batch.caughtUp) break;
+      if (!next) break;
+      batch = await next;
     }
+    const position = batch.next;
     await db.transaction().execute(async (trx) => {
       await trx
         .insertInto('projection_checkpoints')

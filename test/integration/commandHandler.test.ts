@@ -64,7 +64,9 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     });
     expect(reset.events).toEqual([]);
     expect(await store.readStream('counter-empty')).toEqual([]);
-    await expect(handler.handle(counterDecider, 'counter-empty', increment(-1))).rejects.toBeInstanceOf(BadRequest);
+    await expect(handler.handle(counterDecider, 'counter-empty', increment(-1))).rejects.toBeInstanceOf(
+      BadRequest,
+    );
   });
 
   it('decides again on a conflict with another instance, so no increment is lost', async () => {
@@ -72,7 +74,9 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     const a = new CommandHandler(store, { ids: uuidV7Ids, maxRetries: 50 });
     const b = new CommandHandler(store, { ids: uuidV7Ids, maxRetries: 50 });
     await Promise.all(
-      Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).handle(counterDecider, 'counter-race', increment(1))),
+      Array.from({ length: 40 }, (_, i) =>
+        (i % 2 ? a : b).handle(counterDecider, 'counter-race', increment(1)),
+      ),
     );
     const events = await store.readStream('counter-race');
     expect(events).toHaveLength(40);
@@ -92,7 +96,9 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
       },
     };
     const handler = new CommandHandler(racing, { ids: uuidV7Ids, maxRetries: 2 });
-    const error = await handler.handle(counterDecider, 'counter-contended', increment(1)).catch((e: unknown) => e);
+    const error = await handler
+      .handle(counterDecider, 'counter-contended', increment(1))
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConcurrencyConflict);
     expect((error as ConcurrencyConflict).status).toBe(409);
     const events = await store.readStream('counter-contended');

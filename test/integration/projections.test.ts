@@ -7,13 +7,23 @@ import { createLogger } from '../../src/platform/logger';
 import { openDatabase, type Db } from '../../src/platform/db';
 import { createProjectionEngine, type RunningProjectionEngine } from '../../src/projections/runner';
 import type { Projector } from '../../src/projections/types';
-import { counterDecider, counterProjector, counterRows, createCounterTable, type CounterCommand } from '../support/counter';
+import {
+  counterDecider,
+  counterProjector,
+  counterRows,
+  createCounterTable,
+  type CounterCommand,
+} from '../support/counter';
 import { openTestDatabase, testDatabases, type TestDatabase } from '../support/databases';
 
 const logger = createLogger({ LOG_LEVEL: 'silent' });
-const increment = (by: number): CounterCommand => ({ type: 'Increment', data: { by }, metadata: { now: new Date() } });
+const increment = (by: number): CounterCommand => ({
+  type: 'Increment',
+  data: { by },
+  metadata: { now: new Date() },
+});
 
-async function until(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error('condition not met in time');
@@ -27,7 +37,14 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
   let handler: CommandHandler;
   const engines: RunningProjectionEngine[] = [];
   const engine = (projectors: Projector[] = [counterProjector()], db: Db = t.db, s: EventStore = store) => {
-    const e = createProjectionEngine({ db, store: s, logger, projectors, batchSize: 50, standbyRetryMs: 100 });
+    const e = createProjectionEngine({
+      db,
+      store: s,
+      logger,
+      projectors,
+      batchSize: 50,
+      standbyRetryMs: 100,
+    });
     engines.push(e);
     return e;
   };
@@ -49,7 +66,7 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     const e = engine();
     await e.start();
     const last = await handler.handle(counterDecider, 'counter-0', increment(100));
-    expect(await e.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([
       { stream_name: 'counter-0', value: 140, events: 41 },
       { stream_name: 'counter-1', value: 40, events: 40 },
@@ -65,10 +82,17 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     await e.start();
     const other = await store.append(
       'other-1',
-      [{ id: uuidV7Ids.next(), type: 'SomethingElse', data: {}, metadata: { occurredAt: '', schemaVersion: 1 } }],
+      [
+        {
+          id: uuidV7Ids.next(),
+          type: 'SomethingElse',
+          data: {},
+          metadata: { occurredAt: '', schemaVersion: 1 },
+        },
+      ],
       'no_stream',
     );
-    expect(await e.waitFor(['counters'], other.position, 10_000)).toBe(true);
+    expect(await e.waitFor(['counters'], other.position, 30_000)).toBe(true);
   });
 
   it('answers false from waitFor when the projection does not get there in time', async () => {
@@ -97,7 +121,7 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(await counterRows(t.db.db)).toEqual([]);
     expect((await e.status())[0]).toMatchObject({ lastError: 'read model write failed', lag: 1 });
     failing = false;
-    expect(await e.waitFor(['counters'], r.position, 10_000)).toBe(true);
+    expect(await e.waitFor(['counters'], r.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-f', value: 7, events: 1 }]);
   });
 
@@ -105,12 +129,12 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     const first = engine();
     await first.start();
     let last = await handler.handle(counterDecider, 'counter-r', increment(1));
-    expect(await first.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    expect(await first.waitFor(['counters'], last.position, 30_000)).toBe(true);
     await first.stop();
     for (let i = 0; i < 30; i++) last = await handler.handle(counterDecider, 'counter-r', increment(1));
     const second = engine();
     await second.start();
-    expect(await second.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    expect(await second.waitFor(['counters'], last.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-r', value: 31, events: 31 }]);
   });
 
@@ -126,11 +150,11 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
       await b.start();
       await until(async () => (await b.status())[0]!.state === 'standby');
       let last = await handler.handle(counterDecider, 'counter-s', increment(2));
-      expect(await b.waitFor(['counters'], last.position, 10_000)).toBe(true); // via the stored checkpoint
+      expect(await b.waitFor(['counters'], last.position, 30_000)).toBe(true); // via the stored checkpoint
       await a.stop();
       await until(async () => (await b.status())[0]!.state === 'running');
       last = await handler.handle(counterDecider, 'counter-s', increment(3));
-      expect(await b.waitFor(['counters'], last.position, 10_000)).toBe(true);
+      expect(await b.waitFor(['counters'], last.position, 30_000)).toBe(true);
       expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-s', value: 5, events: 2 }]);
       await b.stop();
     } finally {
@@ -145,8 +169,9 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     const e = engine();
     await e.start();
     let last = await handler.handle(counterDecider, 'counter-b0', increment(1));
-    for (let i = 0; i < 200; i++) last = await handler.handle(counterDecider, `counter-b${i % 7}`, increment(i + 1));
-    expect(await e.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    for (let i = 0; i < 200; i++)
+      last = await handler.handle(counterDecider, `counter-b${i % 7}`, increment(i + 1));
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
     const before = await counterRows(t.db.db);
     // Damage the live table: a rebuild must restore it from the log.
     await sql`update counters set value = -1`.execute(t.db.db);
@@ -163,7 +188,7 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(progress.length).toBeGreaterThan(1);
     expect(progress.at(-1)).toBeGreaterThanOrEqual(201);
 
-    expect(await e.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
     const after = await counterRows(t.db.db);
     const expected = before.map((r) =>
       r.stream_name === 'counter-b0' ? { ...r, value: r.value + 20, events: r.events + 20 } : r,
@@ -171,10 +196,12 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(after).toEqual(expected);
 
     await e.rebuild('counters');
-    expect(await e.waitFor(['counters'], last.position, 10_000)).toBe(true);
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual(after);
     const schemas = await sql<{ n: string }>`
-      select count(*) as n from information_schema.schemata where schema_name like 'rebuild_%'`.execute(t.db.db);
+      select count(*) as n from information_schema.schemata where schema_name like 'rebuild_%'`.execute(
+      t.db.db,
+    );
     expect(Number(schemas.rows[0]!.n)).toBe(0);
   });
 
@@ -182,12 +209,12 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     const v1 = engine([counterProjector(1)]);
     await v1.start();
     const r = await handler.handle(counterDecider, 'counter-v', increment(4));
-    expect(await v1.waitFor(['counters'], r.position, 10_000)).toBe(true);
+    expect(await v1.waitFor(['counters'], r.position, 30_000)).toBe(true);
     await v1.stop();
     await sql`delete from counters`.execute(t.db.db);
     const v2 = engine([counterProjector(2)]);
     await v2.start();
-    expect(await v2.waitFor(['counters'], r.position, 10_000)).toBe(true);
+    expect(await v2.waitFor(['counters'], r.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-v', value: 4, events: 1 }]);
     const row = await t.db.db.selectFrom('projection_checkpoints').selectAll().executeTakeFirstOrThrow();
     expect(row.version).toBe(2);

@@ -9,9 +9,7 @@ export type CounterEvent =
   | { type: 'CounterIncremented'; data: { by: number; incrementedAt: string } }
   | { type: 'CounterReset'; data: { resetAt: string } };
 
-export type CounterCommand =
-  | Command<'Increment', { by: number }>
-  | Command<'Reset', Record<string, never>>;
+export type CounterCommand = Command<'Increment', { by: number }> | Command<'Reset', Record<string, never>>;
 
 export interface CounterState {
   value: number;
@@ -33,10 +31,15 @@ export const counterDecider: Decider<CounterState, CounterCommand, CounterEvent>
       case 'Increment':
         if (command.data.by <= 0) throw new BadRequest('increment must be positive');
         return [
-          { type: 'CounterIncremented', data: { by: command.data.by, incrementedAt: command.metadata.now.toISOString() } },
+          {
+            type: 'CounterIncremented',
+            data: { by: command.data.by, incrementedAt: command.metadata.now.toISOString() },
+          },
         ];
       case 'Reset':
-        return state.value === 0 ? [] : [{ type: 'CounterReset', data: { resetAt: command.metadata.now.toISOString() } }];
+        return state.value === 0
+          ? []
+          : [{ type: 'CounterReset', data: { resetAt: command.metadata.now.toISOString() } }];
     }
   },
 };
@@ -73,7 +76,9 @@ export async function createCounterTable(db: Kysely<Database>): Promise<void> {
   )`.execute(db);
 }
 
-export async function counterRows(db: Kysely<Database>): Promise<{ stream_name: string; value: number; events: number }[]> {
+export async function counterRows(
+  db: Kysely<Database>,
+): Promise<{ stream_name: string; value: number; events: number }[]> {
   const res = await sql<{ stream_name: string; value: number; events: number }>`
     select stream_name, value, events from counters order by stream_name`.execute(db);
   return res.rows;

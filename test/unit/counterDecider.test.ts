@@ -20,7 +20,10 @@ describe('the fixture counter decider (given/when/then)', () => {
   });
 
   it('resets only a counter that is not already zero', () => {
-    const incremented = { type: 'CounterIncremented' as const, data: { by: 2, incrementedAt: now.toISOString() } };
+    const incremented = {
+      type: 'CounterIncremented' as const,
+      data: { by: 2, incrementedAt: now.toISOString() },
+    };
     spec
       .given([incremented])
       .when({ type: 'Reset', data: {}, metadata: meta })

@@ -1,8 +1,9 @@
 import { sql, type Kysely } from 'kysely';
 
 /**
- * The event log. `txid` is the writing transaction's id: readers order by (txid, position) and read
- * only below the oldest running transaction, so an event that commits late is never skipped.
+ * The event log. Event data is `json`, not `jsonb`: the log keeps exactly what was written, and
+ * replay reads it back without jsonb's output conversion (a third of a rebuild's read time).
+ * `txid` is the writing transaction's id: readers order by (txid, position) and read only below the oldest running transaction, so an event that commits late is never skipped.
  * `streams` holds each stream's revision: the row lock on it is what makes expected-revision
  * appends safe under concurrency, in one statement.
  */
@@ -21,8 +22,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
       revision bigint not null,
       category text not null,
       type text not null,
-      data jsonb not null,
-      metadata jsonb not null,
+      data json not null,
+      metadata json not null,
       recorded_at timestamptz not null default now(),
       constraint events_event_id_key unique (event_id),
       constraint events_stream_revision_key unique (stream_name, revision)
@@ -35,7 +36,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     create function eventstore_read_all(
       p_from_txid xid8, p_from_position bigint, p_xmin xid8, p_limit integer, p_types text[], p_categories text[])
     returns table ("position" bigint, txid xid8, event_id uuid, stream_name text, revision bigint, type text,
-                   data jsonb, metadata jsonb, recorded_at timestamptz)
+                   data json, metadata json, recorded_at timestamptz)
     language sql stable
     set enable_bitmapscan = off
     set enable_sort = off

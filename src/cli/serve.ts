@@ -1,0 +1,38 @@
+import { createApp } from '../http/app';
+import { startHttpServer } from '../http/server';
+import { buildSystem } from '../system';
+import { runCli } from './run';
+
+/** `npm start`: migrate, start the projection runners, serve HTTP; SIGTERM/SIGINT shut down gracefully. */
+runCli(async (config, logger) => {
+  const system = await buildSystem(config, logger, { role: 'service' });
+  if (config.PROJECTIONS_ENABLED) await system.projections.start();
+  const app = createApp(system);
+  const server = await startHttpServer(app, config, logger);
+  logger.info(
+    {
+      port: server.port,
+      database: system.db.kind,
+      eventstore: system.store.name,
+      redis: Boolean(system.redis),
+    },
+    `serving on http://${config.HOST === '0.0.0.0' ? 'localhost' : config.HOST}:${server.port}`,
+  );
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      void (async () => {
+        await server.close(); // stop accepting, finish in-flight requests
+        await system.projections.stop();
+        await system.close(); // event store, Redis, pools, embedded database
+        logger.info('stopped');
+        resolve(0);
+      })();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+});

@@ -1,0 +1,42 @@
+import type { IncomingMessage } from 'node:http';
+import { bodyParser } from '@koa/bodyparser';
+import type { Context } from 'koa';
+import type { AppMiddleware } from '../types';
+
+const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
+const JSON_TYPES = ['application/json', '+json'];
+
+function hasBody(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const length = Number(req.headers['content-length']);
+  return Number.isFinite(length) && length > 0;
+}
+
+/**
+ * Parses JSON and form bodies (form for the OAuth2 password grant) up to `limit` (413 beyond it,
+ * 400 for malformed JSON). A POST/PUT/PATCH body of any other type is 415, except multipart,
+ * which is left unread for the routes that take files.
+ */
+export function body(limit: string): AppMiddleware {
+  const parse = bodyParser({
+    enableTypes: ['json', 'form'],
+    detectJSON: (ctx: Context) => Boolean(ctx.is(JSON_TYPES)),
+    jsonLimit: limit,
+    formLimit: limit,
+    jsonStrict: true,
+    encoding: 'utf-8',
+  });
+  return async (ctx, next) => {
+    if (WITH_BODY.has(ctx.method) && hasBody(ctx.req)) {
+      if (ctx.is('multipart')) {
+        await next();
+        return;
+      }
+      if (!ctx.is([...JSON_TYPES, 'urlencoded'])) {
+        const type = ctx.get('Content-Type').slice(0, 100) || 'none';
+        ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
+      }
+    }
+    await parse(ctx, next);
+  };
+}

@@ -1,0 +1,81 @@
+import {
+  OpenAPIRegistry,
+  OpenApiGeneratorV31,
+  extendZodWithOpenApi,
+  type ResponseConfig,
+} from '@asteasolutions/zod-to-openapi';
+import { z } from 'zod';
+import packageJson from '../../package.json';
+import { PROBLEM_CONTENT_TYPE, ProblemSchema } from './problem';
+
+// Gives `.openapi(...)` to zod schemas created from now on (zod 4 copies methods at construction,
+// so schemas built before this runs lack it). Prefer `.meta({ id, description, example })`, which
+// zod-to-openapi reads the same way and which works whatever the import order.
+extendZodWithOpenApi(z);
+
+export const API_BASE = '/api/v1';
+export const TOKEN_URL = `${API_BASE}/session/oauth2/token`;
+
+/** For `registerPath({ security })` on routes behind `auth()`. */
+export const bearerSecurity = [{ bearerAuth: [] }, { oauth2: [] }];
+
+/** A registry with the security schemes every document has. */
+export function createOpenApiRegistry(): OpenAPIRegistry {
+  const registry = new OpenAPIRegistry();
+  registry.registerComponent('securitySchemes', 'bearerAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    bearerFormat: 'JWT',
+    description: 'An access token from /session/oauth2/token (or another sign-in endpoint).',
+  });
+  registry.registerComponent('securitySchemes', 'oauth2', {
+    type: 'oauth2',
+    description: 'Username and password sign-in (the docs page’s “Authorize” button).',
+    flows: { password: { tokenUrl: TOKEN_URL, scopes: {} } },
+  });
+  return registry;
+}
+
+const STATUS_DESCRIPTIONS: Record<number, string> = {
+  400: 'Malformed or invalid input',
+  401: 'No or bad access token',
+  402: 'Not enough credits',
+  403: 'Not allowed',
+  404: 'Not found',
+  409: 'Conflict with the current state',
+  413: 'Body too large',
+  415: 'Unsupported Content-Type',
+  422: 'Idempotency key reused with another body',
+  429: 'Rate limited',
+  503: 'A dependency is down',
+  504: 'Read model not caught up in time',
+};
+
+/** `responses` entries answering problem+json, e.g. `{ 200: …, ...problemResponses(400, 401, 404) }`. */
+export function problemResponses(...statuses: number[]): Record<number, ResponseConfig> {
+  return Object.fromEntries(
+    statuses.map((status) => [
+      status,
+      {
+        description: STATUS_DESCRIPTIONS[status] ?? 'Error',
+        content: { [PROBLEM_CONTENT_TYPE]: { schema: ProblemSchema } },
+      },
+    ]),
+  );
+}
+
+export type OpenApiDocument = ReturnType<OpenApiGeneratorV31['generateDocument']>;
+
+/** The OpenAPI 3.1 document for everything registered. Paths are relative to the `/api/v1` server. */
+export function generateOpenApiDocument(registry: OpenAPIRegistry): OpenApiDocument {
+  // ProblemSchema (meta id 'Problem') is listed so components.schemas.Problem exists even when no path uses it.
+  return new OpenApiGeneratorV31([...registry.definitions, ProblemSchema]).generateDocument({
+    openapi: '3.1.0',
+    info: {
+      title: 'Chat Credits API',
+      version: packageJson.version,
+      description: packageJson.description,
+    },
+    servers: [{ url: API_BASE }],
+  });
+}

@@ -1,0 +1,64 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type Koa from 'koa';
+import type { Config } from '../platform/config';
+import type { Logger } from '../platform/logger';
+
+export interface HttpServer {
+  /** The port listened on (useful with PORT=0). */
+  readonly port: number;
+  readonly server: http.Server;
+  /**
+   * Graceful stop: no new connections, in-flight requests may finish within SHUTDOWN_TIMEOUT_MS,
+   * idle keep-alive sockets are closed at once, whatever is left at the deadline is destroyed.
+   */
+  close(): Promise<void>;
+}
+
+const IDLE_SWEEP_MS = 50;
+
+/** Listens on HOST:PORT with the app. */
+export async function startHttpServer(
+  app: Pick<Koa, 'callback'>,
+  config: Pick<Config, 'HOST' | 'PORT' | 'SHUTDOWN_TIMEOUT_MS'>,
+  logger: Logger,
+): Promise<HttpServer> {
+  const handle = app.callback();
+  const server = http.createServer((req, res) => void handle(req, res));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.PORT, config.HOST, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  logger.info({ host: config.HOST, port }, 'listening');
+
+  let closing: Promise<void> | undefined;
+  function close(): Promise<void> {
+    closing ??= new Promise<void>((resolve) => {
+      const started = Date.now();
+      server.close(() => {
+        clearInterval(sweep);
+        clearTimeout(deadline);
+        logger.info({ ms: Date.now() - started }, 'http server closed');
+        resolve();
+      });
+      // A keep-alive socket turns idle when its request finishes: close it then rather than
+      // wait for the client or the keep-alive timeout.
+      server.closeIdleConnections();
+      const sweep = setInterval(() => server.closeIdleConnections(), IDLE_SWEEP_MS);
+      const deadline = setTimeout(() => {
+        logger.warn(
+          { timeoutMs: config.SHUTDOWN_TIMEOUT_MS },
+          'shutdown timeout: closing the remaining connections',
+        );
+        server.closeAllConnections();
+      }, config.SHUTDOWN_TIMEOUT_MS);
+    });
+    return closing;
+  }
+
+  return { port, server, close };
+}

@@ -1,0 +1,58 @@
+import type { OpenAPIRegistry } from '@asteasolutions/zod-to-openapi';
+import type { Router, RouterMiddleware } from '@koa/router';
+import type { Redis } from 'ioredis';
+import type { EventStore } from '../eventstore/port';
+import type { ProjectionEngine } from '../projections/types';
+import type { Clock, IdGenerator } from '../platform/clock';
+import type { Config } from '../platform/config';
+import type { Db } from '../platform/db';
+import type { Logger } from '../platform/logger';
+import type { Metrics } from '../platform/metrics';
+import type { PermissionLevel } from '../platform/tokens';
+
+/** Everything the HTTP app needs, passed in by the caller (serve.ts, tests). */
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  db: Db;
+  store: EventStore;
+  projections: ProjectionEngine;
+  metrics: Metrics;
+  redis?: Redis | undefined;
+  clock: Clock;
+  ids: IdGenerator;
+  /**
+   * Revocation hook for `auth()`: true when the login session is revoked (or the user disabled).
+   * Unset = every validly signed, unexpired token is accepted.
+   */
+  isRevoked?: ((sessionId: string, userId: string) => Promise<boolean>) | undefined;
+}
+
+/** The caller, set by `auth()`. */
+export interface AuthUser {
+  id: string;
+  sessionId: string;
+  permission: PermissionLevel;
+}
+
+/** `ctx.state` of every request. */
+export interface AppState {
+  requestId: string;
+  user?: AuthUser;
+}
+
+/** `ctx.state` after `auth()`. */
+export type AuthedState = AppState & { user: AuthUser };
+
+/** What every request's `ctx` carries besides Koa's own. */
+export interface AppContext {
+  deps: AppDeps;
+  /** The request's logger (carries the request id). */
+  log: Logger;
+}
+
+export type AppRouter = Router<AppState, AppContext>;
+export type AppMiddleware<State extends AppState = AppState> = RouterMiddleware<State, AppContext>;
+
+/** A feature's routes: registered on the `/api/v1` router, with their OpenAPI paths. */
+export type Resource = (router: AppRouter, ctx: { deps: AppDeps; openapi: OpenAPIRegistry }) => void;

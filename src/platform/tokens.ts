@@ -1,0 +1,66 @@
+import jwt from 'jsonwebtoken';
+import { z } from 'zod';
+import { Unauthorized } from './errors';
+
+/** Permission levels carried in the `perm` claim. */
+export const Permission = { user: 0, staff: 1, admin: 2 } as const;
+export type PermissionLevel = 0 | 1 | 2;
+
+/** Who an access token speaks for. */
+export interface AccessClaims {
+  userId: string;
+  /** The login session the token was issued for (revocation is per session). */
+  sessionId: string;
+  permission: PermissionLevel;
+}
+
+export interface TokenKeys {
+  secret: string;
+  issuer: string;
+}
+
+const ALGORITHM = 'HS256';
+
+const Payload = z.object({
+  sub: z.string().min(1),
+  sid: z.string().min(1),
+  perm: z.union([z.literal(0), z.literal(1), z.literal(2)]),
+  // A token without an expiry would never expire: not one of ours.
+  exp: z.number(),
+});
+
+/** Signs an access token (HS256) valid for `expiresInSeconds` from `now`. */
+export function signAccessToken(
+  claims: AccessClaims,
+  keys: TokenKeys,
+  options: { expiresInSeconds: number; now?: Date },
+): string {
+  const iat = Math.floor((options.now ?? new Date()).getTime() / 1000);
+  return jwt.sign({ sid: claims.sessionId, perm: claims.permission, iat }, keys.secret, {
+    algorithm: ALGORITHM,
+    issuer: keys.issuer,
+    subject: claims.userId,
+    expiresIn: options.expiresInSeconds,
+  });
+}
+
+/**
+ * Verifies an access token: HS256 only (so `alg: none` and tokens signed for another algorithm or
+ * key fail), our issuer, not expired at `now`. Throws Unauthorized saying why.
+ */
+export function verifyAccessToken(token: string, keys: TokenKeys, now: Date = new Date()): AccessClaims {
+  let decoded: unknown;
+  try {
+    decoded = jwt.verify(token, keys.secret, {
+      algorithms: [ALGORITHM],
+      issuer: keys.issuer,
+      clockTimestamp: Math.floor(now.getTime() / 1000),
+    });
+  } catch (err) {
+    if (err instanceof jwt.TokenExpiredError) throw new Unauthorized('The access token has expired.');
+    throw new Unauthorized('The access token is not valid.');
+  }
+  const payload = Payload.safeParse(decoded);
+  if (!payload.success) throw new Unauthorized('The access token is not valid.');
+  return { userId: payload.data.sub, sessionId: payload.data.sid, permission: payload.data.perm };
+}

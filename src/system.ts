@@ -1,0 +1,137 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { CommandHandler } from './commands/handler';
+import { createPostgresEventStore } from './eventstore/postgres';
+import type { EventStore } from './eventstore/port';
+import { systemClock, uuidV7Ids, type Clock, type IdGenerator } from './platform/clock';
+import type { Config } from './platform/config';
+import { openDatabase, openDatabaseForCli, type Db } from './platform/db';
+import type { Logger } from './platform/logger';
+import { createMetrics, type Metrics } from './platform/metrics';
+import { migrateToLatest } from './platform/migrate';
+import { allProjectors } from './projections';
+import { createProjectionEngine, type RunningProjectionEngine } from './projections/runner';
+import type { Projector } from './projections/types';
+
+/** The service's parts, wired by argument. The HTTP app and the CLIs are built on top. */
+export interface System {
+  config: Config;
+  logger: Logger;
+  db: Db;
+  store: EventStore;
+  projections: RunningProjectionEngine;
+  commands: CommandHandler;
+  metrics: Metrics;
+  redis: Redis | undefined;
+  clock: Clock;
+  ids: IdGenerator;
+  close(): Promise<void>;
+}
+
+export interface BuildOptions {
+  /** `serve`: hold the embedded database and serve it to CLIs. CLIs: use the service's, if running. */
+  role: 'service' | 'cli';
+  projectors?: Projector[];
+  clock?: Clock;
+  ids?: IdGenerator;
+}
+
+/** Opens the database (migrating it), the event store, Redis and the projection engine. */
+export async function buildSystem(config: Config, logger: Logger, options: BuildOptions): Promise<System> {
+  const db =
+    options.role === 'service'
+      ? await openDatabase(config, logger, { serveEmbedded: true })
+      : await openDatabaseForCli(config, logger);
+  const closers: (() => Promise<unknown>)[] = [() => db.close()];
+  try {
+    await migrateToLatest(db.db);
+    const metrics = createMetrics();
+    const store = openEventStore(config, db, logger, metrics);
+    closers.unshift(() => store.close());
+    const projections = createProjectionEngine({
+      db,
+      store,
+      logger,
+      projectors: options.projectors ?? allProjectors(),
+      batchSize: config.PROJECTION_BATCH_SIZE,
+      onApplied: metrics.onApplied,
+    });
+    closers.unshift(() => projections.stop());
+    const redis = config.REDIS_URL ? openRedis(config.REDIS_URL, logger) : undefined;
+    if (redis) closers.unshift(() => redis.quit().catch(() => redis.disconnect()));
+    const ids = options.ids ?? uuidV7Ids;
+    const commands = new CommandHandler(store, {
+      ids,
+      maxRetries: config.COMMAND_MAX_RETRIES,
+      cacheSize: config.STREAM_CACHE_SIZE,
+      logger,
+    });
+    return {
+      config: { ...config, JWT_SECRET: config.JWT_SECRET ?? embeddedJwtSecret(config) },
+      logger,
+      db,
+      store,
+      projections,
+      commands,
+      metrics,
+      redis,
+      clock: options.clock ?? systemClock,
+      ids,
+      async close() {
+        for (const close of closers)
+          await close().catch((err: unknown) => logger.warn({ err }, 'close failed'));
+      },
+    };
+  } catch (err) {
+    for (const close of closers) await close().catch(() => undefined);
+    throw err;
+  }
+}
+
+function openEventStore(config: Config, db: Db, logger: Logger, metrics: Metrics): EventStore {
+  const url = config.EVENTSTORE_URL;
+  if (url && !url.startsWith('postgres')) {
+    throw new Error(`EVENTSTORE_URL ${new URL(url).protocol} is not supported by this build`);
+  }
+  if (url && url !== config.DATABASE_URL) {
+    throw new Error(
+      'EVENTSTORE_URL: the postgres event store lives in the DATABASE_URL database; leave it unset',
+    );
+  }
+  return createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
+}
+
+function openRedis(url: string, logger: Logger): Redis {
+  // Fail fast instead of queueing: a Redis outage must not stall requests (callers fall back).
+  const redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  let down = false;
+  redis.on('error', (err) => {
+    if (!down) logger.warn({ err: err.message }, 'redis unavailable');
+    down = true;
+  });
+  redis.on('ready', () => {
+    if (down) logger.info('redis back');
+    down = false;
+  });
+  return redis;
+}
+
+/**
+ * With nothing configured, tokens are signed with a secret made on first start and kept in the data
+ * directory (never in the repository), so logins survive a restart.
+ */
+function embeddedJwtSecret(config: Config): string {
+  if (config.DATA_DIR === 'memory://' || config.DATA_DIR === ':memory:')
+    return randomBytes(32).toString('hex');
+  const file = path.join(path.resolve(config.DATA_DIR), 'jwt-secret');
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    const secret = randomBytes(32).toString('hex');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, secret, { mode: 0o600 });
+    return secret;
+  }
+}

@@ -1,0 +1,232 @@
+import supertest from 'supertest';
+import { z } from 'zod';
+import { WrongExpectedRevision } from '../../src/eventstore/port';
+import { createApp } from '../../src/http/app';
+import { setEventPosition } from '../../src/http/middleware/consistency';
+import type { Resource } from '../../src/http/types';
+import { InsufficientCreditsForTest } from './fixtures';
+import { createTestApp, type TestApp } from '../support/app';
+
+const Echo = z.object({
+  name: z.string().min(1),
+  items: z.array(z.object({ qty: z.number().int().positive() })),
+});
+
+const testRoutes: Resource = (router) => {
+  router.post('/test/echo', (ctx) => {
+    ctx.body = Echo.parse(ctx.request.body);
+  });
+  router.post('/test/form', (ctx) => {
+    ctx.body = { received: ctx.request.body };
+  });
+  router.get('/test/boom', (ctx) => {
+    ctx.set('X-Event-Position', '7');
+    throw new Error('secret connection string postgres://admin:hunter2@db');
+  });
+  router.get('/test/domain', () => {
+    throw new InsufficientCreditsForTest(10, 25);
+  });
+  router.post('/test/conflict', () => {
+    throw new WrongExpectedRevision('ledger-1', 3n, 4n);
+  });
+  router.post('/test/command', (ctx) => {
+    setEventPosition(ctx, 42n);
+    ctx.status = 201;
+    ctx.body = { ok: true };
+  });
+};
+
+let t: TestApp;
+beforeAll(async () => {
+  t = await createTestApp({ resources: [testRoutes], config: { BODY_LIMIT: '1kb' } });
+});
+afterAll(() => t?.close());
+
+function expectProblem(
+  res: { status: number; headers: Record<string, string>; body: Record<string, unknown> },
+  status: number,
+) {
+  expect(res.status).toBe(status);
+  expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+  expect(res.body).toMatchObject({
+    status,
+    type: expect.stringMatching(/^\/problems\//),
+    title: expect.any(String),
+  });
+  expect(typeof res.body.detail).toBe('string');
+  expect(res.body.request_id).toBe(res.headers['x-request-id']);
+}
+
+describe('request id', () => {
+  it('echoes a sane incoming X-Request-Id', async () => {
+    const res = await t.http.get('/health').set('X-Request-Id', 'lb-abc.123_x');
+    expect(res.headers['x-request-id']).toBe('lb-abc.123_x');
+  });
+
+  it('replaces an unsafe or overlong X-Request-Id with a new UUIDv7', async () => {
+    for (const bad of ['has space', 'a'.repeat(129), 'x\u00e9', '']) {
+      const res = await t.http.get('/health').set('X-Request-Id', bad);
+      expect(res.headers['x-request-id']).not.toBe(bad);
+      expect(res.headers['x-request-id']).toMatch(
+        /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
+      );
+    }
+  });
+
+  it('generates a different id for each request', async () => {
+    const a = await t.http.get('/health');
+    const b = await t.http.get('/health');
+    expect(a.headers['x-request-id']).not.toBe(b.headers['x-request-id']);
+  });
+});
+
+describe('problem+json errors', () => {
+  it('answers 404 problem for an unknown route, with instance and request id', async () => {
+    const res = await t.http.get('/api/v1/nothing/here?x=1').set('X-Request-Id', 'req-404');
+    expectProblem(res, 404);
+    expect(res.body).toMatchObject({
+      type: '/problems/not-found',
+      instance: '/api/v1/nothing/here',
+      request_id: 'req-404',
+    });
+  });
+
+  it('answers 405 problem with Allow for a method the route does not serve', async () => {
+    const res = await t.http.delete('/api/v1/test/echo');
+    expectProblem(res, 405);
+    expect(res.headers.allow).toContain('POST');
+  });
+
+  it('answers 400 with the failing paths when zod rejects the body', async () => {
+    const res = await t.http.post('/api/v1/test/echo').send({ name: '', items: [{ qty: 1 }, { qty: -2 }] });
+    expectProblem(res, 400);
+    expect(res.body.type).toBe('/problems/validation');
+    const paths = (res.body.errors as { path: string; message: string }[]).map((e) => e.path).sort();
+    expect(paths).toEqual(['items.1.qty', 'name']);
+    expect(res.body.detail).toMatch(/name|items\.1\.qty/);
+  });
+
+  it('answers 400 for malformed JSON', async () => {
+    const res = await t.http
+      .post('/api/v1/test/echo')
+      .set('Content-Type', 'application/json')
+      .send('{"name": ');
+    expectProblem(res, 400);
+    expect(res.body.detail).toMatch(/not valid JSON/);
+  });
+
+  it('answers 413 for a body over BODY_LIMIT', async () => {
+    const res = await t.http.post('/api/v1/test/echo').send({ name: 'x'.repeat(2048), items: [] });
+    expectProblem(res, 413);
+    expect(res.body.type).toBe('/problems/payload-too-large');
+  });
+
+  it('answers 413 without reading a body far over the limit', async () => {
+    const res = await t.http
+      .post('/api/v1/test/echo')
+      .set('Content-Type', 'application/json')
+      .send(`{"name":"${'x'.repeat(3 * 1024 * 1024)}","items":[]}`);
+    expectProblem(res, 413);
+  });
+
+  it('answers 415 for a body of an unsupported Content-Type', async () => {
+    const res = await t.http.post('/api/v1/test/echo').set('Content-Type', 'text/plain').send('name=x');
+    expectProblem(res, 415);
+    expect(res.body.type).toBe('/problems/unsupported-media-type');
+  });
+
+  it('accepts form-encoded bodies (OAuth2 password grant)', async () => {
+    const res = await t.http
+      .post('/api/v1/test/form')
+      .type('form')
+      .send({ username: 'ann', password: 'pw', grant_type: 'password' });
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ received: { username: 'ann', password: 'pw', grant_type: 'password' } });
+  });
+
+  it('answers 500 for an unexpected error without leaking anything internal', async () => {
+    const res = await t.http.get('/api/v1/test/boom');
+    expectProblem(res, 500);
+    expect(res.body.type).toBe('/problems/internal');
+    const text = JSON.stringify(res.body);
+    expect(text).not.toMatch(/hunter2|postgres|secret|at .*\.ts|stack/i);
+    expect(res.headers['x-event-position']).toBeUndefined();
+  });
+
+  it('answers a DomainError with its status, type, title and extensions', async () => {
+    const res = await t.http.get('/api/v1/test/domain');
+    expectProblem(res, 402);
+    expect(res.body).toMatchObject({
+      type: '/problems/insufficient-credits',
+      title: 'Not enough credits',
+      detail: 'available 10, needed 25',
+      available: 10,
+      required: 25,
+    });
+  });
+
+  it('answers 409 when a WrongExpectedRevision escapes the command handler', async () => {
+    const res = await t.http.post('/api/v1/test/conflict');
+    expectProblem(res, 409);
+    expect(res.body.type).toBe('/problems/concurrency-conflict');
+    expect(JSON.stringify(res.body)).not.toContain('ledger-1');
+  });
+
+  it('sets X-Event-Position on commands', async () => {
+    const res = await t.http.post('/api/v1/test/command');
+    expect(res.status).toBe(201);
+    expect(res.headers['x-event-position']).toBe('42');
+  });
+});
+
+describe('CORS and security headers', () => {
+  it('answers a preflight with the allowed origin and exposes X-Event-Position', async () => {
+    const res = await t.http
+      .options('/api/v1/test/echo')
+      .set('Origin', 'https://app.example')
+      .set('Access-Control-Request-Method', 'POST')
+      .set('Access-Control-Request-Headers', 'authorization,content-type,x-consistent-after');
+    expect(res.status).toBe(204);
+    expect(res.headers['access-control-allow-origin']).toBe('*');
+    expect(res.headers['access-control-allow-methods']).toContain('POST');
+    expect(res.headers['access-control-allow-headers']).toContain('x-consistent-after');
+    const simple = await t.http.post('/api/v1/test/command').set('Origin', 'https://app.example');
+    expect(simple.headers['access-control-expose-headers']).toContain('X-Event-Position');
+    expect(simple.headers['access-control-expose-headers']).toContain('X-Consistent-After');
+  });
+
+  it('keeps CORS headers on problem responses', async () => {
+    const res = await t.http.get('/api/v1/test/boom').set('Origin', 'https://app.example');
+    expect(res.status).toBe(500);
+    expect(res.headers['access-control-allow-origin']).toBe('*');
+  });
+
+  it('only allows the configured origins', async () => {
+    // Same dependencies, another configuration: no second database needed.
+    const app = createApp({
+      ...t.deps,
+      config: { ...t.deps.config, CORS_ORIGINS: ['https://good.example'] },
+    });
+    const strict = supertest(app.callback());
+    const good = await strict
+      .options('/health')
+      .set('Origin', 'https://good.example')
+      .set('Access-Control-Request-Method', 'GET');
+    expect(good.headers['access-control-allow-origin']).toBe('https://good.example');
+    const bad = await strict
+      .options('/health')
+      .set('Origin', 'https://evil.example')
+      .set('Access-Control-Request-Method', 'GET');
+    expect(bad.headers['access-control-allow-origin']).toBeUndefined();
+  });
+
+  it('sends security headers with a strict CSP for the API', async () => {
+    const res = await t.http.get('/health');
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    expect(res.headers['strict-transport-security']).toBeDefined();
+    expect(res.headers['x-frame-options']).toBe('SAMEORIGIN');
+    expect(res.headers['content-security-policy']).toContain("default-src 'none'");
+    const problem = await t.http.get('/api/v1/test/boom');
+    expect(problem.headers['x-content-type-options']).toBe('nosniff');
+  });
+});

@@ -1,0 +1,83 @@
+import http from 'node:http';
+import { startHttpServer, type HttpServer } from '../../src/http/server';
+import type { Resource } from '../../src/http/types';
+import { createApp } from '../../src/http/app';
+import { createTestApp, type TestApp } from '../support/app';
+
+const slowRoutes: Resource = (router) => {
+  router.get('/test/slow', async (ctx) => {
+    await new Promise((r) => setTimeout(r, 400));
+    ctx.body = { done: true };
+  });
+  router.get('/test/forever', async (ctx) => {
+    await new Promise((r) => setTimeout(r, 60_000).unref());
+    ctx.body = { done: true };
+  });
+};
+
+function get(port: number, path: string, agent?: http.Agent): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      })
+      .on('error', reject);
+  });
+}
+
+let t: TestApp;
+beforeAll(async () => {
+  t = await createTestApp({ resources: [slowRoutes] });
+});
+afterAll(() => t?.close());
+
+describe('startHttpServer', () => {
+  let server: HttpServer | undefined;
+  afterEach(async () => {
+    await server?.close();
+    server = undefined;
+  });
+
+  it('listens on the configured port and serves the app', async () => {
+    server = await startHttpServer(t.app, { ...t.deps.config, HOST: '127.0.0.1', PORT: 0 }, t.deps.logger);
+    expect(server.port).toBeGreaterThan(0);
+    expect(await get(server.port, '/health')).toEqual({ status: 200, body: '{"status":"ok"}' });
+  });
+
+  it('lets an in-flight request finish on close, closes idle keep-alive sockets, refuses new connections', async () => {
+    server = await startHttpServer(t.app, { ...t.deps.config, HOST: '127.0.0.1', PORT: 0 }, t.deps.logger);
+    const { port } = server;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    await get(port, '/health', agent); // leaves an idle keep-alive socket behind
+    const inFlight = get(port, '/api/v1/test/slow', agent);
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    const closed = server.close();
+    const res = await inFlight;
+    expect(res).toEqual({ status: 200, body: '{"done":true}' });
+    await closed;
+    // Closed as soon as the slow request was done, not after a keep-alive timeout.
+    expect(Date.now() - started).toBeLessThan(2_000);
+    await expect(get(port, '/health')).rejects.toThrow(/ECONNREFUSED/);
+    agent.destroy();
+  });
+
+  it('destroys requests still running at SHUTDOWN_TIMEOUT_MS', async () => {
+    const app = createApp(t.deps, [slowRoutes]);
+    server = await startHttpServer(
+      app,
+      { ...t.deps.config, HOST: '127.0.0.1', PORT: 0, SHUTDOWN_TIMEOUT_MS: 300 },
+      t.deps.logger,
+    );
+    const stuck = get(server.port, '/api/v1/test/forever');
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    await server.close();
+    expect(Date.now() - started).toBeLessThan(1_500);
+    await expect(stuck).rejects.toThrow(/socket hang up|ECONNRESET/);
+  });
+});

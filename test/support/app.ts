@@ -1,0 +1,81 @@
+import supertest from 'supertest';
+import { createPostgresEventStore } from '../../src/eventstore/postgres';
+import { createApp, type App, type AppDeps, type Resource } from '../../src/http/app';
+import { systemClock, uuidV7Ids } from '../../src/platform/clock';
+import { testConfig, type Config } from '../../src/platform/config';
+import { openDatabase } from '../../src/platform/db';
+import { createLogger } from '../../src/platform/logger';
+import { createMetrics } from '../../src/platform/metrics';
+import { migrateToLatest } from '../../src/platform/migrate';
+import { createProjectionEngine, type RunningProjectionEngine } from '../../src/projections/runner';
+import type { Projector } from '../../src/projections/types';
+
+export interface TestAppOptions {
+  config?: Partial<Config>;
+  resources?: Resource[];
+  projectors?: Projector[];
+  /** Replace any dependency (a store whose ping fails, a logger that records...). */
+  deps?: Partial<AppDeps>;
+  /** Start the projection runners (default true). */
+  startProjections?: boolean;
+}
+
+export interface TestApp {
+  app: App;
+  deps: AppDeps;
+  engine: RunningProjectionEngine;
+  /** supertest against the app (a fresh ephemeral server per request). */
+  http: ReturnType<typeof supertest>;
+  close(): Promise<void>;
+}
+
+/** The whole app on a fresh in-memory PGlite: real event store, real projection engine. */
+export async function createTestApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const config = testConfig(options.config);
+  const logger = options.deps?.logger ?? createLogger(config);
+  const db = await openDatabase(config, logger);
+  let engine: RunningProjectionEngine | undefined;
+  try {
+    await migrateToLatest(db.db);
+    const metrics = options.deps?.metrics ?? createMetrics();
+    const store = createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
+    engine = createProjectionEngine({
+      db,
+      store,
+      logger,
+      projectors: options.projectors ?? [],
+      batchSize: config.PROJECTION_BATCH_SIZE,
+      onApplied: metrics.onApplied,
+    });
+    const deps: AppDeps = {
+      config,
+      logger,
+      db,
+      store,
+      projections: engine,
+      metrics,
+      clock: systemClock,
+      ids: uuidV7Ids,
+      ...options.deps,
+    };
+    const app = createApp(deps, options.resources ?? []);
+    if (options.startProjections ?? true) await engine.start();
+    const running = engine;
+    return {
+      app,
+      deps,
+      engine: running,
+      http: supertest(app.callback()),
+      async close() {
+        await running.stop();
+        await store.close();
+        await db.close();
+      },
+    };
+  } catch (err) {
+    // A failed setup must not leave the database open (jest would hang on it).
+    await engine?.stop().catch(() => undefined);
+    await db.close().catch(() => undefined);
+    throw err;
+  }
+}
