@@ -24,7 +24,16 @@ export async function eventstoreBench(ctx: BenchContext): Promise<void> {
     const db = await openBenchDb(server.config);
     try {
       const raw = await pgbenchInserts(server.url, seconds);
+      const sameStatement = await pgbenchAppendStatement(server.url, seconds);
       const appends = await appendRate(db, seconds, CONCURRENCY);
+      ctx.figures.push({
+        suite: 'eventstore',
+        name: `pgbench running the append statement itself, ${CONCURRENCY} clients (the server's share)`,
+        value: sameStatement,
+        unit: 'appends/s',
+        reference: { name: `pgbench raw inserts/s, ${CONCURRENCY} clients`, value: raw },
+        ratio: sameStatement / raw,
+      });
       ctx.figures.push({
         suite: 'eventstore',
         name: `appends/s, PostgreSQL, ${CONCURRENCY} appenders, 1 event each`,
@@ -87,6 +96,34 @@ async function pgbenchInserts(url: string, seconds: number): Promise<number> {
   await onServer(
     url,
     'create table raw_inserts (id bigserial primary key, stream text not null, data json not null)',
+  );
+  const { stdout } = await run(
+    'pgbench',
+    ['-n', '-c', String(CONCURRENCY), '-j', '2', '-T', String(seconds), '-f', script, '-M', 'prepared', url],
+    { maxBuffer: 1 << 24 },
+  );
+  fs.rmSync(dir, { recursive: true, force: true });
+  const m = /tps = ([\d.]+)/.exec(stdout);
+  if (!m) throw new Error(`cannot read pgbench output:\n${stdout}`);
+  return Number(m[1]);
+}
+
+/**
+ * The append statement as the store sends it (the `any` form, one event), driven by pgbench: what
+ * the server alone can do, so the table separates the statement's cost from the client's.
+ */
+async function pgbenchAppendStatement(url: string, seconds: number): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbench-'));
+  const script = path.join(dir, 'append.sql');
+  fs.writeFileSync(
+    script,
+    `with s as (insert into streams (stream_name, revision) values ('pgbench-' || :client_id, 0)
+      on conflict (stream_name) do update set revision = streams.revision + 1 returning revision)
+    insert into events (event_id, stream_name, revision, category, type, data, metadata)
+    select (v.e->>'id')::uuid, 'pgbench-' || :client_id, s.revision - 1 + v.ord, 'pgbench', v.e->>'type', v.e->'data', v.e->'metadata'
+    from s, json_array_elements(('[{"id":"' || gen_random_uuid() || '","type":"BenchAppended","data":{"n":1,"kind":"bench"},"metadata":{"occurredAt":"' || now() || '","schemaVersion":1}}]')::json) with ordinality as v(e, ord)
+    order by v.ord
+    returning position, txid::text as txid, revision;\n`.replace(/\n\s+/g, ' '),
   );
   const { stdout } = await run(
     'pgbench',

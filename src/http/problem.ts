@@ -46,6 +46,34 @@ interface HttpErrorLike extends Error {
   limit?: number;
 }
 
+/** Socket errors, and PostgreSQL's connection-exception (08…) and shutdown (57P0…) classes. */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  '57P01',
+  '57P02',
+  '57P03',
+]);
+
+/** The database (or another backing service) is unreachable: 503, not 500. */
+function isConnectionFailure(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 3; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true;
+    const message = (e as { message?: unknown }).message;
+    if (
+      typeof message === 'string' &&
+      /Connection terminated|connection timeout|Client has encountered a connection error/i.test(message)
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
 function isHttpError(err: unknown): err is HttpErrorLike {
   return (
     err instanceof Error &&
@@ -114,6 +142,19 @@ export function classify(err: unknown): Classified {
         detail: 'The resource was changed by another request; retry.',
       },
       headers: {},
+      unexpected: false,
+    };
+  }
+
+  if (isConnectionFailure(err)) {
+    return {
+      problem: {
+        type: '/problems/dependency-unavailable',
+        title: 'Service unavailable',
+        status: 503,
+        detail: 'A backing service is unreachable; retry shortly.',
+      },
+      headers: { 'Retry-After': '5' },
       unexpected: false,
     };
   }

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import supertest from 'supertest';
 import { z } from 'zod';
 import { WrongExpectedRevision } from '../../src/eventstore/port';
@@ -22,6 +23,18 @@ const testRoutes: Resource = (router) => {
   router.get('/test/boom', (ctx) => {
     ctx.set('X-Event-Position', '7');
     throw new Error('secret connection string postgres://admin:hunter2@db');
+  });
+  router.get('/test/unreachable-database', async () => {
+    // A real pool to a port nothing listens on: the driver's own connection error.
+    const pool = new pg.Pool({
+      connectionString: 'postgres://postgres@127.0.0.1:1/none',
+      connectionTimeoutMillis: 2_000,
+    });
+    try {
+      await pool.query('select 1');
+    } finally {
+      await pool.end();
+    }
   });
   router.get('/test/domain', () => {
     throw new InsufficientCreditsForTest(10, 25);
@@ -151,6 +164,14 @@ describe('problem+json errors', () => {
     const text = JSON.stringify(res.body);
     expect(text).not.toMatch(/hunter2|postgres|secret|at .*\.ts|stack/i);
     expect(res.headers['x-event-position']).toBeUndefined();
+  });
+
+  it('answers 503 with Retry-After, not 500, when the database is unreachable', async () => {
+    const res = await t.http.get('/api/v1/test/unreachable-database');
+    expectProblem(res, 503);
+    expect(res.body.type).toBe('/problems/dependency-unavailable');
+    expect(res.headers['retry-after']).toBe('5');
+    expect(JSON.stringify(res.body)).not.toMatch(/127\.0\.0\.1|ECONNREFUSED/);
   });
 
   it('answers a DomainError with its status, type, title and extensions', async () => {

@@ -1,0 +1,52 @@
+import { ConfigError, loadConfig } from '../../src/platform/config';
+
+describe('configuration', () => {
+  it('is the embedded default when nothing is set', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({ PORT: 8000, DATA_DIR: './data', LOG_LEVEL: 'info', CORS_ORIGINS: ['*'] });
+    expect(config.DATABASE_URL).toBeUndefined();
+    expect(config.REDIS_URL).toBeUndefined();
+  });
+
+  it('parses numbers, lists and booleans from strings', () => {
+    const config = loadConfig({
+      PORT: '9000',
+      CORS_ORIGINS: 'https://a.example, https://b.example',
+      TRUST_PROXY: 'true',
+    });
+    expect(config.PORT).toBe(9000);
+    expect(config.CORS_ORIGINS).toEqual(['https://a.example', 'https://b.example']);
+    expect(config.TRUST_PROXY).toBe(true);
+  });
+
+  it('treats an empty URL as unset', () => {
+    expect(loadConfig({ DATABASE_URL: '', REDIS_URL: ' ' }).DATABASE_URL).toBeUndefined();
+  });
+
+  it('refuses to start naming every bad variable', () => {
+    let error: unknown;
+    try {
+      loadConfig({
+        PORT: 'eighty',
+        LOG_LEVEL: 'loud',
+        REDIS_URL: 'http://x',
+        BODY_LIMIT: 'huge',
+        UNRELATED: 'x',
+      });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems.map((p) => p.variable).sort();
+    expect(problems).toEqual(['BODY_LIMIT', 'LOG_LEVEL', 'PORT', 'REDIS_URL']);
+    expect((error as ConfigError).message).toMatch(/PORT: .*\n.*/);
+  });
+
+  it('requires a shared JWT_SECRET of 32+ characters with a database server', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://db/x' })).toThrow(/JWT_SECRET/);
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://db/x', JWT_SECRET: 'short' })).toThrow(/at least 32/);
+    expect(
+      loadConfig({ DATABASE_URL: 'postgres://db/x', JWT_SECRET: 'x'.repeat(32) }).JWT_SECRET,
+    ).toHaveLength(32);
+  });
+});
