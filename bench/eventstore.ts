@@ -7,7 +7,15 @@ import { createPostgresEventStore } from '../src/eventstore/postgres';
 import type { Db } from '../src/platform/db';
 import { rebuildProjection } from '../src/projections/runner';
 import type { Projector } from '../src/projections/types';
-import { embeddedConfig, logger, openBenchDb, run, serverDatabase, type BenchContext } from './support';
+import {
+  embeddedConfig,
+  logger,
+  onServer,
+  openBenchDb,
+  run,
+  serverDatabase,
+  type BenchContext,
+} from './support';
 
 const CONCURRENCY = 32;
 
@@ -85,27 +93,48 @@ export async function eventstoreBench(ctx: BenchContext): Promise<void> {
 }
 
 async function pgbenchInserts(url: string, seconds: number): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbench-'));
-  const script = path.join(dir, 'insert.sql');
-  // A row like an event's: a key, a stream name, a small JSON document.
-  fs.writeFileSync(
-    script,
-    `insert into raw_inserts (stream, data) values ('s-' || :client_id, '{"n": 1, "kind": "raw"}');\n`,
-  );
-  const { onServer } = await import('./support');
   await onServer(
     url,
     'create table raw_inserts (id bigserial primary key, stream text not null, data json not null)',
   );
-  const { stdout } = await run(
-    'pgbench',
-    ['-n', '-c', String(CONCURRENCY), '-j', '2', '-T', String(seconds), '-f', script, '-M', 'prepared', url],
-    { maxBuffer: 1 << 24 },
+  // A row like an event's: a key, a stream name, a small JSON document.
+  return pgbench(
+    url,
+    seconds,
+    `insert into raw_inserts (stream, data) values ('s-' || :client_id, '{"n": 1, "kind": "raw"}');`,
   );
-  fs.rmSync(dir, { recursive: true, force: true });
-  const m = /tps = ([\d.]+)/.exec(stdout);
-  if (!m) throw new Error(`cannot read pgbench output:\n${stdout}`);
-  return Number(m[1]);
+}
+
+/** Transactions/s of one SQL script run by pgbench at the benchmark's concurrency. */
+async function pgbench(url: string, seconds: number, statement: string): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbench-'));
+  const script = path.join(dir, 'script.sql');
+  fs.writeFileSync(script, `${statement}\n`);
+  try {
+    const { stdout } = await run(
+      'pgbench',
+      [
+        '-n',
+        '-c',
+        String(CONCURRENCY),
+        '-j',
+        '2',
+        '-T',
+        String(seconds),
+        '-f',
+        script,
+        '-M',
+        'prepared',
+        url,
+      ],
+      { maxBuffer: 1 << 24 },
+    );
+    const m = /tps = ([\d.]+)/.exec(stdout);
+    if (!m) throw new Error(`cannot read pgbench output:\n${stdout}`);
+    return Number(m[1]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -113,27 +142,17 @@ async function pgbenchInserts(url: string, seconds: number): Promise<number> {
  * the server alone can do, so the table separates the statement's cost from the client's.
  */
 async function pgbenchAppendStatement(url: string, seconds: number): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgbench-'));
-  const script = path.join(dir, 'append.sql');
-  fs.writeFileSync(
-    script,
+  return pgbench(
+    url,
+    seconds,
     `with s as (insert into streams (stream_name, revision) values ('pgbench-' || :client_id, 0)
       on conflict (stream_name) do update set revision = streams.revision + 1 returning revision)
     insert into events (event_id, stream_name, revision, category, type, data, metadata)
     select (v.e->>'id')::uuid, 'pgbench-' || :client_id, s.revision - 1 + v.ord, 'pgbench', v.e->>'type', v.e->'data', v.e->'metadata'
     from s, json_array_elements(('[{"id":"' || gen_random_uuid() || '","type":"BenchAppended","data":{"n":1,"kind":"bench"},"metadata":{"occurredAt":"' || now() || '","schemaVersion":1}}]')::json) with ordinality as v(e, ord)
     order by v.ord
-    returning position, txid::text as txid, revision;\n`.replace(/\n\s+/g, ' '),
+    returning position, txid::text as txid, revision;`.replace(/\n\s+/g, ' '),
   );
-  const { stdout } = await run(
-    'pgbench',
-    ['-n', '-c', String(CONCURRENCY), '-j', '2', '-T', String(seconds), '-f', script, '-M', 'prepared', url],
-    { maxBuffer: 1 << 24 },
-  );
-  fs.rmSync(dir, { recursive: true, force: true });
-  const m = /tps = ([\d.]+)/.exec(stdout);
-  if (!m) throw new Error(`cannot read pgbench output:\n${stdout}`);
-  return Number(m[1]);
 }
 
 async function appendRate(db: Db, seconds: number, concurrency: number): Promise<number> {

@@ -4,11 +4,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import pg from 'pg';
 import { testConfig, type Config } from '../src/platform/config';
 import { openDatabase, type Db } from '../src/platform/db';
 import { createLogger } from '../src/platform/logger';
 import { migrateToLatest } from '../src/platform/migrate';
+import { onServer } from '../test/support/databases';
+
+export { onServer };
 
 export const run = promisify(execFile);
 export const logger = createLogger({ LOG_LEVEL: 'silent' });
@@ -46,16 +48,6 @@ export async function serverDatabase(
     config: testConfig({ DATABASE_URL: url.toString(), DATABASE_POOL_SIZE: 40 }),
     drop: () => onServer(serverUrl, `drop database if exists "${name}" with (force)`),
   };
-}
-
-export async function onServer(url: string, statement: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    await client.query(statement);
-  } finally {
-    await client.end();
-  }
 }
 
 export async function openBenchDb(config: Config): Promise<Db> {

@@ -59,7 +59,8 @@ export async function openTestDatabase(kind: DatabaseKind): Promise<TestDatabase
   }
 }
 
-async function onServer(url: string, statement: string): Promise<void> {
+/** Runs one statement on the server (create or drop a database) over a short-lived connection. */
+export async function onServer(url: string, statement: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
