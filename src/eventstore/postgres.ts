@@ -2,6 +2,7 @@ import { sql, type Kysely } from 'kysely';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
+import { AppendBatcher, type PendingAppend } from './appendBatcher';
 import {
   START,
   WrongExpectedRevision,
@@ -32,6 +33,8 @@ const NOTIFY_INTERVAL_MS = 5;
 
 export interface PostgresEventStoreOptions {
   logger?: Logger;
+  /** Append statements in flight at once; appends arriving meanwhile share the next one. */
+  maxAppendsInFlight?: number;
   /** Called after every append with its duration in seconds (metrics). */
   onAppend?: (seconds: number, events: number) => void;
 }
@@ -63,6 +66,50 @@ const APPEND_SQL: Record<'no_stream' | 'any' | 'stream_exists' | 'exact', string
 })();
 
 // Times come as epoch milliseconds: parsing timestamptz text costs more than the rest of a row.
+/**
+ * Appends to distinct streams in one statement (group commit): each stream's row change by its
+ * expected-revision mode, then every written stream's events. $1 is a JSON array of
+ * {i, stream, category, mode, expected, n, events}. A stream whose expectation fails is simply
+ * not written; its append is then retried on its own.
+ */
+const APPEND_BATCH_SQL = `
+  with input as (
+    select x.i, x.stream, x.category, x.mode, x.expected, x.n, x.events
+    from json_to_recordset($1::json) as x(i int, stream text, category text, mode text, expected bigint, n int, events json)
+  ),
+  created as (
+    insert into streams (stream_name, revision)
+    select stream, n - 1 from input where mode = 'no_stream'
+    on conflict (stream_name) do nothing
+    returning stream_name, revision
+  ),
+  upserted as (
+    insert into streams (stream_name, revision)
+    select stream, n - 1 from input where mode = 'any'
+    on conflict (stream_name) do update set revision = streams.revision + excluded.revision + 1
+    returning stream_name, revision
+  ),
+  updated as (
+    update streams s set revision = s.revision + input.n
+    from input
+    where s.stream_name = input.stream
+      and (input.mode = 'stream_exists' or (input.mode = 'exact' and s.revision = input.expected))
+    returning s.stream_name, s.revision
+  ),
+  bumped as (
+    select stream_name, revision from created
+    union all select stream_name, revision from upserted
+    union all select stream_name, revision from updated
+  )
+  insert into events (event_id, stream_name, revision, category, type, data, metadata)
+  select (v.e->>'id')::uuid, input.stream, b.revision - input.n + v.ord, input.category,
+         v.e->>'type', v.e->'data', v.e->'metadata'
+  from input
+  join bumped b on b.stream_name = input.stream
+  cross join lateral json_array_elements(input.events) with ordinality as v(e, ord)
+  order by input.i, v.ord
+  returning stream_name, position, txid::text as txid, revision`;
+
 const EVENT_COLUMNS =
   "position, txid::text as txid, event_id, stream_name, revision, type, data, metadata, date_part('epoch', recorded_at) * 1000 as recorded_ms";
 const READ_STREAM_FORWARDS_SQL = `select ${EVENT_COLUMNS} from events
@@ -142,19 +189,11 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     return unlisten;
   };
 
-  async function append(
-    streamName: string,
-    events: readonly NewEvent[],
-    expected: ExpectedRevision,
-  ): Promise<AppendResult> {
-    const started = process.hrtime.bigint();
-    if (events.length === 0) return appendNothing(db, streamName, expected);
+  /** One append on its own statement, with the conflict and idempotency handling. */
+  async function appendOne({ streamName, events, expected }: PendingAppend): Promise<AppendResult> {
     const n = events.length;
-    const payload = JSON.stringify(
-      events.map((e) => ({ id: e.id, type: e.type, data: e.data ?? null, metadata: e.metadata })),
-    );
     const mode = typeof expected === 'bigint' ? 'exact' : expected;
-    const values: unknown[] = [streamName, n, streamCategory(streamName), payload];
+    const values: unknown[] = [streamName, n, streamCategory(streamName), eventsJson(events)];
     if (typeof expected === 'bigint') values.push(String(expected));
     let rows: { position: string; txid: string; revision: string }[];
     try {
@@ -168,16 +207,57 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     if (rows.length === 0) {
       return (await priorAppend(db, streamName, events, expected)) ?? conflict(db, streamName, expected);
     }
-    const last = rows.reduce((a, b) => (BigInt(a.revision) > BigInt(b.revision) ? a : b));
+    return resultOf(rows);
+  }
+
+  /** Appends to distinct streams in one statement; those whose expectation failed are left out. */
+  async function appendBatch(appends: readonly PendingAppend[]): Promise<Map<PendingAppend, AppendResult>> {
+    const input = appends.map((a, i) => ({
+      i,
+      stream: a.streamName,
+      category: streamCategory(a.streamName),
+      mode: typeof a.expected === 'bigint' ? 'exact' : a.expected,
+      expected: typeof a.expected === 'bigint' ? String(a.expected) : null,
+      n: a.events.length,
+      events: eventsPayload(a.events),
+    }));
+    const rows = await handle.query<{
+      stream_name: string;
+      position: string;
+      txid: string;
+      revision: string;
+    }>(APPEND_BATCH_SQL, [JSON.stringify(input)], 'eventstore_append_batch');
+    const byStream = new Map<string, typeof rows>();
+    for (const row of rows) {
+      const list = byStream.get(row.stream_name);
+      if (list) list.push(row);
+      else byStream.set(row.stream_name, [row]);
+    }
+    const written = new Map<PendingAppend, AppendResult>();
+    for (const a of appends) {
+      const streamRows = byStream.get(a.streamName);
+      if (streamRows) written.set(a, resultOf(streamRows));
+    }
+    return written;
+  }
+
+  const batcher = new AppendBatcher(
+    { single: appendOne, batch: appendBatch },
+    { maxInFlight: options.maxAppendsInFlight ?? 4, maxBatch: 64 },
+  );
+
+  async function append(
+    streamName: string,
+    events: readonly NewEvent[],
+    expected: ExpectedRevision,
+  ): Promise<AppendResult> {
+    const started = process.hrtime.bigint();
+    if (events.length === 0) return appendNothing(db, streamName, expected);
+    const result = await batcher.submit({ streamName, events, expected });
     signal.bump();
     notifier.schedule();
-    options.onAppend?.(Number(process.hrtime.bigint() - started) / 1e9, n);
-    const position = BigInt(last.position);
-    return {
-      nextExpectedRevision: BigInt(last.revision),
-      position,
-      logPosition: { txid: BigInt(last.txid), position },
-    };
+    options.onAppend?.(Number(process.hrtime.bigint() - started) / 1e9, events.length);
+    return result;
   }
 
   async function readStream(streamName: string, opts: ReadStreamOptions = {}): Promise<RecordedEvent[]> {
@@ -416,6 +496,25 @@ function filterSql(filter: EventFilter | undefined) {
     parts.push(sql`and e.category = any(${[...filter.categories]}::text[])`);
   }
   return parts.length === 0 ? sql`` : sql.join(parts, sql` `);
+}
+
+function eventsPayload(events: readonly NewEvent[]) {
+  return events.map((e) => ({ id: e.id, type: e.type, data: e.data ?? null, metadata: e.metadata }));
+}
+
+function eventsJson(events: readonly NewEvent[]): string {
+  return JSON.stringify(eventsPayload(events));
+}
+
+/** The append's result from its inserted rows: the last event's revision and position. */
+function resultOf(rows: readonly { position: string; txid: string; revision: string }[]): AppendResult {
+  const last = rows.reduce((a, b) => (BigInt(a.revision) > BigInt(b.revision) ? a : b));
+  const position = BigInt(last.position);
+  return {
+    nextExpectedRevision: BigInt(last.revision),
+    position,
+    logPosition: { txid: BigInt(last.txid), position },
+  };
 }
 
 function inLogOrder(events: readonly RecordedEvent[]): boolean {

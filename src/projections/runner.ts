@@ -132,7 +132,7 @@ class Runner {
   private stopping = false;
   private loop: Promise<void> | undefined;
   private subscription: { stop(): Promise<void> } | undefined;
-  private wakeStandby: (() => void) | undefined;
+  private wakeStandby: (() => void) | undefined; // ends a pause() early
   private progress = new Set<() => void>();
   private readonly lockKey: string;
   private holding = false;
@@ -181,13 +181,7 @@ class Runner {
       });
       if (!this.holding) {
         this.state = 'standby';
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, this.options.standbyRetryMs ?? 2_000);
-          this.wakeStandby = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
+        await this.pause(this.options.standbyRetryMs ?? 2_000);
         continue;
       }
       try {
@@ -223,11 +217,23 @@ class Runner {
         this.lastError = err instanceof Error ? err.message : String(err);
         this.logger.error({ err }, 'projection failed; retrying');
         await this.releaseLock();
-        await sleep(backoff);
+        await this.pause(backoff);
         backoff = Math.min(backoff * 2, 30_000);
       }
     }
     await this.releaseLock();
+  }
+
+  /** Waits `ms`, or until stop() wakes it. */
+  private pause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wakeStandby = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
   }
 
   private async releaseLock(): Promise<void> {
@@ -262,6 +268,8 @@ class Runner {
           await sub.stop();
         },
       };
+      // stop() may have run between loading the checkpoint and here: it could not see this subscription.
+      if (this.stopping) void sub.stop();
       void sub.done.then(() => resolve(failure));
     });
   }
