@@ -12,7 +12,7 @@ export interface ProjectionEngineOptions {
   projectors: readonly Projector[];
   /** Events per live batch (one transaction each). */
   batchSize?: number;
-  /** Events per rebuild batch. */
+  /** Events per rebuild batch (default 10,000). */
   rebuildBatchSize?: number;
   /** How often a standby runner tries for the lock. */
   standbyRetryMs?: number;
@@ -117,7 +117,7 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
         store,
         projector(name),
         logger,
-        options.rebuildBatchSize ?? 5_000,
+        options.rebuildBatchSize ?? 10_000,
         onProgress,
       );
       runners.get(name)!.checkpointMoved();
@@ -198,7 +198,7 @@ class Runner {
             this.store,
             this.projector,
             this.logger,
-            this.options.rebuildBatchSize ?? 5_000,
+            this.options.rebuildBatchSize ?? 10_000,
           );
           continue;
         }
