@@ -1,4 +1,5 @@
 import { createApp } from '../http/app';
+import { sweepIdempotencyKeys } from '../http/middleware/idempotency';
 import { startHttpServer } from '../http/server';
 import { buildSystem } from '../system';
 import { runCli } from './run';
@@ -9,6 +10,13 @@ runCli(async (config, logger) => {
   if (config.PROJECTIONS_ENABLED) await system.projections.start();
   const app = createApp(system);
   const server = await startHttpServer(app, config, logger);
+  // Idempotency keys are kept a day: long enough for any client's retries.
+  const sweep = setInterval(() => {
+    sweepIdempotencyKeys(system.db.db, 24 * 3600_000).catch((err: unknown) =>
+      logger.warn({ err }, 'idempotency key sweep failed'),
+    );
+  }, 3600_000);
+  sweep.unref();
   logger.info(
     {
       port: server.port,
@@ -25,6 +33,7 @@ runCli(async (config, logger) => {
       stopping = true;
       logger.info({ signal }, 'shutting down');
       void (async () => {
+        clearInterval(sweep);
         await server.close(); // stop accepting, finish in-flight requests
         await system.projections.stop();
         await system.close(); // event store, Redis, pools, embedded database

@@ -4,6 +4,7 @@ import Koa from 'koa';
 import helmet from 'koa-helmet';
 import { adminProjections } from './adminProjections';
 import { body } from './middleware/body';
+import { idempotency } from './middleware/idempotency';
 import { CONSISTENT_AFTER_HEADER, EVENT_POSITION_HEADER } from './middleware/consistency';
 import { errors } from './middleware/errors';
 import { httpMetrics } from './middleware/metrics';
@@ -29,7 +30,7 @@ const EXPOSED_HEADERS = [
 
 /**
  * The Koa app: request id → request log → metrics → errors → CORS + security headers → body
- * parser → routes. The platform routes (/health, /ready, /metrics, /openapi.json, /docs) sit at
+ * parser → Idempotency-Key → routes. The platform routes (/health, /ready, /metrics, /openapi.json, /docs) sit at
  * the root; `resources` register theirs under /api/v1.
  */
 export function createApp(deps: AppDeps, resources: readonly Resource[] = []): App {
@@ -55,6 +56,7 @@ export function createApp(deps: AppDeps, resources: readonly Resource[] = []): A
   app.use(corsFor(config.CORS_ORIGINS) as AppMiddleware);
   app.use(securityHeaders());
   app.use(body(config.BODY_LIMIT));
+  app.use(idempotency());
   app.use(platform.routes());
   app.use(platform.allowedMethods());
   app.use(api.routes());

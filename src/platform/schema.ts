@@ -27,9 +27,21 @@ export interface ProjectionCheckpointsTable {
   updated_at: ColumnType<Date, Date | string | undefined, Date | string>;
 }
 
+export interface IdempotencyKeysTable {
+  scope: string;
+  key: string;
+  request_hash: string;
+  status: number | null;
+  headers: Record<string, string> | null;
+  body: Buffer | null;
+  created_at: Generated<Date>;
+  completed_at: Date | null;
+}
+
 /** Every table, for kysely. Read-model tables are added here by the issues that own them. */
 export interface Database {
   events: EventsTable;
   streams: StreamsTable;
   projection_checkpoints: ProjectionCheckpointsTable;
+  idempotency_keys: IdempotencyKeysTable;
 }

@@ -20,32 +20,43 @@ const STALE_HEADERS = [
  */
 export function errors(): AppMiddleware {
   return async (ctx, next) => {
-    let problem: Problem;
     try {
       await next();
       // No route (404), or the router's 405/501 for a method it does not serve.
       if (ctx.status < 400 || ctx.body != null) return;
-      problem = statusProblem(
+      const problem = statusProblem(
         ctx.status,
         emptyStatusDetail(ctx.status, ctx.method, ctx.path, ctx.response.get('Allow')),
       );
+      sendProblem(ctx, problem);
     } catch (err) {
-      const classified = classify(err);
-      problem = classified.problem;
-      if (classified.unexpected) ctx.log.error({ err }, 'request failed');
-      else if (problem.status >= 500) ctx.log.warn({ err }, 'request failed');
-      if (ctx.headerSent || !ctx.writable) {
-        // Streaming had begun: nothing more can be said; end the response.
-        ctx.res.destroy();
-        return;
-      }
-      for (const name of STALE_HEADERS) ctx.remove(name);
-      ctx.set(classified.headers);
+      respondWithError(ctx, err);
     }
-    ctx.status = problem.status;
-    ctx.body = { ...problem, instance: ctx.path, request_id: ctx.state.requestId };
-    ctx.type = PROBLEM_CONTENT_TYPE;
   };
+}
+
+/** Answers a thrown error as problem+json (logging what is unexpected), as the errors middleware does. */
+export function respondWithError(ctx: AppContextLike, err: unknown): void {
+  const classified = classify(err);
+  const problem = classified.problem;
+  if (classified.unexpected) ctx.log.error({ err }, 'request failed');
+  else if (problem.status >= 500) ctx.log.warn({ err }, 'request failed');
+  if (ctx.headerSent || !ctx.writable) {
+    // Streaming had begun: nothing more can be said; end the response.
+    ctx.res.destroy();
+    return;
+  }
+  for (const name of STALE_HEADERS) ctx.remove(name);
+  ctx.set(classified.headers);
+  sendProblem(ctx, problem);
+}
+
+type AppContextLike = Parameters<AppMiddleware>[0];
+
+function sendProblem(ctx: AppContextLike, problem: Problem): void {
+  ctx.status = problem.status;
+  ctx.body = { ...problem, instance: ctx.path, request_id: ctx.state.requestId };
+  ctx.type = PROBLEM_CONTENT_TYPE;
 }
 
 function emptyStatusDetail(status: number, method: string, path: string, allow: string): string {

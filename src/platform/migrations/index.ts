@@ -1,7 +1,9 @@
 import type { Migration } from 'kysely';
 import * as eventstore from './0001_eventstore';
+import * as idempotency from './0002_idempotency';
 
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
   '0001_eventstore': eventstore,
+  '0002_idempotency': idempotency,
 };
