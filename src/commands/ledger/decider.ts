@@ -1,0 +1,252 @@
+import type { Command, Decider } from '../handler';
+import type { LedgerEvent } from '../../events/ledger';
+import { Conflict, DomainError, NotFound } from '../../platform/errors';
+
+/** Available credits do not cover what a command needs. */
+export class InsufficientCredits extends DomainError {
+  readonly status = 402;
+  readonly type = '/problems/insufficient-credits';
+  readonly title = 'Not enough credits';
+  constructor(
+    readonly available: number,
+    readonly required: number,
+  ) {
+    super(`${required} credits are needed but ${available} are available.`);
+    this.extensions.available = available;
+    this.extensions.required = required;
+  }
+}
+
+export class HoldNotFound extends NotFound {}
+export class ChargeNotFound extends NotFound {}
+export class RefundExceedsCharge extends Conflict {}
+export class DirectChargeNotAllowed extends Conflict {}
+
+interface Hold {
+  amount: number;
+  expiresAt: string;
+}
+
+/** One user's credit account. `held` is the sum of open holds; available = posted − held ≥ 0. */
+export interface Ledger {
+  posted: number;
+  held: number;
+  holds: Map<string, Hold>;
+  /** Holds captured, released or expired: a hold resolves once. */
+  resolved: Set<string>;
+  /** Captures (by hold id) and direct charges, with what has been refunded of them. */
+  charges: Map<string, { amount: number; refunded: number }>;
+  /** Ids of grants, redemptions, adjustments and refunds already applied: their commands are idempotent. */
+  seen: Set<string>;
+}
+
+export const initialLedger = (): Ledger => ({
+  posted: 0,
+  held: 0,
+  holds: new Map(),
+  resolved: new Set(),
+  charges: new Map(),
+  seen: new Set(),
+});
+
+export const available = (s: Ledger) => s.posted - s.held;
+
+/** What to do when a capture's actual cost exceeds its hold. */
+export type ExcessPolicy = 'forgive' | 'charge_available';
+
+export type LedgerCommand =
+  | Command<'GrantCredits', { userId: string; grantId: string; amount: number; reason: string }>
+  | Command<'RedeemCode', { userId: string; useId: string; code: string; amount: number }>
+  | Command<
+      'ReserveCredits',
+      { userId: string; holdId: string; amount: number; expiresAt: string; reason: string }
+    >
+  | Command<'CaptureCredits', { userId: string; holdId: string; cost: number; excess: ExcessPolicy }>
+  | Command<
+      'ChargeCredits',
+      { userId: string; chargeId: string; amount: number; reason: string; allowDirect: boolean }
+    >
+  | Command<'ReleaseCredits', { userId: string; holdId: string }>
+  | Command<'ExpireHold', { userId: string; holdId: string }>
+  | Command<
+      'RefundCredits',
+      { userId: string; refundId: string; chargeId: string; amount: number; reason: string }
+    >
+  | Command<
+      'AdjustCredits',
+      { userId: string; adjustmentId: string; amount: number; reason: string; corrects: string | null }
+    >;
+
+function positive(n: number, what: string): void {
+  if (!Number.isSafeInteger(n) || n <= 0)
+    throw new RangeError(`${what} must be a positive whole number of credits`);
+}
+
+/**
+ * The ledger's rules. Every command carrying an id of its own (grant, redemption, hold, charge,
+ * refund, adjustment) is idempotent on it: the same command again decides nothing, so a process
+ * manager or a retried request never applies a movement twice.
+ */
+export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
+  const now = cmd.metadata.now.toISOString();
+  switch (cmd.type) {
+    case 'GrantCredits': {
+      if (s.seen.has(cmd.data.grantId)) return [];
+      positive(cmd.data.amount, 'amount');
+      return [{ type: 'CreditsGranted', data: { ...cmd.data, grantedAt: now } }];
+    }
+    case 'RedeemCode': {
+      if (s.seen.has(cmd.data.useId)) return [];
+      positive(cmd.data.amount, 'amount');
+      return [{ type: 'CodeRedeemed', data: { ...cmd.data, redeemedAt: now } }];
+    }
+    case 'ReserveCredits': {
+      const { holdId, amount } = cmd.data;
+      if (s.holds.has(holdId) || s.resolved.has(holdId)) return [];
+      positive(amount, 'amount');
+      if (available(s) < amount) throw new InsufficientCredits(available(s), amount);
+      return [{ type: 'CreditsReserved', data: { ...cmd.data, reservedAt: now } }];
+    }
+    case 'CaptureCredits': {
+      const { holdId, cost, excess, userId } = cmd.data;
+      if (s.resolved.has(holdId)) return [];
+      const hold = s.holds.get(holdId);
+      if (!hold) throw new HoldNotFound(`No hold ${holdId}.`);
+      if (!Number.isSafeInteger(cost) || cost < 0)
+        throw new RangeError('cost must be a whole number of credits');
+      const captured = Math.min(cost, hold.amount);
+      const rest = hold.amount - captured;
+      const events: LedgerEvent[] = [];
+      if (captured > 0)
+        events.push({ type: 'CreditsCaptured', data: { userId, holdId, amount: captured, capturedAt: now } });
+      if (rest > 0)
+        events.push({ type: 'CreditsReleased', data: { userId, holdId, amount: rest, releasedAt: now } });
+      // The hold covered what it could; beyond it, charge only what is available, never below zero.
+      const over = cost - captured;
+      const afterRelease = available(s) + rest;
+      const extra = excess === 'charge_available' ? Math.min(over, afterRelease) : 0;
+      if (extra > 0) {
+        events.push({
+          type: 'CreditsCharged',
+          data: {
+            userId,
+            chargeId: `${holdId}:excess`,
+            amount: extra,
+            reason: 'cost over hold',
+            holdId,
+            chargedAt: now,
+          },
+        });
+      }
+      return events;
+    }
+    case 'ChargeCredits': {
+      const { chargeId, amount, allowDirect, userId, reason } = cmd.data;
+      if (s.charges.has(chargeId)) return [];
+      if (!allowDirect)
+        throw new DirectChargeNotAllowed('Charges need a hold; direct charges are not allowed.');
+      positive(amount, 'amount');
+      if (available(s) < amount) throw new InsufficientCredits(available(s), amount);
+      return [
+        { type: 'CreditsCharged', data: { userId, chargeId, amount, reason, holdId: null, chargedAt: now } },
+      ];
+    }
+    case 'ReleaseCredits': {
+      const { holdId, userId } = cmd.data;
+      if (s.resolved.has(holdId)) return [];
+      const hold = s.holds.get(holdId);
+      if (!hold) throw new HoldNotFound(`No hold ${holdId}.`);
+      return [{ type: 'CreditsReleased', data: { userId, holdId, amount: hold.amount, releasedAt: now } }];
+    }
+    case 'ExpireHold': {
+      const { holdId, userId } = cmd.data;
+      const hold = s.holds.get(holdId);
+      // Resolved meanwhile, or not yet due: nothing to expire.
+      if (!hold || Date.parse(hold.expiresAt) > cmd.metadata.now.getTime()) return [];
+      return [{ type: 'HoldExpired', data: { userId, holdId, amount: hold.amount, expiredAt: now } }];
+    }
+    case 'RefundCredits': {
+      const { refundId, chargeId, amount } = cmd.data;
+      if (s.seen.has(refundId)) return [];
+      positive(amount, 'amount');
+      const charge = s.charges.get(chargeId);
+      if (!charge) throw new ChargeNotFound(`No charge ${chargeId} to refund.`);
+      const refundable = charge.amount - charge.refunded;
+      if (amount > refundable) {
+        throw new RefundExceedsCharge(
+          `Only ${refundable} credits of charge ${chargeId} can still be refunded.`,
+        );
+      }
+      return [{ type: 'CreditsRefunded', data: { ...cmd.data, refundedAt: now } }];
+    }
+    case 'AdjustCredits': {
+      const { adjustmentId, amount } = cmd.data;
+      if (s.seen.has(adjustmentId)) return [];
+      if (!Number.isSafeInteger(amount) || amount === 0)
+        throw new RangeError('amount must be a non-zero whole number');
+      if (available(s) + amount < 0) throw new InsufficientCredits(available(s), -amount);
+      return [{ type: 'CreditsAdjusted', data: { ...cmd.data, adjustedAt: now } }];
+    }
+  }
+  const _exhaustive: never = cmd;
+  return _exhaustive;
+}
+
+/** Folds one event into the state (in place: the handler folds only stored events). */
+export function evolveLedger(s: Ledger, e: LedgerEvent): Ledger {
+  switch (e.type) {
+    case 'CreditsGranted':
+      s.posted += e.data.amount;
+      s.seen.add(e.data.grantId);
+      break;
+    case 'CodeRedeemed':
+      s.posted += e.data.amount;
+      s.seen.add(e.data.useId);
+      break;
+    case 'CreditsReserved':
+      s.holds.set(e.data.holdId, { amount: e.data.amount, expiresAt: e.data.expiresAt });
+      s.held += e.data.amount;
+      break;
+    case 'CreditsCaptured':
+      closeHold(s, e.data.holdId);
+      s.posted -= e.data.amount;
+      s.charges.set(e.data.holdId, { amount: e.data.amount, refunded: 0 });
+      break;
+    case 'CreditsReleased':
+    case 'HoldExpired':
+      closeHold(s, e.data.holdId);
+      break;
+    case 'CreditsCharged':
+      s.posted -= e.data.amount;
+      s.charges.set(e.data.chargeId, { amount: e.data.amount, refunded: 0 });
+      break;
+    case 'CreditsRefunded': {
+      s.posted += e.data.amount;
+      s.seen.add(e.data.refundId);
+      const charge = s.charges.get(e.data.chargeId);
+      if (charge) charge.refunded += e.data.amount;
+      break;
+    }
+    case 'CreditsAdjusted':
+      s.posted += e.data.amount;
+      s.seen.add(e.data.adjustmentId);
+      break;
+  }
+  return s;
+}
+
+/** A capture and its release are two events of one resolution: the hold closes at the first. */
+function closeHold(s: Ledger, holdId: string): void {
+  const hold = s.holds.get(holdId);
+  if (!hold) return;
+  s.holds.delete(holdId);
+  s.held -= hold.amount;
+  s.resolved.add(holdId);
+}
+
+export const ledgerDecider: Decider<Ledger, LedgerCommand, LedgerEvent> = {
+  name: 'ledger',
+  initialState: initialLedger,
+  evolve: evolveLedger,
+  decide: decideLedger,
+};

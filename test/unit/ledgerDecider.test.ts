@@ -1,0 +1,209 @@
+import {
+  DirectChargeNotAllowed,
+  HoldNotFound,
+  InsufficientCredits,
+  RefundExceedsCharge,
+  ledgerDecider,
+  type LedgerCommand,
+} from '../../src/commands/ledger/decider';
+import type { LedgerEvent } from '../../src/events/ledger';
+import { deciderSpec } from '../support/spec';
+
+const now = new Date('2026-03-01T10:00:00.000Z');
+const at = now.toISOString();
+const later = '2026-03-01T10:05:00.000Z';
+const u = 'user-1';
+const spec = deciderSpec(ledgerDecider);
+const cmd = <T extends LedgerCommand['type']>(
+  type: T,
+  data: Extract<LedgerCommand, { type: T }>['data'],
+  when = now,
+) => ({ type, data, metadata: { now: when } }) as LedgerCommand;
+
+const granted = (amount: number, grantId = 'g1'): LedgerEvent => ({
+  type: 'CreditsGranted',
+  data: { userId: u, grantId, amount, reason: 'signup', grantedAt: at },
+});
+const reserved = (holdId: string, amount: number, expiresAt = later): LedgerEvent => ({
+  type: 'CreditsReserved',
+  data: { userId: u, holdId, amount, reason: 'task', expiresAt, reservedAt: at },
+});
+
+describe('ledger decider', () => {
+  it('grants credits once per grant id', () => {
+    spec
+      .given([])
+      .when(cmd('GrantCredits', { userId: u, grantId: 'g1', amount: 100, reason: 'signup' }))
+      .then([granted(100)]);
+    spec
+      .given([granted(100)])
+      .when(cmd('GrantCredits', { userId: u, grantId: 'g1', amount: 100, reason: 'signup' }))
+      .then([]);
+  });
+
+  it('reserves a hold only when available credits cover it, answering 402 otherwise', () => {
+    const reserve = (amount: number) =>
+      cmd('ReserveCredits', { userId: u, holdId: 't1', amount, expiresAt: later, reason: 'task' });
+    spec
+      .given([granted(100)])
+      .when(reserve(100))
+      .then([reserved('t1', 100)]);
+    spec
+      .given([granted(100), reserved('t0', 60)])
+      .when(reserve(41))
+      .thenThrows(InsufficientCredits, '41 credits are needed but 40');
+    spec
+      .given([granted(100), reserved('t1', 60)])
+      .when(reserve(60))
+      .then([]); // same hold again: idempotent
+  });
+
+  it('captures the actual cost, releases the rest, and resolves the hold once', () => {
+    const capture = cmd('CaptureCredits', { userId: u, holdId: 't1', cost: 30, excess: 'forgive' });
+    spec
+      .given([granted(100), reserved('t1', 50)])
+      .when(capture)
+      .then([
+        { type: 'CreditsCaptured', data: { userId: u, holdId: 't1', amount: 30, capturedAt: at } },
+        { type: 'CreditsReleased', data: { userId: u, holdId: 't1', amount: 20, releasedAt: at } },
+      ]);
+    const captured: LedgerEvent = {
+      type: 'CreditsCaptured',
+      data: { userId: u, holdId: 't1', amount: 50, capturedAt: at },
+    };
+    spec
+      .given([granted(100), reserved('t1', 50), captured])
+      .when(capture)
+      .then([]);
+    spec
+      .given([granted(100), reserved('t1', 50), captured])
+      .when(cmd('ReleaseCredits', { userId: u, holdId: 't1' }))
+      .then([]);
+  });
+
+  it('never captures more than the hold; an excess is charged only as the policy allows and never below zero', () => {
+    const capture = (excess: 'forgive' | 'charge_available') =>
+      cmd('CaptureCredits', { userId: u, holdId: 't1', cost: 80, excess });
+    spec
+      .given([granted(60), reserved('t1', 50)])
+      .when(capture('forgive'))
+      .then([{ type: 'CreditsCaptured', data: { userId: u, holdId: 't1', amount: 50, capturedAt: at } }]);
+    spec
+      .given([granted(60), reserved('t1', 50)])
+      .when(capture('charge_available'))
+      .then([
+        { type: 'CreditsCaptured', data: { userId: u, holdId: 't1', amount: 50, capturedAt: at } },
+        {
+          type: 'CreditsCharged',
+          data: {
+            userId: u,
+            chargeId: 't1:excess',
+            amount: 10,
+            reason: 'cost over hold',
+            holdId: 't1',
+            chargedAt: at,
+          },
+        },
+      ]);
+  });
+
+  it('expires a hold only once it is due', () => {
+    const expire = (when: Date) => cmd('ExpireHold', { userId: u, holdId: 't1' }, when);
+    spec
+      .given([granted(10), reserved('t1', 10)])
+      .when(expire(now))
+      .then([]);
+    spec
+      .given([granted(10), reserved('t1', 10)])
+      .when(expire(new Date(later)))
+      .then([{ type: 'HoldExpired', data: { userId: u, holdId: 't1', amount: 10, expiredAt: later } }]);
+  });
+
+  it('refuses to release or capture an unknown hold', () => {
+    spec
+      .given([granted(10)])
+      .when(cmd('ReleaseCredits', { userId: u, holdId: 'nope' }))
+      .thenThrows(HoldNotFound);
+  });
+
+  it('refunds at most what was charged, once per refund id', () => {
+    const captured: LedgerEvent = {
+      type: 'CreditsCaptured',
+      data: { userId: u, holdId: 't1', amount: 30, capturedAt: at },
+    };
+    const history = [granted(100), reserved('t1', 30), captured];
+    const refund = (refundId: string, amount: number) =>
+      cmd('RefundCredits', { userId: u, refundId, chargeId: 't1', amount, reason: 'bad answer' });
+    spec
+      .given(history)
+      .when(refund('r1', 30))
+      .then([
+        {
+          type: 'CreditsRefunded',
+          data: {
+            userId: u,
+            refundId: 'r1',
+            chargeId: 't1',
+            amount: 30,
+            reason: 'bad answer',
+            refundedAt: at,
+          },
+        },
+      ]);
+    const refunded: LedgerEvent = {
+      type: 'CreditsRefunded',
+      data: { userId: u, refundId: 'r1', chargeId: 't1', amount: 20, reason: 'x', refundedAt: at },
+    };
+    spec
+      .given([...history, refunded])
+      .when(refund('r2', 11))
+      .thenThrows(RefundExceedsCharge);
+    spec
+      .given([...history, refunded])
+      .when(refund('r1', 20))
+      .then([]);
+  });
+
+  it('allows direct charges only when the policy does', () => {
+    const charge = (allowDirect: boolean) =>
+      cmd('ChargeCredits', { userId: u, chargeId: 'c1', amount: 5, reason: 'api call', allowDirect });
+    spec
+      .given([granted(10)])
+      .when(charge(false))
+      .thenThrows(DirectChargeNotAllowed);
+    spec
+      .given([granted(10)])
+      .when(charge(true))
+      .then([
+        {
+          type: 'CreditsCharged',
+          data: { userId: u, chargeId: 'c1', amount: 5, reason: 'api call', holdId: null, chargedAt: at },
+        },
+      ]);
+  });
+
+  it('refuses an adjustment that would take available credits below zero', () => {
+    const adjust = (amount: number) =>
+      cmd('AdjustCredits', { userId: u, adjustmentId: 'a1', amount, reason: 'correction', corrects: null });
+    spec
+      .given([granted(10), reserved('t1', 8)])
+      .when(adjust(-3))
+      .thenThrows(InsufficientCredits);
+    spec
+      .given([granted(10), reserved('t1', 8)])
+      .when(adjust(-2))
+      .then([
+        {
+          type: 'CreditsAdjusted',
+          data: {
+            userId: u,
+            adjustmentId: 'a1',
+            amount: -2,
+            reason: 'correction',
+            corrects: null,
+            adjustedAt: at,
+          },
+        },
+      ]);
+  });
+});
