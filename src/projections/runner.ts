@@ -112,6 +112,7 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
     },
 
     async rebuild(name, onProgress) {
+      if (projector(name).reactor) throw new Error(`${name} is a reactor: it has no read model to rebuild`);
       await rebuildProjection(
         handle,
         store,
@@ -187,6 +188,15 @@ class Runner {
       try {
         this.state = 'starting';
         const row = await this.loadCheckpoint();
+        if (row.version !== this.projector.version && this.projector.reactor) {
+          // Nothing to rebuild: a reactor goes on from where it was.
+          await this.handle.db
+            .updateTable('projection_checkpoints')
+            .set({ version: this.projector.version })
+            .where('name', '=', this.projector.name)
+            .execute();
+          continue;
+        }
         if (row.version !== this.projector.version) {
           this.state = 'rebuilding';
           this.logger.info(
@@ -276,12 +286,16 @@ class Runner {
 
   private async commit(events: Parameters<Projector['apply']>[1], next: LogPosition): Promise<void> {
     const expected = this.checkpoint ?? START;
+    // A reactor's commands append through the store on connections of their own: they cannot run
+    // inside the checkpoint's transaction. They are idempotent, so a crash before the checkpoint
+    // is saved only makes them run again to no effect.
+    if (this.projector.reactor && events.length > 0) await this.projector.apply(this.handle.db, events);
     await this.handle.db.transaction().execute(async (trx) => {
       const row = await lockCheckpoint(trx, this.projector.name);
       if (!row || compareLogPositions(row.position, expected) !== 0) {
         throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
       }
-      if (events.length > 0) await this.projector.apply(trx, events);
+      if (!this.projector.reactor && events.length > 0) await this.projector.apply(trx, events);
       await trx
         .updateTable('projection_checkpoints')
         .set({ txid: String(next.txid), position: String(next.position), updated_at: new Date() })

@@ -14,6 +14,12 @@ export interface Projector {
   readonly eventTypes: readonly string[];
   /** The tables it owns (created by migrations), rebuilt and swapped together. */
   readonly tables: readonly string[];
+  /**
+   * A reactor rather than a read model: `apply` runs commands (side effects) before the checkpoint
+   * is saved, outside its transaction, with the plain database handle. Its effects must be
+   * idempotent: after a crash the batch runs again. Reactors own no tables and are not rebuilt.
+   */
+  readonly reactor?: boolean;
   apply(trx: Kysely<Database>, events: readonly RecordedEvent[]): Promise<void>;
 }
 
