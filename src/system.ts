@@ -3,6 +3,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { CommandHandler } from './commands/handler';
+import { createKurrentDbEventStore } from './eventstore/kurrentdb';
 import { createPostgresEventStore } from './eventstore/postgres';
 import type { EventStore } from './eventstore/port';
 import { systemClock, uuidV7Ids, type Clock, type IdGenerator } from './platform/clock';
@@ -92,6 +93,10 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
 
 function openEventStore(config: Config, db: Db, logger: Logger, metrics: Metrics): EventStore {
   const url = config.EVENTSTORE_URL;
+  // KurrentDB, or EventStoreDB by its older scheme; `+discover` finds the cluster through DNS.
+  if (url && /^(kurrentdb|esdb)(\+discover)?:\/\//.test(url)) {
+    return createKurrentDbEventStore(url, { logger, onAppend: metrics.onAppend });
+  }
   if (url && !url.startsWith('postgres')) {
     throw new Error(`EVENTSTORE_URL ${new URL(url).protocol} is not supported by this build`);
   }

@@ -132,6 +132,8 @@ export interface EventStore {
   head(): Promise<LogPosition>;
   /** Throws when the store cannot be reached (for `/ready`). */
   ping(): Promise<void>;
+  /** Stores whose subscriptions run on their own connections report those down here (for `/ready`). */
+  health?(): { subscriptionsDown: number };
   close(): Promise<void>;
 }
 

@@ -26,7 +26,11 @@ async function withTimeout<T>(work: () => Promise<T>, ms: number, what: string):
 export function registerPlatformRoutes(router: AppRouter, deps: AppDeps, openapi: OpenAPIRegistry): void {
   const checks: Record<string, (() => Promise<unknown>) | undefined> = {
     database: () => sql`select 1`.execute(deps.db.db),
-    eventstore: () => deps.store.ping(),
+    eventstore: async () => {
+      await deps.store.ping();
+      const down = deps.store.health?.().subscriptionsDown ?? 0;
+      if (down > 0) throw new Error(`${down} event store subscription(s) down`);
+    },
     redis: deps.redis ? () => deps.redis!.ping() : undefined,
   };
 

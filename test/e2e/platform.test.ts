@@ -81,6 +81,17 @@ describe('health and readiness', () => {
     expect(JSON.stringify(res.body)).not.toContain('connection refused');
   });
 
+  it('answers /ready with 503 naming the event store when one of its subscriptions is down', async () => {
+    const degraded = { ...t.deps.store, health: () => ({ subscriptionsDown: 1 }) };
+    const res = await supertest(createApp({ ...t.deps, store: degraded }).callback()).get('/ready');
+    expect(res.status).toBe(503);
+    expect(res.body.checks).toMatchObject({ database: 'up', eventstore: 'down' });
+    const healthy = { ...t.deps.store, health: () => ({ subscriptionsDown: 0 }) };
+    expect((await supertest(createApp({ ...t.deps, store: healthy }).callback()).get('/ready')).status).toBe(
+      200,
+    );
+  });
+
   it('answers /ready with 503 within the check timeout when a dependency hangs', async () => {
     const hanging = storeWith(t.deps.store, () => new Promise<void>(() => undefined));
     const started = Date.now();
