@@ -51,17 +51,6 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
     const metrics = createMetrics();
     const store = openEventStore(config, db, logger, metrics);
     closers.unshift(() => store.close());
-    const projections = createProjectionEngine({
-      db,
-      store,
-      logger,
-      projectors: options.projectors ?? allProjectors(),
-      batchSize: config.PROJECTION_BATCH_SIZE,
-      onApplied: metrics.onApplied,
-    });
-    closers.unshift(() => projections.stop());
-    const redis = config.REDIS_URL ? openRedis(config.REDIS_URL, logger) : undefined;
-    if (redis) closers.unshift(() => redis.quit().catch(() => redis.disconnect()));
     const ids = options.ids ?? uuidV7Ids;
     const commands = new CommandHandler(store, {
       ids,
@@ -69,6 +58,17 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
       cacheSize: config.STREAM_CACHE_SIZE,
       logger,
     });
+    const projections = createProjectionEngine({
+      db,
+      store,
+      logger,
+      projectors: options.projectors ?? allProjectors(commands),
+      batchSize: config.PROJECTION_BATCH_SIZE,
+      onApplied: metrics.onApplied,
+    });
+    closers.unshift(() => projections.stop());
+    const redis = config.REDIS_URL ? openRedis(config.REDIS_URL, logger) : undefined;
+    if (redis) closers.unshift(() => redis.quit().catch(() => redis.disconnect()));
     return {
       config: { ...config, JWT_SECRET: config.JWT_SECRET ?? embeddedJwtSecret(config) },
       logger,

@@ -1,4 +1,5 @@
 import { createApp } from '../http/app';
+import { allResources } from '../http/resources';
 import { sweepIdempotencyKeys } from '../http/middleware/idempotency';
 import { startHttpServer } from '../http/server';
 import { buildSystem } from '../system';
@@ -8,7 +9,7 @@ import { runCli } from './run';
 runCli(async (config, logger) => {
   const system = await buildSystem(config, logger, { role: 'service' });
   if (config.PROJECTIONS_ENABLED) await system.projections.start();
-  const app = createApp(system);
+  const app = createApp(system, allResources);
   const server = await startHttpServer(app, config, logger);
   // Idempotency keys are kept a day: long enough for any client's retries.
   const sweep = setInterval(() => {

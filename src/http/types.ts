@@ -1,6 +1,7 @@
 import type { OpenAPIRegistry } from '@asteasolutions/zod-to-openapi';
 import type { Router, RouterMiddleware } from '@koa/router';
 import type { Redis } from 'ioredis';
+import type { CommandHandler } from '../commands/handler';
 import type { EventStore } from '../eventstore/port';
 import type { ProjectionEngine } from '../projections/types';
 import type { Clock, IdGenerator } from '../platform/clock';
@@ -16,6 +17,7 @@ export interface AppDeps {
   logger: Logger;
   db: Db;
   store: EventStore;
+  commands: CommandHandler;
   projections: ProjectionEngine;
   metrics: Metrics;
   redis?: Redis | undefined;

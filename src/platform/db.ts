@@ -84,7 +84,10 @@ async function openServer(
     db,
     locks,
     async query<R>(text: string, values: readonly unknown[], name?: string, options?: { arrays?: boolean }) {
-      const res = await pool.query(queryConfig(text, values, name, options));
+      // Over the service's embedded database every client shares PGlite's one session, and with it
+      // the prepared-statement names: a second client must not prepare the service's names again.
+      const prepared = opts.overEmbeddedSocket ? undefined : name;
+      const res = await pool.query(queryConfig(text, values, prepared, options));
       return res.rows as R[];
     },
     listen: (channel, onNotify) => sessionClient.listen(channel, onNotify),

@@ -38,10 +38,54 @@ export interface IdempotencyKeysTable {
   completed_at: Date | null;
 }
 
+export interface BalancesTable {
+  user_id: string;
+  posted: string;
+  held: string;
+  last_position: string;
+}
+
+export interface LedgerEntriesTable {
+  id: string;
+  user_id: string;
+  position: string;
+  type: string;
+  amount: string;
+  balance_after: string;
+  reason: string | null;
+  ref: string | null;
+  created_at: Date;
+}
+
+export interface CodesTable {
+  code: string;
+  amount: string;
+  max_uses: number;
+  uses: number;
+  expires_at: Date | null;
+  revoked_at: Date | null;
+  batch_id: string;
+  issued_by: string;
+  created_at: Date;
+  last_position: string;
+}
+
+export interface CodeRedemptionsTable {
+  use_id: string;
+  code: string;
+  user_id: string;
+  amount: string;
+  used_at: Date;
+}
+
 /** Every table, for kysely. Read-model tables are added here by the issues that own them. */
 export interface Database {
   events: EventsTable;
   streams: StreamsTable;
   projection_checkpoints: ProjectionCheckpointsTable;
   idempotency_keys: IdempotencyKeysTable;
+  balances: BalancesTable;
+  ledger_entries: LedgerEntriesTable;
+  codes: CodesTable;
+  code_redemptions: CodeRedemptionsTable;
 }

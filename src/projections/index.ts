@@ -1,6 +1,10 @@
+import type { CommandHandler } from '../commands/handler';
+import { redemptionReactor } from '../commands/codes/redeem';
+import { codesProjector } from './codes';
+import { ledgerProjector } from './ledger';
 import type { Projector } from './types';
 
-/** Every read model the service keeps. Features add their projectors here. */
-export function allProjectors(): Projector[] {
-  return [];
+/** Every read model and reactor the service runs. Features add theirs here. */
+export function allProjectors(commands: CommandHandler): Projector[] {
+  return [ledgerProjector, codesProjector, redemptionReactor(commands)];
 }

@@ -79,7 +79,29 @@ describe('npm start on the embedded database, with the CLIs beside it', () => {
         env: env(),
       },
     );
-    expect(JSON.parse(status.stdout)).toEqual([]);
+    const projections = JSON.parse(status.stdout) as { name: string; lag: number; checkpoint: unknown }[];
+    expect(projections.map((p) => p.name)).toEqual(['ledger', 'codes', 'redemption_reactor']);
+    for (const p of projections) expect(p).toMatchObject({ lag: 0, checkpoint: expect.anything() });
+
+    // A rebuild from the CLI, beside the live tables of the running service, with progress output.
+    const rebuild = await run(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/projections.ts', 'rebuild', 'ledger'],
+      {
+        cwd: root,
+        env: env(),
+      },
+    );
+    expect(rebuild.stdout).toMatch(/ledger: rebuilt in [\d.]+ s/);
+    const unknown = await run(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/projections.ts', 'rebuild', 'nope'],
+      {
+        cwd: root,
+        env: env(),
+      },
+    ).catch((e: { code: number; stderr: string }) => e);
+    expect(unknown).toMatchObject({ code: 2, stderr: expect.stringMatching(/unknown projection nope/) });
 
     const { url } = JSON.parse(fs.readFileSync(path.join(dataDir, 'server.json'), 'utf8')) as { url: string };
     const client = new pg.Client({ connectionString: url });

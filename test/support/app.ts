@@ -1,5 +1,8 @@
 import supertest from 'supertest';
+import { CommandHandler } from '../../src/commands/handler';
+import { createKurrentDbEventStore } from '../../src/eventstore/kurrentdb';
 import { createPostgresEventStore } from '../../src/eventstore/postgres';
+import { startKurrentDbTestServer } from './kurrentdb/server';
 import { createApp, type App, type AppDeps, type Resource } from '../../src/http/app';
 import { systemClock, uuidV7Ids } from '../../src/platform/clock';
 import { testConfig, type Config } from '../../src/platform/config';
@@ -13,7 +16,8 @@ import type { Projector } from '../../src/projections/types';
 export interface TestAppOptions {
   config?: Partial<Config>;
   resources?: Resource[];
-  projectors?: Projector[];
+  /** Read models and reactors; a function gets the app's command handler (reactors run commands). */
+  projectors?: Projector[] | ((commands: CommandHandler) => Projector[]);
   /** Replace any dependency (a store whose ping fails, a logger that records...). */
   deps?: Partial<AppDeps>;
   /** Start the projection runners (default true). */
@@ -35,15 +39,24 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
   const logger = options.deps?.logger ?? createLogger(config);
   const db = await openDatabase(config, logger);
   let engine: RunningProjectionEngine | undefined;
+  let stopKurrent: (() => Promise<void>) | undefined;
   try {
     await migrateToLatest(db.db);
     const metrics = options.deps?.metrics ?? createMetrics();
-    const store = createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
+    // E2E_EVENTSTORE=kurrentdb runs the suite on the KurrentDB adapter against the in-process test server.
+    const kurrent = process.env.E2E_EVENTSTORE === 'kurrentdb' ? await startKurrentDbTestServer() : undefined;
+    const store = kurrent
+      ? createKurrentDbEventStore(kurrent.url, { logger, onAppend: metrics.onAppend })
+      : createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
+    stopKurrent = kurrent ? () => kurrent.stop() : undefined;
+    const commands = new CommandHandler(store, { ids: uuidV7Ids });
+    const projectors =
+      typeof options.projectors === 'function' ? options.projectors(commands) : options.projectors;
     engine = createProjectionEngine({
       db,
       store,
       logger,
-      projectors: options.projectors ?? [],
+      projectors: projectors ?? [],
       batchSize: config.PROJECTION_BATCH_SIZE,
       onApplied: metrics.onApplied,
     });
@@ -52,6 +65,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       logger,
       db,
       store,
+      commands,
       projections: engine,
       metrics,
       clock: systemClock,
@@ -69,12 +83,14 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       async close() {
         await running.stop();
         await store.close();
+        await stopKurrent?.();
         await db.close();
       },
     };
   } catch (err) {
     // A failed setup must not leave the database open (jest would hang on it).
     await engine?.stop().catch(() => undefined);
+    await stopKurrent?.().catch(() => undefined);
     await db.close().catch(() => undefined);
     throw err;
   }

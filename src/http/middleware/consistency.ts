@@ -1,6 +1,6 @@
 import type { ParameterizedContext } from 'koa';
 import { BadRequest, ConsistencyTimeout } from '../../platform/errors';
-import type { AppMiddleware } from '../types';
+import type { AppMiddleware, AppState } from '../types';
 
 export const EVENT_POSITION_HEADER = 'X-Event-Position';
 export const CONSISTENT_AFTER_HEADER = 'X-Consistent-After';
@@ -12,7 +12,9 @@ const MAX_POSITION = 2n ** 63n - 1n;
  * `X-Event-Position`), waits until every named projection has applied that position, or answers
  * 504 after CONSISTENCY_TIMEOUT_MS. Without the header, reads whatever the projections have.
  */
-export function consistentRead(projectionNames: readonly string[]): AppMiddleware {
+export function consistentRead<State extends AppState = AppState>(
+  projectionNames: readonly string[],
+): AppMiddleware<State> {
   return async (ctx, next) => {
     const raw = ctx.get(CONSISTENT_AFTER_HEADER).trim();
     if (raw !== '') {
