@@ -3,19 +3,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
 import { uuidv7 } from 'uuidv7';
+import { testConfig } from '../src/platform/config';
 import { createPostgresEventStore } from '../src/eventstore/postgres';
 import type { Db } from '../src/platform/db';
 import { rebuildProjection } from '../src/projections/runner';
 import type { Projector } from '../src/projections/types';
-import {
-  embeddedConfig,
-  logger,
-  onServer,
-  openBenchDb,
-  run,
-  serverDatabase,
-  type BenchContext,
-} from './support';
+import { logger, onServer, openBenchDb, run, serverDatabase, type BenchContext } from './support';
 
 const CONCURRENCY = 32;
 
@@ -70,7 +63,7 @@ export async function eventstoreBench(ctx: BenchContext): Promise<void> {
   }
 
   // The embedded database beside the server figures.
-  const embedded = await openBenchDb(embeddedConfig());
+  const embedded = await openBenchDb(testConfig());
   try {
     const appends = await appendRate(embedded, Math.min(seconds, 10), CONCURRENCY);
     ctx.figures.push({

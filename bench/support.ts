@@ -56,10 +56,6 @@ export async function openBenchDb(config: Config): Promise<Db> {
   return db;
 }
 
-export function embeddedConfig(): Config {
-  return testConfig();
-}
-
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;

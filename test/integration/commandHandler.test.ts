@@ -1,10 +1,9 @@
 import { CommandHandler } from '../../src/commands/handler';
-import { createPostgresEventStore } from '../../src/eventstore/postgres';
 import type { EventStore, ReadStreamOptions } from '../../src/eventstore/port';
 import { uuidV7Ids } from '../../src/platform/clock';
 import { ConcurrencyConflict, BadRequest } from '../../src/platform/errors';
 import { counterDecider, type CounterCommand } from '../support/counter';
-import { openTestDatabase, testDatabases, type TestDatabase } from '../support/databases';
+import { openTestStore, testDatabases, type TestDatabase } from '../support/databases';
 
 const increment = (by: number, actorId = 'user-1'): CounterCommand => ({
   type: 'Increment',
@@ -31,13 +30,9 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
   let t: TestDatabase;
   let store: EventStore;
   beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    store = createPostgresEventStore(t.db);
+    ({ store, ...t } = await openTestStore(kind));
   });
-  afterAll(async () => {
-    await store.close();
-    await t.close();
-  });
+  afterAll(() => t.close());
 
   it('reads, folds, decides and appends, answering with the last global position', async () => {
     const handler = new CommandHandler(store, { ids: uuidV7Ids });

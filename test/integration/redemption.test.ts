@@ -1,7 +1,6 @@
 import { CommandHandler } from '../../src/commands/handler';
 import { CodeNotRedeemable, codeDecider } from '../../src/commands/codes/decider';
 import { redeemCode, redemptionReactor } from '../../src/commands/codes/redeem';
-import { createPostgresEventStore } from '../../src/eventstore/postgres';
 import type { EventStore } from '../../src/eventstore/port';
 import { codeStream } from '../../src/events/codes';
 import { ledgerStream } from '../../src/events/ledger';
@@ -9,7 +8,7 @@ import { uuidV7Ids } from '../../src/platform/clock';
 import { ConcurrencyConflict } from '../../src/platform/errors';
 import { createLogger } from '../../src/platform/logger';
 import { createProjectionEngine } from '../../src/projections/runner';
-import { openTestDatabase, testDatabases, type TestDatabase } from '../support/databases';
+import { openTestStore, testDatabases, type TestDatabase } from '../support/databases';
 
 const now = new Date();
 
@@ -17,13 +16,9 @@ describe.each(testDatabases())('redeeming codes on %s', (kind) => {
   let t: TestDatabase;
   let store: EventStore;
   beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    store = createPostgresEventStore(t.db);
+    ({ store, ...t } = await openTestStore(kind));
   });
-  afterAll(async () => {
-    await store.close();
-    await t.close();
-  });
+  afterAll(() => t.close());
 
   const issue = (commands: CommandHandler, code: string, maxUses: number) =>
     commands.handle(codeDecider, codeStream(code), {

@@ -4,6 +4,8 @@ import { testConfig, type Config } from '../../src/platform/config';
 import { openDatabase, type Db } from '../../src/platform/db';
 import { createLogger } from '../../src/platform/logger';
 import { migrateToLatest } from '../../src/platform/migrate';
+import { createPostgresEventStore } from '../../src/eventstore/postgres';
+import type { EventStore } from '../../src/eventstore/port';
 
 export type DatabaseKind = 'pglite' | 'postgres';
 
@@ -68,4 +70,18 @@ export async function onServer(url: string, statement: string): Promise<void> {
   } finally {
     await client.end();
   }
+}
+
+/** A fresh database with the postgres event store on it; close() closes both. */
+export async function openTestStore(kind: DatabaseKind): Promise<TestDatabase & { store: EventStore }> {
+  const t = await openTestDatabase(kind);
+  const store = createPostgresEventStore(t.db);
+  return {
+    ...t,
+    store,
+    async close() {
+      await store.close();
+      await t.close();
+    },
+  };
 }
