@@ -13,6 +13,7 @@ import type { Logger } from './platform/logger';
 import { createMetrics, type Metrics } from './platform/metrics';
 import { migrateToLatest } from './platform/migrate';
 import { allProjectors } from './projections';
+import { createSessionGuard, type SessionGuard } from './queries/sessionGuard';
 import { createProjectionEngine, type RunningProjectionEngine } from './projections/runner';
 import type { Projector } from './projections/types';
 
@@ -28,6 +29,7 @@ export interface System {
   redis: Redis | undefined;
   clock: Clock;
   ids: IdGenerator;
+  sessionGuard: SessionGuard;
   close(): Promise<void>;
 }
 
@@ -69,6 +71,14 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
     closers.unshift(() => projections.stop());
     const redis = config.REDIS_URL ? openRedis(config.REDIS_URL, logger) : undefined;
     if (redis) closers.unshift(() => redis.quit().catch(() => redis.disconnect()));
+    const clock = options.clock ?? systemClock;
+    const sessionGuard = createSessionGuard({
+      db: db.db,
+      redis,
+      clock,
+      cacheMs: config.AUTH_CACHE_MS,
+      markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
+    });
     return {
       config: { ...config, JWT_SECRET: config.JWT_SECRET ?? embeddedJwtSecret(config) },
       logger,
@@ -78,8 +88,9 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
       commands,
       metrics,
       redis,
-      clock: options.clock ?? systemClock,
+      clock,
       ids,
+      sessionGuard,
       async close() {
         for (const close of closers)
           await close().catch((err: unknown) => logger.warn({ err }, 'close failed'));

@@ -1,4 +1,6 @@
+import { ensureAdmin } from '../commands/users/identity';
 import { createApp } from '../http/app';
+import { identityDeps } from '../http/identityDeps';
 import { allResources } from '../http/resources';
 import { sweepIdempotencyKeys } from '../http/middleware/idempotency';
 import { startHttpServer } from '../http/server';
@@ -9,6 +11,14 @@ import { runCli } from './run';
 runCli(async (config, logger) => {
   const system = await buildSystem(config, logger, { role: 'service' });
   if (config.PROJECTIONS_ENABLED) await system.projections.start();
+  if (config.ADMIN_USERNAME && config.ADMIN_PASSWORD) {
+    const admin = await ensureAdmin(
+      identityDeps(system),
+      { username: config.ADMIN_USERNAME, password: config.ADMIN_PASSWORD },
+      { requestId: 'startup' },
+    );
+    if (admin.created || admin.promoted) logger.info(admin, 'admin ready');
+  }
   const app = createApp(system, allResources);
   const server = await startHttpServer(app, config, logger);
   // Idempotency keys are kept a day: long enough for any client's retries.

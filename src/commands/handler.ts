@@ -97,6 +97,19 @@ export class CommandHandler {
     return this.streamQueues.run(key, () => this.decideAndAppend(decider, key, streamName, command));
   }
 
+  /**
+   * A stream's current state without deciding anything (sign-in reads a user, a reservation's
+   * owner). Served from the cache plus whatever was appended since, like a command would see it.
+   */
+  async read<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    streamName: string,
+  ): Promise<{ state: State; revision: bigint; position: bigint }> {
+    const key = `${decider.name}\u0000${streamName}`;
+    const loaded = await this.streamQueues.run(key, () => this.load(decider, key, streamName));
+    return { state: loaded.state as State, revision: loaded.revision, position: loaded.position };
+  }
+
   private async decideAndAppend<State, Cmd extends Command, Evt extends DecidedEvent>(
     decider: Decider<State, Cmd, Evt>,
     key: string,

@@ -10,6 +10,7 @@ import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Metrics } from '../platform/metrics';
 import type { PermissionLevel } from '../platform/tokens';
+import type { SessionGuard } from '../queries/sessionGuard';
 
 /** Everything the HTTP app needs, passed in by the caller (serve.ts, tests). */
 export interface AppDeps {
@@ -24,10 +25,10 @@ export interface AppDeps {
   clock: Clock;
   ids: IdGenerator;
   /**
-   * Revocation hook for `auth()`: true when the login session is revoked (or the user disabled).
-   * Unset = every validly signed, unexpired token is accepted.
+   * Whether an access token's session is alive and its user enabled, and the user's current
+   * permission. Unset = every validly signed, unexpired token is accepted at its own word.
    */
-  isRevoked?: ((sessionId: string, userId: string) => Promise<boolean>) | undefined;
+  sessionGuard?: SessionGuard | undefined;
 }
 
 /** The caller, set by `auth()`. */

@@ -63,6 +63,16 @@ export const ConfigSchema = z.object({
   STREAM_CACHE_SIZE: int(0, 10_000_000).default(10_000),
   PROJECTION_BATCH_SIZE: int(1, 100_000).default(500),
   PROJECTIONS_ENABLED: bool.default(true),
+  ACCESS_TOKEN_TTL_SECONDS: int(60, 30 * 86_400).default(86_400),
+  REFRESH_TOKEN_TTL_SECONDS: int(300, 730 * 86_400).default(90 * 86_400),
+  /** How long an instance trusts its cached view of a session before asking the read model again. */
+  AUTH_CACHE_MS: int(0, 1_000).default(500),
+  SIGNUP_CREDITS: int(0, Number.MAX_SAFE_INTEGER).default(1_000),
+  ADMIN_USERNAME: z
+    .string()
+    .regex(/^[A-Za-z0-9_]{3,32}$/, '3–32 letters, digits or _')
+    .optional(),
+  ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').max(256).optional(),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -92,6 +102,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (config.DATABASE_URL && !config.JWT_SECRET) {
     throw new ConfigError([
       { variable: 'JWT_SECRET', message: 'is required with DATABASE_URL: every instance must share it' },
+    ]);
+  }
+  if (Boolean(config.ADMIN_USERNAME) !== Boolean(config.ADMIN_PASSWORD)) {
+    throw new ConfigError([
+      {
+        variable: config.ADMIN_USERNAME ? 'ADMIN_PASSWORD' : 'ADMIN_USERNAME',
+        message: 'ADMIN_USERNAME and ADMIN_PASSWORD go together',
+      },
     ]);
   }
   return config;

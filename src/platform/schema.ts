@@ -78,6 +78,36 @@ export interface CodeRedemptionsTable {
   used_at: Date;
 }
 
+export interface UsersTable {
+  id: string;
+  username: string;
+  email: string | null;
+  nickname: string;
+  permission: number;
+  disabled: boolean;
+  avatar_id: string | null;
+  method: string;
+  /** `[{provider, subject}]`: the external identities linked to the user. */
+  identities: ColumnType<{ provider: string; subject: string }[], string, string>;
+  created_at: Date;
+  updated_at: Date;
+  last_position: string;
+}
+
+export interface SessionsTable {
+  id: string;
+  user_id: string;
+  method: string;
+  user_agent: string | null;
+  ip: string | null;
+  created_at: Date;
+  last_used_at: Date;
+  expires_at: Date;
+  revoked_at: Date | null;
+  revoke_reason: string | null;
+  last_position: string;
+}
+
 /** Every table, for kysely. Read-model tables are added here by the issues that own them. */
 export interface Database {
   events: EventsTable;
@@ -88,4 +118,6 @@ export interface Database {
   ledger_entries: LedgerEntriesTable;
   codes: CodesTable;
   code_redemptions: CodeRedemptionsTable;
+  users: UsersTable;
+  sessions: SessionsTable;
 }

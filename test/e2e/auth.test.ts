@@ -128,13 +128,18 @@ describe('auth()', () => {
     expect(admin.body).toEqual({ admin: 'root' });
   });
 
-  it('answers 401 when the revocation hook says the session has ended', async () => {
+  it('answers 401 when the session guard says the session has ended', async () => {
     const calls: [string, string][] = [];
     const deps: AppDeps = {
       ...t.deps,
-      isRevoked: async (sessionId, userId) => {
-        calls.push([sessionId, userId]);
-        return sessionId === 'revoked';
+      sessionGuard: {
+        check: async (sessionId, userId) => {
+          calls.push([sessionId, userId]);
+          return sessionId === 'revoked' ? { ok: false, reason: 'revoked' } : { ok: true, permission: null };
+        },
+        markSessionRevoked: async () => undefined,
+        markUserDisabled: async () => undefined,
+        forgetUser: () => undefined,
       },
     };
     const http = supertest(createApp(deps, [testRoutes]).callback());

@@ -10,6 +10,7 @@ import { openDatabase } from '../../src/platform/db';
 import { createLogger } from '../../src/platform/logger';
 import { createMetrics } from '../../src/platform/metrics';
 import { migrateToLatest } from '../../src/platform/migrate';
+import { createSessionGuard } from '../../src/queries/sessionGuard';
 import { createProjectionEngine, type RunningProjectionEngine } from '../../src/projections/runner';
 import type { Projector } from '../../src/projections/types';
 
@@ -70,6 +71,13 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       metrics,
       clock: systemClock,
       ids: uuidV7Ids,
+      sessionGuard: createSessionGuard({
+        db: db.db,
+        redis: options.deps?.redis,
+        clock: options.deps?.clock ?? systemClock,
+        cacheMs: config.AUTH_CACHE_MS,
+        markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
+      }),
       ...options.deps,
     };
     const app = createApp(deps, options.resources ?? []);

@@ -7,11 +7,11 @@ const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i;
 /**
  * Requires a valid access token (`Authorization: Bearer …`) with at least `minPermission`
  * (0 user, 2 admin): 401 with `WWW-Authenticate: Bearer` without one, 403 when the level is too
- * low. Sets `ctx.state.user`. When `deps.isRevoked` is set, a revoked login session is 401.
+ * low. Sets `ctx.state.user`. With `deps.sessionGuard`, a revoked session or disabled user is 401.
  */
 export function auth(minPermission: PermissionLevel = 0): AppMiddleware<AuthedState> {
   return async (ctx, next) => {
-    const { config, clock, isRevoked } = ctx.deps;
+    const { config, clock, sessionGuard } = ctx.deps;
     const header = ctx.get('Authorization');
     if (!header)
       throw new Unauthorized('This endpoint needs an access token: Authorization: Bearer <token>.');
@@ -23,11 +23,21 @@ export function auth(minPermission: PermissionLevel = 0): AppMiddleware<AuthedSt
       { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER },
       clock.now(),
     );
-    if (isRevoked && (await isRevoked(claims.sessionId, claims.userId))) {
-      throw new Unauthorized('The session of this access token has ended; sign in again.');
+    let permission = claims.permission;
+    if (sessionGuard) {
+      const check = await sessionGuard.check(claims.sessionId, claims.userId);
+      if (!check.ok) {
+        throw new Unauthorized(
+          check.reason === 'disabled'
+            ? 'This account is disabled.'
+            : 'The session of this access token has ended; sign in again.',
+        );
+      }
+      // A permission changed since the token was issued counts at once, up or down.
+      if (check.permission !== null) permission = check.permission;
     }
-    ctx.state.user = { id: claims.userId, sessionId: claims.sessionId, permission: claims.permission };
-    if (claims.permission < minPermission) {
+    ctx.state.user = { id: claims.userId, sessionId: claims.sessionId, permission };
+    if (permission < minPermission) {
       throw new Forbidden('Your account is not allowed to do this.');
     }
     await next();

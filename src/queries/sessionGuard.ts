@@ -1,0 +1,119 @@
+import type { Redis } from 'ioredis';
+import type { Kysely } from 'kysely';
+import { LRUCache } from 'lru-cache';
+import type { Clock } from '../platform/clock';
+import type { Database } from '../platform/schema';
+import type { PermissionLevel } from '../platform/tokens';
+
+/** What a request's access token may still do. */
+export type SessionCheck =
+  { ok: true; permission: PermissionLevel | null } | { ok: false; reason: 'revoked' | 'disabled' };
+
+/**
+ * Decides per request whether an access token's session is still alive and its user enabled.
+ * Three layers, fastest first:
+ * - this instance's own revocations, marked the moment it makes them;
+ * - Redis (when set), where every instance marks its revocations, so the others see them at once;
+ * - the sessions and users read models, cached for `cacheMs`, which catch everything else (a
+ *   revocation by a reactor, an instance without Redis) within projection lag + `cacheMs`.
+ * A Redis outage falls through to the read models; it never fails a request.
+ */
+export interface SessionGuard {
+  check(sessionId: string, userId: string): Promise<SessionCheck>;
+  markSessionRevoked(sessionId: string): Promise<void>;
+  markUserDisabled(userId: string, disabled: boolean): Promise<void>;
+  /** Drops this instance's cached view of a user (its permission changed). */
+  forgetUser(userId: string): void;
+}
+
+interface Row {
+  revoked: boolean;
+  disabled: boolean;
+  permission: PermissionLevel | null;
+  at: number;
+}
+
+const SESSION_KEY = (id: string) => `auth:revoked:session:${id}`;
+const USER_KEY = (id: string) => `auth:disabled:user:${id}`;
+
+export function createSessionGuard(options: {
+  db: Kysely<Database>;
+  redis?: Redis | undefined;
+  clock: Clock;
+  cacheMs: number;
+  /** How long a Redis mark lives: as long as any access token of the session could. */
+  markTtlSeconds: number;
+}): SessionGuard {
+  const { db, redis, clock, cacheMs, markTtlSeconds } = options;
+  const rows = new LRUCache<string, Row>({ max: 100_000 });
+  const revokedHere = new LRUCache<string, true>({ max: 100_000, ttl: markTtlSeconds * 1000 });
+  // Only until the read model has caught up; after that it is the authority (another instance may
+  // have enabled the user again).
+  const disabledHere = new LRUCache<string, boolean>({ max: 100_000, ttl: 60_000 });
+
+  async function fromRedis(sessionId: string, userId: string): Promise<'revoked' | 'disabled' | null> {
+    if (!redis || redis.status !== 'ready') return null;
+    try {
+      const [session, user] = await redis.mget(SESSION_KEY(sessionId), USER_KEY(userId));
+      if (user) return 'disabled';
+      if (session) return 'revoked';
+    } catch {
+      // Redis is an accelerator here; the read models still answer.
+    }
+    return null;
+  }
+
+  async function fromReadModels(sessionId: string, userId: string): Promise<Row> {
+    const key = `${sessionId}\u0000${userId}`;
+    const now = clock.now().getTime();
+    const cached = rows.get(key);
+    if (cached && now - cached.at < cacheMs) return cached;
+    const [session, user] = await Promise.all([
+      db.selectFrom('sessions').select('revoked_at').where('id', '=', sessionId).executeTakeFirst(),
+      db.selectFrom('users').select(['disabled', 'permission']).where('id', '=', userId).executeTakeFirst(),
+    ]);
+    const row: Row = {
+      // A session not yet projected has just started: it cannot have been revoked before it existed.
+      revoked: Boolean(session?.revoked_at),
+      disabled: user?.disabled ?? false,
+      permission: user ? (user.permission as PermissionLevel) : null,
+      at: now,
+    };
+    rows.set(key, row);
+    return row;
+  }
+
+  function forgetUser(userId: string): void {
+    for (const key of rows.keys()) if (key.endsWith(`\u0000${userId}`)) rows.delete(key);
+  }
+
+  return {
+    async check(sessionId, userId) {
+      if (disabledHere.get(userId) === true) return { ok: false, reason: 'disabled' };
+      if (revokedHere.has(sessionId)) return { ok: false, reason: 'revoked' };
+      const marked = await fromRedis(sessionId, userId);
+      if (marked) return { ok: false, reason: marked };
+      const row = await fromReadModels(sessionId, userId);
+      // Enabled again here, but the read model may lag behind: this instance's own word wins.
+      if (row.disabled && disabledHere.get(userId) !== false) return { ok: false, reason: 'disabled' };
+      if (row.revoked) return { ok: false, reason: 'revoked' };
+      return { ok: true, permission: row.permission };
+    },
+    async markSessionRevoked(sessionId) {
+      revokedHere.set(sessionId, true);
+      if (redis?.status === 'ready') {
+        await redis.set(SESSION_KEY(sessionId), '1', 'EX', markTtlSeconds).catch(() => undefined);
+      }
+    },
+    forgetUser,
+    async markUserDisabled(userId, disabled) {
+      disabledHere.set(userId, disabled);
+      forgetUser(userId);
+      if (redis?.status === 'ready') {
+        await (
+          disabled ? redis.set(USER_KEY(userId), '1', 'EX', markTtlSeconds) : redis.del(USER_KEY(userId))
+        ).catch(() => undefined);
+      }
+    },
+  };
+}

@@ -1,0 +1,456 @@
+import jwt from 'jsonwebtoken';
+import supertest from 'supertest';
+import { CommandHandler } from '../../src/commands/handler';
+import { createApp, type AppDeps } from '../../src/http/app';
+import { allResources } from '../../src/http/resources';
+import { uuidV7Ids } from '../../src/platform/clock';
+import { testConfig } from '../../src/platform/config';
+import { allProjectors } from '../../src/projections';
+import { createSessionGuard } from '../../src/queries/sessionGuard';
+import { createTestApp, type TestApp } from '../support/app';
+import { bearer } from '../support/tokens';
+
+let t: TestApp;
+beforeAll(async () => {
+  t = await createTestApp({ resources: [...allResources], projectors: allProjectors });
+});
+afterAll(() => t?.close());
+
+let counter = 0;
+const uniqueName = (prefix = 'user') => `${prefix}_${process.pid}_${++counter}`;
+
+async function register(username = uniqueName(), password = 'correct horse', email?: string) {
+  const res = await t.http.post('/api/v1/users').send({ username, password, ...(email ? { email } : {}) });
+  expect(res.status).toBe(201);
+  return { username, password, id: res.body.id as string, res };
+}
+
+async function login(username: string, password: string, http = t.http) {
+  return http.post('/api/v1/session/oauth2/token').type('form').send({ username, password });
+}
+
+async function signedIn(username = uniqueName()) {
+  const user = await register(username);
+  const res = await login(user.username, user.password);
+  expect(res.status).toBe(200);
+  return {
+    ...user,
+    access: res.body.access_token as string,
+    refresh: res.body.refresh_token as string,
+    auth: `Bearer ${res.body.access_token as string}`,
+  };
+}
+
+const sessionOf = (access: string) => (jwt.decode(access) as { sid: string }).sid;
+
+describe('sign-up', () => {
+  it('answers 201 with the user, and the sign-up grant lands in the ledger', async () => {
+    const name = uniqueName('Alice');
+    const { res } = await register(name, 'correct horse', `${name}@example.com`);
+    expect(res.body).toEqual({
+      id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      username: name,
+      email: `${name}@example.com`,
+      nickname: name,
+      permission: 0,
+      created_at: expect.any(String),
+      avatar_url: null,
+    });
+    const tokens = await login(name, 'correct horse');
+    const credits = await t.http
+      .get('/api/v1/users/me/credits')
+      .set('Authorization', `Bearer ${tokens.body.access_token as string}`)
+      .set('X-Consistent-After', res.headers['x-event-position'] as string);
+    expect(credits.status).toBe(200);
+    expect(credits.body).toMatchObject({ balance: 1000, available: 1000 });
+    expect(credits.body.history.items).toEqual([
+      expect.objectContaining({ type: 'granted', amount: 1000, reason: 'signup' }),
+    ]);
+  });
+
+  it('answers 409 for a taken username in any letter case, and for a taken email', async () => {
+    const name = uniqueName('Bob');
+    await register(name, 'correct horse', `${name}@example.com`);
+    const again = await t.http
+      .post('/api/v1/users')
+      .send({ username: name.toUpperCase(), password: 'x'.repeat(8) });
+    expect(again.status).toBe(409);
+    expect(again.body).toMatchObject({ type: '/problems/already-taken', field: 'username' });
+    const email = await t.http
+      .post('/api/v1/users')
+      .send({ username: uniqueName(), password: 'x'.repeat(8), email: `${name.toUpperCase()}@EXAMPLE.com` });
+    expect(email.status).toBe(409);
+    expect(email.body).toMatchObject({ field: 'email' });
+  });
+
+  it('releases the username when the email is taken, so it can be registered after all', async () => {
+    const owner = uniqueName();
+    await register(owner, 'correct horse', `${owner}@example.com`);
+    const name = uniqueName();
+    const clash = await t.http
+      .post('/api/v1/users')
+      .send({ username: name, password: 'x'.repeat(8), email: `${owner}@example.com` });
+    expect(clash.status).toBe(409);
+    await register(name);
+  });
+
+  it('answers 400 naming the field for a bad username, short password or bad email', async () => {
+    for (const body of [
+      { username: 'ab', password: 'long enough' },
+      { username: 'has space', password: 'long enough' },
+      { username: uniqueName(), password: 'short' },
+      { username: uniqueName(), password: 'long enough', email: 'not-an-email' },
+    ]) {
+      const res = await t.http.post('/api/v1/users').send(body);
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+    }
+  });
+
+  it('gives exactly one 201 for 200 parallel registrations of one username', async () => {
+    const name = uniqueName('race');
+    const results = await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        t.http.post('/api/v1/users').send({ username: name, password: `password-${i}` }),
+      ),
+    );
+    const statuses = results.map((r) => r.status);
+    expect(statuses.filter((s) => s === 201)).toHaveLength(1);
+    expect(statuses.filter((s) => s === 409)).toHaveLength(199);
+    const winner = results.findIndex((r) => r.status === 201);
+    expect((await login(name, `password-${winner}`)).status).toBe(200);
+  });
+});
+
+describe('sign-in and sessions', () => {
+  it('issues a token pair for the OAuth2 password grant and shows my profile', async () => {
+    const u = await register();
+    const res = await login(u.username, u.password);
+    expect(res.status).toBe(200);
+    expect(res.headers['cache-control']).toBe('no-store');
+    expect(res.body).toEqual({
+      access_token: expect.any(String),
+      token_type: 'bearer',
+      expires_in: 86400,
+      refresh_token: expect.stringMatching(/^[0-9a-f-]{36}\.[A-Za-z0-9_-]{43}$/),
+    });
+    const me = await t.http
+      .get('/api/v1/users/me')
+      .set('Authorization', `Bearer ${res.body.access_token as string}`);
+    expect(me.status).toBe(200);
+    expect(me.body).toMatchObject({ id: u.id, username: u.username, permission: 0 });
+  });
+
+  it('answers 401 for a wrong password or an unknown user, alike', async () => {
+    const u = await register();
+    const wrong = await login(u.username, 'not the password');
+    const unknown = await login(uniqueName('nobody'), 'whatever pw');
+    for (const res of [wrong, unknown]) {
+      expect(res.status).toBe(401);
+      expect(res.body.detail).toBe('Wrong username or password.');
+    }
+  });
+
+  it('rotates refresh tokens: the old one is refused, and reusing it ends the whole session', async () => {
+    const u = await signedIn();
+    const first = await t.http.post('/api/v1/session/refresh').send({ refresh_token: u.refresh });
+    expect(first.status).toBe(200);
+    const second = first.body as { access_token: string; refresh_token: string };
+    expect(second.refresh_token).not.toBe(u.refresh);
+    expect(sessionOf(second.access_token)).toBe(sessionOf(u.access));
+
+    const reused = await t.http.post('/api/v1/session/refresh').send({ refresh_token: u.refresh });
+    expect(reused.status).toBe(401);
+    expect(reused.body.detail).toMatch(/already used/);
+    // The reuse revoked the session: the newer refresh token and every access token are dead too.
+    const after = await t.http.post('/api/v1/session/refresh').send({ refresh_token: second.refresh_token });
+    expect(after.status).toBe(401);
+    for (const token of [u.access, second.access_token]) {
+      const me = await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`);
+      expect(me.status).toBe(401);
+    }
+  });
+
+  it('takes the refresh grant at the OAuth2 token endpoint too', async () => {
+    const u = await signedIn();
+    const res = await t.http
+      .post('/api/v1/session/oauth2/token')
+      .type('form')
+      .send({ grant_type: 'refresh_token', refresh_token: u.refresh });
+    expect(res.status).toBe(200);
+    expect(res.body.token_type).toBe('bearer');
+  });
+
+  it('answers 401 for a malformed or made-up refresh token', async () => {
+    for (const refresh_token of ['nope', `${crypto.randomUUID()}.${'A'.repeat(43)}`]) {
+      const res = await t.http.post('/api/v1/session/refresh').send({ refresh_token });
+      expect(res.status).toBe(401);
+    }
+  });
+
+  it('signs out: DELETE /session answers 204 and the token stops working', async () => {
+    const u = await signedIn();
+    const out = await t.http.delete('/api/v1/session').set('Authorization', u.auth);
+    expect(out.status).toBe(204);
+    expect((await t.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
+    expect((await t.http.post('/api/v1/session/refresh').send({ refresh_token: u.refresh })).status).toBe(
+      401,
+    );
+  });
+
+  it('lists my active sessions and ends one of them; another user’s session is 404', async () => {
+    const u = await signedIn();
+    const other = await login(u.username, u.password);
+    const otherSession = sessionOf(other.body.access_token as string);
+    const list = await t.http
+      .get('/api/v1/users/me/sessions')
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', other.headers['x-event-position'] as string);
+    expect(list.status).toBe(200);
+    expect(list.body.items).toHaveLength(2);
+    const items = list.body.items as { id: string; current: boolean }[];
+    expect(items.find((s) => s.current)?.id).toBe(sessionOf(u.access));
+
+    const stranger = await signedIn();
+    const foreign = await t.http
+      .delete(`/api/v1/users/me/sessions/${otherSession}`)
+      .set('Authorization', stranger.auth);
+    expect(foreign.status).toBe(404);
+    expect(
+      (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${other.body.access_token}`)).status,
+    ).toBe(200);
+
+    const ended = await t.http
+      .delete(`/api/v1/users/me/sessions/${otherSession}`)
+      .set('Authorization', u.auth);
+    expect(ended.status).toBe(204);
+    expect(
+      (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${other.body.access_token}`)).status,
+    ).toBe(401);
+    const after = await t.http
+      .get('/api/v1/users/me/sessions')
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', ended.headers['x-event-position'] as string);
+    expect((after.body.items as { id: string }[]).map((s) => s.id)).toEqual([sessionOf(u.access)]);
+  });
+
+  it('changing my password ends my other sessions and keeps this one', async () => {
+    const u = await signedIn();
+    const other = await login(u.username, u.password);
+    const wrongOld = await t.http
+      .put('/api/v1/users/me/password')
+      .set('Authorization', u.auth)
+      .send({ old_password: 'not it at all', new_password: 'brand new pw' });
+    expect(wrongOld.status).toBe(400);
+    const changed = await t.http
+      .put('/api/v1/users/me/password')
+      .set('Authorization', u.auth)
+      .send({ old_password: u.password, new_password: 'brand new pw' });
+    expect(changed.status).toBe(204);
+    expect(
+      (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${other.body.access_token}`)).status,
+    ).toBe(401);
+    expect((await t.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(200);
+    expect((await login(u.username, u.password)).status).toBe(401);
+    expect((await login(u.username, 'brand new pw')).status).toBe(200);
+  });
+
+  it('answers 401 for tokens with alg none, another key, expired, or tampered claims', async () => {
+    const u = await signedIn();
+    const claims = jwt.decode(u.access) as Record<string, unknown>;
+    const none = `${Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.`;
+    const otherKey = jwt.sign(claims, 'another-secret-another-secret-another-secret');
+    const expired = bearer({ userId: u.id, sessionId: sessionOf(u.access), expiresIn: -10 });
+    const [head, , sig] = u.access.split('.');
+    const promoted = `${head}.${Buffer.from(JSON.stringify({ ...claims, perm: 2 })).toString('base64url')}.${sig}`;
+    for (const token of [`Bearer ${none}`, `Bearer ${otherKey}`, expired, `Bearer ${promoted}`]) {
+      const res = await t.http.get('/api/v1/users/me').set('Authorization', token);
+      expect(res.status).toBe(401);
+    }
+  });
+});
+
+describe('profile', () => {
+  it('changes my nickname and email; a taken email is 409 and the old one is freed on change', async () => {
+    const u = await signedIn();
+    const taken = await register(uniqueName(), 'correct horse', `taken_${u.username}@example.com`);
+    expect(taken.id).toBeTruthy();
+    const clash = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', u.auth)
+      .send({ email: `taken_${u.username}@example.com` });
+    expect(clash.status).toBe(409);
+    const first = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', u.auth)
+      .send({ nickname: 'Ally', email: `a_${u.username}@example.com` });
+    expect(first.status).toBe(200);
+    expect(first.body).toMatchObject({ nickname: 'Ally', email: `a_${u.username}@example.com` });
+    await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', u.auth)
+      .send({ email: `b_${u.username}@example.com` });
+    // The first address is free again.
+    await register(uniqueName(), 'correct horse', `a_${u.username}@example.com`);
+    const empty = await t.http.patch('/api/v1/users/me').set('Authorization', u.auth).send({});
+    expect(empty.status).toBe(400);
+  });
+});
+
+describe('admin', () => {
+  const adminRoutes: [string, string, object?][] = [
+    ['get', '/api/v1/users'],
+    ['get', '/api/v1/users/00000000-0000-7000-8000-000000000000'],
+    ['patch', '/api/v1/users/00000000-0000-7000-8000-000000000000', { disabled: true }],
+    ['put', '/api/v1/users/00000000-0000-7000-8000-000000000000/password', { new_password: 'whatever pw' }],
+    ['post', '/api/v1/users/00000000-0000-7000-8000-000000000000/credits', { amount: 5, reason: 'x' }],
+    ['post', '/api/v1/codes', { amount: 5 }],
+    ['get', '/api/v1/codes'],
+    ['get', '/api/v1/codes/ABCDEFGHJKMNPQRS'],
+    ['delete', '/api/v1/codes/ABCDEFGHJKMNPQRS'],
+    ['get', '/api/v1/admin/projections'],
+  ];
+
+  it('answers 403 to a signed-in non-admin on every admin route, 401 to nobody', async () => {
+    const u = await signedIn();
+    for (const [method, path, body] of adminRoutes) {
+      const call = (t.http as unknown as Record<string, (p: string) => supertest.Test>)[method]!(path);
+      const res = await call.set('Authorization', u.auth).send(body);
+      expect([path, res.status]).toEqual([path, 403]);
+      const anonymous = await (t.http as unknown as Record<string, (p: string) => supertest.Test>)[method]!(
+        path,
+      ).send(body);
+      expect([path, anonymous.status]).toEqual([path, 401]);
+    }
+  });
+
+  it('lists and views users, changes permission at once, disables and re-enables, resets passwords', async () => {
+    const { ensureAdmin } = await import('../../src/commands/users/identity');
+    const { identityDeps } = await import('../../src/http/identityDeps');
+    const adminName = uniqueName('root');
+    await ensureAdmin(identityDeps(t.deps), { username: adminName, password: 'admin password' }, {});
+    const adminLogin = await login(adminName, 'admin password');
+    const admin = `Bearer ${adminLogin.body.access_token as string}`;
+    const u = await signedIn();
+
+    const list = await t.http
+      .get(`/api/v1/users?q=${u.username.slice(0, 12)}&limit=100`)
+      .set('Authorization', admin)
+      .set('X-Consistent-After', adminLogin.headers['x-event-position'] as string);
+    expect(list.status).toBe(200);
+    expect((list.body.items as { id: string }[]).map((x) => x.id)).toContain(u.id);
+    const view = await t.http.get(`/api/v1/users/${u.id}`).set('Authorization', admin);
+    expect(view.body).toMatchObject({ id: u.id, disabled: false, permission: 0 });
+
+    // Promotion counts at once, with the token the user already holds.
+    expect((await t.http.get('/api/v1/users').set('Authorization', u.auth)).status).toBe(403);
+    const promoted = await t.http
+      .patch(`/api/v1/users/${u.id}`)
+      .set('Authorization', admin)
+      .send({ permission: 2 });
+    expect(promoted.status).toBe(200);
+    expect(promoted.body.permission).toBe(2);
+    expect((await t.http.get('/api/v1/users').set('Authorization', u.auth)).status).toBe(200);
+    await t.http.patch(`/api/v1/users/${u.id}`).set('Authorization', admin).send({ permission: 0 });
+
+    const disabled = await t.http
+      .patch(`/api/v1/users/${u.id}`)
+      .set('Authorization', admin)
+      .send({ disabled: true });
+    expect(disabled.status).toBe(200);
+    expect(disabled.body.disabled).toBe(true);
+    const refused = await t.http.get('/api/v1/users/me').set('Authorization', u.auth);
+    expect(refused.status).toBe(401);
+    expect(refused.body.detail).toMatch(/disabled/);
+    expect((await login(u.username, u.password)).status).toBe(401);
+    await t.http.patch(`/api/v1/users/${u.id}`).set('Authorization', admin).send({ disabled: false });
+    const again = await login(u.username, u.password);
+    expect(again.status).toBe(200);
+
+    const reset = await t.http
+      .put(`/api/v1/users/${u.id}/password`)
+      .set('Authorization', admin)
+      .send({ new_password: 'set by admin' });
+    expect(reset.status).toBe(204);
+    expect(
+      (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${again.body.access_token}`)).status,
+    ).toBe(401);
+    expect((await login(u.username, 'set by admin')).status).toBe(200);
+
+    const self = await t.http
+      .patch(`/api/v1/users/${(jwt.decode(adminLogin.body.access_token as string) as { sub: string }).sub}`)
+      .set('Authorization', admin)
+      .send({ disabled: true });
+    expect(self.status).toBe(409);
+    expect(
+      (await t.http.get('/api/v1/users/00000000-0000-7000-8000-000000000000').set('Authorization', admin))
+        .status,
+    ).toBe(404);
+  });
+});
+
+describe('revocation across instances', () => {
+  it('a second instance refuses a revoked session once its cache turns over, without Redis', async () => {
+    let now = Date.now();
+    const clock = { now: () => new Date(now) };
+    const config = testConfig();
+    const other: AppDeps = {
+      ...t.deps,
+      commands: new CommandHandler(t.deps.store, { ids: uuidV7Ids }),
+      sessionGuard: createSessionGuard({
+        db: t.deps.db.db,
+        clock,
+        cacheMs: config.AUTH_CACHE_MS,
+        markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
+      }),
+    };
+    const b = supertest(createApp(other, allResources).callback());
+    const u = await signedIn();
+    expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(200);
+    const out = await t.http.delete('/api/v1/session').set('Authorization', u.auth);
+    expect(
+      await t.deps.projections.waitFor(['sessions'], BigInt(out.headers['x-event-position'] as string), 5000),
+    ).toBe(true);
+    now += config.AUTH_CACHE_MS + 1;
+    expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
+  });
+});
+
+const withRedis = process.env.REDIS_URL ? describe : describe.skip;
+withRedis('revocation across instances with Redis', () => {
+  it('a second instance refuses a revoked session at once, before its cache turns over', async () => {
+    const { Redis } = await import('ioredis');
+    const redis = new Redis(process.env.REDIS_URL!);
+    try {
+      const config = testConfig();
+      const frozen = new Date();
+      const guard = (cacheMs: number) =>
+        createSessionGuard({
+          db: t.deps.db.db,
+          redis,
+          // A frozen clock: the read-model cache never turns over, so only Redis can tell.
+          clock: { now: () => frozen },
+          cacheMs,
+          markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
+        });
+      await new Promise((r) => (redis.status === 'ready' ? r(null) : redis.once('ready', r)));
+      const a = supertest(createApp({ ...t.deps, sessionGuard: guard(1000) }, allResources).callback());
+      const b = supertest(
+        createApp(
+          {
+            ...t.deps,
+            commands: new CommandHandler(t.deps.store, { ids: uuidV7Ids }),
+            sessionGuard: guard(1000),
+          },
+          allResources,
+        ).callback(),
+      );
+      const u = await signedIn();
+      expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(200);
+      expect((await a.delete('/api/v1/session').set('Authorization', u.auth)).status).toBe(204);
+      expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
+    } finally {
+      redis.disconnect();
+    }
+  });
+});
