@@ -28,7 +28,16 @@ describe('user decider', () => {
   };
 
   it('registers once: registering again decides nothing', () => {
-    const { registeredAt: _r, ...data } = registered.data;
+    const data = {
+      userId: 'u1',
+      username: 'alice',
+      email: null,
+      nickname: 'alice',
+      passwordHash: 'h1',
+      permission: 0 as const,
+      method: 'password' as const,
+      signupCredits: 100,
+    };
     spec.given([]).when({ type: 'RegisterUser', data, metadata }).then([registered]);
     spec.given([registered]).when({ type: 'RegisterUser', data, metadata }).then([]);
   });
