@@ -1,0 +1,75 @@
+import { z } from 'zod';
+
+/**
+ * Tasks' events (stream `task-{id}`): one model reply being generated for a chat. The hold on the
+ * user's credits has the task's id; the terminal event carries the text and usage, so settling it
+ * (the assistant message, the capture) can be completed from the event alone by a reactor.
+ */
+const id = z.string().min(1).max(200);
+const at = z.string().datetime({ offset: true });
+const usage = z.object({
+  promptTokens: z.number().int().min(0),
+  completionTokens: z.number().int().min(0),
+});
+
+export const TaskEventSchemas = {
+  TaskCreated: z.object({
+    taskId: id,
+    userId: id,
+    /** The chat it replies in; null for an OpenAI-compatible completion outside any chat. */
+    chatId: id.nullable(),
+    model: z.string().min(1),
+    promptTokens: z.number().int().min(0),
+    maxTokens: z.number().int().min(1),
+    /** Credits held for prompt + max output at the model's prices (hold id = task id). */
+    hold: z.number().int().min(0),
+    /** Past this, a task with no outcome is failed by the sweeper and its hold released. */
+    deadlineAt: at,
+    createdAt: at,
+  }),
+  TaskStreamClaimed: z.object({ taskId: id, claimedAt: at }),
+  TaskCancelRequested: z.object({ taskId: id, requestedAt: at }),
+  TaskCompleted: z.object({
+    taskId: id,
+    userId: id,
+    chatId: id.nullable(),
+    messageId: id.nullable(),
+    content: z.string(),
+    usage,
+    cost: z.number().int().min(0),
+    /** How usage was counted: the provider's report, or our tokenizer when it sent none. */
+    usageSource: z.enum(['provider', 'tokenizer']),
+    completedAt: at,
+  }),
+  TaskFailed: z.object({
+    taskId: id,
+    userId: id,
+    chatId: id.nullable(),
+    /** The partial reply saved as such, if any text came before the failure. */
+    messageId: id.nullable(),
+    content: z.string(),
+    usage,
+    cost: z.number().int().min(0),
+    reason: z.string(),
+    failedAt: at,
+  }),
+  TaskCancelled: z.object({
+    taskId: id,
+    userId: id,
+    chatId: id.nullable(),
+    messageId: id.nullable(),
+    content: z.string(),
+    usage,
+    cost: z.number().int().min(0),
+    cancelledAt: at,
+  }),
+} as const;
+
+export type TaskEventType = keyof typeof TaskEventSchemas;
+export type TaskEvent = {
+  [T in TaskEventType]: { type: T; data: z.infer<(typeof TaskEventSchemas)[T]> };
+}[TaskEventType];
+export type TaskOutcome = Extract<TaskEvent, { type: 'TaskCompleted' | 'TaskFailed' | 'TaskCancelled' }>;
+export const TASK_OUTCOMES = ['TaskCompleted', 'TaskFailed', 'TaskCancelled'] as const;
+
+export const taskStream = (taskId: string) => `task-${taskId}`;

@@ -1,0 +1,187 @@
+import { EventEmitter } from 'node:events';
+import type { Redis } from 'ioredis';
+import type { Logger } from './logger';
+
+/** One piece of a task's output, as the SSE stream sends it. */
+export type TaskChunk =
+  | { kind: 'delta'; content: string }
+  | {
+      kind: 'done';
+      messageId: string | null;
+      usage: { prompt_tokens: number; completion_tokens: number };
+      cost: number;
+    }
+  | { kind: 'error'; detail: string };
+
+/**
+ * Where a task's output waits for its reader: generation writes as it goes, independent of any HTTP
+ * connection; the stream endpoint replays what is there, then follows live until `done`/`error`.
+ */
+export interface TaskBuffer {
+  append(taskId: string, chunk: TaskChunk): void;
+  /** Replays, then follows; ends after the terminal chunk or when `signal` aborts. */
+  read(taskId: string, signal: AbortSignal): AsyncIterable<TaskChunk>;
+  close(): Promise<void>;
+}
+
+const terminal = (c: TaskChunk) => c.kind !== 'delta';
+
+/** In process: one instance serves both the generation and its stream. Finished buffers are kept a while. */
+export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskBuffer {
+  const keepMs = options.keepMs ?? 10 * 60_000;
+  const buffers = new Map<string, { chunks: TaskChunk[]; timer?: NodeJS.Timeout }>();
+  const events = new EventEmitter();
+  events.setMaxListeners(0);
+
+  const bufferOf = (taskId: string) => {
+    let b = buffers.get(taskId);
+    if (!b) buffers.set(taskId, (b = { chunks: [] }));
+    return b;
+  };
+
+  return {
+    append(taskId, chunk) {
+      const b = bufferOf(taskId);
+      if (b.chunks.some(terminal)) return;
+      b.chunks.push(chunk);
+      if (terminal(chunk)) {
+        b.timer = setTimeout(() => buffers.delete(taskId), keepMs);
+        b.timer.unref();
+      }
+      events.emit(taskId);
+    },
+    async *read(taskId, signal) {
+      let next = 0;
+      for (;;) {
+        const b = bufferOf(taskId);
+        while (next < b.chunks.length) {
+          const chunk = b.chunks[next++]!;
+          yield chunk;
+          if (terminal(chunk)) return;
+        }
+        if (signal.aborted) return;
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            events.off(taskId, wake);
+            signal.removeEventListener('abort', wake);
+            resolve();
+          };
+          events.on(taskId, wake);
+          signal.addEventListener('abort', wake, { once: true });
+        });
+      }
+    },
+    async close() {
+      for (const b of buffers.values()) clearTimeout(b.timer);
+      buffers.clear();
+    },
+  };
+}
+
+/**
+ * Redis Streams: any instance can serve a task's stream, wherever it is generated. Every write also
+ * goes to this instance's memory buffer, so when Redis is down the instance that generates still
+ * serves its own tasks (the documented fallback: a stream request that lands elsewhere then waits).
+ */
+export function createRedisTaskBuffer(
+  redis: Redis,
+  logger: Logger,
+  options: { keepSeconds?: number } = {},
+): TaskBuffer {
+  const keepSeconds = options.keepSeconds ?? 600;
+  const local = createMemoryTaskBuffer({ keepMs: keepSeconds * 1000 });
+  const localTasks = new Set<string>();
+  const key = (taskId: string) => `task:${taskId}:out`;
+  const channel = (taskId: string) => `task:${taskId}:wake`;
+  // Readers wait for a wake-up on one subscriber connection shared by all of them, then read with
+  // plain XRANGE: no blocking command ties up a connection per open stream.
+  const subscriber = redis.duplicate();
+  subscriber.on('error', () => undefined);
+  const wakes = new EventEmitter();
+  wakes.setMaxListeners(0);
+  subscriber.on('message', (ch: string) => wakes.emit(ch));
+  const listening = new Map<string, number>();
+  let writes = Promise.resolve();
+
+  async function listen(ch: string, delta: 1 | -1): Promise<void> {
+    const n = (listening.get(ch) ?? 0) + delta;
+    if (n <= 0) listening.delete(ch);
+    else listening.set(ch, n);
+    try {
+      if (delta === 1 && n === 1) await subscriber.subscribe(ch);
+      if (delta === -1 && n <= 0) await subscriber.unsubscribe(ch);
+    } catch {
+      // Without the wake-up, readers still poll.
+    }
+  }
+
+  return {
+    append(taskId, chunk) {
+      localTasks.add(taskId);
+      local.append(taskId, chunk);
+      // In order per instance: chained, so a delta never overtakes the one before it.
+      writes = writes.then(async () => {
+        if (redis.status !== 'ready') return;
+        try {
+          await redis
+            .multi()
+            .xadd(key(taskId), 'MAXLEN', '~', '100000', '*', 'c', JSON.stringify(chunk))
+            .expire(key(taskId), terminal(chunk) ? keepSeconds : keepSeconds * 6)
+            .publish(channel(taskId), '1')
+            .exec();
+        } catch (err) {
+          logger.warn({ err: (err as Error).message, taskId }, 'task output not written to redis');
+        }
+      });
+    },
+    async *read(taskId, signal) {
+      if (localTasks.has(taskId) || redis.status !== 'ready') {
+        yield* local.read(taskId, signal);
+        return;
+      }
+      const ch = channel(taskId);
+      await listen(ch, 1);
+      try {
+        let last = '-';
+        while (!signal.aborted) {
+          let items: [string, string[]][];
+          try {
+            items = await redis.xrange(key(taskId), last === '-' ? '-' : `(${last}`, '+', 'COUNT', 500);
+          } catch {
+            if (localTasks.has(taskId)) {
+              yield* local.read(taskId, signal);
+              return;
+            }
+            items = [];
+          }
+          for (const [entryId, fields] of items) {
+            last = entryId;
+            const chunk = JSON.parse(fields[1] ?? '{}') as TaskChunk;
+            yield chunk;
+            if (terminal(chunk)) return;
+          }
+          if (items.length > 0) continue;
+          // Wait for the next write (or poll: a wake-up lost to a reconnect costs at most this).
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              clearTimeout(timer);
+              wakes.off(ch, done);
+              signal.removeEventListener('abort', done);
+              resolve();
+            };
+            const timer = setTimeout(done, 250);
+            wakes.on(ch, done);
+            signal.addEventListener('abort', done, { once: true });
+          });
+        }
+      } finally {
+        await listen(ch, -1);
+      }
+    },
+    async close() {
+      await writes;
+      subscriber.disconnect();
+      await local.close();
+    },
+  };
+}

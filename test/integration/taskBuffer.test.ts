@@ -1,0 +1,128 @@
+import { Redis } from 'ioredis';
+import { createLogger } from '../../src/platform/logger';
+import {
+  createMemoryTaskBuffer,
+  createRedisTaskBuffer,
+  type TaskBuffer,
+  type TaskChunk,
+} from '../../src/platform/taskBuffer';
+
+async function collect(buffer: TaskBuffer, taskId: string, signal = new AbortController().signal) {
+  const chunks: TaskChunk[] = [];
+  for await (const c of buffer.read(taskId, signal)) chunks.push(c);
+  return chunks;
+}
+
+const done: TaskChunk = {
+  kind: 'done',
+  messageId: 'm1',
+  usage: { prompt_tokens: 3, completion_tokens: 2 },
+  cost: 1,
+};
+
+function contract(
+  name: string,
+  make: () => Promise<{ writer: TaskBuffer; reader: TaskBuffer; close(): Promise<void> }>,
+) {
+  describe(name, () => {
+    let b: Awaited<ReturnType<typeof make>>;
+    beforeEach(async () => {
+      b = await make();
+    });
+    afterEach(() => b.close());
+
+    it('replays what was written before the reader came, then follows live to the end', async () => {
+      const id = crypto.randomUUID();
+      b.writer.append(id, { kind: 'delta', content: 'Hel' });
+      b.writer.append(id, { kind: 'delta', content: 'lo' });
+      const reading = collect(b.reader, id);
+      await new Promise((r) => setTimeout(r, 50));
+      b.writer.append(id, { kind: 'delta', content: '!' });
+      b.writer.append(id, done);
+      expect(await reading).toEqual([
+        { kind: 'delta', content: 'Hel' },
+        { kind: 'delta', content: 'lo' },
+        { kind: 'delta', content: '!' },
+        done,
+      ]);
+    });
+
+    it('keeps nothing after the terminal chunk, and a late reader still gets everything', async () => {
+      const id = crypto.randomUUID();
+      b.writer.append(id, { kind: 'delta', content: 'a' });
+      b.writer.append(id, { kind: 'error', detail: 'upstream failed' });
+      b.writer.append(id, { kind: 'delta', content: 'ignored' });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(await collect(b.reader, id)).toEqual([
+        { kind: 'delta', content: 'a' },
+        { kind: 'error', detail: 'upstream failed' },
+      ]);
+    });
+
+    it('stops following when the reader goes away', async () => {
+      const id = crypto.randomUUID();
+      b.writer.append(id, { kind: 'delta', content: 'a' });
+      const abort = new AbortController();
+      const reading = collect(b.reader, id, abort.signal);
+      await new Promise((r) => setTimeout(r, 50));
+      abort.abort();
+      expect(await reading).toEqual([{ kind: 'delta', content: 'a' }]);
+    });
+
+    it('keeps order across many deltas', async () => {
+      const id = crypto.randomUUID();
+      const reading = collect(b.reader, id);
+      for (let i = 0; i < 500; i++) b.writer.append(id, { kind: 'delta', content: String(i) });
+      b.writer.append(id, done);
+      const chunks = await reading;
+      expect(chunks.slice(0, -1).map((c) => (c.kind === 'delta' ? c.content : ''))).toEqual(
+        Array.from({ length: 500 }, (_, i) => String(i)),
+      );
+    });
+  });
+}
+
+contract('memory task buffer', async () => {
+  const buffer = createMemoryTaskBuffer();
+  return { writer: buffer, reader: buffer, close: () => buffer.close() };
+});
+
+const withRedis = process.env.REDIS_URL ? describe : describe.skip;
+withRedis('with Redis', () => {
+  const logger = createLogger({ LOG_LEVEL: 'silent' });
+  const ready = (r: Redis) => new Promise((res) => (r.status === 'ready' ? res(null) : r.once('ready', res)));
+  // Two buffers on two connections: the writer and the reader are different instances.
+  contract('redis task buffer across instances', async () => {
+    const a = new Redis(process.env.REDIS_URL!);
+    const b = new Redis(process.env.REDIS_URL!);
+    await Promise.all([ready(a), ready(b)]);
+    const writer = createRedisTaskBuffer(a, logger);
+    const reader = createRedisTaskBuffer(b, logger);
+    return {
+      writer,
+      reader,
+      async close() {
+        await writer.close();
+        await reader.close();
+        a.disconnect();
+        b.disconnect();
+      },
+    };
+  });
+
+  it('serves the generating instance from memory when Redis is unreachable', async () => {
+    const down = new Redis('redis://127.0.0.1:1', {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+    });
+    down.on('error', () => undefined);
+    const buffer = createRedisTaskBuffer(down, logger);
+    const id = crypto.randomUUID();
+    buffer.append(id, { kind: 'delta', content: 'x' });
+    buffer.append(id, done);
+    expect(await collect(buffer, id)).toEqual([{ kind: 'delta', content: 'x' }, done]);
+    await buffer.close();
+    down.disconnect();
+  });
+});
