@@ -12,7 +12,9 @@ const USAGE = `usage: npm run admin -- create <username> [--password-stdin]
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
 }
 
 /** `npm run admin -- create <username>`: the first admin, without a running service or one beside it. */
@@ -43,7 +45,8 @@ runCli(async (config, logger) => {
     const result = await ensureAdmin(identityDeps(system), { username, password }, { requestId: 'cli' });
     if (result.created) {
       process.stdout.write(`created admin ${username} (${result.userId})\n`);
-      if (generated) process.stdout.write(`password: ${password}\n(shown once; change it after signing in)\n`);
+      if (generated)
+        process.stdout.write(`password: ${password}\n(shown once; change it after signing in)\n`);
     } else {
       process.stdout.write(
         `${username} (${result.userId}) ${result.promoted ? 'is now an admin' : 'was already an admin'}; password unchanged\n`,

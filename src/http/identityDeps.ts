@@ -14,8 +14,7 @@ export function identityDeps(deps: AppDeps): IdentityDeps {
     config: deps.config,
     guard: deps.sessionGuard,
     projections: deps.projections,
-    activeSessions: async (userId) =>
-      (await activeSessions(db, userId, deps.clock.now())).map((s) => s.id),
+    activeSessions: async (userId) => (await activeSessions(db, userId, deps.clock.now())).map((s) => s.id),
     logger: deps.logger,
   };
 }

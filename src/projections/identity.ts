@@ -83,10 +83,16 @@ export const usersProjector: Projector = {
           });
           break;
         case 'UserDisabled':
-          await updateUser(trx, userId, position, { disabled: true, updated_at: new Date(e.data.disabledAt) });
+          await updateUser(trx, userId, position, {
+            disabled: true,
+            updated_at: new Date(e.data.disabledAt),
+          });
           break;
         case 'UserEnabled':
-          await updateUser(trx, userId, position, { disabled: false, updated_at: new Date(e.data.enabledAt) });
+          await updateUser(trx, userId, position, {
+            disabled: false,
+            updated_at: new Date(e.data.enabledAt),
+          });
           break;
         case 'IdentityLinked': {
           const identity = JSON.stringify([{ provider: e.data.provider, subject: e.data.subject }]);

@@ -49,7 +49,11 @@ function userView(r: Omit<UserRow, 'identities'> & { identities: unknown }, apiB
   };
 }
 
-export async function findUser(db: Kysely<Database>, id: string, apiBase: string): Promise<UserView | undefined> {
+export async function findUser(
+  db: Kysely<Database>,
+  id: string,
+  apiBase: string,
+): Promise<UserView | undefined> {
   const row = await db.selectFrom('users').selectAll().where('id', '=', id).executeTakeFirst();
   return row ? userView(row, apiBase) : undefined;
 }
@@ -78,7 +82,10 @@ export async function listUsers(
   if (opts.q) {
     const prefix = `${opts.q.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
     query = query.where((eb) =>
-      eb.or([eb(eb.fn('lower', ['username']), 'like', prefix), eb(eb.fn('lower', ['email']), 'like', prefix)]),
+      eb.or([
+        eb(eb.fn('lower', ['username']), 'like', prefix),
+        eb(eb.fn('lower', ['email']), 'like', prefix),
+      ]),
     );
   }
   const rows = await query

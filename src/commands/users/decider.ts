@@ -1,11 +1,5 @@
 import type { Command, Decider } from '../handler';
-import type {
-  IdentityProvider,
-  SignInMethod,
-  UniqueEvent,
-  UniqueKind,
-  UserEvent,
-} from '../../events/users';
+import type { IdentityProvider, SignInMethod, UniqueEvent, UniqueKind, UserEvent } from '../../events/users';
 import type { PermissionLevel } from '../../platform/tokens';
 import { Conflict, NotFound } from '../../platform/errors';
 
@@ -197,7 +191,8 @@ export function decideUnique(cmd: UniqueCommand, s: UniqueState): UniqueEvent[] 
   switch (cmd.type) {
     case 'ReserveValue': {
       if (s.owner === userId) return [];
-      if (s.owner === null) return [{ type: 'ValueReserved', data: { kind, value, userId, reservedAt: now } }];
+      if (s.owner === null)
+        return [{ type: 'ValueReserved', data: { kind, value, userId, reservedAt: now } }];
       if (cmd.data.takeOverFrom !== s.owner) throw new ValueTaken(kind);
       return [
         { type: 'ValueReleased', data: { kind, value, userId: s.owner, releasedAt: now } },

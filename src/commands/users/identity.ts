@@ -128,7 +128,13 @@ export async function reserve(
   }
 }
 
-async function release(deps: IdentityDeps, kind: UniqueKind, value: string, userId: string, ctx: RequestContext) {
+async function release(
+  deps: IdentityDeps,
+  kind: UniqueKind,
+  value: string,
+  userId: string,
+  ctx: RequestContext,
+) {
   await deps.commands.handle(uniqueDecider, uniqueStream(kind, value), {
     type: 'ReleaseValue',
     data: { kind, value, userId },
@@ -316,7 +322,9 @@ export async function refreshSession(
   if (result.events.some((e) => e.type === 'SessionRevoked')) {
     await deps.guard?.markSessionRevoked(sessionId);
     deps.logger?.warn({ sessionId }, 'refresh token reused: session revoked');
-    throw new RefreshRefused('This refresh token was already used; the session has been ended. Sign in again.');
+    throw new RefreshRefused(
+      'This refresh token was already used; the session has been ended. Sign in again.',
+    );
   }
   const user = await readUser(deps, result.state.userId);
   if (!user.registered || user.disabled) {
