@@ -5,6 +5,7 @@ import helmet from 'koa-helmet';
 import { adminProjections } from './adminProjections';
 import { body } from './middleware/body';
 import { idempotency } from './middleware/idempotency';
+import { defaultBudget } from './middleware/rateLimit';
 import { CONSISTENT_AFTER_HEADER, EVENT_POSITION_HEADER } from './middleware/consistency';
 import { errors } from './middleware/errors';
 import { httpMetrics } from './middleware/metrics';
@@ -12,6 +13,7 @@ import { requestId } from './middleware/requestId';
 import { requestLog } from './middleware/requestLog';
 import { API_BASE, createOpenApiRegistry } from './openapi';
 import { registerPlatformRoutes } from './platform';
+import { createRateLimits } from '../platform/rateLimits';
 import type { AppContext, AppDeps, AppMiddleware, AppRouter, AppState, Resource } from './types';
 
 export type { AppContext, AppDeps, AppRouter, AppState, AuthUser, AuthedState, Resource } from './types';
@@ -29,8 +31,8 @@ const EXPOSED_HEADERS = [
 ];
 
 /**
- * The Koa app: request id → request log → metrics → errors → CORS + security headers → body
- * parser → Idempotency-Key → routes. The platform routes (/health, /ready, /metrics, /openapi.json, /docs) sit at
+ * The Koa app: request id → request log → metrics → errors → CORS + security headers → rate
+ * limit (/api/v1) → body parser → Idempotency-Key → routes. The platform routes (/health, /ready, /metrics, /openapi.json, /docs) sit at
  * the root; `resources` register theirs under /api/v1.
  */
 export function createApp(deps: AppDeps, resources: readonly Resource[] = []): App {
@@ -40,6 +42,7 @@ export function createApp(deps: AppDeps, resources: readonly Resource[] = []): A
   const app: App = new Koa<AppState, AppContext>({ proxy: config.TRUST_PROXY });
   app.context.deps = deps;
   app.context.log = deps.logger;
+  app.context.rateLimits = deps.rateLimits ?? createRateLimits(config, undefined, deps.logger);
   // Every error is answered and logged by the errors middleware; Koa's own printer stays quiet.
   app.silent = true;
 
@@ -55,6 +58,8 @@ export function createApp(deps: AppDeps, resources: readonly Resource[] = []): A
   app.use(errors());
   app.use(corsFor(config.CORS_ORIGINS) as AppMiddleware);
   app.use(securityHeaders());
+  // Before the body is read and before Idempotency-Key: a limited request does nothing, keeps no key.
+  app.use(defaultBudget());
   app.use(body(config.BODY_LIMIT));
   app.use(idempotency());
   app.use(platform.routes());

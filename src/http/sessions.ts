@@ -1,14 +1,10 @@
 import { z } from 'zod';
-import {
-  passwordSignIn,
-  refreshSession,
-  revokeSession,
-  type TokenPair,
-} from '../commands/users/identity';
+import { passwordSignIn, refreshSession, revokeSession, type TokenPair } from '../commands/users/identity';
 import { BadRequest, NotFound } from '../platform/errors';
 import { activeSessions } from '../queries/users';
 import { identityDeps, requestContext } from './identityDeps';
 import { auth } from './middleware/auth';
+import { clientIp, limit } from './middleware/rateLimit';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { bearerSecurity, problemResponses } from './openapi';
 import type { AuthedState, Resource } from './types';
@@ -48,8 +44,17 @@ export function sendTokens(ctx: ParameterizedContext, pair: TokenPair, status = 
   };
 }
 
+/** The username a sign-in attempt names, as its rate-limit key (case does not make a new budget). */
+function usernameOf(body: unknown): string | undefined {
+  const name = (body as Record<string, unknown> | undefined)?.username;
+  return typeof name === 'string' && name.length <= 64 ? name.trim().toLowerCase() : undefined;
+}
+
 /** The OAuth2 token endpoint takes the refresh grant too, as standard clients send it. */
-const RefreshGrant = z.object({ grant_type: z.literal('refresh_token'), refresh_token: z.string().min(1).max(200) });
+const RefreshGrant = z.object({
+  grant_type: z.literal('refresh_token'),
+  refresh_token: z.string().min(1).max(200),
+});
 
 /** Sessions (API.md): password sign-in (OAuth2), refresh, sign-out, a user's sessions. */
 export const sessions: Resource = (router, { deps, openapi }) => {
@@ -67,20 +72,27 @@ export const sessions: Resource = (router, { deps, openapi }) => {
       ...problemResponses(400, 401, 429),
     },
   });
-  router.post('/session/oauth2/token', async (ctx) => {
-    const raw = (ctx.request.body ?? {}) as Record<string, unknown>;
-    if (raw.grant_type === 'refresh_token') {
-      const { refresh_token } = RefreshGrant.parse(raw);
-      sendTokens(ctx, await refreshSession(identity, refresh_token, requestContext(ctx)));
-      return;
-    }
-    if (raw.grant_type !== undefined && raw.grant_type !== 'password') {
-      throw new BadRequest('grant_type must be password or refresh_token.');
-    }
-    const { username, password } = PasswordGrant.parse(raw);
-    const pair = await passwordSignIn(identity, { username, password }, requestContext(ctx));
-    sendTokens(ctx, pair);
-  });
+  router.post(
+    '/session/oauth2/token',
+    limit('login_ip', clientIp),
+    limit('login_username', (ctx) => usernameOf(ctx.request.body)),
+    async (ctx) => {
+      const raw = (ctx.request.body ?? {}) as Record<string, unknown>;
+      if (raw.grant_type === 'refresh_token') {
+        const { refresh_token } = RefreshGrant.parse(raw);
+        sendTokens(ctx, await refreshSession(identity, refresh_token, requestContext(ctx)));
+        return;
+      }
+      if (raw.grant_type !== undefined && raw.grant_type !== 'password') {
+        throw new BadRequest('grant_type must be password or refresh_token.');
+      }
+      const { username, password } = PasswordGrant.parse(raw);
+      const pair = await passwordSignIn(identity, { username, password }, requestContext(ctx));
+      // A user who got in is not a brute force: earlier typos stop counting against the name.
+      await ctx.rateLimits.reset('login_username', username.toLowerCase());
+      sendTokens(ctx, pair);
+    },
+  );
 
   openapi.registerPath({
     method: 'post',

@@ -14,9 +14,16 @@ import { findUser, listUsers, type UserView } from '../queries/users';
 import { PageQuery } from '../queries/paging';
 import { identityDeps, requestContext } from './identityDeps';
 import { auth } from './middleware/auth';
+import { clientIp, limit } from './middleware/rateLimit';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
-import type { AppDeps, AuthedState, Resource } from './types';
+import type { AppDeps, AppMiddleware, AuthedState, Resource } from './types';
+import { readFile } from './middleware/multipart';
+import { toAvatar } from '../platform/images';
+import { loadAvatarBlob, saveAvatarBlob } from '../platform/avatarStore';
+
+/** API.md: avatars up to 5 MB. */
+const AVATAR_MAX_BYTES = 5 * 1024 * 1024;
 
 export const Username = z
   .string()
@@ -90,7 +97,7 @@ export const users: Resource = (router, { deps, openapi }) => {
     request: { body: { content: { 'application/json': { schema: RegisterBody } } } },
     responses: { 201: { description: 'The new user' }, ...problemResponses(400, 409, 429) },
   });
-  router.post('/users', async (ctx) => {
+  router.post('/users', limit('register_ip', clientIp), async (ctx) => {
     const body = RegisterBody.parse(ctx.request.body);
     const { user, position } = await registerUser(
       identity,
@@ -164,6 +171,76 @@ export const users: Resource = (router, { deps, openapi }) => {
     );
     setEventPosition(ctx, position);
     ctx.status = 204;
+  });
+
+  openapi.registerPath({
+    method: 'put',
+    path: '/users/me/avatar',
+    summary: 'Set my avatar (multipart `file`: jpeg, png, webp or gif up to 5 MB; stored as 128×128 JPEG)',
+    tags: ['users'],
+    security: bearerSecurity,
+    request: {
+      body: {
+        content: {
+          'multipart/form-data': {
+            schema: z.object({ file: z.string().meta({ format: 'binary' }) }).meta({ id: 'AvatarUpload' }),
+          },
+        },
+      },
+    },
+    responses: { 200: { description: 'The user' }, ...problemResponses(400, 401, 413, 415) },
+  });
+  router.put('/users/me/avatar', auth(), async (ctx) => {
+    const file = await readFile(ctx, { field: 'file', maxBytes: AVATAR_MAX_BYTES });
+    // Decoded and re-encoded before anything is stored: a bad image leaves the old avatar as it was.
+    const jpeg = await toAvatar(file.data);
+    const avatarId = await saveAvatarBlob(db, jpeg, deps.clock.now());
+    const id = ctx.state.user.id;
+    const r = await deps.commands.handle(userDecider, userStream(id), {
+      type: 'ChangeAvatar',
+      data: { userId: id, avatarId },
+      metadata: { now: deps.clock.now(), actorId: id, requestId: ctx.state.requestId },
+    });
+    setEventPosition(ctx, r.position);
+    ctx.body = viewOf(r.state, (await userRow(deps, id))?.created_at ?? deps.clock.now().toISOString());
+  });
+
+  const sendAvatar = async (ctx: Parameters<AppMiddleware<AuthedState>>[0], userId: string) => {
+    const { state } = await deps.commands.read(userDecider, userStream(userId));
+    const jpeg = state.registered && state.avatarId ? await loadAvatarBlob(db, state.avatarId) : undefined;
+    if (!jpeg) throw new NotFound('No avatar.');
+    ctx.type = 'image/jpeg';
+    ctx.set('Cache-Control', 'private, max-age=300');
+    ctx.set('ETag', `"${state.avatarId}"`);
+    if (ctx.fresh) {
+      ctx.status = 304;
+      return;
+    }
+    ctx.body = jpeg;
+  };
+  for (const path of ['/users/me/avatar', '/users/{id}/avatar']) {
+    openapi.registerPath({
+      method: 'get',
+      path,
+      summary: path.includes('{id}') ? 'A user’s avatar (my own, or any for admins)' : 'My avatar',
+      tags: ['users'],
+      security: bearerSecurity,
+      ...(path.includes('{id}') ? { request: { params: UserId } } : {}),
+      responses: {
+        200: {
+          description: '128×128 JPEG',
+          content: { 'image/jpeg': { schema: z.string().meta({ format: 'binary' }) } },
+        },
+        ...problemResponses(401, 404),
+      },
+    });
+  }
+  router.get('/users/me/avatar', auth(), (ctx) => sendAvatar(ctx, ctx.state.user.id));
+  router.get('/users/:id/avatar', auth(), async (ctx) => {
+    const { id } = UserId.parse(ctx.params);
+    // Another user's avatar is indistinguishable from none (admins may see any).
+    if (id !== ctx.state.user.id && ctx.state.user.permission < 2) throw new NotFound('No avatar.');
+    await sendAvatar(ctx, id);
   });
 
   openapi.registerPath({

@@ -64,3 +64,39 @@ export class DependencyDown extends DomainError {
   readonly type = problemType('dependency-unavailable');
   readonly title = 'Service unavailable';
 }
+
+/** The request body is of a media type the route does not take (judged by its content, not its label). */
+export class UnsupportedMediaType extends DomainError {
+  readonly status = 415;
+  readonly type = problemType('unsupported-media-type');
+  readonly title = 'Unsupported Media Type';
+}
+
+/** The request body, or what it would decode to, is larger than the route takes. */
+export class PayloadTooLarge extends DomainError {
+  readonly status = 413;
+  readonly type = problemType('payload-too-large');
+  readonly title = 'Payload Too Large';
+  /** Response headers (the errors middleware sets them): close a connection whose body was left unread. */
+  readonly headers: Record<string, string>;
+  constructor(detail: string, options: { closeConnection?: boolean } = {}) {
+    super(detail);
+    this.headers = options.closeConnection ? { Connection: 'close' } : {};
+  }
+}
+
+/** Too many requests for a rate limit; `Retry-After` says when the next one is allowed. */
+export class RateLimited extends DomainError {
+  readonly status = 429;
+  readonly type = problemType('rate-limited');
+  readonly title = 'Too many requests';
+  /** Response headers (the errors middleware sets them, as it does `Retry-After` for 503). */
+  readonly headers: Record<string, string>;
+  constructor(
+    detail: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(detail);
+    this.headers = { 'Retry-After': String(retryAfterSeconds) };
+  }
+}

@@ -454,3 +454,54 @@ withRedis('revocation across instances with Redis', () => {
     }
   });
 });
+
+describe('rate limits on sign-in and sign-up', () => {
+  let limited: TestApp;
+  beforeAll(async () => {
+    limited = await createTestApp({
+      resources: [...allResources],
+      projectors: allProjectors,
+      config: {
+        RATE_LIMITS_ENABLED: true,
+        RATE_LIMIT_REGISTER_IP: { points: 3, seconds: 3600 },
+        TRUST_PROXY: true,
+      },
+    });
+  });
+  afterAll(() => limited?.close());
+
+  it('answers 429 with Retry-After to a brute force on one username, and counts names case-blind', async () => {
+    const name = uniqueName('target');
+    const reg = await limited.http.post('/api/v1/users').send({ username: name, password: 'the real one' });
+    expect(reg.status).toBe(201);
+    const attempts = [];
+    for (let i = 0; i < 5; i++) {
+      attempts.push((await login(i % 2 ? name.toUpperCase() : name, `guess ${i}`, limited.http)).status);
+    }
+    expect(attempts).toEqual([401, 401, 401, 401, 401]);
+    const blocked = await login(name, 'the real one', limited.http);
+    expect(blocked.status).toBe(429);
+    expect(Number(blocked.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect(blocked.body).toMatchObject({ status: 429, type: '/problems/rate-limited' });
+  });
+
+  it('a successful sign-in clears the username’s failed attempts', async () => {
+    const name = uniqueName('typo');
+    await limited.http.post('/api/v1/users').send({ username: name, password: 'the real one' });
+    for (let i = 0; i < 4; i++) expect((await login(name, 'typo typo', limited.http)).status).toBe(401);
+    expect((await login(name, 'the real one', limited.http)).status).toBe(200);
+    for (let i = 0; i < 4; i++) expect((await login(name, 'typo typo', limited.http)).status).toBe(401);
+  });
+
+  it('limits registrations per address', async () => {
+    const register = (ip: string) =>
+      limited.http
+        .post('/api/v1/users')
+        .set('X-Forwarded-For', ip)
+        .send({ username: uniqueName('many'), password: 'long enough' });
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await register('203.0.113.7')).status);
+    expect(statuses).toEqual([201, 201, 201, 429]);
+    expect((await register('203.0.113.8')).status).toBe(201);
+  });
+});

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
+import { UnsupportedMediaType } from '../../platform/errors';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -15,7 +16,8 @@ function hasBody(req: IncomingMessage): boolean {
 /**
  * Parses JSON and form bodies (form for the OAuth2 password grant) up to `limit` (413 beyond it,
  * 400 for malformed JSON). A POST/PUT/PATCH body of any other type is 415, except multipart,
- * which is left unread for the routes that take files.
+ * which is left unread for the routes that take files (`readFile` in multipart.ts); a route that
+ * reads `ctx.request.body` of a multipart request answers 415.
  */
 export function body(limit: string): AppMiddleware {
   const parse = bodyParser({
@@ -29,6 +31,7 @@ export function body(limit: string): AppMiddleware {
   return async (ctx, next) => {
     if (WITH_BODY.has(ctx.method) && hasBody(ctx.req)) {
       if (ctx.is('multipart')) {
+        refuseParsedBody(ctx);
         await next();
         return;
       }
@@ -39,4 +42,20 @@ export function body(limit: string): AppMiddleware {
     }
     await parse(ctx, next);
   };
+}
+
+/**
+ * Which routes take files is known only once a route runs, so a multipart body is let through;
+ * a route that takes JSON finds out when it reads `ctx.request.body`, and answers 415 as it would
+ * for any other type it does not take.
+ */
+function refuseParsedBody(ctx: Context): void {
+  const type = ctx.get('Content-Type').split(';')[0]?.slice(0, 100) ?? 'multipart';
+  Object.defineProperty(ctx.request, 'body', {
+    configurable: true,
+    enumerable: false,
+    get(): never {
+      throw new UnsupportedMediaType(`Content-Type ${type} is not supported here: send application/json.`);
+    },
+  });
 }
