@@ -1,0 +1,76 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { countPromptTokens, tokenPieces } from './tokens';
+import {
+  LlmAborted,
+  type ChatMessageInput,
+  type LlmProvider,
+  type StreamItem,
+  type StreamRequest,
+} from './types';
+
+export interface LocalProviderOptions {
+  /** Pause before each token, so a reply streams like a model's (0 = as fast as it is read). */
+  delayMs: number;
+}
+
+/**
+ * The built-in model: offline and deterministic, so the whole chat flow (hold, stream, message,
+ * capture) works on a fresh machine and in tests. The reply restates the last user message;
+ * it streams token by token and reports real token counts, like a provider with usage.
+ */
+export function createLocalProvider(options: LocalProviderOptions): LlmProvider {
+  return {
+    stream: (req) => streamLocal(req, options.delayMs),
+  };
+}
+
+async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator<StreamItem> {
+  const { signal } = req;
+  throwIfAborted(signal);
+  const promptTokens = countPromptTokens(req.messages);
+  const pieces = tokenPieces(localReply(req.messages)).slice(0, Math.max(0, req.params.max_tokens));
+  let completionTokens = 0;
+  for (const piece of pieces) {
+    if (delayMs > 0) await sleep(delayMs, undefined, { signal }).catch(() => throwIfAborted(signal));
+    throwIfAborted(signal);
+    completionTokens++;
+    if (piece !== '') yield { delta: piece };
+  }
+  yield { usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens } };
+}
+
+function throwIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw new LlmAborted();
+}
+
+const QUOTE_LIMIT = 200;
+
+/** The reply to a conversation: the same messages always get the same reply. */
+export function localReply(messages: readonly ChatMessageInput[]): string {
+  const last = [...messages].reverse().find((m) => m.role === 'user');
+  if (!last) {
+    return 'Hello! I am the built-in local model. Send me a message and I will answer it offline.';
+  }
+  const parts =
+    typeof last.content === 'string' ? [{ type: 'text' as const, text: last.content }] : last.content;
+  const text = parts
+    .flatMap((p) => (p.type === 'text' ? [p.text] : []))
+    .join(' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+  const images = parts.filter((p) => p.type === 'image_url').length;
+  const words = text === '' ? 0 : text.split(' ').length;
+  const quote = text.length > QUOTE_LIMIT ? `${[...text].slice(0, QUOTE_LIMIT).join('')}…` : text;
+  const sentences = [
+    text === '' ? 'You sent no text.' : `You said: “${quote}”.`,
+    `That is ${plural(words, 'word')} and ${plural([...text].length, 'character')}` +
+      (images > 0 ? `, with ${plural(images, 'image')}.` : '.'),
+    text.endsWith('?')
+      ? 'A good question: a real model would answer it; I can only read it back to you.'
+      : 'Noted. A real model would continue from here; I can only read it back to you.',
+    'I am the built-in local model, which works offline. Configure MODELS_FILE to talk to a real one.',
+  ];
+  return sentences.join(' ');
+}
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;

@@ -1,0 +1,182 @@
+import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai';
+import type {
+  ChatCompletionCreateParamsStreaming,
+  ChatCompletionMessageParam,
+} from 'openai/resources/chat/completions';
+import type { Logger } from '../logger';
+import {
+  LlmAborted,
+  ProviderError,
+  type GenerationParams,
+  type LlmProvider,
+  type StreamItem,
+  type StreamRequest,
+  type Usage,
+} from './types';
+
+export interface OpenAIProviderOptions {
+  /** The provider's id in the catalog (named in errors and logs). */
+  id: string;
+  baseURL: string;
+  /** Servers without auth (Ollama, a bare vLLM) still get a placeholder: the SDK requires one. */
+  apiKey?: string | undefined;
+  /**
+   * Longest wait for the response, and then between two chunks of it: a provider that stops
+   * sending fails the generation instead of holding it (and its credits) forever.
+   */
+  idleTimeoutMs: number;
+  /** `max_completion_tokens` for OpenAI's reasoning models, which refuse `max_tokens`. */
+  maxTokensParam?: 'max_tokens' | 'max_completion_tokens' | undefined;
+  headers?: Record<string, string> | undefined;
+  logger?: Logger | undefined;
+}
+
+/** HTTP statuses worth another attempt: timeouts, conflicts, rate limits, server trouble. */
+const RETRYABLE_STATUS = (status: number) =>
+  status === 408 || status === 409 || status === 429 || status >= 500;
+
+/**
+ * Any OpenAI-compatible endpoint (OpenAI, DeepSeek, DashScope compatible mode, vLLM, Ollama)
+ * through the official SDK. The SDK does not retry (`maxRetries: 0`): only the caller knows
+ * whether output has gone out, so retrying is `withRetryBeforeFirstToken`'s job.
+ */
+export function createOpenAIProvider(options: OpenAIProviderOptions): LlmProvider {
+  const client = new OpenAI({
+    apiKey: options.apiKey || 'none',
+    baseURL: options.baseURL,
+    // Never pick up the OPENAI_* variables of the environment: each provider says what it uses.
+    organization: null,
+    project: null,
+    adminAPIKey: null,
+    webhookSecret: null,
+    maxRetries: 0,
+    timeout: options.idleTimeoutMs,
+    ...(options.headers ? { defaultHeaders: options.headers } : {}),
+    ...(options.logger ? { logger: options.logger.child({ provider: options.id }) } : {}),
+    logLevel: 'warn',
+  });
+  return { stream: (req) => streamCompletion(client, options, req) };
+}
+
+async function* streamCompletion(
+  client: OpenAI,
+  options: OpenAIProviderOptions,
+  req: StreamRequest,
+): AsyncGenerator<StreamItem> {
+  if (req.signal.aborted) throw new LlmAborted();
+  // One signal for the SDK: the caller's abort, or our idle timer.
+  const idle = new AbortController();
+  const signal = AbortSignal.any([req.signal, idle.signal]);
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => idle.abort(), options.idleTimeoutMs);
+  };
+  let afterOutput = false;
+  let finished = false;
+  let usage: Usage | undefined;
+  const failure = (message: string, retryable: boolean, extra: { status?: number; cause?: unknown } = {}) =>
+    new ProviderError(`${options.id}: ${message}`, {
+      retryable,
+      afterOutput,
+      provider: options.id,
+      ...extra,
+    });
+
+  arm();
+  try {
+    const stream = await client.chat.completions.create(requestBody(req, options), { signal });
+    for await (const chunk of stream) {
+      // Chunks that arrived in the same read as the abort are dropped: nothing goes out after it.
+      if (signal.aborted) break;
+      arm();
+      if (chunk.usage) {
+        usage = {
+          prompt_tokens: chunk.usage.prompt_tokens,
+          completion_tokens: chunk.usage.completion_tokens,
+        };
+      }
+      const choice = chunk.choices[0];
+      if (choice?.finish_reason) finished = true;
+      const delta = choice?.delta?.content;
+      if (delta) {
+        afterOutput = true;
+        // The wait is the provider's only: a slow reader of this iterable is no silent provider.
+        clearTimeout(timer);
+        yield { delta };
+        arm();
+      }
+    }
+  } catch (err) {
+    if (req.signal.aborted) throw new LlmAborted();
+    if (idle.signal.aborted) throw failure(`no response for ${options.idleTimeoutMs} ms`, true);
+    throw toProviderError(err, options.id, afterOutput);
+  } finally {
+    clearTimeout(timer);
+  }
+  // The SDK ends a stream quietly when its signal aborts: say which abort it was.
+  if (req.signal.aborted) throw new LlmAborted();
+  if (idle.signal.aborted) throw failure(`no data for ${options.idleTimeoutMs} ms`, true);
+  if (!finished) throw failure('the stream ended before the model finished its reply', true);
+  if (usage) yield { usage };
+}
+
+function requestBody(
+  req: StreamRequest,
+  options: OpenAIProviderOptions,
+): ChatCompletionCreateParamsStreaming {
+  const p: GenerationParams = req.params;
+  return {
+    model: req.model.upstream,
+    // Our shape is a subset of the SDK's, except that it does not tell roles apart: an image in a
+    // system message is the upstream's to refuse (400).
+    messages: req.messages as ChatCompletionMessageParam[],
+    stream: true,
+    stream_options: { include_usage: true },
+    ...(options.maxTokensParam === 'max_completion_tokens'
+      ? { max_completion_tokens: p.max_tokens }
+      : { max_tokens: p.max_tokens }),
+    ...(p.temperature !== undefined ? { temperature: p.temperature } : {}),
+    ...(p.top_p !== undefined ? { top_p: p.top_p } : {}),
+    ...(p.presence_penalty !== undefined ? { presence_penalty: p.presence_penalty } : {}),
+    ...(p.frequency_penalty !== undefined ? { frequency_penalty: p.frequency_penalty } : {}),
+    ...(p.stop !== undefined && p.stop.length > 0 ? { stop: p.stop } : {}),
+  };
+}
+
+/** The SDK's errors as `ProviderError`s: retryable = worth another attempt if nothing went out yet. */
+export function toProviderError(err: unknown, provider: string, afterOutput: boolean): ProviderError {
+  const base = { provider, afterOutput, cause: err };
+  if (err instanceof APIConnectionTimeoutError) {
+    return new ProviderError(`${provider}: request timed out`, { ...base, retryable: true });
+  }
+  if (err instanceof APIConnectionError) {
+    return new ProviderError(`${provider}: ${connectionMessage(err)}`, { ...base, retryable: true });
+  }
+  if (err instanceof APIError) {
+    const status = typeof err.status === 'number' ? err.status : undefined;
+    return new ProviderError(`${provider}: ${err.message}`, {
+      ...base,
+      status,
+      // No status: an error event inside the stream (e.g. overloaded), worth retrying like a 5xx.
+      retryable: status === undefined || RETRYABLE_STATUS(status),
+      retryAfterMs: retryAfterMs(err.headers as Headers | undefined),
+    });
+  }
+  // The connection broke while reading the body (undici: "terminated"), or the body was not SSE.
+  const message = err instanceof Error ? err.message : String(err);
+  return new ProviderError(`${provider}: the stream broke (${message})`, { ...base, retryable: true });
+}
+
+function connectionMessage(err: APIConnectionError): string {
+  const cause = err.cause as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  const code = cause?.code ?? cause?.cause?.code;
+  return typeof code === 'string' ? `connection failed (${code})` : 'connection failed';
+}
+
+function retryAfterMs(headers: Headers | undefined): number | undefined {
+  const ms = Number(headers?.get('retry-after-ms') ?? NaN);
+  if (Number.isFinite(ms) && ms >= 0) return ms;
+  const seconds = Number(headers?.get('retry-after') ?? NaN);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
+}

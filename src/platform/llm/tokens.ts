@@ -1,0 +1,53 @@
+import { decode, encode } from 'gpt-tokenizer/encoding/o200k_base';
+import type { ChatMessageInput } from './types';
+
+/**
+ * Token counting with a real tokenizer (o200k_base, the encoding of current OpenAI models). Other
+ * providers' tokenizers differ by a few percent; the count sizes holds and charges replies whose
+ * provider reports no usage, so it only has to be close and deterministic.
+ */
+
+/** OpenAI's cookbook: every message costs its content plus ~3 tokens of framing… */
+export const TOKENS_PER_MESSAGE = 3;
+/** …and every reply is primed with `<|start|>assistant<|message|>`. */
+export const REPLY_PRIMING_TOKENS = 3;
+/** An image part, counted flat: the price of a low-detail image at OpenAI. */
+export const TOKENS_PER_IMAGE = 85;
+
+// User text is data: `<|endoftext|>` in a message is counted as the text it is, never refused.
+const asText = { disallowedSpecial: new Set<string>() };
+
+/** Token ids of `text`. */
+export const encodeText = (text: string): number[] => encode(text, asText);
+
+/** Tokens of a piece of text. */
+export function countTextTokens(text: string): number {
+  return text === '' ? 0 : encodeText(text).length;
+}
+
+/** Tokens of a chat prompt, framing included, as the provider will bill it (approximately). */
+export function countPromptTokens(messages: readonly ChatMessageInput[]): number {
+  let total = REPLY_PRIMING_TOKENS;
+  for (const m of messages) {
+    total += TOKENS_PER_MESSAGE + countTextTokens(m.role);
+    if (typeof m.content === 'string') {
+      total += countTextTokens(m.content);
+      continue;
+    }
+    for (const part of m.content)
+      total += part.type === 'text' ? countTextTokens(part.text) : TOKENS_PER_IMAGE;
+  }
+  return total;
+}
+
+/**
+ * The text of each token of `text`, in order: joined, they give `text` back. A token that ends
+ * inside a multi-byte character has `''`, and the next one carries the whole character.
+ *
+ * gpt-tokenizer decodes through one shared streaming TextDecoder, so a partial character left by one
+ * decode would leak into the next. Decoding the whole text in one synchronous pass (nothing can
+ * interleave) and ending on a character boundary leaves that decoder clean.
+ */
+export function tokenPieces(text: string): string[] {
+  return encodeText(text).map((token) => decode([token]));
+}

@@ -1,0 +1,125 @@
+/**
+ * The model layer's contract: a catalog of models with prices, and providers that stream a reply.
+ * The task flow and `/chat/completions` are written against these types only, so a provider can be
+ * the OpenAI SDK against any compatible endpoint, or the built-in local model.
+ */
+
+export type ChatContentPart =
+  { type: 'text'; text: string } | { type: 'image_url'; image_url: { url: string } };
+
+/** A chat message in the OpenAI wire shape, as it is sent upstream. */
+export interface ChatMessageInput {
+  role: 'system' | 'user' | 'assistant';
+  content: string | ChatContentPart[];
+}
+
+/** Sampling parameters; `max_tokens` is always resolved (see `resolveMaxTokens`) before a call. */
+export interface GenerationParams {
+  temperature?: number | undefined;
+  top_p?: number | undefined;
+  max_tokens: number;
+  presence_penalty?: number | undefined;
+  frequency_penalty?: number | undefined;
+  stop?: string[] | undefined;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+}
+
+/** A model of the catalog. Prices are credits per 1M tokens (may be fractional; costs round up). */
+export interface ModelInfo {
+  id: string;
+  /** The provider's id in the catalog. */
+  provider: string;
+  /** The model's name at the provider (`model` of the upstream request). */
+  upstream: string;
+  contextLength: number;
+  /** Output tokens reserved and allowed when a request names none. */
+  defaultMaxTokens: number;
+  /** The most output tokens a request may ask for. */
+  maxOutputTokens: number;
+  /** Credits per 1M prompt tokens. */
+  promptPrice: number;
+  /** Credits per 1M completion tokens. */
+  completionPrice: number;
+  /** Served by the built-in offline model. */
+  local: boolean;
+}
+
+/** One item of a reply: a piece of text, or (last, when the provider reports it) the usage. */
+export type StreamItem = { delta: string } | { usage: Usage };
+
+export interface StreamRequest {
+  model: ModelInfo;
+  messages: ChatMessageInput[];
+  params: GenerationParams;
+  /** Aborting stops the upstream request; the iterable then throws an `LlmAborted`. */
+  signal: AbortSignal;
+}
+
+/**
+ * Streams a reply. Failures are `ProviderError`s; an abort through `signal` is an `LlmAborted`.
+ * A provider that reports no usage yields no usage item: the caller counts with the tokenizer.
+ */
+export interface LlmProvider {
+  stream(req: StreamRequest): AsyncIterable<StreamItem>;
+}
+
+export interface ModelCatalog {
+  /** Every model, in configuration order. */
+  list(): ModelInfo[];
+  get(id: string): ModelInfo | undefined;
+  /** The provider serving `model` (one shared client per configured provider). */
+  provider(model: ModelInfo): LlmProvider;
+  /** The model a request without one uses: `default_model` of the configuration, else the first. */
+  default(): ModelInfo;
+}
+
+export interface ProviderErrorOptions {
+  retryable: boolean;
+  /** The upstream HTTP status, when there was a response. */
+  status?: number | undefined;
+  /** The provider's id in the catalog. */
+  provider?: string | undefined;
+  /** Part of the reply had been yielded when it failed (never retryable then). */
+  afterOutput?: boolean | undefined;
+  /** The upstream's `Retry-After`, in ms. */
+  retryAfterMs?: number | undefined;
+  cause?: unknown;
+}
+
+/**
+ * A provider failed. `retryable`: worth another attempt, which is only ever true before any output
+ * (429, 5xx, connection refused or reset, timeout); 400/401/404 and anything after output are not.
+ * The message never carries credentials.
+ */
+export class ProviderError extends Error {
+  override readonly name = 'ProviderError';
+  readonly retryable: boolean;
+  readonly status?: number;
+  readonly provider?: string;
+  readonly afterOutput: boolean;
+  readonly retryAfterMs?: number;
+
+  constructor(message: string, options: ProviderErrorOptions) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.retryable = options.retryable && !options.afterOutput;
+    this.afterOutput = options.afterOutput ?? false;
+    if (options.status !== undefined) this.status = options.status;
+    if (options.provider !== undefined) this.provider = options.provider;
+    if (options.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** The caller aborted the stream through its signal. Named `AbortError` like the platform's own. */
+export class LlmAborted extends Error {
+  override readonly name = 'AbortError';
+  constructor(message = 'the generation was aborted') {
+    super(message);
+  }
+}
+
+/** An abort, whether ours (`LlmAborted`) or the platform's (`DOMException` AbortError). */
+export const isAbortError = (err: unknown): boolean => err instanceof Error && err.name === 'AbortError';

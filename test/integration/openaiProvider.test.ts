@@ -1,0 +1,292 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
+import { testConfig } from '../../src/platform/config';
+import { createModelCatalog } from '../../src/platform/llm/catalog';
+import { createOpenAIProvider } from '../../src/platform/llm/openaiProvider';
+import { withRetryBeforeFirstToken } from '../../src/platform/llm/retry';
+import { countPromptTokens, tokenPieces } from '../../src/platform/llm/tokens';
+import {
+  LlmAborted,
+  ProviderError,
+  type ChatMessageInput,
+  type LlmProvider,
+  type ModelInfo,
+  type Usage,
+} from '../../src/platform/llm/types';
+import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
+
+const KEY = 'sk-test-fake-key';
+const REPLY = 'Bonjour! Ça va très bien, merci. 你好 🎉';
+
+const model: ModelInfo = {
+  id: 'fake-chat',
+  provider: 'fake',
+  upstream: 'fake-upstream-1',
+  contextLength: 8192,
+  defaultMaxTokens: 256,
+  maxOutputTokens: 1024,
+  promptPrice: 100,
+  completionPrice: 200,
+  local: false,
+};
+const messages: ChatMessageInput[] = [
+  { role: 'system', content: 'Be brief.' },
+  { role: 'user', content: [{ type: 'text', text: 'How are you?' }] },
+];
+
+let fake: FakeOpenAI;
+beforeEach(async () => {
+  fake = await startFakeOpenAI({ apiKey: KEY, reply: REPLY });
+});
+afterEach(() => fake.close());
+
+const providerFor = (overrides: Partial<Parameters<typeof createOpenAIProvider>[0]> = {}) =>
+  createOpenAIProvider({ id: 'fake', baseURL: fake.url, apiKey: KEY, idleTimeoutMs: 10_000, ...overrides });
+
+interface Outcome {
+  deltas: string[];
+  usage: Usage | undefined;
+  error: unknown;
+}
+
+async function collect(
+  provider: LlmProvider,
+  options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => void } = {},
+): Promise<Outcome> {
+  const out: Outcome = { deltas: [], usage: undefined, error: undefined };
+  try {
+    const stream = provider.stream({
+      model,
+      messages,
+      params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'] },
+      signal: options.signal ?? new AbortController().signal,
+    });
+    for await (const item of stream) {
+      if ('delta' in item) {
+        out.deltas.push(item.delta);
+        options.onDelta?.(out.deltas.length);
+      } else out.usage = item.usage;
+    }
+  } catch (err) {
+    out.error = err;
+  }
+  return out;
+}
+
+describe('OpenAI-compatible provider against the fake server', () => {
+  it('streams the deltas in order, then the usage the provider reported', async () => {
+    const out = await collect(providerFor());
+    expect(out.error).toBeUndefined();
+    expect(out.deltas.join('')).toBe(REPLY);
+    expect(out.deltas).toEqual(tokenPieces(REPLY).filter((p) => p !== ''));
+    expect(out.usage).toEqual({
+      prompt_tokens: countPromptTokens(messages),
+      completion_tokens: tokenPieces(REPLY).length,
+    });
+
+    const [request] = fake.requests;
+    expect(request?.headers.authorization).toBe(`Bearer ${KEY}`);
+    expect(request?.body).toMatchObject({
+      model: 'fake-upstream-1',
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: 256,
+      temperature: 0.2,
+      stop: ['\n\n'],
+      messages,
+    });
+    expect(request?.completed).toBe(true);
+  });
+
+  it('sends max_completion_tokens instead when the provider is configured so', async () => {
+    await collect(providerFor({ maxTokensParam: 'max_completion_tokens' }), { maxTokens: 3 });
+    expect(fake.requests[0]?.body.max_completion_tokens).toBe(3);
+    expect(fake.requests[0]?.body).not.toHaveProperty('max_tokens');
+  });
+
+  it('yields no usage when the provider sends none', async () => {
+    fake.setBehaviour({ omitUsage: true });
+    const out = await collect(providerFor());
+    expect(out.error).toBeUndefined();
+    expect(out.deltas.join('')).toBe(REPLY);
+    expect(out.usage).toBeUndefined();
+  });
+
+  it('fails with a retryable ProviderError on 429, and the retry helper gets the reply on the next attempt', async () => {
+    fake.setBehaviour({ fail: { status: 429, times: 1, retryAfterSeconds: 0 } });
+    const raw = await collect(providerFor());
+    expect(raw.error).toBeInstanceOf(ProviderError);
+    expect(raw.error).toMatchObject({ status: 429, retryable: true, afterOutput: false, retryAfterMs: 0 });
+    expect(raw.deltas).toEqual([]);
+
+    fake.setBehaviour({ fail: { status: 429, times: 1 } });
+    const retries: number[] = [];
+    const provider = withRetryBeforeFirstToken(providerFor(), {
+      attempts: 3,
+      baseDelayMs: 1,
+      onRetry: (err, attempt) => retries.push(attempt, err.status ?? 0),
+    });
+    const out = await collect(provider);
+    expect(out.error).toBeUndefined();
+    expect(out.deltas.join('')).toBe(REPLY);
+    expect(retries).toEqual([1, 429]);
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('gives up after the configured attempts on a provider that keeps failing with 500', async () => {
+    fake.setBehaviour({ fail: { status: 500 } });
+    const out = await collect(withRetryBeforeFirstToken(providerFor(), { attempts: 3, baseDelayMs: 1 }));
+    expect(out.error).toBeInstanceOf(ProviderError);
+    expect(out.error).toMatchObject({ status: 500, retryable: true });
+    expect(fake.requests).toHaveLength(3);
+  });
+
+  it('does not retry a refused key (401)', async () => {
+    const out = await collect(
+      withRetryBeforeFirstToken(providerFor({ apiKey: 'sk-wrong' }), { attempts: 3, baseDelayMs: 1 }),
+    );
+    expect(out.error).toMatchObject({ name: 'ProviderError', status: 401, retryable: false });
+    expect(fake.requests).toHaveLength(0); // refused before it counts as a chat request
+    expect(String((out.error as Error).message)).not.toContain('sk-wrong');
+  });
+
+  it('treats a refused connection as retryable', async () => {
+    const closed = await freePort();
+    const out = await collect(providerFor({ baseURL: `http://127.0.0.1:${closed}/v1` }));
+    expect(out.error).toBeInstanceOf(ProviderError);
+    expect(out.error).toMatchObject({ retryable: true, status: undefined });
+  });
+
+  it('a connection dropped mid-stream fails without retry, after the deltas that arrived', async () => {
+    fake.setBehaviour({ dropAfterTokens: 3 });
+    const out = await collect(withRetryBeforeFirstToken(providerFor(), { attempts: 3, baseDelayMs: 1 }));
+    expect(out.deltas).toEqual(
+      tokenPieces(REPLY)
+        .filter((p) => p !== '')
+        .slice(0, 3),
+    );
+    expect(out.error).toBeInstanceOf(ProviderError);
+    expect(out.error).toMatchObject({ retryable: false, afterOutput: true });
+    expect(out.usage).toBeUndefined();
+    expect(fake.requests).toHaveLength(1);
+    expect(fake.requests[0]?.dropped).toBe(true);
+  });
+
+  it('a connection dropped before the first token is retryable', async () => {
+    fake.setBehaviour({ dropAfterTokens: 0 });
+    const out = await collect(providerFor());
+    expect(out.deltas).toEqual([]);
+    expect(out.error).toMatchObject({ name: 'ProviderError', retryable: true, afterOutput: false });
+  });
+
+  it('abort stops the upstream request: the fake sees its connection closed', async () => {
+    const long = Array.from({ length: 200 }, (_, i) => `word${i}`).join(' ');
+    fake.setBehaviour({ reply: long, tokenDelayMs: 20 });
+    const controller = new AbortController();
+    const out = await collect(providerFor(), {
+      signal: controller.signal,
+      onDelta: (n) => n === 2 && controller.abort(),
+    });
+    expect(out.error).toBeInstanceOf(LlmAborted);
+    expect(out.deltas.length).toBe(2);
+    const [request] = fake.requests;
+    await request?.closed;
+    expect(request?.closedByClient).toBe(true);
+    expect(request?.completed).toBe(false);
+    expect(request?.chunksSent).toBeLessThan(tokenPieces(long).length);
+  });
+
+  it('an abort while waiting for the response also ends with LlmAborted', async () => {
+    fake.setBehaviour({ hang: true });
+    const controller = new AbortController();
+    const pending = collect(providerFor(), { signal: controller.signal });
+    await waitFor(() => fake.requests.length === 1);
+    controller.abort();
+    const out = await pending;
+    expect(out.error).toBeInstanceOf(LlmAborted);
+    await fake.requests[0]?.closed;
+    expect(fake.requests[0]?.closedByClient).toBe(true);
+  });
+
+  it('a provider that never answers, or stops sending, fails retryably after the idle timeout', async () => {
+    fake.setBehaviour({ hang: true });
+    const silent = await collect(providerFor({ idleTimeoutMs: 150 }));
+    expect(silent.error).toMatchObject({ name: 'ProviderError', retryable: true });
+    expect((silent.error as Error).message).toMatch(/no response for 150 ms/);
+
+    fake.setBehaviour({ hang: 'after-headers' });
+    const stalled = await collect(providerFor({ idleTimeoutMs: 150 }));
+    expect(stalled.error).toMatchObject({ name: 'ProviderError', retryable: true });
+    await Promise.all(fake.requests.map((r) => r.closed));
+    expect(fake.requests.map((r) => r.closedByClient)).toEqual([true, true]);
+  });
+});
+
+describe('a configured catalog', () => {
+  it('reaches its provider with the key from the environment and the upstream model name', async () => {
+    const catalog = createModelCatalog(
+      testConfig({
+        MODELS_JSON: JSON.stringify({
+          providers: [{ id: 'fake', type: 'openai', base_url: fake.url, api_key_env: 'FAKE_PROVIDER_KEY' }],
+          models: [
+            {
+              id: 'chat',
+              provider: 'fake',
+              upstream: 'fake-upstream-2',
+              context_length: 4096,
+              default_max_tokens: 100,
+              max_output_tokens: 1000,
+              prompt_price: 1,
+              completion_price: 2,
+            },
+          ],
+        }),
+      }),
+      { env: { FAKE_PROVIDER_KEY: KEY } },
+    );
+    const chat = catalog.get('chat')!;
+    const deltas: string[] = [];
+    for await (const item of catalog.provider(chat).stream({
+      model: chat,
+      messages,
+      params: { max_tokens: 100 },
+      signal: new AbortController().signal,
+    })) {
+      if ('delta' in item) deltas.push(item.delta);
+    }
+    expect(deltas.join('')).toBe(REPLY);
+    expect(fake.requests[0]?.body.model).toBe('fake-upstream-2');
+    expect(fake.requests[0]?.headers.authorization).toBe(`Bearer ${KEY}`);
+  });
+});
+
+describe('the fake server, through the official client', () => {
+  it('answers non-streaming requests as one chat.completion with usage, and lists its models', async () => {
+    const client = new OpenAI({ apiKey: KEY, baseURL: fake.url, maxRetries: 0 });
+    const completion = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 4,
+    });
+    expect(completion.object).toBe('chat.completion');
+    expect(completion.choices[0]?.message.content).toBe(tokenPieces(REPLY).slice(0, 4).join(''));
+    expect(completion.choices[0]?.finish_reason).toBe('length');
+    expect(completion.usage).toMatchObject({ completion_tokens: 4, prompt_tokens: expect.any(Number) });
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['fake-model']);
+  });
+});
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((r) => setTimeout(r, 5));
+}
+
+/** A port nothing listens on. */
+async function freePort(): Promise<number> {
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
