@@ -1,12 +1,7 @@
-import {
-  ChatBusy,
-  chatSlotDecider,
-  StreamAlreadyClaimed,
-  taskDecider,
-  TaskNotFound,
-} from '../../src/commands/tasks/decider';
+import { ChatBusy, slotsDecider } from '../../src/commands/tasks/slots';
+import { StreamAlreadyClaimed, taskDecider, TaskNotFound } from '../../src/commands/tasks/decider';
 import type { TaskEvent } from '../../src/events/tasks';
-import { Conflict } from '../../src/platform/errors';
+import { Conflict, RateLimited } from '../../src/platform/errors';
 import { deciderSpec } from '../support/spec';
 
 const now = new Date('2026-04-01T08:00:00.000Z');
@@ -78,30 +73,66 @@ describe('task decider', () => {
   });
 });
 
-describe('chat slot decider', () => {
-  const slot = deciderSpec(chatSlotDecider);
-  const started = { type: 'ChatTaskStarted' as const, data: { chatId: 'c1', taskId: 't1', startedAt: at } };
+describe('task slots decider', () => {
+  const slots = deciderSpec(slotsDecider);
+  const staleBefore = '2026-04-01T07:00:00.000Z';
+  const take = (taskId: string, owner = 'chat:c1', capacity = 1) => ({
+    type: 'TakeTaskSlot' as const,
+    data: { owner, taskId, capacity, staleBefore },
+    metadata,
+  });
+  const taken = (taskId: string, owner = 'chat:c1', takenAt = at) => ({
+    type: 'TaskSlotTaken' as const,
+    data: { owner, taskId, takenAt },
+  });
+  const freed = (taskId: string, reason: 'ended' | 'stale', owner = 'chat:c1') => ({
+    type: 'TaskSlotFreed' as const,
+    data: { owner, taskId, reason, freedAt: at },
+  });
+
   it('holds one running task per chat until it ends', () => {
-    slot
+    slots
       .given([])
-      .when({ type: 'StartChatTask', data: { chatId: 'c1', taskId: 't1' }, metadata })
-      .then([started]);
-    slot
-      .given([started])
-      .when({ type: 'StartChatTask', data: { chatId: 'c1', taskId: 't2' }, metadata })
+      .when(take('t1'))
+      .then([taken('t1')]);
+    slots
+      .given([taken('t1')])
+      .when(take('t2'))
       .thenThrows(ChatBusy);
-    const ended = { type: 'ChatTaskEnded' as const, data: { chatId: 'c1', taskId: 't1', endedAt: at } };
-    slot
-      .given([started])
-      .when({ type: 'EndChatTask', data: { chatId: 'c1', taskId: 't1' }, metadata })
-      .then([ended]);
-    slot
-      .given([started])
-      .when({ type: 'EndChatTask', data: { chatId: 'c1', taskId: 't9' }, metadata })
+    slots
+      .given([taken('t1')])
+      .when(take('t1'))
       .then([]);
-    slot
-      .given([started, ended])
-      .when({ type: 'StartChatTask', data: { chatId: 'c1', taskId: 't2' }, metadata })
-      .then([{ type: 'ChatTaskStarted', data: { chatId: 'c1', taskId: 't2', startedAt: at } }]);
+    slots
+      .given([taken('t1')])
+      .when({ type: 'FreeTaskSlot', data: { owner: 'chat:c1', taskId: 't1' }, metadata })
+      .then([freed('t1', 'ended')]);
+    slots
+      .given([taken('t1')])
+      .when({ type: 'FreeTaskSlot', data: { owner: 'chat:c1', taskId: 't9' }, metadata })
+      .then([]);
+    slots
+      .given([taken('t1'), freed('t1', 'ended')])
+      .when(take('t2'))
+      .then([taken('t2')]);
+  });
+
+  it('lets a user run up to the capacity, then answers 429', () => {
+    const user = 'user:u1';
+    slots
+      .given([taken('t1', user), taken('t2', user)])
+      .when(take('t3', user, 3))
+      .then([taken('t3', user)]);
+    slots
+      .given([taken('t1', user), taken('t2', user), taken('t3', user)])
+      .when(take('t4', user, 3))
+      .thenThrows(RateLimited);
+  });
+
+  it('frees a slot taken before the stale mark instead of blocking the chat for ever', () => {
+    slots
+      .given([taken('t1', 'chat:c1', '2026-04-01T06:00:00.000Z')])
+      .when(take('t2'))
+      .then([freed('t1', 'stale'), taken('t2')]);
   });
 });

@@ -8,9 +8,6 @@ export class TaskNotFound extends NotFound {}
 export class StreamAlreadyClaimed extends Conflict {
   override readonly type = '/problems/stream-claimed';
 }
-export class ChatBusy extends Conflict {
-  override readonly type = '/problems/chat-busy';
-}
 
 export interface TaskState {
   created: boolean;
@@ -146,36 +143,4 @@ export const taskDecider: Decider<TaskState, TaskCommand, TaskEvent> = {
   initialState: initialTask,
   evolve: evolveTask,
   decide: decideTask,
-};
-
-/** The one running task of a chat (stream `chatslot-{chatId}`): a second one is refused (409). */
-export interface ChatSlotState {
-  running: string | null;
-}
-
-export type ChatSlotEvent =
-  | { type: 'ChatTaskStarted'; data: { chatId: string; taskId: string; startedAt: string } }
-  | { type: 'ChatTaskEnded'; data: { chatId: string; taskId: string; endedAt: string } };
-
-export type ChatSlotCommand =
-  | Command<'StartChatTask', { chatId: string; taskId: string }>
-  | Command<'EndChatTask', { chatId: string; taskId: string }>;
-
-export const chatSlotStream = (chatId: string) => `chatslot-${chatId}`;
-
-export const chatSlotDecider: Decider<ChatSlotState, ChatSlotCommand, ChatSlotEvent> = {
-  name: 'chatslot',
-  initialState: () => ({ running: null }),
-  evolve: (_s, e) => ({ running: e.type === 'ChatTaskStarted' ? e.data.taskId : null }),
-  decide(cmd, s) {
-    const now = cmd.metadata.now.toISOString();
-    const { chatId, taskId } = cmd.data;
-    if (cmd.type === 'StartChatTask') {
-      if (s.running === taskId) return [];
-      if (s.running !== null) throw new ChatBusy('A reply is still being generated in this chat.');
-      return [{ type: 'ChatTaskStarted', data: { chatId, taskId, startedAt: now } }];
-    }
-    if (s.running !== taskId) return [];
-    return [{ type: 'ChatTaskEnded', data: { chatId, taskId, endedAt: now } }];
-  },
 };

@@ -1,0 +1,588 @@
+import type { Redis } from 'ioredis';
+import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
+import type { CommandHandler, CommandMetadata } from '../handler';
+import type { LedgerCommands, Provenance } from '../ledger/credits';
+import { TASK_OUTCOMES, taskStream, type TaskOutcome } from '../../events/tasks';
+import type { Projector } from '../../projections/types';
+import type { ContentPart, ChatMessage } from '../../events/chats';
+import type { Clock, IdGenerator } from '../../platform/clock';
+import type { Config } from '../../platform/config';
+import { BadRequest } from '../../platform/errors';
+import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
+import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
+import { countPromptTokens, countTextTokens } from '../../platform/llm/tokens';
+import {
+  isAbortError,
+  ProviderError,
+  type ChatMessageInput,
+  type GenerationParams,
+  type ModelCatalog,
+  type ModelInfo,
+  type Usage,
+} from '../../platform/llm/types';
+import type { Logger } from '../../platform/logger';
+import type { TaskBuffer } from '../../platform/taskBuffer';
+import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
+import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand } from './slots';
+
+export type TaskFlowConfig = Pick<
+  Config,
+  'TASK_TIMEOUT_SECONDS' | 'TASKS_MAX_RUNNING_PER_USER' | 'LLM_RETRY_ATTEMPTS' | 'LLM_RETRY_BASE_DELAY_MS'
+>;
+
+export interface TaskFlowDeps {
+  commands: CommandHandler;
+  ledger: LedgerCommands;
+  models: ModelCatalog;
+  buffer: TaskBuffer;
+  clock: Clock;
+  ids: IdGenerator;
+  logger: Logger;
+  config: TaskFlowConfig;
+  /** With Redis, a cancel reaches the instance generating the task, wherever it was asked for. */
+  redis?: Redis | undefined;
+}
+
+/** A task as `POST /tasks` answers it. */
+export interface StartedTask {
+  taskId: string;
+  chatId: string | null;
+  model: ModelInfo;
+  hold: number;
+  promptTokens: number;
+  maxTokens: number;
+}
+
+/** What a reply is generated from, once the chat (or the completion request) is read. */
+interface Generation {
+  userId: string;
+  chatId: string | null;
+  model: ModelInfo;
+  messages: ChatMessageInput[];
+  params: Omit<GenerationParams, 'max_tokens'> & { max_tokens?: number | undefined };
+}
+
+/** How long past its deadline a task is left to its own instance before the sweeper fails it. */
+const SWEEP_GRACE_MS = 30_000;
+/** A hold outlives its task's deadline by this much: the task settles first, the expiry is the backstop. */
+const HOLD_MARGIN_MS = 5 * 60_000;
+const CANCEL_CHANNEL = 'tasks:cancel';
+const SYSTEM_ACTOR = 'system:tasks';
+
+/**
+ * The life of a task, from `POST /tasks` to its settlement:
+ *
+ * 1. take a slot of the user (TASKS_MAX_RUNNING_PER_USER at once, else 429) and of the chat (one
+ *    reply at a time, else 409), both appends at an expected revision;
+ * 2. hold the prompt + maximum output at the model's prices (402 when not available);
+ * 3. record TaskCreated, and generate at once, in this process, whatever happens to the request;
+ * 4. deltas go to the task buffer, which the stream endpoint reads;
+ * 5. the outcome (completed, failed, cancelled — the first recorded wins) carries the text and the
+ *    usage; settling it saves the reply, captures the hold at the actual cost and releases the rest,
+ *    and frees the slots. Settling is idempotent: the settlement reactor does it again from the
+ *    event, so a crash between the outcome and its settlement loses nothing.
+ *
+ * A crash before step 3 leaves a hold that expires and slots that count as stale after a task's
+ * longest life; a crash during 4 leaves a task the sweeper fails past its deadline.
+ */
+export class TaskFlow {
+  private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  private readonly subscriber: Redis | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> = Promise.resolve();
+  private closed: Promise<void> | undefined;
+
+  constructor(private readonly deps: TaskFlowDeps) {
+    if (deps.redis) {
+      this.subscriber = deps.redis.duplicate();
+      this.subscriber.on('error', () => undefined);
+      this.subscriber.on('message', (_channel: string, taskId: string) => this.abortLocal(taskId, 'cancel'));
+      this.subscriber
+        .subscribe(CANCEL_CHANNEL)
+        .catch((err: unknown) => deps.logger.warn({ err }, 'task cancel channel unavailable'));
+    }
+  }
+
+  /** A reply in a chat, from its whole history (hidden messages included) and its preset's parameters. */
+  async startChatTask(
+    input: { userId: string; chatId: string; model?: string | undefined },
+    provenance: Provenance,
+  ): Promise<StartedTask> {
+    const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
+    const model = this.model(input.model ?? chat.model);
+    return this.start(
+      {
+        userId: input.userId,
+        chatId: chat.chatId,
+        model,
+        messages: chat.messages.map(toModelMessage),
+        params: definedOnly(chat.parameters),
+      },
+      provenance,
+    );
+  }
+
+  /** A reply outside any chat: `/chat/completions`. */
+  async startCompletion(
+    input: {
+      userId: string;
+      model?: string | undefined;
+      messages: ChatMessageInput[];
+      params: Generation['params'];
+    },
+    provenance: Provenance,
+  ): Promise<StartedTask> {
+    const model = input.model === undefined ? this.deps.models.default() : this.model(input.model);
+    return this.start({ ...input, chatId: null, model }, provenance);
+  }
+
+  /** The task's current state from its stream (no read-model lag); another user's task is 404. */
+  async read(taskId: string, userId: string): Promise<TaskState> {
+    const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
+    if (!state.created || state.userId !== userId) throw new TaskNotFound(`No task ${taskId}.`);
+    return state;
+  }
+
+  /** Waits for the task's outcome (a task generated elsewhere is looked at every half second). */
+  async outcomeOf(taskId: string, userId: string): Promise<TaskOutcome> {
+    for (;;) {
+      await this.running.get(taskId)?.done;
+      const state = await this.read(taskId, userId);
+      if (state.outcome) return state.outcome;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
+  /** Claims the task's stream: exactly one claim succeeds (409 after it). Answers the state claimed. */
+  async claimStream(taskId: string, userId: string, provenance: Provenance): Promise<TaskState> {
+    const { state } = await this.handle(taskId, 'ClaimStream', { taskId, userId }, provenance);
+    return state;
+  }
+
+  /** Asks for the task to stop: recorded, then its generation (on whichever instance) is aborted. */
+  async cancel(taskId: string, userId: string, provenance: Provenance): Promise<void> {
+    await this.handle(taskId, 'RequestCancel', { taskId, userId }, provenance);
+    if (!this.abortLocal(taskId, 'cancel') && this.deps.redis) {
+      await this.deps.redis.publish(CANCEL_CHANNEL, taskId).catch((err: unknown) => {
+        this.deps.logger.warn({ err, taskId }, 'task cancel not published; the task runs to its end');
+      });
+    }
+  }
+
+  /** Settles an outcome (see `settleTask`). */
+  settle(outcome: TaskOutcome, causationId: string | null): Promise<void> {
+    return settleTask(this.deps, outcome, causationId);
+  }
+
+  /** Fails every task past its deadline (and grace) whose instance never recorded an outcome. */
+  async sweep(listOverdue: (before: Date) => Promise<{ id: string }[]>): Promise<number> {
+    const before = new Date(this.deps.clock.now().getTime() - SWEEP_GRACE_MS);
+    let failed = 0;
+    for (const { id } of await listOverdue(before)) {
+      if (this.running.has(id)) continue; // ours and still stopping: it records its own outcome
+      const { state } = await this.deps.commands.read(taskDecider, taskStream(id));
+      if (!state.created) continue;
+      if (!state.outcome) {
+        const eventId = await this.record(id, 'FailTask', {
+          taskId: id,
+          messageId: null,
+          content: '',
+          usage: { promptTokens: 0, completionTokens: 0 },
+          cost: 0,
+          reason: 'The task did not finish in time; its hold was released.',
+        });
+        if (eventId) failed++;
+        const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
+        if (after.outcome) await this.settle(after.outcome, eventId);
+      } else await this.settle(state.outcome, null);
+    }
+    return failed;
+  }
+
+  /** Runs `sweep` every `intervalMs` until `close`. */
+  startSweeper(intervalMs: number, listOverdue: (before: Date) => Promise<{ id: string }[]>): void {
+    if (this.sweeper) return;
+    this.sweeper = setInterval(() => {
+      this.sweeping = this.sweeping
+        .then(() => this.sweep(listOverdue))
+        .then(
+          (n) => void (n > 0 && this.deps.logger.warn({ failed: n }, 'tasks past their deadline failed')),
+          (err: unknown) => this.deps.logger.error({ err }, 'task sweep failed'),
+        );
+    }, intervalMs);
+    this.sweeper.unref();
+  }
+
+  /** Tasks generating in this process. */
+  get runningCount(): number {
+    return this.running.size;
+  }
+
+  /**
+   * Stops the sweeper, lets running generations finish for up to `graceMs`, then stops the rest:
+   * they are recorded as failed and settled (the hold released for what was not generated).
+   */
+  async close(graceMs = 10_000): Promise<void> {
+    if (this.closed) return this.closed;
+    this.closed = this.shutdown(graceMs);
+    return this.closed;
+  }
+
+  private async shutdown(graceMs: number): Promise<void> {
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
+    await this.sweeping;
+    const all = () => Promise.all([...this.running.values()].map((r) => r.done));
+    const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    if ((await Promise.race([all(), timer])) === 'late') {
+      for (const id of this.running.keys()) this.abortLocal(id, 'shutdown');
+      await all();
+    }
+    await this.subscriber?.quit().catch(() => this.subscriber?.disconnect());
+  }
+
+  private model(id: string): ModelInfo {
+    const model = this.deps.models.get(id);
+    if (!model) throw new BadRequest(`No model ${id}; GET /models lists those offered.`);
+    return model;
+  }
+
+  private async start(g: Generation, provenance: Provenance): Promise<StartedTask> {
+    const { config, ledger, clock, ids } = this.deps;
+    const promptTokens = countPromptTokens(g.messages);
+    const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
+    const hold = holdFor(g.model, promptTokens, maxTokens);
+    const taskId = ids.next();
+    const now = clock.now();
+    const lifeMs = config.TASK_TIMEOUT_SECONDS * 1000;
+    const deadline = new Date(now.getTime() + lifeMs);
+    const staleBefore = new Date(now.getTime() - lifeMs - SWEEP_GRACE_MS).toISOString();
+    const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
+
+    await this.slot(userSlotsStream(g.userId), {
+      type: 'TakeTaskSlot',
+      data: { owner: `user:${g.userId}`, taskId, capacity: config.TASKS_MAX_RUNNING_PER_USER, staleBefore },
+      metadata,
+    });
+    try {
+      if (g.chatId) {
+        await this.slot(chatSlotStream(g.chatId), {
+          type: 'TakeTaskSlot',
+          data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
+          metadata,
+        });
+      }
+      if (hold > 0) {
+        await ledger.reserve({
+          userId: g.userId,
+          holdId: taskId,
+          amount: hold,
+          reason: `task ${g.model.id}`,
+          expiresAt: new Date(deadline.getTime() + HOLD_MARGIN_MS),
+          now,
+          metadata: { ...provenance, correlationId: taskId },
+        });
+      }
+    } catch (err) {
+      await freeSlots(this.deps.commands, g.userId, g.chatId, taskId, metadata);
+      throw err;
+    }
+    await this.deps.commands.handle(taskDecider, taskStream(taskId), {
+      type: 'CreateTask',
+      data: {
+        taskId,
+        userId: g.userId,
+        chatId: g.chatId,
+        model: g.model.id,
+        promptTokens,
+        maxTokens,
+        hold,
+        deadlineAt: deadline.toISOString(),
+      },
+      metadata,
+    });
+    this.generate(taskId, g, promptTokens, maxTokens, deadline);
+    return { taskId, chatId: g.chatId, model: g.model, hold, promptTokens, maxTokens };
+  }
+
+  /** Runs the generation in the background; its outcome is recorded and settled whatever happens. */
+  private generate(
+    taskId: string,
+    g: Generation,
+    promptTokens: number,
+    maxTokens: number,
+    deadline: Date,
+  ): void {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
+    timer.unref();
+    const done = this.produce(taskId, g, promptTokens, maxTokens, abort.signal)
+      .catch((err: unknown) => this.deps.logger.error({ err, taskId }, 'task not settled; the sweeper will'))
+      .finally(() => {
+        clearTimeout(timer);
+        this.running.delete(taskId);
+      });
+    this.running.set(taskId, { abort, done });
+  }
+
+  private async produce(
+    taskId: string,
+    g: Generation,
+    promptTokens: number,
+    maxTokens: number,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { buffer, models, config, logger } = this.deps;
+    const provider = withRetryBeforeFirstToken(models.provider(g.model), {
+      attempts: config.LLM_RETRY_ATTEMPTS,
+      baseDelayMs: config.LLM_RETRY_BASE_DELAY_MS,
+      onRetry: (err, attempt, delayMs) =>
+        logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry'),
+    });
+    let text = '';
+    let reported: Usage | null = null;
+    let failure: string | null = null;
+    try {
+      const stream = provider.stream({
+        model: g.model,
+        messages: g.messages,
+        params: { ...g.params, max_tokens: maxTokens },
+        signal,
+      });
+      for await (const item of stream) {
+        if ('usage' in item) reported = item.usage;
+        else if (item.delta) {
+          text += item.delta;
+          buffer.append(taskId, { kind: 'delta', content: item.delta });
+        }
+      }
+    } catch (err) {
+      if (!(isAbortError(err) && signal.aborted)) {
+        failure = err instanceof ProviderError ? `The model failed: ${err.message}` : 'The model failed.';
+        if (!(err instanceof ProviderError)) logger.error({ err, taskId }, 'generation failed');
+      }
+    }
+    const why = signal.aborted ? String(signal.reason) : null;
+    const completed = failure === null && why === null;
+    const usage = {
+      promptTokens: completed && reported ? reported.prompt_tokens : promptTokens,
+      completionTokens: completed && reported ? reported.completion_tokens : countTextTokens(text),
+    };
+    // Nothing generated, nothing owed: a provider that failed at once, or a cancel before any text.
+    const owed = completed || text.length > 0;
+    const cost = owed
+      ? costOf(g.model, { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens })
+      : 0;
+    const messageId = g.chatId && owed ? this.deps.ids.next() : null;
+    const common = {
+      taskId,
+      messageId,
+      content: text,
+      usage: owed ? usage : { promptTokens, completionTokens: 0 },
+      cost,
+    };
+    let eventId: string | null;
+    if (completed) {
+      eventId = await this.record(taskId, 'CompleteTask', {
+        ...common,
+        usageSource: reported ? 'provider' : 'tokenizer',
+      });
+    } else if (why === 'cancel') {
+      eventId = await this.record(taskId, 'CancelTask', common);
+    } else {
+      const reason =
+        failure ??
+        (why === 'timeout'
+          ? 'The task ran past its time limit.'
+          : 'The service restarted while the reply was generated.');
+      eventId = await this.record(taskId, 'FailTask', { ...common, reason });
+    }
+    const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
+    const outcome = state.outcome!;
+    await this.settle(outcome, eventId);
+    buffer.append(taskId, chunkOf(outcome));
+  }
+
+  /**
+   * Records an outcome, retrying a store that is briefly away; the first outcome recorded wins.
+   * Answers the recorded event's id, or null when another outcome was there first.
+   */
+  private async record<T extends 'CompleteTask' | 'FailTask' | 'CancelTask'>(
+    taskId: string,
+    type: T,
+    data: Extract<TaskCommand, { type: T }>['data'],
+  ): Promise<string | null> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const { events } = await this.handle(taskId, type, data, { actorId: SYSTEM_ACTOR });
+        return events[0]?.id ?? null;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+        this.deps.logger.warn({ err, taskId, attempt }, 'task outcome not recorded; retrying');
+        await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
+      }
+    }
+  }
+
+  private handle(
+    taskId: string,
+    type: TaskCommand['type'],
+    data: TaskCommand['data'],
+    provenance: Provenance,
+  ) {
+    return this.deps.commands.handle(taskDecider, taskStream(taskId), {
+      type,
+      data,
+      metadata: { ...this.metadataOf(provenance), correlationId: taskId },
+    } as TaskCommand);
+  }
+
+  private metadataOf(p: Provenance): CommandMetadata {
+    return {
+      now: this.deps.clock.now(),
+      actorId: p.actorId,
+      requestId: p.requestId ?? null,
+      causationId: p.causationId ?? null,
+    };
+  }
+
+  private slot(stream: string, command: SlotCommand) {
+    return this.deps.commands.handle(slotsDecider, stream, command);
+  }
+
+  private abortLocal(taskId: string, why: 'cancel' | 'shutdown'): boolean {
+    const run = this.running.get(taskId);
+    if (!run) return false;
+    run.abort.abort(why);
+    return true;
+  }
+}
+
+export type SettleDeps = Pick<TaskFlowDeps, 'commands' | 'ledger' | 'clock'>;
+
+/**
+ * Completes what an outcome implies: the reply saved as an assistant message, the hold captured at
+ * the cost (the rest released) or released when nothing is owed, the slots freed. Every step is
+ * idempotent on the task id, so running it twice (inline and by the reactor) changes nothing.
+ */
+export async function settleTask(
+  deps: SettleDeps,
+  outcome: TaskOutcome,
+  causationId: string | null,
+): Promise<void> {
+  const d = outcome.data;
+  const { commands, ledger, clock } = deps;
+  const metadata: CommandMetadata = {
+    now: clock.now(),
+    actorId: SYSTEM_ACTOR,
+    correlationId: d.taskId,
+    causationId,
+  };
+  if (d.chatId && d.messageId) {
+    await appendAssistantMessage(
+      commands,
+      {
+        chatId: d.chatId,
+        userId: d.userId,
+        messageId: d.messageId,
+        taskId: d.taskId,
+        text: d.content,
+        status: outcome.type === 'TaskCompleted' ? 'complete' : 'partial',
+      },
+      metadata,
+    );
+  }
+  const { state } = await commands.read(taskDecider, taskStream(d.taskId));
+  if (state.hold > 0) {
+    const provenance: Provenance = { actorId: SYSTEM_ACTOR, correlationId: d.taskId, causationId };
+    const reason =
+      outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
+    if (d.cost > 0) {
+      await ledger.capture({
+        userId: d.userId,
+        holdId: d.taskId,
+        cost: d.cost,
+        reason,
+        metadata: provenance,
+      });
+    } else {
+      await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance });
+    }
+  }
+  await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata);
+}
+
+/** The reactor that settles every outcome from its event: what a crash after recording it left undone. */
+export function taskSettlementReactor(deps: SettleDeps): Projector {
+  return {
+    name: 'task_settlement',
+    version: 1,
+    eventTypes: [...TASK_OUTCOMES],
+    tables: [],
+    reactor: true,
+    async apply(_db, events) {
+      for (const e of events) {
+        await settleTask(deps, { type: e.type, data: e.data } as TaskOutcome, e.id);
+      }
+    },
+  };
+}
+
+async function freeSlots(
+  commands: CommandHandler,
+  userId: string,
+  chatId: string | null,
+  taskId: string,
+  metadata: CommandMetadata,
+): Promise<void> {
+  if (chatId) {
+    await commands.handle(slotsDecider, chatSlotStream(chatId), {
+      type: 'FreeTaskSlot',
+      data: { owner: `chat:${chatId}`, taskId },
+      metadata,
+    });
+  }
+  await commands.handle(slotsDecider, userSlotsStream(userId), {
+    type: 'FreeTaskSlot',
+    data: { owner: `user:${userId}`, taskId },
+    metadata,
+  });
+}
+
+/** The stream's last event for an outcome. */
+export function chunkOf(outcome: TaskOutcome) {
+  const d = outcome.data;
+  if (outcome.type === 'TaskCompleted') {
+    return {
+      kind: 'done' as const,
+      messageId: d.messageId,
+      usage: { prompt_tokens: d.usage.promptTokens, completion_tokens: d.usage.completionTokens },
+      cost: d.cost,
+    };
+  }
+  return {
+    kind: 'error' as const,
+    detail: outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
+  };
+}
+
+/** The parameters that are set (a preset's parameters may carry explicit undefineds). */
+export function definedOnly<T extends object>(params: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined)) as {
+    [K in keyof T]?: Exclude<T[K], undefined>;
+  };
+}
+
+/** A stored chat message as the model is sent it: images as `image_url` parts. */
+function toModelMessage(m: ChatMessage): ChatMessageInput {
+  const parts = m.content.map((p: ContentPart) =>
+    p.type === 'text'
+      ? { type: 'text' as const, text: p.text }
+      : { type: 'image_url' as const, image_url: { url: p.url } },
+  );
+  const textOnly = parts.every((p) => p.type === 'text');
+  return {
+    role: m.role,
+    content: textOnly ? parts.map((p) => (p.type === 'text' ? p.text : '')).join('') : parts,
+  };
+}

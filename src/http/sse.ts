@@ -1,0 +1,59 @@
+import { PassThrough } from 'node:stream';
+import type { ParameterizedContext } from 'koa';
+
+/** An open Server-Sent Events response. */
+export interface SseStream {
+  /** Aborts when the client goes away (or the stream is ended). */
+  readonly signal: AbortSignal;
+  send(event: string | null, data: unknown): void;
+  end(): void;
+}
+
+/**
+ * Turns the response into an event stream: no buffering by proxies (`X-Accel-Buffering: no`), no
+ * caching, a comment every `heartbeatMs` while idle so proxies and clients keep the connection, and
+ * an abort signal for when the client disconnects.
+ */
+export function openSse(ctx: ParameterizedContext, heartbeatMs: number): SseStream {
+  const body = new PassThrough();
+  const abort = new AbortController();
+  ctx.req.socket.setTimeout(0);
+  ctx.req.socket.setNoDelay(true);
+  ctx.status = 200;
+  ctx.set({
+    'Content-Type': 'text/event-stream; charset=utf-8',
+    'Cache-Control': 'no-cache, no-transform',
+    Connection: 'keep-alive',
+    'X-Accel-Buffering': 'no',
+  });
+  ctx.body = body;
+  let last = Date.now();
+  const heartbeat = setInterval(
+    () => {
+      if (Date.now() - last >= heartbeatMs) write(': keep-alive\n\n');
+    },
+    Math.max(50, Math.floor(heartbeatMs / 2)),
+  );
+  heartbeat.unref();
+  const close = () => {
+    clearInterval(heartbeat);
+    if (!abort.signal.aborted) abort.abort();
+  };
+  ctx.res.on('close', close);
+  function write(text: string) {
+    if (abort.signal.aborted) return;
+    last = Date.now();
+    body.write(text);
+  }
+  return {
+    signal: abort.signal,
+    send(event, data) {
+      const payload = typeof data === 'string' ? data : JSON.stringify(data);
+      write(`${event ? `event: ${event}\n` : ''}data: ${payload}\n\n`);
+    },
+    end() {
+      close();
+      body.end();
+    },
+  };
+}

@@ -1,0 +1,338 @@
+import { z } from 'zod';
+import { chunkOf, type TaskFlow } from '../commands/tasks/flow';
+import type { TaskState } from '../commands/tasks/decider';
+import type { Provenance } from '../commands/ledger/credits';
+import type { TaskOutcome } from '../events/tasks';
+import { DomainError } from '../platform/errors';
+import type { ChatMessageInput } from '../platform/llm/types';
+import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
+import { auth } from './middleware/auth';
+import { API_BASE, bearerSecurity, problemResponses } from './openapi';
+import { openSse, type SseStream } from './sse';
+import type { AuthedState, Resource } from './types';
+
+const TaskId = z.object({ id: z.string().min(1).max(100) });
+const CreateTaskBody = z
+  .strictObject({ chat_id: z.string().min(1).max(100), model: z.string().min(1).max(200).optional() })
+  .meta({ id: 'CreateTask' });
+
+const MAX_COMPLETION_MESSAGES = 500;
+const MAX_CONTENT_LENGTH = 200_000;
+const CompletionPart = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text'), text: z.string().max(MAX_CONTENT_LENGTH) }),
+  z.object({
+    type: z.literal('image_url'),
+    image_url: z.object({
+      url: z
+        .string()
+        .max(2048)
+        .regex(/^https?:\/\//i, 'must be an http(s) URL'),
+    }),
+  }),
+]);
+/** OpenAI's request, the parts we serve: unknown fields are ignored, as OpenAI-compatible servers do. */
+const CompletionBody = z
+  .object({
+    model: z.string().min(1).max(200).optional(),
+    messages: z
+      .array(
+        z.object({
+          // `developer` is OpenAI's newer name for `system`.
+          role: z.enum(['system', 'developer', 'user', 'assistant']),
+          content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]),
+        }),
+      )
+      .min(1)
+      .max(MAX_COMPLETION_MESSAGES),
+    stream: z.boolean().default(false),
+    stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+    max_tokens: z.number().int().min(1).nullish(),
+    max_completion_tokens: z.number().int().min(1).nullish(),
+    temperature: z.number().min(0).max(2).nullish(),
+    top_p: z.number().min(0).max(1).nullish(),
+    presence_penalty: z.number().min(-2).max(2).nullish(),
+    frequency_penalty: z.number().min(-2).max(2).nullish(),
+    stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullish(),
+    n: z.literal(1).nullish(),
+  })
+  .meta({ id: 'ChatCompletionRequest' });
+
+/** A task that failed or was cancelled, answered to a non-streaming completion. */
+class GenerationFailed extends DomainError {
+  readonly status = 502;
+  readonly type = '/problems/generation-failed';
+  readonly title = 'The model did not complete the reply';
+}
+
+/** How often a stream with no news checks whether its task ended elsewhere (another instance, no Redis). */
+const STALL_CHECK_MS = 5_000;
+
+/** A task as `GET /tasks/{id}` shows it. */
+function taskView(s: TaskState) {
+  const o = s.outcome?.data;
+  return {
+    id: s.taskId,
+    chat_id: s.chatId,
+    model: s.model,
+    status: s.status,
+    hold: s.hold,
+    usage: o ? { prompt_tokens: o.usage.promptTokens, completion_tokens: o.usage.completionTokens } : null,
+    cost: o ? o.cost : null,
+    message_id: o ? o.messageId : null,
+    error: s.outcome?.type === 'TaskFailed' ? s.outcome.data.reason : null,
+    created_at: s.createdAt,
+  };
+}
+
+const provenanceOf = (ctx: { state: AuthedState }): Provenance => ({
+  actorId: ctx.state.user.id,
+  requestId: ctx.state.requestId,
+});
+
+/** Tasks (model replies in a chat, streamed) and the OpenAI-compatible `/chat/completions`. */
+export const tasks: Resource = (router, { deps, openapi }) => {
+  const flowOf = (): TaskFlow => {
+    if (!deps.tasks) throw new Error('tasks need deps.tasks');
+    return deps.tasks;
+  };
+  const heartbeatMs = deps.config.SSE_HEARTBEAT_MS;
+
+  openapi.registerPath({
+    method: 'post',
+    path: '/tasks',
+    summary: 'Generate the next reply in a chat (holds its maximum cost)',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { body: { content: { 'application/json': { schema: CreateTaskBody } } } },
+    responses: {
+      201: { description: '{id, chat_id, status, hold}' },
+      ...problemResponses(400, 401, 402, 404, 409, 429),
+    },
+  });
+  router.post('/tasks', auth(), async (ctx) => {
+    const body = CreateTaskBody.parse(ctx.request.body);
+    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
+    const t = await flowOf().startChatTask(
+      { userId: ctx.state.user.id, chatId: body.chat_id, model: body.model },
+      provenanceOf(ctx),
+    );
+    ctx.status = 201;
+    ctx.set('Location', `${API_BASE}/tasks/${t.taskId}`);
+    ctx.body = {
+      id: t.taskId,
+      chat_id: t.chatId,
+      model: t.model.id,
+      status: 'running',
+      hold: t.hold,
+      prompt_tokens: t.promptTokens,
+      max_tokens: t.maxTokens,
+    };
+  });
+
+  openapi.registerPath({
+    method: 'get',
+    path: '/tasks/{id}',
+    summary: 'A task: status, usage, cost, the reply’s message',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { params: TaskId },
+    responses: { 200: { description: 'The task' }, ...problemResponses(401, 404) },
+  });
+  router.get('/tasks/:id', auth(), async (ctx) => {
+    const { id } = TaskId.parse(ctx.params);
+    ctx.body = taskView(await flowOf().read(id, ctx.state.user.id));
+  });
+
+  openapi.registerPath({
+    method: 'get',
+    path: '/tasks/{id}/stream',
+    summary: 'The reply as it is generated (SSE: delta…, then done or error); only the first call streams',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { params: TaskId },
+    responses: { 200: { description: 'text/event-stream' }, ...problemResponses(401, 404, 409) },
+  });
+  router.get('/tasks/:id/stream', auth(), async (ctx) => {
+    const { id } = TaskId.parse(ctx.params);
+    const flow = flowOf();
+    const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
+    const sse = openSse(ctx, heartbeatMs);
+    void streamTask(sse, id, claimed, deps.buffer!, () => flow.read(id, claimed.userId)).catch(
+      (err: unknown) => {
+        ctx.log.warn({ err, taskId: id }, 'task stream ended early');
+        sse.end();
+      },
+    );
+  });
+
+  openapi.registerPath({
+    method: 'post',
+    path: '/tasks/{id}/cancel',
+    summary: 'Stop a task; it settles like any other (charged for what was generated)',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { params: TaskId },
+    responses: { 202: { description: 'Cancel asked for' }, ...problemResponses(401, 404, 409) },
+  });
+  router.post('/tasks/:id/cancel', auth(), async (ctx) => {
+    const { id } = TaskId.parse(ctx.params);
+    await flowOf().cancel(id, ctx.state.user.id, provenanceOf(ctx));
+    ctx.status = 202;
+    ctx.body = { id, status: 'cancelling' };
+  });
+
+  openapi.registerPath({
+    method: 'post',
+    path: '/chat/completions',
+    summary: 'OpenAI-compatible chat completion (stream or not), charged to my credits',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { body: { content: { 'application/json': { schema: CompletionBody } } } },
+    responses: {
+      200: { description: 'chat.completion, or a text/event-stream of chat.completion.chunk' },
+      ...problemResponses(400, 401, 402, 429, 502),
+    },
+  });
+  router.post('/chat/completions', auth(), async (ctx) => {
+    const body = CompletionBody.parse(ctx.request.body);
+    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
+    const flow = flowOf();
+    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
+    const stop = body.stop == null ? undefined : typeof body.stop === 'string' ? [body.stop] : body.stop;
+    const params = Object.fromEntries(
+      Object.entries({
+        max_tokens: maxTokens,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
+        stop,
+      }).filter(([, v]) => v !== undefined && v !== null),
+    );
+    const messages: ChatMessageInput[] = body.messages.map((m) => ({
+      role: m.role === 'developer' ? 'system' : m.role,
+      content: m.content,
+    }));
+    const t = await flow.startCompletion(
+      { userId: ctx.state.user.id, model: body.model, messages, params },
+      provenanceOf(ctx),
+    );
+    const id = `chatcmpl-${t.taskId}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = t.model.id;
+    if (!body.stream) {
+      const outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
+      if (outcome.type !== 'TaskCompleted') {
+        throw new GenerationFailed(
+          outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
+        );
+      }
+      const usage = outcome.data.usage;
+      ctx.body = {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [
+          {
+            index: 0,
+            message: { role: 'assistant', content: outcome.data.content, refusal: null },
+            finish_reason: usage.completionTokens >= t.maxTokens ? 'length' : 'stop',
+            logprobs: null,
+          },
+        ],
+        usage: openAiUsage(outcome),
+      };
+      return;
+    }
+    const includeUsage = body.stream_options?.include_usage === true;
+    const sse = openSse(ctx, heartbeatMs);
+    const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+      sse.send(null, { id, object: 'chat.completion.chunk', created, model, choices, ...extra });
+    void (async () => {
+      chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
+      // The client may leave; the generation goes on and is charged either way.
+      for await (const c of deps.buffer!.read(t.taskId, sse.signal)) {
+        if (c.kind === 'delta') {
+          chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
+          continue;
+        }
+        if (c.kind === 'error') {
+          sse.send(null, { error: { message: c.detail, type: 'server_error', code: 'generation_failed' } });
+          break;
+        }
+        const finish = c.usage.completion_tokens >= t.maxTokens ? 'length' : 'stop';
+        chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
+        if (includeUsage) chunk([], { usage: withTotal(c.usage) });
+        break;
+      }
+      sse.send(null, '[DONE]');
+      sse.end();
+    })().catch((err: unknown) => {
+      ctx.log.warn({ err, taskId: t.taskId }, 'completion stream ended early');
+      sse.end();
+    });
+  });
+};
+
+function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {
+  return { ...u, total_tokens: u.prompt_tokens + u.completion_tokens };
+}
+
+function openAiUsage(outcome: TaskOutcome) {
+  const u = outcome.data.usage;
+  return withTotal({ prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens });
+}
+
+/**
+ * Sends a claimed task's output: what the buffer holds, then what follows, until done or error. A
+ * task that had already ended (or ends on an instance whose buffer this one cannot see) is sent from
+ * its outcome event, skipping what was sent already.
+ */
+async function streamTask(
+  sse: SseStream,
+  taskId: string,
+  claimed: TaskState,
+  buffer: TaskBuffer,
+  current: () => Promise<TaskState>,
+): Promise<void> {
+  let sent = '';
+  const finishFrom = (outcome: TaskOutcome) => {
+    const rest = outcome.data.content.startsWith(sent) ? outcome.data.content.slice(sent.length) : '';
+    if (rest) sse.send('delta', { content: rest });
+    send(chunkOf(outcome));
+  };
+  const send = (c: TaskChunk) => {
+    if (c.kind === 'delta') {
+      sent += c.content;
+      sse.send('delta', { content: c.content });
+    } else if (c.kind === 'done') {
+      sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
+    } else sse.send('error', { detail: c.detail });
+  };
+  try {
+    if (claimed.outcome) return finishFrom(claimed.outcome);
+    const reader = buffer.read(taskId, sse.signal)[Symbol.asyncIterator]();
+    let pending = reader.next();
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const stalled = new Promise<'stalled'>((resolve) => {
+        timer = setTimeout(() => resolve('stalled'), STALL_CHECK_MS);
+      });
+      const next = await Promise.race([pending, stalled]);
+      clearTimeout(timer);
+      if (sse.signal.aborted) return;
+      if (next === 'stalled') {
+        const state = await current();
+        if (state.outcome) return finishFrom(state.outcome);
+        continue;
+      }
+      if (next.done) return;
+      send(next.value);
+      if (next.value.kind !== 'delta') return;
+      pending = reader.next();
+    }
+  } finally {
+    sse.end();
+  }
+}

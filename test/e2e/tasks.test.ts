@@ -1,0 +1,643 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
+import { taskStream } from '../../src/events/tasks';
+import { ledgerStream } from '../../src/events/ledger';
+import { allResources } from '../../src/http/resources';
+import { countTextTokens } from '../../src/platform/llm/tokens';
+import { allProjectors } from '../../src/projections';
+import { listOverdueTasks } from '../../src/queries/tasks';
+import { taskDecider } from '../../src/commands/tasks/decider';
+import { createTestApp, type TestApp } from '../support/app';
+import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
+
+const API = '/api/v1';
+const REPLY = 'The quick brown fox jumps over the lazy dog, and then it naps in the warm afternoon sun.';
+/** Credits per 1M tokens: large enough that every reply visibly costs something. */
+const PROMPT_PRICE = 100_000;
+const COMPLETION_PRICE = 200_000;
+
+let fake: FakeOpenAI;
+let t: TestApp;
+let server: http.Server;
+let baseUrl: string;
+
+beforeAll(async () => {
+  fake = await startFakeOpenAI({ reply: REPLY, tokenDelayMs: 0, firstTokenDelayMs: 0 });
+  const models = {
+    default_model: 'fake-model',
+    providers: [{ id: 'fake', type: 'openai', base_url: fake.url, api_key: 'test-key' }],
+    models: [
+      {
+        id: 'fake-model',
+        provider: 'fake',
+        context_length: 8192,
+        default_max_tokens: 100,
+        max_output_tokens: 1000,
+        prompt_price: PROMPT_PRICE,
+        completion_price: COMPLETION_PRICE,
+      },
+      {
+        id: 'fake-luxury',
+        provider: 'fake',
+        upstream: 'fake-model',
+        context_length: 8192,
+        default_max_tokens: 1000,
+        max_output_tokens: 1000,
+        prompt_price: 1_000_000,
+        completion_price: 5_000_000,
+      },
+    ],
+  };
+  t = await createTestApp({
+    resources: [...allResources],
+    projectors: allProjectors,
+    config: { MODELS_JSON: JSON.stringify(models), LLM_RETRY_BASE_DELAY_MS: 5, SSE_HEARTBEAT_MS: 100 },
+  });
+  const handle = t.app.callback();
+  server = http.createServer((req, res) => void handle(req, res));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}${API}`;
+});
+
+afterEach(() =>
+  fake.setBehaviour({
+    reply: REPLY,
+    tokenDelayMs: 0,
+    firstTokenDelayMs: 0,
+    fail: undefined,
+    omitUsage: false,
+    dropAfterTokens: undefined,
+    hang: false,
+    usage: undefined,
+  }),
+);
+
+afterAll(async () => {
+  server?.closeAllConnections();
+  await new Promise((resolve) => server?.close(resolve));
+  await t?.close();
+  await fake?.close();
+});
+
+let users = 0;
+/** A registered user (with the sign-up credits, 1000) and their bearer header. */
+async function newUser(): Promise<{ id: string; auth: string }> {
+  const username = `tasker_${process.pid}_${++users}`;
+  const created = await t.http.post(`${API}/users`).send({ username, password: 'correct horse battery' });
+  expect(created.status).toBe(201);
+  const token = await t.http
+    .post(`${API}/session/oauth2/token`)
+    .type('form')
+    .send({ username, password: 'correct horse battery' });
+  expect(token.status).toBe(200);
+  return {
+    id: (created.body as { id: string }).id,
+    auth: `Bearer ${(token.body as { access_token: string }).access_token}`,
+  };
+}
+
+/** A chat (from a private preset) with one user message, ready for a reply. */
+async function newChat(auth: string, model = 'fake-model'): Promise<string> {
+  const preset = await t.http
+    .post(`${API}/presets`)
+    .set('Authorization', auth)
+    .send({
+      name: 'Helper',
+      description: '',
+      model,
+      parameters: { temperature: 0.2 },
+      messages: [{ role: 'system', content: 'You are terse.' }],
+      public: false,
+    });
+  expect(preset.status).toBe(201);
+  const chat = await t.http
+    .post(`${API}/chats`)
+    .set('Authorization', auth)
+    .send({ preset_id: (preset.body as { id: string }).id });
+  expect(chat.status).toBe(201);
+  const chatId = (chat.body as { id: string }).id;
+  const msg = await t.http
+    .post(`${API}/chats/${chatId}/messages`)
+    .set('Authorization', auth)
+    .send({ content: [{ type: 'text', text: 'Tell me about foxes.' }] });
+  expect(msg.status).toBe(201);
+  return chatId;
+}
+
+interface Started {
+  id: string;
+  hold: number;
+}
+async function startTask(auth: string, chatId: string, expected = 201, model?: string) {
+  const res = await t.http
+    .post(`${API}/tasks`)
+    .set('Authorization', auth)
+    .send({ chat_id: chatId, ...(model ? { model } : {}) });
+  expect(res.status).toBe(expected);
+  return res.body as Started;
+}
+
+interface SseEvent {
+  event: string;
+  data: Record<string, unknown>;
+}
+/** Reads a whole task stream (supertest buffers text/event-stream until it ends). */
+async function stream(
+  auth: string,
+  taskId: string,
+): Promise<{ status: number; events: SseEvent[]; headers: Record<string, string> }> {
+  const res = await t.http.get(`${API}/tasks/${taskId}/stream`).set('Authorization', auth).buffer(true);
+  return {
+    status: res.status,
+    events: parseSse(res.text ?? ''),
+    headers: res.headers,
+  };
+}
+
+function parseSse(text: string): SseEvent[] {
+  return text
+    .split('\n\n')
+    .filter((block) => block.includes('data:'))
+    .map((block) => {
+      const lines = block.split('\n');
+      const event = lines.find((l) => l.startsWith('event: '))?.slice(7) ?? 'message';
+      const data = lines.find((l) => l.startsWith('data: '))!.slice(6);
+      return { event, data: JSON.parse(data) as Record<string, unknown> };
+    });
+}
+
+async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolean, what: string): Promise<T> {
+  const until = Date.now() + 10_000;
+  for (;;) {
+    const v = await read();
+    if (ok(v)) return v;
+    if (Date.now() > until) throw new Error(`not reached: ${what}; last ${JSON.stringify(v)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+type TaskView = {
+  status: string;
+  cost: number | null;
+  message_id: string | null;
+  usage: { prompt_tokens: number; completion_tokens: number } | null;
+};
+const task = async (auth: string, id: string) =>
+  (await t.http.get(`${API}/tasks/${id}`).set('Authorization', auth)).body as TaskView;
+const finished = (auth: string, id: string) =>
+  eventually(
+    () => task(auth, id),
+    (v) => !['running', 'queued'].includes(v.status),
+    `task ${id} finished`,
+  );
+type Credits = {
+  balance: number;
+  held: number;
+  available: number;
+  history: { items: { type: string; ref: string | null; amount: number }[] };
+};
+const credits = async (auth: string) =>
+  (await t.http.get(`${API}/users/me/credits`).set('Authorization', auth)).body as Credits;
+const messages = async (auth: string, chatId: string) =>
+  (
+    (await t.http.get(`${API}/chats/${chatId}/messages`).set('Authorization', auth)).body as {
+      items: { id: string; role: string; content: { type: string; text?: string }[] }[];
+    }
+  ).items;
+
+/** The ledger events of a user, from the store (never the read model). */
+async function ledgerEvents(userId: string) {
+  const out: { type: string; data: Record<string, unknown> }[] = [];
+  for (const e of await t.deps.store.readStream(ledgerStream(userId)))
+    out.push({ type: e.type, data: e.data as Record<string, unknown> });
+  return out;
+}
+
+const creditsFor = (tokens: number, price: number) => Math.ceil((tokens * price) / 1_000_000);
+
+describe('tasks, end to end against an OpenAI-compatible provider', () => {
+  it('holds, streams the reply, saves it as a message, captures the actual cost and releases the rest', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 5 });
+    const started = await startTask(u.auth, chatId);
+    expect(started.hold).toBeGreaterThan(0);
+
+    const s = await stream(u.auth, started.id);
+    expect(s.status).toBe(200);
+    expect(s.headers['content-type']).toMatch(/^text\/event-stream/);
+    expect(s.headers['x-accel-buffering']).toBe('no');
+    const deltas = s.events.filter((e) => e.event === 'delta');
+    expect(deltas.length).toBeGreaterThan(5);
+    expect(deltas.map((e) => e.data.content).join('')).toBe(REPLY);
+    const done = s.events.at(-1)!;
+    expect(done.event).toBe('done');
+    const usage = done.data.usage as { prompt_tokens: number; completion_tokens: number };
+    // The provider's own count (the fake counts the reply in o200k tokens).
+    expect(usage.completion_tokens).toBe(countTextTokens(REPLY));
+    const cost =
+      creditsFor(usage.prompt_tokens, PROMPT_PRICE) + creditsFor(usage.completion_tokens, COMPLETION_PRICE);
+    expect(done.data.cost).toBe(cost);
+    expect(cost).toBeLessThan(started.hold);
+
+    const view = await task(u.auth, started.id);
+    expect(view).toMatchObject({ status: 'succeeded', cost, message_id: done.data.message_id });
+    const reply = (await messages(u.auth, chatId)).at(-1)!;
+    expect(reply).toMatchObject({
+      id: done.data.message_id,
+      role: 'assistant',
+      content: [{ type: 'text', text: REPLY }],
+    });
+
+    const after = await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance < 1000,
+      'capture projected',
+    );
+    expect(after).toMatchObject({ balance: 1000 - cost, held: 0, available: 1000 - cost });
+    const types = (await ledgerEvents(u.id)).map((e) => e.type);
+    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
+    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+
+    // The model was sent the whole history, the hidden system prompt included.
+    const sent = fake.requests.at(-1)!.body;
+    expect(sent.stream_options).toEqual({ include_usage: true });
+    expect(sent.messages?.map((m) => m.role)).toEqual(['system', 'user']);
+  });
+
+  it('charges provider usage when reported, and counts with the tokenizer when not', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ usage: { prompt_tokens: 40, completion_tokens: 50 } });
+    const a = await startTask(u.auth, await newChat(u.auth));
+    const done = (await stream(u.auth, a.id)).events.at(-1)!;
+    expect(done.data.usage).toEqual({ prompt_tokens: 40, completion_tokens: 50 });
+    expect(done.data.cost).toBe(creditsFor(40, PROMPT_PRICE) + creditsFor(50, COMPLETION_PRICE));
+
+    fake.setBehaviour({ usage: undefined, omitUsage: true });
+    const b = await startTask(u.auth, await newChat(u.auth));
+    const doneB = (await stream(u.auth, b.id)).events.at(-1)!;
+    expect((doneB.data.usage as { completion_tokens: number }).completion_tokens).toBe(
+      countTextTokens(REPLY),
+    );
+  });
+
+  it('answers 402 when available credits do not cover the hold, and holds nothing', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    const res = await t.http
+      .post(`${API}/tasks`)
+      .set('Authorization', u.auth)
+      .send({ chat_id: chatId, model: 'fake-luxury' });
+    expect(res.status).toBe(402);
+    expect(res.type).toBe('application/problem+json');
+    // Nothing is left taken: the chat takes a task at once.
+    const ok = await startTask(u.auth, chatId);
+    await stream(u.auth, ok.id);
+    expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReserved')).toHaveLength(1);
+  });
+
+  it('refuses a second running task in one chat (409), and an unknown model (400)', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 20 });
+    const first = await startTask(u.auth, chatId);
+    await startTask(u.auth, chatId, 409);
+    await startTask(u.auth, await newChat(u.auth), 400, 'no-such-model');
+    await stream(u.auth, first.id);
+    await finished(u.auth, first.id);
+    // Once it is done, the chat takes the next one.
+    const next = await startTask(u.auth, chatId);
+    await stream(u.auth, next.id);
+  });
+
+  it('lets exactly one of 50 parallel stream calls stream; the rest get 409', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ tokenDelayMs: 5 });
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const results = await Promise.all(Array.from({ length: 50 }, () => stream(u.auth, started.id)));
+    const streamed = results.filter((r) => r.status === 200);
+    expect(streamed).toHaveLength(1);
+    expect(results.filter((r) => r.status === 409)).toHaveLength(49);
+    expect(
+      streamed[0]!.events
+        .filter((e) => e.event === 'delta')
+        .map((e) => e.data.content)
+        .join(''),
+    ).toBe(REPLY);
+    // A late call still 409: the stream was claimed once and for all.
+    expect((await stream(u.auth, started.id)).status).toBe(409);
+  });
+
+  it('finishes, saves and charges once when the client disconnects mid-stream', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 10 });
+    const started = await startTask(u.auth, chatId);
+    await new Promise<void>((resolve, reject) => {
+      const req = http.get(
+        `${baseUrl}/tasks/${started.id}/stream`,
+        { headers: { Authorization: u.auth } },
+        (res) => {
+          res.once('data', () => {
+            req.destroy(); // gone after the first delta
+            resolve();
+          });
+        },
+      );
+      req.on('error', () => undefined);
+      setTimeout(() => reject(new Error('no data')), 5_000).unref();
+    });
+    const view = await finished(u.auth, started.id);
+    expect(view.status).toBe('succeeded');
+    const reply = (await messages(u.auth, chatId)).at(-1)!;
+    expect(reply.content).toEqual([{ type: 'text', text: REPLY }]);
+    const ledger = await ledgerEvents(u.id);
+    expect(ledger.filter((e) => e.type === 'CreditsCaptured' && e.data.holdId === started.id)).toHaveLength(
+      1,
+    );
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.balance === 1000 - view.cost!,
+      'charged once',
+    );
+  });
+
+  it('retries a provider failing before the first token, then succeeds', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ fail: { status: 429, times: 2 } });
+    const before = fake.requests.length;
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const s = await stream(u.auth, started.id);
+    expect(s.events.at(-1)!.event).toBe('done');
+    expect(fake.requests.length - before).toBe(3);
+  });
+
+  it('fails the task and releases the whole hold when the provider keeps failing', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ fail: { status: 500 } });
+    const started = await startTask(u.auth, chatId);
+    const s = await stream(u.auth, started.id);
+    expect(s.events.at(-1)!.event).toBe('error');
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'failed', cost: 0, message_id: null });
+    const ledger = await ledgerEvents(u.id);
+    expect(ledger.map((e) => e.type)).toEqual(expect.arrayContaining(['CreditsReserved', 'CreditsReleased']));
+    expect(ledger.some((e) => e.type === 'CreditsCaptured')).toBe(false);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.available === 1000,
+      'hold released',
+    );
+    expect((await messages(u.auth, chatId)).at(-1)!.role).toBe('user');
+  });
+
+  it('saves the partial reply and charges what was generated when the provider drops mid-stream', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ dropAfterTokens: 5 });
+    const started = await startTask(u.auth, chatId);
+    const s = await stream(u.auth, started.id);
+    const partial = s.events
+      .filter((e) => e.event === 'delta')
+      .map((e) => e.data.content)
+      .join('');
+    expect(partial.length).toBeGreaterThan(0);
+    expect(REPLY.startsWith(partial)).toBe(true);
+    expect(s.events.at(-1)!.event).toBe('error');
+    const view = await task(u.auth, started.id);
+    expect(view.status).toBe('failed');
+    expect(view.cost).toBeGreaterThan(0);
+    expect((await messages(u.auth, chatId)).at(-1)).toMatchObject({
+      id: view.message_id,
+      role: 'assistant',
+      content: [{ type: 'text', text: partial }],
+    });
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000 - view.cost!,
+      'partial charged',
+    );
+  });
+
+  it('cancels: upstream stopped, what was generated saved and charged, the rest released', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ tokenDelayMs: 30 });
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const reading = stream(u.auth, started.id);
+    await eventually(
+      () => Promise.resolve(fake.requests.at(-1)!.chunksSent),
+      (n) => n >= 2,
+      'some tokens',
+    );
+    const cancel = await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth);
+    expect(cancel.status).toBe(202);
+    const s = await reading;
+    expect(s.events.at(-1)).toMatchObject({ event: 'error' });
+    await fake.requests.at(-1)!.closed;
+    expect(fake.requests.at(-1)!.closedByClient).toBe(true);
+    const view = await finished(u.auth, started.id);
+    expect(view.status).toBe('cancelled');
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
+      'settled',
+    );
+    // A finished task cannot be cancelled again.
+    expect((await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth)).status).toBe(
+      409,
+    );
+  });
+
+  it('shows nobody else a task or a chat (404)', async () => {
+    const owner = await newUser();
+    const other = await newUser();
+    const chatId = await newChat(owner.auth);
+    await startTask(other.auth, chatId, 404);
+    const started = await startTask(owner.auth, chatId);
+    expect((await t.http.get(`${API}/tasks/${started.id}`).set('Authorization', other.auth)).status).toBe(
+      404,
+    );
+    expect((await stream(other.auth, started.id)).status).toBe(404);
+    expect(
+      (await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', other.auth)).status,
+    ).toBe(404);
+    // The owner's stream was not claimed by those attempts.
+    expect((await stream(owner.auth, started.id)).status).toBe(200);
+  });
+
+  it('fails a task whose instance died, past its deadline, and releases its hold (the sweeper)', async () => {
+    const u = await newUser();
+    const taskId = `orphan-${Date.now()}`;
+    const past = new Date(Date.now() - 3_600_000);
+    await t.deps.commands.handle(taskDecider, taskStream(taskId), {
+      type: 'CreateTask',
+      data: {
+        taskId,
+        userId: u.id,
+        chatId: null,
+        model: 'fake-model',
+        promptTokens: 10,
+        maxTokens: 100,
+        hold: 25,
+        deadlineAt: past.toISOString(),
+      },
+      metadata: { now: past },
+    });
+    await t.deps.commands.handle(
+      (await import('../../src/commands/ledger/decider')).ledgerDecider,
+      ledgerStream(u.id),
+      {
+        type: 'ReserveCredits',
+        data: {
+          userId: u.id,
+          holdId: taskId,
+          amount: 25,
+          reason: 'task',
+          expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+        },
+        metadata: { now: new Date() },
+      },
+    );
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 25,
+      'hold projected',
+    );
+    await eventually(
+      () => listOverdueTasks(t.deps.db.db, new Date(), 10),
+      (rows) => rows.some((r) => r.id === taskId),
+      'task projected',
+    );
+    const failed = await t.deps.tasks!.sweep((before) => listOverdueTasks(t.deps.db.db, before, 100));
+    expect(failed).toBeGreaterThanOrEqual(1);
+    expect(await task(u.auth, taskId)).toMatchObject({ status: 'failed', cost: 0 });
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.available === 1000,
+      'orphan hold released',
+    );
+    // A second sweep changes nothing.
+    await t.deps.tasks!.sweep((before) => listOverdueTasks(t.deps.db.db, before, 100));
+    expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReleased')).toHaveLength(1);
+  });
+
+  it('settles an outcome recorded just before a crash (the settlement reactor)', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    const taskId = `crashed-${Date.now()}`;
+    const now = new Date();
+    const { ledgerDecider } = await import('../../src/commands/ledger/decider');
+    await t.deps.commands.handle(ledgerDecider, ledgerStream(u.id), {
+      type: 'ReserveCredits',
+      data: {
+        userId: u.id,
+        holdId: taskId,
+        amount: 40,
+        reason: 'task',
+        expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+      },
+      metadata: { now },
+    });
+    await t.deps.commands.handle(taskDecider, taskStream(taskId), {
+      type: 'CreateTask',
+      data: {
+        taskId,
+        userId: u.id,
+        chatId,
+        model: 'fake-model',
+        promptTokens: 10,
+        maxTokens: 100,
+        hold: 40,
+        deadlineAt: new Date(Date.now() + 600_000).toISOString(),
+      },
+      metadata: { now },
+    });
+    // The instance records the outcome, then dies before settling it.
+    await t.deps.commands.handle(taskDecider, taskStream(taskId), {
+      type: 'CompleteTask',
+      data: {
+        taskId,
+        messageId: `m-${taskId}`,
+        content: 'Saved by the reactor.',
+        usage: { promptTokens: 10, completionTokens: 5 },
+        cost: 12,
+        usageSource: 'provider',
+      },
+      metadata: { now },
+    });
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 988,
+      'captured by the reactor',
+    );
+    expect((await messages(u.auth, chatId)).at(-1)).toMatchObject({
+      id: `m-${taskId}`,
+      content: [{ type: 'text', text: 'Saved by the reactor.' }],
+    });
+    expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured')).toHaveLength(1);
+  });
+});
+
+describe('/chat/completions with the official openai client', () => {
+  it('answers a completion with usage, charged to the caller', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const completion = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'Say something.' }],
+    });
+    expect(completion.object).toBe('chat.completion');
+    expect(completion.choices[0]!.message.content).toBe(REPLY);
+    expect(completion.choices[0]!.finish_reason).toBe('stop');
+    const usage = completion.usage!;
+    expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens);
+    const cost =
+      creditsFor(usage.prompt_tokens, PROMPT_PRICE) + creditsFor(usage.completion_tokens, COMPLETION_PRICE);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000 - cost,
+      'completion charged',
+    );
+  });
+
+  it('streams chunks, then the usage chunk', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const chunks = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'Say something.' }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let usage: OpenAI.CompletionUsage | undefined;
+    let finish: string | null = null;
+    for await (const c of chunks) {
+      text += c.choices[0]?.delta.content ?? '';
+      finish = c.choices[0]?.finish_reason ?? finish;
+      if (c.usage) usage = c.usage;
+    }
+    expect(text).toBe(REPLY);
+    expect(finish).toBe('stop');
+    expect(usage?.completion_tokens).toBe(countTextTokens(REPLY));
+  });
+
+  it('refuses without a token (401), without credits (402), and bad input (400), as problem+json', async () => {
+    const anonymous = new OpenAI({ apiKey: 'not-a-token', baseURL: baseUrl, maxRetries: 0 });
+    await expect(
+      anonymous.chat.completions.create({ model: 'fake-model', messages: [{ role: 'user', content: 'x' }] }),
+    ).rejects.toMatchObject({ status: 401 });
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    await expect(
+      client.chat.completions.create({ model: 'fake-luxury', messages: [{ role: 'user', content: 'x' }] }),
+    ).rejects.toMatchObject({ status: 402 });
+    const bad = await t.http
+      .post(`${API}/chat/completions`)
+      .set('Authorization', u.auth)
+      .send({ messages: [] });
+    expect(bad.status).toBe(400);
+    expect(bad.type).toBe('application/problem+json');
+  });
+});
