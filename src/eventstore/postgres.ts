@@ -29,6 +29,8 @@ const CHANNEL = 'eventstore_appended';
 const IDLE_POLL_MS = 1_000;
 /** Committed events wait behind an older open transaction: look again this soon. */
 const BLOCKED_POLL_MS = 5;
+/** How long a woken subscriber waits for more appends before it reads (the read models' added lag). */
+const COALESCE_MS = 10;
 const NOTIFY_INTERVAL_MS = 5;
 
 export interface PostgresEventStoreOptions {
@@ -335,6 +337,9 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         await handler.onCaughtUp?.(position);
         if (stopped) break;
         await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : IDLE_POLL_MS, (w) => (wake = w));
+        // Let the appends of the next few milliseconds join this read: under load every subscriber
+        // then reads a batch per interval instead of running a query per append.
+        if (!stopped && !blocked) await new Promise<void>((resolve) => setTimeout(resolve, COALESCE_MS));
       }
     })().catch((err: unknown) => {
       handler.onError?.(err);
