@@ -4,6 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { CommandHandler } from '../../src/commands/handler';
+import type { EventStore } from '../../src/eventstore/port';
+import { uuidV7Ids } from '../../src/platform/clock';
+import { allProjectors } from '../../src/projections';
 
 const run = promisify(execFile);
 const root = path.resolve(__dirname, '../..');
@@ -80,7 +84,11 @@ describe('npm start on the embedded database, with the CLIs beside it', () => {
       },
     );
     const projections = JSON.parse(status.stdout) as { name: string; lag: number; checkpoint: unknown }[];
-    expect(projections.map((p) => p.name)).toEqual(['ledger', 'codes', 'redemption_reactor']);
+    // Every read model and reactor of the service, in its order.
+    const expected = allProjectors(new CommandHandler({} as EventStore, { ids: uuidV7Ids })).map(
+      (p) => p.name,
+    );
+    expect(projections.map((p) => p.name)).toEqual(expected);
     for (const p of projections) expect(p).toMatchObject({ lag: 0, checkpoint: expect.anything() });
 
     // A rebuild from the CLI, beside the live tables of the running service, with progress output.
