@@ -1,5 +1,7 @@
 import { parseArgs } from 'node:util';
 import { eventstoreBench } from './eventstore';
+import { ledgerBench } from './ledger';
+import { tasksBench } from './tasks';
 import { printTable, writeResults, type BenchContext } from './support';
 
 /**
@@ -8,6 +10,8 @@ import { printTable, writeResults, type BenchContext } from './support';
  */
 const suites: Record<string, (ctx: BenchContext) => Promise<void>> = {
   eventstore: eventstoreBench,
+  ledger: ledgerBench,
+  tasks: tasksBench,
 };
 
 async function main(): Promise<void> {

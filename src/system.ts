@@ -3,6 +3,9 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { CommandHandler } from './commands/handler';
+import { createLedgerCommands } from './commands/ledger/credits';
+import { LocalTasks, TaskFlow } from './commands/tasks/flow';
+import { createHoldExpiryScheduler, type HoldExpiryScheduler } from './commands/ledger/holdExpiry';
 import { createKurrentDbEventStore } from './eventstore/kurrentdb';
 import { createPostgresEventStore } from './eventstore/postgres';
 import type { EventStore } from './eventstore/port';
@@ -10,8 +13,13 @@ import { systemClock, uuidV7Ids, type Clock, type IdGenerator } from './platform
 import type { Config } from './platform/config';
 import { openDatabase, openDatabaseForCli, type Db } from './platform/db';
 import type { Logger } from './platform/logger';
+import { createModelCatalog } from './platform/llm/catalog';
+import type { ModelCatalog } from './platform/llm/types';
 import { createMetrics, type Metrics } from './platform/metrics';
 import { migrateToLatest } from './platform/migrate';
+import { createMemoryTaskBuffer, createRedisTaskBuffer, type TaskBuffer } from './platform/taskBuffer';
+import { createRateLimits, type RateLimits } from './platform/rateLimits';
+import { createSignInProviders, type SignInProviders } from './platform/identity';
 import { allProjectors } from './projections';
 import { createSessionGuard, type SessionGuard } from './queries/sessionGuard';
 import { createProjectionEngine, type RunningProjectionEngine } from './projections/runner';
@@ -30,6 +38,17 @@ export interface System {
   clock: Clock;
   ids: IdGenerator;
   sessionGuard: SessionGuard;
+  rateLimits: RateLimits;
+  /** WeChat, Apple and SMS sign-in adapters, from the configuration. */
+  signIn: SignInProviders;
+  /** Gives back expired holds; started with the projections (`PROJECTIONS_ENABLED`). */
+  holdExpiry: HoldExpiryScheduler;
+  /** Task output on its way to its stream: memory, or Redis Streams with Redis. */
+  buffer: TaskBuffer;
+  /** Starts, streams, cancels, settles and sweeps tasks. */
+  tasks: TaskFlow;
+  /** The models offered and their providers (MODELS_FILE / MODELS_JSON, else the built-in one). */
+  models: ModelCatalog;
   close(): Promise<void>;
 }
 
@@ -60,18 +79,45 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
       cacheSize: config.STREAM_CACHE_SIZE,
       logger,
     });
+    const clock = options.clock ?? systemClock;
+    const localTasks = new LocalTasks();
     const projections = createProjectionEngine({
       db,
       store,
       logger,
-      projectors: options.projectors ?? allProjectors(commands),
+      projectors: options.projectors ?? allProjectors(commands, { config, clock, localTasks }),
       batchSize: config.PROJECTION_BATCH_SIZE,
       onApplied: metrics.onApplied,
     });
     closers.unshift(() => projections.stop());
     const redis = config.REDIS_URL ? openRedis(config.REDIS_URL, logger) : undefined;
     if (redis) closers.unshift(() => redis.quit().catch(() => redis.disconnect()));
-    const clock = options.clock ?? systemClock;
+    const ledger = createLedgerCommands({ commands, config, clock });
+    const models = createModelCatalog(config, { logger: logger.child({ component: 'llm' }) });
+    const buffer = redis ? createRedisTaskBuffer(redis, logger) : createMemoryTaskBuffer();
+    closers.unshift(() => buffer.close());
+    const tasks = new TaskFlow({
+      commands,
+      ledger,
+      models,
+      buffer,
+      clock,
+      ids,
+      logger: logger.child({ component: 'tasks' }),
+      config,
+      redis,
+      localTasks,
+    });
+    closers.unshift(() => tasks.close());
+    const holdExpiry = createHoldExpiryScheduler({
+      db,
+      ledger,
+      clock,
+      logger: logger.child({ component: 'hold-expiry' }),
+      metrics,
+      intervalMs: config.HOLD_EXPIRY_INTERVAL_MS,
+    });
+    closers.unshift(() => holdExpiry.stop());
     const sessionGuard = createSessionGuard({
       db: db.db,
       redis,
@@ -91,6 +137,12 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
       clock,
       ids,
       sessionGuard,
+      rateLimits: createRateLimits(config, redis, logger),
+      signIn: createSignInProviders(config, logger),
+      models,
+      holdExpiry,
+      buffer,
+      tasks,
       async close() {
         for (const close of closers)
           await close().catch((err: unknown) => logger.warn({ err }, 'close failed'));

@@ -4,13 +4,20 @@ import { identityDeps } from '../http/identityDeps';
 import { allResources } from '../http/resources';
 import { sweepIdempotencyKeys } from '../http/middleware/idempotency';
 import { startHttpServer } from '../http/server';
+import { listOverdueTasks } from '../queries/tasks';
 import { buildSystem } from '../system';
 import { runCli } from './run';
 
 /** `npm start`: migrate, start the projection runners, serve HTTP; SIGTERM/SIGINT shut down gracefully. */
 runCli(async (config, logger) => {
   const system = await buildSystem(config, logger, { role: 'service' });
-  if (config.PROJECTIONS_ENABLED) await system.projections.start();
+  if (config.PROJECTIONS_ENABLED) {
+    await system.projections.start();
+    system.holdExpiry.start();
+    system.tasks.startSweeper(config.TASK_SWEEP_INTERVAL_MS, (before) =>
+      listOverdueTasks(system.db.db, before, 100),
+    );
+  }
   if (config.ADMIN_USERNAME && config.ADMIN_PASSWORD) {
     const admin = await ensureAdmin(
       identityDeps(system),
@@ -45,7 +52,11 @@ runCli(async (config, logger) => {
       logger.info({ signal }, 'shutting down');
       void (async () => {
         clearInterval(sweep);
-        await server.close(); // stop accepting, finish in-flight requests
+        const closing = server.close(); // stop accepting, finish in-flight requests
+        // Generations finish (or are stopped and settled), which ends their event streams.
+        await system.tasks.close(config.SHUTDOWN_TIMEOUT_MS / 2);
+        await closing;
+        await system.holdExpiry.stop();
         await system.projections.stop();
         await system.close(); // event store, Redis, pools, embedded database
         logger.info('stopped');

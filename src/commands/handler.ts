@@ -25,6 +25,8 @@ export interface CommandMetadata {
   requestId?: string | null;
   correlationId?: string | null;
   causationId?: string | null;
+  /** Why, in a few words (a hold released because its task failed): kept in the event metadata when given. */
+  reason?: string | null;
 }
 
 export interface Command<Type extends string = string, Data = unknown> {
@@ -194,6 +196,7 @@ export class CommandHandler {
       correlationId: m.correlationId ?? m.requestId ?? null,
       causationId: m.causationId ?? null,
       schemaVersion: e.schemaVersion ?? 1,
+      ...(m.reason ? { reason: m.reason } : {}),
     };
     return { id: this.options.ids.next(), type: e.type, data: e.data, metadata };
   }

@@ -157,12 +157,15 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const flow = flowOf();
     const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
     const sse = openSse(ctx, heartbeatMs);
-    void streamTask(sse, id, claimed, deps.buffer!, () => flow.read(id, claimed.userId)).catch(
-      (err: unknown) => {
-        ctx.log.warn({ err, taskId: id }, 'task stream ended early');
-        sse.end();
-      },
-    );
+    void streamTask(sse, id, claimed, deps.buffer!, {
+      current: () => flow.read(id, claimed.userId),
+      // Idempotent: the reply is saved and the chat free before the client hears `done`, even when
+      // the generating instance is still settling (or died after recording the outcome).
+      settle: (outcome) => flow.settle(outcome, null),
+    }).catch((err: unknown) => {
+      ctx.log.warn({ err, taskId: id }, 'task stream ended early');
+      sse.end();
+    });
   });
 
   openapi.registerPath({
@@ -294,10 +297,11 @@ async function streamTask(
   taskId: string,
   claimed: TaskState,
   buffer: TaskBuffer,
-  current: () => Promise<TaskState>,
+  task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<void> },
 ): Promise<void> {
   let sent = '';
-  const finishFrom = (outcome: TaskOutcome) => {
+  const finishFrom = async (outcome: TaskOutcome) => {
+    await task.settle(outcome);
     const rest = outcome.data.content.startsWith(sent) ? outcome.data.content.slice(sent.length) : '';
     if (rest) sse.send('delta', { content: rest });
     send(chunkOf(outcome));
@@ -311,7 +315,7 @@ async function streamTask(
     } else sse.send('error', { detail: c.detail });
   };
   try {
-    if (claimed.outcome) return finishFrom(claimed.outcome);
+    if (claimed.outcome) return await finishFrom(claimed.outcome);
     const reader = buffer.read(taskId, sse.signal)[Symbol.asyncIterator]();
     let pending = reader.next();
     for (;;) {
@@ -323,8 +327,8 @@ async function streamTask(
       clearTimeout(timer);
       if (sse.signal.aborted) return;
       if (next === 'stalled') {
-        const state = await current();
-        if (state.outcome) return finishFrom(state.outcome);
+        const state = await task.current();
+        if (state.outcome) return await finishFrom(state.outcome);
         continue;
       }
       if (next.done) return;

@@ -5,12 +5,17 @@ import type { CommandHandler } from '../commands/handler';
 import type { EventStore } from '../eventstore/port';
 import type { ProjectionEngine } from '../projections/types';
 import type { Clock, IdGenerator } from '../platform/clock';
+import type { TaskFlow } from '../commands/tasks/flow';
 import type { Config } from '../platform/config';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Metrics } from '../platform/metrics';
+import type { ModelCatalog } from '../platform/llm/types';
+import type { RateLimits } from '../platform/rateLimits';
+import type { SignInProviders } from '../platform/identity';
 import type { PermissionLevel } from '../platform/tokens';
 import type { SessionGuard } from '../queries/sessionGuard';
+import type { TaskBuffer } from '../platform/taskBuffer';
 
 /** Everything the HTTP app needs, passed in by the caller (serve.ts, tests). */
 export interface AppDeps {
@@ -29,6 +34,16 @@ export interface AppDeps {
    * permission. Unset = every validly signed, unexpired token is accepted at its own word.
    */
   sessionGuard?: SessionGuard | undefined;
+  /** Request budgets (`createRateLimits`). Unset = in-memory limits of the configuration. */
+  rateLimits?: RateLimits | undefined;
+  /** WeChat, Apple and SMS sign-in adapters (`createSignInProviders`). Unset = made from the configuration. */
+  signIn?: SignInProviders | undefined;
+  /** Task output on its way to the stream endpoint (memory, or Redis Streams with Redis). */
+  buffer?: TaskBuffer | undefined;
+  /** Starts, streams, cancels and settles tasks (`TaskFlow`); needed by the tasks resource. */
+  tasks?: TaskFlow | undefined;
+  /** The models the service offers, their prices and providers (`createModelCatalog`). */
+  models: ModelCatalog;
 }
 
 /** The caller, set by `auth()`. */
@@ -52,6 +67,8 @@ export interface AppContext {
   deps: AppDeps;
   /** The request's logger (carries the request id). */
   log: Logger;
+  /** `deps.rateLimits`, or the in-memory ones `createApp` made: always set. */
+  rateLimits: RateLimits;
 }
 
 export type AppRouter = Router<AppState, AppContext>;

@@ -24,6 +24,34 @@ const list = z.string().transform((v) =>
     .filter(Boolean),
 );
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+/** `points/seconds`: at most `points` requests (or units) per `seconds`. */
+const rate = (fallback: string) =>
+  z
+    .string()
+    .trim()
+    .regex(/^[1-9]\d{0,8}\/[1-9]\d{0,7}$/, 'must look like 20/60: at most 20 per 60 seconds')
+    .transform((v) => {
+      const [points, seconds] = v.split('/').map(Number);
+      return { points: points!, seconds: seconds! };
+    })
+    .prefault(fallback);
+
+/** A rate limit from the configuration. */
+export type RateLimitSpec = { points: number; seconds: number };
+
+/** An http(s) URL with a default (providers' endpoints: tests point them at local fakes). */
+const httpUrl = (fallback: string) =>
+  z
+    .string()
+    .trim()
+    .regex(/^https?:\/\/[^\s/?#]+/, 'must start with http:// or https://')
+    .default(fallback);
+/** Unset and empty are the same: not configured. */
+const optionalText = z
+  .string()
+  .trim()
+  .transform((v) => (v === '' ? undefined : v))
+  .optional();
 
 /**
  * Every setting the service reads, with its default. Nothing set = the embedded default: PGlite in
@@ -68,11 +96,98 @@ export const ConfigSchema = z.object({
   /** How long an instance trusts its cached view of a session before asking the read model again. */
   AUTH_CACHE_MS: int(0, 1_000).default(500),
   SIGNUP_CREDITS: int(0, Number.MAX_SAFE_INTEGER).default(1_000),
+  /**
+   * A capture whose actual cost exceeds its hold: `charge_available` charges the excess from what is
+   * available (never below zero), `forgive` charges the hold only.
+   */
+  CREDIT_EXCESS_POLICY: z.enum(['forgive', 'charge_available']).default('charge_available'),
+  /** Charges without a hold first; refused (409) when false. */
+  DIRECT_CHARGES: bool.default(false),
+  /** A hold's expiry when its reservation names none: the hold-expiry scheduler then gives it back. */
+  HOLD_TTL_SECONDS: int(1, 30 * 86_400).default(900),
+  /** How often the hold-expiry scheduler looks for holds past their expiry. */
+  HOLD_EXPIRY_INTERVAL_MS: int(100, 3_600_000).default(5_000),
   ADMIN_USERNAME: z
     .string()
     .regex(/^[A-Za-z0-9_]{3,32}$/, '3–32 letters, digits or _')
     .optional(),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').max(256).optional(),
+  RATE_LIMITS_ENABLED: bool.default(true),
+  /** Sign-in attempts per client IP. */
+  RATE_LIMIT_LOGIN_IP: rate('20/60'),
+  /** Sign-in attempts per username, from anywhere: password guessing. */
+  RATE_LIMIT_LOGIN_USERNAME: rate('5/60'),
+  RATE_LIMIT_REGISTER_IP: rate('10/3600'),
+  /** SMS codes sent to one phone number. */
+  RATE_LIMIT_SMS_PHONE: rate('5/3600'),
+  RATE_LIMIT_SMS_IP: rate('20/3600'),
+  /** Every /api/v1 request of a signed-in user. */
+  RATE_LIMIT_USER: rate('600/60'),
+  /** Every /api/v1 request without a valid token, per client IP. */
+  RATE_LIMIT_IP: rate('1200/60'),
+  /** How long a call to WeChat, Apple's key set or the SMS gateway may take before it is given up (503). */
+  PROVIDER_TIMEOUT_MS: int(100, 60_000).default(5_000),
+  /** WeChat's API (a fake one in tests). */
+  WECHAT_API_BASE_URL: httpUrl('https://api.weixin.qq.com'),
+  /** A WeChat mini program's app id and secret (`jscode2session`); unset = no mini program sign-in. */
+  WECHAT_MINI_APP_ID: optionalText,
+  WECHAT_MINI_APP_SECRET: optionalText,
+  /** A mobile app's app id and secret on the WeChat Open Platform (`sns/oauth2/access_token`). */
+  WECHAT_APP_ID: optionalText,
+  WECHAT_APP_SECRET: optionalText,
+  /** Apple's signing keys for identity tokens (a local key set in tests). */
+  APPLE_JWKS_URL: httpUrl('https://appleid.apple.com/auth/keys'),
+  /** Accepted `aud` of Apple identity tokens: bundle ids and Services IDs, comma-separated; empty = no Apple sign-in. */
+  APPLE_CLIENT_ID: list.default([]),
+  /**
+   * After a token names a key id not in the cached key set, the set is fetched again at most this
+   * often: Apple's key rotation is picked up, made-up key ids cannot make us hammer Apple.
+   */
+  APPLE_JWKS_COOLDOWN_MS: int(0, 3_600_000).default(30_000),
+  /** `dev` logs sign-in codes instead of sending them (never in production); `aliyun` sends them. */
+  SMS_PROVIDER: z.enum(['dev', 'aliyun']).default('dev'),
+  /** An SMS code's lifetime, the guesses it allows, and the wait before another is sent to the number. */
+  SMS_CODE_TTL_SECONDS: int(60, 3_600).default(300),
+  SMS_CODE_MAX_ATTEMPTS: int(1, 20).default(5),
+  SMS_CODE_RESEND_SECONDS: int(0, 3_600).default(60),
+  /** Aliyun SMS (Dysmsapi `SendSms`), for SMS_PROVIDER=aliyun: endpoint, AccessKey, sign name, template. */
+  ALIYUN_SMS_ENDPOINT: httpUrl('https://dysmsapi.aliyuncs.com'),
+  ALIYUN_ACCESS_KEY_ID: optionalText,
+  ALIYUN_ACCESS_KEY_SECRET: optionalText,
+  ALIYUN_SMS_SIGN_NAME: optionalText,
+  /** A template with one `${code}` variable. */
+  ALIYUN_SMS_TEMPLATE_CODE: optionalText,
+  /**
+   * The model catalog: a JSON file of providers and models (see models.example.json). Unset, with
+   * MODELS_JSON unset too = the built-in offline model `local-echo` only.
+   */
+  MODELS_FILE: optionalText,
+  /** The same as inline JSON; its entries replace the file's of the same id. */
+  MODELS_JSON: optionalText,
+  /** The built-in model's pause before each token, so its replies stream like a model's. */
+  LOCAL_MODEL_DELAY_MS: int(0, 10_000).default(15),
+  /**
+   * Longest wait for a provider's response and then between two chunks of it: a provider that
+   * stops sending fails the task (and releases its hold) instead of holding it forever.
+   */
+  LLM_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(120_000),
+  /** Attempts per generation (the first included) while the provider fails before its first token. */
+  LLM_RETRY_ATTEMPTS: int(1, 10).default(3),
+  /** Wait before the first retry; doubled for each further one, with jitter. */
+  LLM_RETRY_BASE_DELAY_MS: int(0, 60_000).default(250),
+  /**
+   * Longest a task may run. Its instance stops it then; a task whose instance died is failed by the
+   * sweeper this long after it started (plus a grace period), and its hold released.
+   */
+  TASK_TIMEOUT_SECONDS: int(5, 86_400).default(600),
+  /** How often the sweeper looks for tasks past their deadline. */
+  TASK_SWEEP_INTERVAL_MS: int(100, 3_600_000).default(10_000),
+  /** Replies one user may have generating at once, across instances (more: 429). */
+  TASKS_MAX_RUNNING_PER_USER: int(1, 1_000).default(4),
+  /** Tasks (and completions) one user may start. */
+  RATE_LIMIT_TASKS: rate('60/60'),
+  /** A comment on an idle event stream this often, so proxies keep the connection. */
+  SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -104,6 +219,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       { variable: 'JWT_SECRET', message: 'is required with DATABASE_URL: every instance must share it' },
     ]);
   }
+  const providerProblems = signInProviderProblems(config);
+  if (providerProblems.length > 0) throw new ConfigError(providerProblems);
   if (Boolean(config.ADMIN_USERNAME) !== Boolean(config.ADMIN_PASSWORD)) {
     throw new ConfigError([
       {
@@ -115,12 +232,40 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return config;
 }
 
+/** Sign-in provider settings that only work together: an app id needs its secret, Aliyun all four. */
+function signInProviderProblems(config: Config): { variable: string; message: string }[] {
+  const problems: { variable: string; message: string }[] = [];
+  for (const [id, secret] of [
+    ['WECHAT_MINI_APP_ID', 'WECHAT_MINI_APP_SECRET'],
+    ['WECHAT_APP_ID', 'WECHAT_APP_SECRET'],
+  ] as const) {
+    if (Boolean(config[id]) !== Boolean(config[secret])) {
+      problems.push({ variable: config[id] ? secret : id, message: `${id} and ${secret} go together` });
+    }
+  }
+  if (config.SMS_PROVIDER === 'aliyun') {
+    for (const name of [
+      'ALIYUN_ACCESS_KEY_ID',
+      'ALIYUN_ACCESS_KEY_SECRET',
+      'ALIYUN_SMS_SIGN_NAME',
+      'ALIYUN_SMS_TEMPLATE_CODE',
+    ] as const) {
+      if (!config[name]) problems.push({ variable: name, message: 'is required with SMS_PROVIDER=aliyun' });
+    }
+  }
+  return problems;
+}
+
 /** Test configuration: embedded, in memory, quiet, on a free port. */
 export function testConfig(overrides: Partial<Config> = {}): Config {
   return {
     ...ConfigSchema.parse({ NODE_ENV: 'test', LOG_LEVEL: 'silent', PORT: '0', EMBEDDED_DB_PORT: '0' }),
     DATA_DIR: 'memory://',
     JWT_SECRET: 'test-secret-test-secret-test-secret-0123',
+    // Tests sign in and register far more often than a person: the rate-limit tests turn them on.
+    RATE_LIMITS_ENABLED: false,
+    // The built-in model answers at once: tests wait for behaviour, not for pacing.
+    LOCAL_MODEL_DELAY_MS: 0,
     ...overrides,
   };
 }

@@ -57,6 +57,23 @@ export interface LedgerEntriesTable {
   created_at: Date;
 }
 
+/** A hold not yet captured, released or expired. */
+export interface OpenHoldsTable {
+  user_id: string;
+  hold_id: string;
+  amount: string;
+  expires_at: Date;
+  reserved_position: string;
+  reserved_event_id: string;
+  correlation_id: string | null;
+}
+
+/** The last ledger position applied to open_holds per user (replays below it change nothing). */
+export interface OpenHoldsSeenTable {
+  user_id: string;
+  last_position: string;
+}
+
 export interface CodesTable {
   code: string;
   amount: string;
@@ -108,6 +125,86 @@ export interface SessionsTable {
   last_position: string;
 }
 
+export interface PresetsTable {
+  id: string;
+  owner_id: string;
+  name: string;
+  description: string;
+  model: string;
+  /** PresetParameters (events/presets.ts). */
+  parameters: ColumnType<Record<string, unknown>, string, string>;
+  /** `[{role, content}]`: the messages a chat from this preset starts with. */
+  messages: ColumnType<{ role: string; content: string }[], string, string>;
+  public: boolean;
+  deleted: boolean;
+  created_at: Date;
+  updated_at: Date;
+  last_position: string;
+}
+
+export interface ChatsTable {
+  id: string;
+  owner_id: string;
+  title: string;
+  preset_id: string;
+  model: string;
+  parameters: ColumnType<Record<string, unknown>, string, string>;
+  deleted: boolean;
+  created_at: Date;
+  updated_at: Date;
+  last_message_at: Date | null;
+  last_position: string;
+}
+
+export interface ChatMessagesTable {
+  id: string;
+  chat_id: string;
+  seq: number;
+  role: string;
+  /** ContentPart[] (events/chats.ts). */
+  content: ColumnType<({ type: 'text'; text: string } | { type: 'image'; url: string })[], string, string>;
+  visible: boolean;
+  status: string | null;
+  task_id: string | null;
+  created_at: Date;
+}
+
+export interface TasksTable {
+  id: string;
+  user_id: string;
+  chat_id: string | null;
+  model: string;
+  status: string;
+  hold: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cost: string | null;
+  message_id: string | null;
+  error: string | null;
+  claimed: boolean;
+  created_at: Date;
+  deadline_at: Date;
+  finished_at: Date | null;
+  last_position: string;
+}
+
+/** Avatar JPEGs by the SHA-256 (hex) of their bytes. */
+export interface AvatarBlobsTable {
+  id: string;
+  data: Buffer;
+  created_at: Date;
+}
+
+/** The SMS sign-in code pending for a phone number (0005_sms_codes): its digest, never the code. */
+export interface SmsCodesTable {
+  phone: string;
+  code_digest: string;
+  sent_at: Date;
+  expires_at: Date;
+  attempts: ColumnType<number, number | undefined, number>;
+  used_at: Date | null;
+}
+
 /** Every table, for kysely. Read-model tables are added here by the issues that own them. */
 export interface Database {
   events: EventsTable;
@@ -116,8 +213,16 @@ export interface Database {
   idempotency_keys: IdempotencyKeysTable;
   balances: BalancesTable;
   ledger_entries: LedgerEntriesTable;
+  open_holds: OpenHoldsTable;
+  open_holds_seen: OpenHoldsSeenTable;
   codes: CodesTable;
   code_redemptions: CodeRedemptionsTable;
   users: UsersTable;
   sessions: SessionsTable;
+  avatar_blobs: AvatarBlobsTable;
+  sms_codes: SmsCodesTable;
+  tasks: TasksTable;
+  presets: PresetsTable;
+  chats: ChatsTable;
+  chat_messages: ChatMessagesTable;
 }

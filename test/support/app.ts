@@ -7,9 +7,14 @@ import { createApp, type App, type AppDeps, type Resource } from '../../src/http
 import { systemClock, uuidV7Ids } from '../../src/platform/clock';
 import { testConfig, type Config } from '../../src/platform/config';
 import { openDatabase } from '../../src/platform/db';
+import { createLedgerCommands } from '../../src/commands/ledger/credits';
+import { TaskFlow } from '../../src/commands/tasks/flow';
+import { createModelCatalog } from '../../src/platform/llm/catalog';
+import { createMemoryTaskBuffer, createRedisTaskBuffer } from '../../src/platform/taskBuffer';
 import { createLogger } from '../../src/platform/logger';
 import { createMetrics } from '../../src/platform/metrics';
 import { migrateToLatest } from '../../src/platform/migrate';
+import { createRateLimits } from '../../src/platform/rateLimits';
 import { createSessionGuard } from '../../src/queries/sessionGuard';
 import { createProjectionEngine, type RunningProjectionEngine } from '../../src/projections/runner';
 import type { Projector } from '../../src/projections/types';
@@ -18,7 +23,7 @@ export interface TestAppOptions {
   config?: Partial<Config>;
   resources?: Resource[];
   /** Read models and reactors; a function gets the app's command handler (reactors run commands). */
-  projectors?: Projector[] | ((commands: CommandHandler) => Projector[]);
+  projectors?: Projector[] | ((commands: CommandHandler, options: { config: Config }) => Projector[]);
   /** Replace any dependency (a store whose ping fails, a logger that records...). */
   deps?: Partial<AppDeps>;
   /** Start the projection runners (default true). */
@@ -52,7 +57,9 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     stopKurrent = kurrent ? () => kurrent.stop() : undefined;
     const commands = new CommandHandler(store, { ids: uuidV7Ids });
     const projectors =
-      typeof options.projectors === 'function' ? options.projectors(commands) : options.projectors;
+      typeof options.projectors === 'function'
+        ? options.projectors(commands, { config })
+        : options.projectors;
     engine = createProjectionEngine({
       db,
       store,
@@ -78,8 +85,25 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
         cacheMs: config.AUTH_CACHE_MS,
         markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
       }),
+      rateLimits: createRateLimits(config, options.deps?.redis, logger),
+      // The built-in model unless the config names a catalog (e.g. MODELS_JSON pointing at the fake provider).
+      models: createModelCatalog(config),
       ...options.deps,
     };
+    const buffer = (deps.buffer ??= deps.redis
+      ? createRedisTaskBuffer(deps.redis, logger)
+      : createMemoryTaskBuffer());
+    const tasks = (deps.tasks ??= new TaskFlow({
+      commands,
+      ledger: createLedgerCommands({ commands, config, clock: deps.clock }),
+      models: deps.models,
+      buffer,
+      clock: deps.clock,
+      ids: deps.ids,
+      logger,
+      config,
+      redis: deps.redis,
+    }));
     const app = createApp(deps, options.resources ?? []);
     if (options.startProjections ?? true) await engine.start();
     const running = engine;
@@ -89,6 +113,8 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       engine: running,
       http: supertest(app.callback()),
       async close() {
+        await tasks.close(1_000);
+        await buffer.close();
         await running.stop();
         await store.close();
         await stopKurrent?.();

@@ -41,6 +41,28 @@ export interface TaskFlowDeps {
   config: TaskFlowConfig;
   /** With Redis, a cancel reaches the instance generating the task, wherever it was asked for. */
   redis?: Redis | undefined;
+  /** Shared with the settlement reactor, which leaves this process's own tasks to it. */
+  localTasks?: LocalTasks | undefined;
+}
+
+/**
+ * Tasks this process generates and settles itself, kept a while after: the settlement reactor of the
+ * same process skips them rather than settle each twice at once. After a crash the set is empty and
+ * the reactor settles what the dead process left.
+ */
+export class LocalTasks {
+  private readonly ids = new Set<string>();
+  constructor(private readonly capacity = 100_000) {}
+  add(taskId: string): void {
+    this.ids.add(taskId);
+    if (this.ids.size > this.capacity) this.ids.delete(this.ids.values().next().value!);
+  }
+  delete(taskId: string): void {
+    this.ids.delete(taskId);
+  }
+  has(taskId: string): boolean {
+    return this.ids.has(taskId);
+  }
 }
 
 /** A task as `POST /tasks` answers it. */
@@ -259,19 +281,24 @@ export class TaskFlow {
     const staleBefore = new Date(now.getTime() - lifeMs - SWEEP_GRACE_MS).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
-    await this.slot(userSlotsStream(g.userId), {
-      type: 'TakeTaskSlot',
-      data: { owner: `user:${g.userId}`, taskId, capacity: config.TASKS_MAX_RUNNING_PER_USER, staleBefore },
-      metadata,
-    });
+    // Both slots at once (distinct streams); whatever was taken is freed if either is refused.
+    const taken = await Promise.allSettled([
+      this.slot(userSlotsStream(g.userId), {
+        type: 'TakeTaskSlot',
+        data: { owner: `user:${g.userId}`, taskId, capacity: config.TASKS_MAX_RUNNING_PER_USER, staleBefore },
+        metadata,
+      }),
+      g.chatId
+        ? this.slot(chatSlotStream(g.chatId), {
+            type: 'TakeTaskSlot',
+            data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
+            metadata,
+          })
+        : undefined,
+    ]);
     try {
-      if (g.chatId) {
-        await this.slot(chatSlotStream(g.chatId), {
-          type: 'TakeTaskSlot',
-          data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
-          metadata,
-        });
-      }
+      // The chat's refusal (409) says more than the user's (429): it is reported first.
+      for (const r of [taken[1], taken[0]]) if (r.status === 'rejected') throw r.reason;
       if (hold > 0) {
         await ledger.reserve({
           userId: g.userId,
@@ -313,6 +340,7 @@ export class TaskFlow {
     maxTokens: number,
     deadline: Date,
   ): void {
+    this.deps.localTasks?.add(taskId);
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
@@ -399,7 +427,20 @@ export class TaskFlow {
     }
     const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
     const outcome = state.outcome!;
-    await this.settle(outcome, eventId);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.settle(outcome, eventId);
+        break;
+      } catch (err) {
+        if (attempt >= 5) {
+          // Left to the settlement reactor, which settles it the next time it starts.
+          this.deps.localTasks?.delete(taskId);
+          throw err;
+        }
+        logger.warn({ err, taskId, attempt }, 'task not settled; retrying');
+        await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
+      }
+    }
     buffer.append(taskId, chunkOf(outcome));
   }
 
@@ -458,7 +499,7 @@ export class TaskFlow {
   }
 }
 
-export type SettleDeps = Pick<TaskFlowDeps, 'commands' | 'ledger' | 'clock'>;
+export type SettleDeps = Pick<TaskFlowDeps, 'commands' | 'ledger' | 'clock' | 'localTasks'>;
 
 /**
  * Completes what an outcome implies: the reply saved as an assistant message, the hold captured at
@@ -522,7 +563,9 @@ export function taskSettlementReactor(deps: SettleDeps): Projector {
     reactor: true,
     async apply(_db, events) {
       for (const e of events) {
-        await settleTask(deps, { type: e.type, data: e.data } as TaskOutcome, e.id);
+        const outcome = { type: e.type, data: e.data } as TaskOutcome;
+        if (deps.localTasks?.has(outcome.data.taskId)) continue; // this process settles it itself
+        await settleTask(deps, outcome, e.id);
       }
     },
   };

@@ -1,0 +1,285 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { percentile, serverDatabase, type BenchContext } from './support';
+
+const ROOT = path.join(__dirname, '..');
+const STREAMS = 200;
+/** The fake's pace: one token every 10 ms, as a fast hosted model streams. */
+const TOKEN_DELAY_MS = 10;
+
+/**
+ * Task streaming through the service against the fake provider (each in its own process, so the
+ * service's CPU is its own): the time to first token through the service minus straight to the
+ * fake (POST /tasks + GET /tasks/{id}/stream up to the first delta, against one streaming request
+ * to the fake), and completed tasks/s with 200 streams at once, with the service's CPU per task.
+ */
+export async function tasksBench(ctx: BenchContext): Promise<void> {
+  const samples = ctx.quick ? 50 : 200;
+  const seconds = ctx.quick ? 10 : 30;
+  const server = ctx.serverUrl ? await serverDatabase(ctx.serverUrl) : undefined;
+  const fake = await startProcess(['--import', 'tsx', 'bench/fakeProvider.ts', String(TOKEN_DELAY_MS)], {});
+  const fakeUrl = (await firstLine(fake)).trim();
+  const port = await freePort();
+  const models = {
+    providers: [{ id: 'fake', type: 'openai', base_url: fakeUrl, api_key: 'bench' }],
+    models: [
+      {
+        id: 'fake-model',
+        provider: 'fake',
+        context_length: 128_000,
+        default_max_tokens: 256,
+        max_output_tokens: 1024,
+        prompt_price: 1,
+        completion_price: 2,
+      },
+    ],
+  };
+  const service = await startProcess(
+    [
+      ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_CPU_PROF] : []),
+      '--import',
+      'tsx',
+      'src/cli/serve.ts',
+    ],
+    {
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'warn',
+      NODE_ENV: 'production',
+      JWT_SECRET: 'bench-secret-bench-secret-bench-secret-01',
+      EMBEDDED_DB_PORT: '0',
+      ...(server ? { DATABASE_URL: server.url, DATABASE_POOL_SIZE: '40' } : { DATA_DIR: 'memory://' }),
+      MODELS_JSON: JSON.stringify(models),
+      RATE_LIMITS_ENABLED: 'false',
+      TASKS_MAX_RUNNING_PER_USER: '1000',
+      SIGNUP_CREDITS: '100000000',
+    },
+  );
+  const base = `http://127.0.0.1:${port}/api/v1`;
+  try {
+    await waitUntilUp(`http://127.0.0.1:${port}/health`);
+    const users: BenchUser[] = [];
+    // Twenty at a time: registration hashes a password (argon2id), deliberately slow.
+    for (let i = 0; i < STREAMS; i += 20) {
+      users.push(...(await Promise.all(Array.from({ length: 20 }, (_, j) => newUserWithChat(base, i + j)))));
+    }
+
+    // Time to first token, one at a time: straight to the fake, then through the service.
+    const direct: number[] = [];
+    const through: number[] = [];
+    for (let i = 0; i < samples; i++) direct.push(await directFirstToken(fakeUrl));
+    for (let i = 0; i < samples; i++) through.push((await runTask(base, users[i % STREAMS]!)).firstTokenMs);
+    direct.sort((a, b) => a - b);
+    through.sort((a, b) => a - b);
+    const p50 = percentile(through, 50) - percentile(direct, 50);
+    const p99 = percentile(through, 99) - percentile(direct, 99);
+    const db = server ? 'PostgreSQL' : 'PGlite';
+    ctx.figures.push({
+      suite: 'tasks',
+      name: `added time to first token p50, ${db}`,
+      value: p50,
+      unit: 'ms',
+      reference: { name: 'direct to the fake, p50 ms', value: percentile(direct, 50) },
+      target: '< 5 ms',
+      met: p50 < 5,
+    });
+    ctx.figures.push({
+      suite: 'tasks',
+      name: `added time to first token p99, ${db}`,
+      value: p99,
+      unit: 'ms',
+      reference: { name: 'direct to the fake, p99 ms', value: percentile(direct, 99) },
+      target: '< 25 ms',
+      met: p99 < 25,
+    });
+
+    // Throughput: 200 streams at once, each starting its next task when the last is done.
+    const cpuBefore = cpuMs(service.pid!);
+    const until = Date.now() + seconds * 1000;
+    let completed = 0;
+    let failed = 0;
+    const reasons = new Map<string, number>();
+    const started = Date.now();
+    await Promise.all(
+      users.map(async (u) => {
+        while (Date.now() < until) {
+          const r = await runTask(base, u).catch((err: unknown) => {
+            const why = err instanceof Error ? err.message.slice(0, 80) : String(err);
+            reasons.set(why, (reasons.get(why) ?? 0) + 1);
+            return null;
+          });
+          if (r?.done) completed++;
+          else failed++;
+        }
+      }),
+    );
+    const elapsed = (Date.now() - started) / 1000;
+    const cpu = cpuMs(service.pid!) - cpuBefore;
+    const rate = completed / elapsed;
+    ctx.figures.push({
+      suite: 'tasks',
+      name: `completed tasks/s, ${STREAMS} concurrent streams, ${db}`,
+      value: rate,
+      unit: 'tasks/s',
+      target: '>= 300',
+      met: rate >= 300,
+    });
+    ctx.figures.push({
+      suite: 'tasks',
+      name: `service CPU per completed task, ${db}`,
+      value: completed > 0 ? cpu / completed : NaN,
+      unit: 'ms',
+    });
+    ctx.note(
+      `tasks: ${completed} completed, ${failed} not, in ${elapsed.toFixed(1)} s; replies of ~20 tokens at ${TOKEN_DELAY_MS} ms/token`,
+    );
+    for (const [why, n] of reasons) ctx.note(`tasks: ${n} × ${why}`);
+  } finally {
+    service.kill('SIGTERM');
+    fake.kill('SIGTERM');
+    await Promise.all([exited(service), exited(fake)]);
+    await server?.drop();
+  }
+}
+
+interface BenchUser {
+  auth: string;
+  chatId: string;
+}
+
+async function newUserWithChat(base: string, i: number): Promise<BenchUser> {
+  const username = `bench_${process.pid}_${i}`;
+  const password = 'bench-password';
+  await call(base, 'POST', '/users', undefined, { username, password });
+  const form = new URLSearchParams({ username, password });
+  const token = await fetch(`${base}/session/oauth2/token`, { method: 'POST', body: form });
+  const auth = `Bearer ${((await token.json()) as { access_token: string }).access_token}`;
+  const preset = await call(base, 'POST', '/presets', auth, {
+    name: 'bench',
+    description: '',
+    model: 'fake-model',
+    parameters: { max_tokens: 64 },
+    messages: [{ role: 'system', content: 'Be brief.' }],
+    public: false,
+  });
+  const chat = await call(base, 'POST', '/chats', auth, { preset_id: String(preset.id) });
+  await call(base, 'POST', `/chats/${String(chat.id)}/messages`, auth, {
+    content: [{ type: 'text', text: 'What is event sourcing?' }],
+  });
+  return { auth, chatId: String(chat.id) };
+}
+
+async function call(base: string, method: string, route: string, auth: string | undefined, body: object) {
+  const res = await fetch(`${base}${route}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(auth ? { authorization: auth } : {}) },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`${method} ${route}: ${res.status} ${await res.text()}`);
+  return (await res.json()) as Record<string, unknown>;
+}
+
+/** One task: POST, then its stream to the end. Time to first token is from the POST. */
+async function runTask(base: string, u: BenchUser): Promise<{ firstTokenMs: number; done: boolean }> {
+  const t0 = performance.now();
+  const created = await call(base, 'POST', '/tasks', u.auth, { chat_id: u.chatId });
+  const res = await fetch(`${base}/tasks/${String(created.id)}/stream`, {
+    headers: { authorization: u.auth },
+  });
+  if (!res.ok || !res.body) throw new Error(`stream: ${res.status}`);
+  let first = NaN;
+  let text = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body) {
+    text += decoder.decode(chunk as Uint8Array, { stream: true });
+    if (Number.isNaN(first) && text.includes('event: delta')) first = performance.now() - t0;
+  }
+  return { firstTokenMs: first, done: text.includes('event: done') };
+}
+
+/** One streaming request straight to the fake, up to its first content chunk. */
+async function directFirstToken(fakeUrl: string): Promise<number> {
+  const t0 = performance.now();
+  const res = await fetch(`${fakeUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer bench' },
+    body: JSON.stringify({
+      model: 'fake-model',
+      stream: true,
+      stream_options: { include_usage: true },
+      messages: [{ role: 'user', content: 'What is event sourcing?' }],
+    }),
+  });
+  let first = NaN;
+  let text = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body!) {
+    text += decoder.decode(chunk as Uint8Array, { stream: true });
+    if (Number.isNaN(first) && /"content":"[^"]/.test(text)) first = performance.now() - t0;
+  }
+  return first;
+}
+
+function startProcess(args: string[], env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return Promise.resolve(child);
+}
+
+function firstLine(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    child.once('exit', (code) => reject(new Error(`exited ${code} before printing`)));
+  });
+}
+
+async function waitUntilUp(url: string): Promise<void> {
+  const until = Date.now() + 60_000;
+  while (Date.now() < until) {
+    if (
+      await fetch(url).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      return;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error('the service did not start within 60 s');
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** CPU time (user + system) of a process, in ms, from /proc (Linux; NaN elsewhere). */
+function cpuMs(pid: number): number {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name; in clock ticks (100/s).
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
