@@ -73,7 +73,9 @@ interface Cached {
 /**
  * The one generic command handler: read → fold → decide → append with the expected revision,
  * retried on a conflict. Folded state is kept per stream with its revision, so a command reads only
- * the events appended since (usually none) and its latency does not grow with the stream.
+ * the events appended since (usually none) and its latency does not grow with the stream; with a
+ * cached state it first decides on it and appends at once (one round trip), the expected revision
+ * telling whether the state was current.
  */
 export class CommandHandler {
   private readonly cache: LRUCache<string, Cached> | undefined;
@@ -118,7 +120,14 @@ export class CommandHandler {
     streamName: string,
     command: Cmd,
   ): Promise<HandleResult<State>> {
-    for (let attempt = 0; ; attempt++) {
+    const cached = this.cache?.get(key);
+    let attempt = 0;
+    if (cached) {
+      const fast = await this.appendOnCached(decider, key, streamName, command, cached);
+      if (fast === 'conflict') attempt = 1;
+      else if (fast) return fast;
+    }
+    for (; ; attempt++) {
       const current = await this.load(decider, key, streamName);
       const decided = decider.decide(command, current.state as State);
       if (decided.length === 0) {
@@ -129,31 +138,8 @@ export class CommandHandler {
           state: current.state as State,
         };
       }
-      const events = decided.map((e) => this.toNewEvent(e, command.metadata));
       try {
-        const result = await this.store.append(
-          streamName,
-          events,
-          current.revision < 0n ? 'no_stream' : current.revision,
-        );
-        const recorded = events.map((e, i): RecordedEvent => ({
-          ...e,
-          streamName,
-          revision: result.nextExpectedRevision - BigInt(events.length - 1 - i),
-          // Only the last event's position is known without a read; earlier ones are below it.
-          position: result.position,
-          logPosition: result.logPosition,
-          recordedAt: command.metadata.now,
-        }));
-        let state = current.state as State;
-        for (const e of decided) state = decider.evolve(state, e);
-        this.cache?.set(key, { revision: result.nextExpectedRevision, position: result.position, state });
-        return {
-          position: result.position,
-          nextExpectedRevision: result.nextExpectedRevision,
-          events: recorded,
-          state,
-        };
+        return await this.append(decider, key, streamName, command, current, decided);
       } catch (err) {
         if (!(err instanceof WrongExpectedRevision)) throw err;
         this.cache?.delete(key);
@@ -164,6 +150,70 @@ export class CommandHandler {
         await sleep(Math.random() * 5 * (attempt + 1));
       }
     }
+  }
+
+  /**
+   * The common case in one round trip: decide on the cached state and append at its revision. Only
+   * an append that succeeds is taken: a conflict (someone appended since), a decision to do nothing
+   * or a refusal may come from a stale state, so the command is then decided again on the stream
+   * as stored (a conflict counts as its first attempt).
+   */
+  private async appendOnCached<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    key: string,
+    streamName: string,
+    command: Cmd,
+    cached: Cached,
+  ): Promise<HandleResult<State> | 'conflict' | undefined> {
+    let decided: Evt[];
+    try {
+      decided = decider.decide(command, cached.state as State);
+    } catch {
+      return undefined;
+    }
+    if (decided.length === 0) return undefined;
+    try {
+      return await this.append(decider, key, streamName, command, cached, decided);
+    } catch (err) {
+      if (!(err instanceof WrongExpectedRevision)) throw err;
+      // The cached state is still right as of its revision: the next load reads only what came after.
+      return 'conflict';
+    }
+  }
+
+  /** Appends what was decided at the state's revision, and caches the state it leads to. */
+  private async append<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    key: string,
+    streamName: string,
+    command: Cmd,
+    current: Cached,
+    decided: Evt[],
+  ): Promise<HandleResult<State>> {
+    const events = decided.map((e) => this.toNewEvent(e, command.metadata));
+    const result = await this.store.append(
+      streamName,
+      events,
+      current.revision < 0n ? 'no_stream' : current.revision,
+    );
+    const recorded = events.map((e, i): RecordedEvent => ({
+      ...e,
+      streamName,
+      revision: result.nextExpectedRevision - BigInt(events.length - 1 - i),
+      // Only the last event's position is known without a read; earlier ones are below it.
+      position: result.position,
+      logPosition: result.logPosition,
+      recordedAt: command.metadata.now,
+    }));
+    let state = current.state as State;
+    for (const e of decided) state = decider.evolve(state, e);
+    this.cache?.set(key, { revision: result.nextExpectedRevision, position: result.position, state });
+    return {
+      position: result.position,
+      nextExpectedRevision: result.nextExpectedRevision,
+      events: recorded,
+      state,
+    };
   }
 
   /** The stream's state: the cached fold plus whatever was appended since (by us or anyone else). */

@@ -126,6 +126,37 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     expect(after.state.value).toBe(500 + 1 + 20 + 10 + 1);
   });
 
+  it('appends on its cached state in one round trip, and decides again on the stored stream when that state was stale', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const a = new CommandHandler(counted, { ids: uuidV7Ids });
+    const b = new CommandHandler(store, { ids: uuidV7Ids });
+    await a.handle(counterDecider, 'counter-cached', increment(1));
+    counts.reads = 0;
+    await a.handle(counterDecider, 'counter-cached', increment(1));
+    expect(counts.reads).toBe(0);
+
+    // Stale and deciding something: the append conflicts, the stream is read, nothing is lost.
+    await b.handle(counterDecider, 'counter-cached', increment(5));
+    const after = await a.handle(counterDecider, 'counter-cached', increment(1));
+    expect(after.state.value).toBe(8);
+
+    // Stale and deciding nothing: a no-op on an old state is not trusted. A resets to 0 and caches
+    // it; B adds 3; A's Reset would be a no-op on its cache, but the stored counter is 3.
+    await a.handle(counterDecider, 'counter-cached', {
+      type: 'Reset',
+      data: {},
+      metadata: { now: new Date() },
+    });
+    await b.handle(counterDecider, 'counter-cached', increment(3));
+    const reset = await a.handle(counterDecider, 'counter-cached', {
+      type: 'Reset',
+      data: {},
+      metadata: { now: new Date() },
+    });
+    expect(reset.events.map((e) => e.type)).toEqual(['CounterReset']);
+    expect(reset.state.value).toBe(0);
+  });
+
   it('runs concurrent commands on one stream in one process one after another, without conflicts', async () => {
     const appends: unknown[] = [];
     const watching: EventStore = {
