@@ -8,7 +8,7 @@ import type { ChatMessageInput } from '../platform/llm/types';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
-import { openSse, type SseStream } from './sse';
+import { openSse } from './sse';
 import type { AuthedState, Resource } from './types';
 
 const TaskId = z.object({ id: z.string().min(1).max(100) });
@@ -157,15 +157,22 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const flow = flowOf();
     const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
     const sse = openSse(ctx, heartbeatMs);
-    void streamTask(sse, id, claimed, deps.buffer!, {
+    const task = {
       current: () => flow.read(id, claimed.userId),
       // Idempotent: the reply is saved and the chat free before the client hears `done`, even when
       // the generating instance is still settling (or died after recording the outcome).
-      settle: (outcome) => flow.settle(outcome, null),
-    }).catch((err: unknown) => {
-      ctx.log.warn({ err, taskId: id }, 'task stream ended early');
-      sse.end();
-    });
+      settle: (outcome: TaskOutcome) => flow.settle(outcome, null),
+    };
+    void followTask(id, claimed.outcome, deps.buffer!, sse.signal, task, (c) => {
+      if (c.kind === 'delta') sse.send('delta', { content: c.content });
+      else if (c.kind === 'done') sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
+      else sse.send('error', { detail: c.detail });
+    })
+      .finally(() => sse.end())
+      .catch((err: unknown) => {
+        ctx.log.warn({ err, taskId: id }, 'task stream ended early');
+        sse.end();
+      });
   });
 
   openapi.registerPath({
@@ -252,29 +259,31 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const sse = openSse(ctx, heartbeatMs);
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       sse.send(null, { id, object: 'chat.completion.chunk', created, model, choices, ...extra });
-    void (async () => {
-      chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
-      // The client may leave; the generation goes on and is charged either way.
-      for await (const c of deps.buffer!.read(t.taskId, sse.signal)) {
-        if (c.kind === 'delta') {
-          chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
-          continue;
-        }
-        if (c.kind === 'error') {
-          sse.send(null, { error: { message: c.detail, type: 'server_error', code: 'generation_failed' } });
-          break;
-        }
+    const task = {
+      current: () => flow.read(t.taskId, ctx.state.user.id),
+      settle: (outcome: TaskOutcome) => flow.settle(outcome, null),
+    };
+    chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
+    // The client may leave; the generation goes on and is charged either way.
+    void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
+      if (c.kind === 'delta') {
+        chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
+      } else if (c.kind === 'error') {
+        sse.send(null, { error: { message: c.detail, type: 'server_error', code: 'generation_failed' } });
+      } else {
         const finish = c.usage.completion_tokens >= t.maxTokens ? 'length' : 'stop';
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
         if (includeUsage) chunk([], { usage: withTotal(c.usage) });
-        break;
       }
-      sse.send(null, '[DONE]');
-      sse.end();
-    })().catch((err: unknown) => {
-      ctx.log.warn({ err, taskId: t.taskId }, 'completion stream ended early');
-      sse.end();
-    });
+    })
+      .then(() => {
+        sse.send(null, '[DONE]');
+        sse.end();
+      })
+      .catch((err: unknown) => {
+        ctx.log.warn({ err, taskId: t.taskId }, 'completion stream ended early');
+        sse.end();
+      });
   });
 };
 
@@ -288,35 +297,33 @@ function openAiUsage(outcome: TaskOutcome) {
 }
 
 /**
- * Sends a claimed task's output: what the buffer holds, then what follows, until done or error. A
- * task that had already ended (or ends on an instance whose buffer this one cannot see) is sent from
- * its outcome event, skipping what was sent already.
+ * Follows a task's output to its end: what the buffer holds, then what follows, until done or
+ * error, each piece to `onChunk`. A task that had already ended (`known`), or that ends where this
+ * instance cannot see its buffer, is finished from its outcome event (settled first, so the reply is
+ * saved and the chat free before the client hears of the end), skipping the text already sent.
  */
-async function streamTask(
-  sse: SseStream,
+async function followTask(
   taskId: string,
-  claimed: TaskState,
+  known: TaskOutcome | null,
   buffer: TaskBuffer,
+  signal: AbortSignal,
   task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<void> },
+  onChunk: (c: TaskChunk) => void,
 ): Promise<void> {
   let sent = '';
+  const send = (c: TaskChunk) => {
+    if (c.kind === 'delta') sent += c.content;
+    onChunk(c);
+  };
   const finishFrom = async (outcome: TaskOutcome) => {
     await task.settle(outcome);
     const rest = outcome.data.content.startsWith(sent) ? outcome.data.content.slice(sent.length) : '';
-    if (rest) sse.send('delta', { content: rest });
+    if (rest) send({ kind: 'delta', content: rest });
     send(chunkOf(outcome));
   };
-  const send = (c: TaskChunk) => {
-    if (c.kind === 'delta') {
-      sent += c.content;
-      sse.send('delta', { content: c.content });
-    } else if (c.kind === 'done') {
-      sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
-    } else sse.send('error', { detail: c.detail });
-  };
+  if (known) return finishFrom(known);
+  const reader = buffer.read(taskId, signal)[Symbol.asyncIterator]();
   try {
-    if (claimed.outcome) return await finishFrom(claimed.outcome);
-    const reader = buffer.read(taskId, sse.signal)[Symbol.asyncIterator]();
     let pending = reader.next();
     for (;;) {
       let timer: NodeJS.Timeout | undefined;
@@ -325,7 +332,7 @@ async function streamTask(
       });
       const next = await Promise.race([pending, stalled]);
       clearTimeout(timer);
-      if (sse.signal.aborted) return;
+      if (signal.aborted) return;
       if (next === 'stalled') {
         const state = await task.current();
         if (state.outcome) return await finishFrom(state.outcome);
@@ -337,6 +344,7 @@ async function streamTask(
       pending = reader.next();
     }
   } finally {
-    sse.end();
+    // Ends the buffer's reader (and its Redis subscription) wherever this stopped.
+    void reader.return?.(undefined);
   }
 }

@@ -18,6 +18,8 @@ export type TaskChunk =
  * connection; the stream endpoint replays what is there, then follows live until `done`/`error`.
  */
 export interface TaskBuffer {
+  /** This instance generates the task: its readers here read its own output, not Redis'. */
+  open(taskId: string): void;
   append(taskId: string, chunk: TaskChunk): void;
   /** Replays, then follows; ends after the terminal chunk or when `signal` aborts. */
   read(taskId: string, signal: AbortSignal): AsyncIterable<TaskChunk>;
@@ -40,6 +42,7 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskB
   };
 
   return {
+    open() {},
     append(taskId, chunk) {
       const b = bufferOf(taskId);
       if (b.chunks.some(terminal)) return;
@@ -52,23 +55,32 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskB
     },
     async *read(taskId, signal) {
       let next = 0;
-      for (;;) {
-        const b = bufferOf(taskId);
-        while (next < b.chunks.length) {
-          const chunk = b.chunks[next++]!;
-          yield chunk;
-          if (terminal(chunk)) return;
+      try {
+        yield* follow();
+      } finally {
+        // A reader of a task that never wrote here leaves no empty buffer behind.
+        const b = buffers.get(taskId);
+        if (b && b.chunks.length === 0 && events.listenerCount(taskId) === 0) buffers.delete(taskId);
+      }
+      async function* follow(): AsyncGenerator<TaskChunk> {
+        for (;;) {
+          const b = bufferOf(taskId);
+          while (next < b.chunks.length) {
+            const chunk = b.chunks[next++]!;
+            yield chunk;
+            if (terminal(chunk)) return;
+          }
+          if (signal.aborted) return;
+          await new Promise<void>((resolve) => {
+            const wake = () => {
+              events.off(taskId, wake);
+              signal.removeEventListener('abort', wake);
+              resolve();
+            };
+            events.on(taskId, wake);
+            signal.addEventListener('abort', wake, { once: true });
+          });
         }
-        if (signal.aborted) return;
-        await new Promise<void>((resolve) => {
-          const wake = () => {
-            events.off(taskId, wake);
-            signal.removeEventListener('abort', wake);
-            resolve();
-          };
-          events.on(taskId, wake);
-          signal.addEventListener('abort', wake, { once: true });
-        });
       }
     },
     async close() {
@@ -116,6 +128,9 @@ export function createRedisTaskBuffer(
   }
 
   return {
+    open(taskId) {
+      localTasks.add(taskId);
+    },
     append(taskId, chunk) {
       localTasks.add(taskId);
       local.append(taskId, chunk);
@@ -143,19 +158,23 @@ export function createRedisTaskBuffer(
       await listen(ch, 1);
       try {
         let last = '-';
+        let yielded = 0;
         while (!signal.aborted) {
           let items: [string, string[]][];
           try {
             items = await redis.xrange(key(taskId), last === '-' ? '-' : `(${last}`, '+', 'COUNT', 500);
           } catch {
             if (localTasks.has(taskId)) {
-              yield* local.read(taskId, signal);
+              // Go on from this instance's copy, past what was already read from Redis.
+              let skip = yielded;
+              for await (const chunk of local.read(taskId, signal)) if (skip-- <= 0) yield chunk;
               return;
             }
             items = [];
           }
           for (const [entryId, fields] of items) {
             last = entryId;
+            yielded++;
             const chunk = JSON.parse(fields[1] ?? '{}') as TaskChunk;
             yield chunk;
             if (terminal(chunk)) return;

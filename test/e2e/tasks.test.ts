@@ -212,6 +212,14 @@ const messages = async (auth: string, chatId: string) =>
     }
   ).items;
 
+/** The chat's last message, once the chats read model has caught up with `messageId` (if given). */
+const lastMessage = (auth: string, chatId: string, messageId?: string | null) =>
+  eventually(
+    async () => (await messages(auth, chatId)).at(-1)!,
+    (m) => (messageId ? m.id === messageId : true),
+    `message ${messageId ?? 'last'} projected`,
+  );
+
 /** The ledger events of a user, from the store (never the read model). */
 async function ledgerEvents(userId: string) {
   const out: { type: string; data: Record<string, unknown> }[] = [];
@@ -250,7 +258,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
 
     const view = await task(u.auth, started.id);
     expect(view).toMatchObject({ status: 'succeeded', cost, message_id: done.data.message_id });
-    const reply = (await messages(u.auth, chatId)).at(-1)!;
+    const reply = await lastMessage(u.auth, chatId, done.data.message_id as string);
     expect(reply).toMatchObject({
       id: done.data.message_id,
       role: 'assistant',
@@ -287,6 +295,16 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((doneB.data.usage as { completion_tokens: number }).completion_tokens).toBe(
       countTextTokens(REPLY),
     );
+  });
+
+  it('counts with the tokenizer when the provider reports usage that is not a count', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ usage: { prompt_tokens: -3, completion_tokens: null as unknown as number } });
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const done = (await stream(u.auth, started.id)).events.at(-1)!;
+    expect(done.event).toBe('done');
+    expect((done.data.usage as { completion_tokens: number }).completion_tokens).toBe(countTextTokens(REPLY));
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded' });
   });
 
   it('answers 402 when available credits do not cover the hold, and holds nothing', async () => {
@@ -369,7 +387,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     });
     const view = await finished(u.auth, started.id);
     expect(view.status).toBe('succeeded');
-    const reply = (await messages(u.auth, chatId)).at(-1)!;
+    const reply = await lastMessage(u.auth, chatId, view.message_id);
     expect(reply.content).toEqual([{ type: 'text', text: REPLY }]);
     const ledger = await ledgerEvents(u.id);
     expect(ledger.filter((e) => e.type === 'CreditsCaptured' && e.data.holdId === started.id)).toHaveLength(
@@ -427,7 +445,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const view = await task(u.auth, started.id);
     expect(view.status).toBe('failed');
     expect(view.cost).toBeGreaterThan(0);
-    expect((await messages(u.auth, chatId)).at(-1)).toMatchObject({
+    expect(await lastMessage(u.auth, chatId, view.message_id)).toMatchObject({
       id: view.message_id,
       role: 'assistant',
       content: [{ type: 'text', text: partial }],
@@ -590,7 +608,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       (c) => c.held === 0 && c.balance === 988,
       'captured by the reactor',
     );
-    expect((await messages(u.auth, chatId)).at(-1)).toMatchObject({
+    expect(await lastMessage(u.auth, chatId, `m-${taskId}`)).toMatchObject({
       id: `m-${taskId}`,
       content: [{ type: 'text', text: 'Saved by the reactor.' }],
     });

@@ -7,7 +7,8 @@ import type { Projector } from '../../projections/types';
 import type { ContentPart, ChatMessage } from '../../events/chats';
 import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
-import { BadRequest } from '../../platform/errors';
+import { BadRequest, DependencyDown } from '../../platform/errors';
+import { InsufficientCredits } from '../ledger/decider';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import { countPromptTokens, countTextTokens } from '../../platform/llm/tokens';
@@ -46,22 +47,28 @@ export interface TaskFlowDeps {
 }
 
 /**
- * Tasks this process generates and settles itself, kept a while after: the settlement reactor of the
- * same process skips them rather than settle each twice at once. After a crash the set is empty and
- * the reactor settles what the dead process left.
+ * Tasks this process generates and settles itself, kept a while after. The settlement reactor of
+ * the same process waits for such a task's own settlement and skips it only when that succeeded,
+ * rather than settle each twice at once; a settlement that failed, and everything a crashed process
+ * left (the map is then empty), the reactor settles.
  */
 export class LocalTasks {
-  private readonly ids = new Set<string>();
+  private readonly tasks = new Map<string, { done: Promise<void>; settled: boolean }>();
   constructor(private readonly capacity = 100_000) {}
-  add(taskId: string): void {
-    this.ids.add(taskId);
-    if (this.ids.size > this.capacity) this.ids.delete(this.ids.values().next().value!);
+  add(taskId: string, done: Promise<void>): void {
+    this.tasks.set(taskId, { done, settled: false });
+    if (this.tasks.size > this.capacity) this.tasks.delete(this.tasks.keys().next().value!);
   }
-  delete(taskId: string): void {
-    this.ids.delete(taskId);
+  settled(taskId: string): void {
+    const t = this.tasks.get(taskId);
+    if (t) t.settled = true;
   }
-  has(taskId: string): boolean {
-    return this.ids.has(taskId);
+  /** Whether this process settled the task itself (waiting for it to finish trying). */
+  async settledHere(taskId: string): Promise<boolean> {
+    const t = this.tasks.get(taskId);
+    if (!t) return false;
+    await t.done;
+    return t.settled;
   }
 }
 
@@ -113,10 +120,12 @@ export class TaskFlow {
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
   private closed: Promise<void> | undefined;
+  private closing = false;
 
   constructor(private readonly deps: TaskFlowDeps) {
     if (deps.redis) {
-      this.subscriber = deps.redis.duplicate();
+      // Queued until connected, and subscribed again by the client after any reconnect.
+      this.subscriber = deps.redis.duplicate({ enableOfflineQueue: true });
       this.subscriber.on('error', () => undefined);
       this.subscriber.on('message', (_channel: string, taskId: string) => this.abortLocal(taskId, 'cancel'));
       this.subscriber
@@ -165,12 +174,19 @@ export class TaskFlow {
     return state;
   }
 
-  /** Waits for the task's outcome (a task generated elsewhere is looked at every half second). */
+  /**
+   * Waits for the task's outcome (a task generated elsewhere is looked at every half second), at
+   * most until the sweeper would have failed it: then 503.
+   */
   async outcomeOf(taskId: string, userId: string): Promise<TaskOutcome> {
     for (;;) {
       await this.running.get(taskId)?.done;
       const state = await this.read(taskId, userId);
       if (state.outcome) return state.outcome;
+      const giveUpAt = Date.parse(state.deadlineAt ?? '') + 4 * SWEEP_GRACE_MS;
+      if (!(this.deps.clock.now().getTime() < giveUpAt)) {
+        throw new DependencyDown('The reply did not finish; the task will be failed and its hold released.');
+      }
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
@@ -202,23 +218,38 @@ export class TaskFlow {
     let failed = 0;
     for (const { id } of await listOverdue(before)) {
       if (this.running.has(id)) continue; // ours and still stopping: it records its own outcome
-      const { state } = await this.deps.commands.read(taskDecider, taskStream(id));
-      if (!state.created) continue;
-      if (!state.outcome) {
-        const eventId = await this.record(id, 'FailTask', {
-          taskId: id,
-          messageId: null,
-          content: '',
-          usage: { promptTokens: 0, completionTokens: 0 },
-          cost: 0,
-          reason: 'The task did not finish in time; its hold was released.',
-        });
-        if (eventId) failed++;
-        const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
-        if (after.outcome) await this.settle(after.outcome, eventId);
-      } else await this.settle(state.outcome, null);
+      try {
+        if (await this.sweepOne(id)) failed++;
+      } catch (err) {
+        // One task that cannot be swept now must not hold up the others: it is tried next time.
+        this.deps.logger.error({ err, taskId: id }, 'task not swept');
+      }
     }
     return failed;
+  }
+
+  private async sweepOne(id: string): Promise<boolean> {
+    const { state } = await this.deps.commands.read(taskDecider, taskStream(id));
+    if (!state.created) return false;
+    if (state.outcome) {
+      await this.settle(state.outcome, null);
+      return false;
+    }
+    const eventId = await this.record(id, 'FailTask', {
+      taskId: id,
+      messageId: null,
+      content: '',
+      usage: { promptTokens: 0, completionTokens: 0 },
+      cost: 0,
+      reason: 'The task did not finish in time; its hold was released.',
+    });
+    const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
+    if (after.outcome) {
+      await this.settle(after.outcome, eventId);
+      // A stream still waiting (on an instance that could not see the dead one's output) ends.
+      this.deps.buffer.append(id, chunkOf(after.outcome));
+    }
+    return eventId !== null;
   }
 
   /** Runs `sweep` every `intervalMs` until `close`. */
@@ -251,10 +282,14 @@ export class TaskFlow {
   }
 
   private async shutdown(graceMs: number): Promise<void> {
+    this.closing = true;
     clearInterval(this.sweeper);
     this.sweeper = undefined;
     await this.sweeping;
-    const all = () => Promise.all([...this.running.values()].map((r) => r.done));
+    // Until none is left: a request that was already starting one may add it meanwhile.
+    const all = async () => {
+      while (this.running.size > 0) await Promise.all([...this.running.values()].map((r) => r.done));
+    };
     const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
     if ((await Promise.race([all(), timer])) === 'late') {
       for (const id of this.running.keys()) this.abortLocal(id, 'shutdown');
@@ -270,6 +305,7 @@ export class TaskFlow {
   }
 
   private async start(g: Generation, provenance: Provenance): Promise<StartedTask> {
+    if (this.closing) throw new DependencyDown('The service is restarting; ask again in a moment.');
     const { config, ledger, clock, ids } = this.deps;
     const promptTokens = countPromptTokens(g.messages);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
@@ -310,24 +346,34 @@ export class TaskFlow {
           metadata: { ...provenance, correlationId: taskId },
         });
       }
+      await this.deps.commands.handle(taskDecider, taskStream(taskId), {
+        type: 'CreateTask',
+        data: {
+          taskId,
+          userId: g.userId,
+          chatId: g.chatId,
+          model: g.model.id,
+          promptTokens,
+          maxTokens,
+          hold,
+          deadlineAt: deadline.toISOString(),
+        },
+        metadata,
+      });
     } catch (err) {
-      await freeSlots(this.deps.commands, g.userId, g.chatId, taskId, metadata);
+      // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
+      // the original refusal or failure, whatever the undoing meets.
+      const undo = { actorId: SYSTEM_ACTOR, correlationId: taskId };
+      if (hold > 0 && !(err instanceof InsufficientCredits)) {
+        await ledger
+          .release({ userId: g.userId, holdId: taskId, reason: 'task not started', metadata: undo })
+          .catch(() => undefined);
+      }
+      await freeSlots(this.deps.commands, g.userId, g.chatId, taskId, metadata).catch((e: unknown) =>
+        this.deps.logger.warn({ err: e, taskId }, 'task slots not freed; they count as stale later'),
+      );
       throw err;
     }
-    await this.deps.commands.handle(taskDecider, taskStream(taskId), {
-      type: 'CreateTask',
-      data: {
-        taskId,
-        userId: g.userId,
-        chatId: g.chatId,
-        model: g.model.id,
-        promptTokens,
-        maxTokens,
-        hold,
-        deadlineAt: deadline.toISOString(),
-      },
-      metadata,
-    });
     this.generate(taskId, g, promptTokens, maxTokens, deadline);
     return { taskId, chatId: g.chatId, model: g.model, hold, promptTokens, maxTokens };
   }
@@ -340,17 +386,25 @@ export class TaskFlow {
     maxTokens: number,
     deadline: Date,
   ): void {
-    this.deps.localTasks?.add(taskId);
+    this.deps.buffer.open(taskId);
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
     const done = this.produce(taskId, g, promptTokens, maxTokens, abort.signal)
-      .catch((err: unknown) => this.deps.logger.error({ err, taskId }, 'task not settled; the sweeper will'))
+      .catch((err: unknown) => {
+        this.deps.logger.error({ err, taskId }, 'task not settled here; the reactor or the sweeper will');
+        // Whoever reads the stream is not left waiting.
+        this.deps.buffer.append(taskId, {
+          kind: 'error',
+          detail: 'The reply could not be saved; the task will be failed and its hold released.',
+        });
+      })
       .finally(() => {
         clearTimeout(timer);
         this.running.delete(taskId);
       });
     this.running.set(taskId, { abort, done });
+    this.deps.localTasks?.add(taskId, done);
   }
 
   private async produce(
@@ -392,6 +446,11 @@ export class TaskFlow {
     }
     const why = signal.aborted ? String(signal.reason) : null;
     const completed = failure === null && why === null;
+    // A provider's count is taken only when it is one: anything else is counted here.
+    if (reported && !(isCount(reported.prompt_tokens) && isCount(reported.completion_tokens))) {
+      logger.warn({ taskId, usage: reported }, 'provider usage is not a count; counted with the tokenizer');
+      reported = null;
+    }
     const usage = {
       promptTokens: completed && reported ? reported.prompt_tokens : promptTokens,
       completionTokens: completed && reported ? reported.completion_tokens : countTextTokens(text),
@@ -425,22 +484,21 @@ export class TaskFlow {
           : 'The service restarted while the reply was generated.');
       eventId = await this.record(taskId, 'FailTask', { ...common, reason });
     }
-    const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
-    const outcome = state.outcome!;
+    let outcome: TaskOutcome | null = null;
     for (let attempt = 1; ; attempt++) {
       try {
+        outcome ??= (await this.deps.commands.read(taskDecider, taskStream(taskId))).state.outcome;
+        if (!outcome) throw new Error(`task ${taskId} has no outcome after recording one`);
         await this.settle(outcome, eventId);
         break;
       } catch (err) {
-        if (attempt >= 5) {
-          // Left to the settlement reactor, which settles it the next time it starts.
-          this.deps.localTasks?.delete(taskId);
-          throw err;
-        }
+        // Then the settlement reactor settles it (it waits for this attempt and sees it failed).
+        if (attempt >= 5) throw err;
         logger.warn({ err, taskId, attempt }, 'task not settled; retrying');
         await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
       }
     }
+    this.deps.localTasks?.settled(taskId);
     buffer.append(taskId, chunkOf(outcome));
   }
 
@@ -564,7 +622,7 @@ export function taskSettlementReactor(deps: SettleDeps): Projector {
     async apply(_db, events) {
       for (const e of events) {
         const outcome = { type: e.type, data: e.data } as TaskOutcome;
-        if (deps.localTasks?.has(outcome.data.taskId)) continue; // this process settles it itself
+        if (await deps.localTasks?.settledHere(outcome.data.taskId)) continue;
         await settleTask(deps, outcome, e.id);
       }
     },
@@ -591,6 +649,8 @@ async function freeSlots(
     metadata,
   });
 }
+
+const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
 
 /** The stream's last event for an outcome. */
 export function chunkOf(outcome: TaskOutcome) {
