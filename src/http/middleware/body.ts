@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
-import { UnsupportedMediaType } from '../../platform/errors';
+import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -29,6 +29,10 @@ export function body(limit: string): AppMiddleware {
     encoding: 'utf-8',
   });
   return async (ctx, next) => {
+    // PostgreSQL text cannot hold NUL: refused here as bad input, not failed later as a 500.
+    if (/%00|\0/i.test(ctx.path) || /%00|\0/i.test(ctx.querystring)) {
+      throw new BadRequest('The path or query contains a NUL character (%00).');
+    }
     if (WITH_BODY.has(ctx.method) && hasBody(ctx.req)) {
       if (ctx.is('multipart')) {
         refuseParsedBody(ctx);
@@ -40,8 +44,21 @@ export function body(limit: string): AppMiddleware {
         ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
       }
     }
-    await parse(ctx, next);
+    await parse(ctx, async () => {
+      if (hasNul((ctx.request as { body?: unknown }).body, 0)) {
+        throw new BadRequest('The body contains a NUL character (\\u0000), which text may not hold.');
+      }
+      await next();
+    });
   };
+}
+
+/** Whether any string (or key) of a parsed body holds U+0000. */
+function hasNul(value: unknown, depth: number): boolean {
+  if (typeof value === 'string') return value.includes('\0');
+  if (typeof value !== 'object' || value === null || depth > 64) return false;
+  if (Array.isArray(value)) return value.some((v) => hasNul(v, depth + 1));
+  return Object.entries(value).some(([k, v]) => k.includes('\0') || hasNul(v, depth + 1));
 }
 
 /**
