@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { RecordedEvent } from '../../eventstore/port';
 import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
 import type { CommandHandler, CommandMetadata } from '../handler';
 import type { LedgerCommands, Provenance } from '../ledger/credits';
@@ -235,7 +236,7 @@ export class TaskFlow {
       await this.settle(state.outcome, null);
       return false;
     }
-    const eventId = await this.record(id, 'FailTask', {
+    const recorded = await this.record(id, 'FailTask', {
       taskId: id,
       messageId: null,
       content: '',
@@ -243,6 +244,7 @@ export class TaskFlow {
       cost: 0,
       reason: 'The task did not finish in time; its hold was released.',
     });
+    const eventId = recorded?.id ?? null;
     const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
     if (after.outcome) {
       await this.settle(after.outcome, eventId);
@@ -374,7 +376,7 @@ export class TaskFlow {
       );
       throw err;
     }
-    this.generate(taskId, g, promptTokens, maxTokens, deadline);
+    this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
     return { taskId, chatId: g.chatId, model: g.model, hold, promptTokens, maxTokens };
   }
 
@@ -384,13 +386,14 @@ export class TaskFlow {
     g: Generation,
     promptTokens: number,
     maxTokens: number,
+    hold: number,
     deadline: Date,
   ): void {
     this.deps.buffer.open(taskId);
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
-    const done = this.produce(taskId, g, promptTokens, maxTokens, abort.signal)
+    const done = this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal)
       .catch((err: unknown) => {
         this.deps.logger.error({ err, taskId }, 'task not settled here; the reactor or the sweeper will');
         // Whoever reads the stream is not left waiting.
@@ -412,6 +415,7 @@ export class TaskFlow {
     g: Generation,
     promptTokens: number,
     maxTokens: number,
+    hold: number,
     signal: AbortSignal,
   ): Promise<void> {
     const { buffer, models, config, logger } = this.deps;
@@ -468,28 +472,30 @@ export class TaskFlow {
       usage: owed ? usage : { promptTokens, completionTokens: 0 },
       cost,
     };
-    let eventId: string | null;
+    let recorded: RecordedEvent | null;
     if (completed) {
-      eventId = await this.record(taskId, 'CompleteTask', {
+      recorded = await this.record(taskId, 'CompleteTask', {
         ...common,
         usageSource: reported ? 'provider' : 'tokenizer',
       });
     } else if (why === 'cancel') {
-      eventId = await this.record(taskId, 'CancelTask', common);
+      recorded = await this.record(taskId, 'CancelTask', common);
     } else {
       const reason =
         failure ??
         (why === 'timeout'
           ? 'The task ran past its time limit.'
           : 'The service restarted while the reply was generated.');
-      eventId = await this.record(taskId, 'FailTask', { ...common, reason });
+      recorded = await this.record(taskId, 'FailTask', { ...common, reason });
     }
-    let outcome: TaskOutcome | null = null;
+    // Ours, as recorded; or the one recorded first (the sweeper's), read from the stream.
+    let outcome = recorded ? ({ type: recorded.type, data: recorded.data } as TaskOutcome) : null;
+    const eventId = recorded?.id ?? null;
     for (let attempt = 1; ; attempt++) {
       try {
         outcome ??= (await this.deps.commands.read(taskDecider, taskStream(taskId))).state.outcome;
         if (!outcome) throw new Error(`task ${taskId} has no outcome after recording one`);
-        await this.settle(outcome, eventId);
+        await settleTask(this.deps, outcome, eventId, hold);
         break;
       } catch (err) {
         // Then the settlement reactor settles it (it waits for this attempt and sees it failed).
@@ -504,17 +510,17 @@ export class TaskFlow {
 
   /**
    * Records an outcome, retrying a store that is briefly away; the first outcome recorded wins.
-   * Answers the recorded event's id, or null when another outcome was there first.
+   * Answers the recorded event, or null when another outcome was there first.
    */
   private async record<T extends 'CompleteTask' | 'FailTask' | 'CancelTask'>(
     taskId: string,
     type: T,
     data: Extract<TaskCommand, { type: T }>['data'],
-  ): Promise<string | null> {
+  ): Promise<RecordedEvent | null> {
     for (let attempt = 1; ; attempt++) {
       try {
         const { events } = await this.handle(taskId, type, data, { actorId: SYSTEM_ACTOR });
-        return events[0]?.id ?? null;
+        return events[0] ?? null;
       } catch (err) {
         if (attempt >= 5) throw err;
         this.deps.logger.warn({ err, taskId, attempt }, 'task outcome not recorded; retrying');
@@ -568,6 +574,8 @@ export async function settleTask(
   deps: SettleDeps,
   outcome: TaskOutcome,
   causationId: string | null,
+  /** The task's hold when the caller knows it (else read from the task's stream). */
+  knownHold?: number,
 ): Promise<void> {
   const d = outcome.data;
   const { commands, ledger, clock } = deps;
@@ -591,8 +599,8 @@ export async function settleTask(
       metadata,
     );
   }
-  const { state } = await commands.read(taskDecider, taskStream(d.taskId));
-  if (state.hold > 0) {
+  const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
+  if (hold > 0) {
     const provenance: Provenance = { actorId: SYSTEM_ACTOR, correlationId: d.taskId, causationId };
     const reason =
       outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
