@@ -36,27 +36,32 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
       },
     ],
   };
-  const service = await startProcess(
-    [
-      ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_CPU_PROF] : []),
-      '--import',
-      'tsx',
-      'src/cli/serve.ts',
-    ],
-    {
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'warn',
-      NODE_ENV: 'production',
-      JWT_SECRET: 'bench-secret-bench-secret-bench-secret-01',
-      EMBEDDED_DB_PORT: '0',
-      ...(server ? { DATABASE_URL: server.url, DATABASE_POOL_SIZE: '40' } : { DATA_DIR: 'memory://' }),
-      MODELS_JSON: JSON.stringify(models),
-      RATE_LIMITS_ENABLED: 'false',
-      TASKS_MAX_RUNNING_PER_USER: '1000',
-      SIGNUP_CREDITS: '100000000',
-    },
-  );
+  // BENCH_SPLIT=1 (server only): the instance taking requests runs no read models; a second one
+  // runs them (with the reactors and the sweeper), as a deployment that scales HTTP apart would.
+  const split = Boolean(server && process.env.BENCH_SPLIT === '1');
+  const env = (httpPort: number, projections: boolean) => ({
+    PORT: String(httpPort),
+    PROJECTIONS_ENABLED: String(projections),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    NODE_ENV: 'production',
+    JWT_SECRET: 'bench-secret-bench-secret-bench-secret-01',
+    EMBEDDED_DB_PORT: '0',
+    ...(server ? { DATABASE_URL: server.url, DATABASE_POOL_SIZE: '40' } : { DATA_DIR: 'memory://' }),
+    MODELS_JSON: JSON.stringify(models),
+    RATE_LIMITS_ENABLED: 'false',
+    TASKS_MAX_RUNNING_PER_USER: '1000',
+    SIGNUP_CREDITS: '100000000',
+  });
+  const serveArgs = [
+    ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_CPU_PROF] : []),
+    '--import',
+    'tsx',
+    'src/cli/serve.ts',
+  ];
+  const service = await startProcess(serveArgs, env(port, !split));
+  const projector = split ? await startProcess(serveArgs, env(await freePort(), true)) : undefined;
+  const setup = split ? ', HTTP and read models in two processes' : '';
   const base = `http://127.0.0.1:${port}/api/v1`;
   try {
     await waitUntilUp(`http://127.0.0.1:${port}/health`);
@@ -78,7 +83,7 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     const db = server ? 'PostgreSQL' : 'PGlite';
     ctx.figures.push({
       suite: 'tasks',
-      name: `added time to first token p50, ${db}`,
+      name: `added time to first token p50, ${db}${setup}`,
       value: p50,
       unit: 'ms',
       reference: { name: 'direct to the fake, p50 ms', value: percentile(direct, 50) },
@@ -87,7 +92,7 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     });
     ctx.figures.push({
       suite: 'tasks',
-      name: `added time to first token p99, ${db}`,
+      name: `added time to first token p99, ${db}${setup}`,
       value: p99,
       unit: 'ms',
       reference: { name: 'direct to the fake, p99 ms', value: percentile(direct, 99) },
@@ -96,7 +101,8 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     });
 
     // Throughput: 200 streams at once, each starting its next task when the last is done.
-    const cpuBefore = cpuMs(service.pid!);
+    const serviceCpu = () => cpuMs(service.pid!) + (projector ? cpuMs(projector.pid!) : 0);
+    const cpuBefore = serviceCpu();
     const until = Date.now() + seconds * 1000;
     let completed = 0;
     let failed = 0;
@@ -116,11 +122,11 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
       }),
     );
     const elapsed = (Date.now() - started) / 1000;
-    const cpu = cpuMs(service.pid!) - cpuBefore;
+    const cpu = serviceCpu() - cpuBefore;
     const rate = completed / elapsed;
     ctx.figures.push({
       suite: 'tasks',
-      name: `completed tasks/s, ${STREAMS} concurrent streams, ${db}`,
+      name: `completed tasks/s, ${STREAMS} concurrent streams, ${db}${setup}`,
       value: rate,
       unit: 'tasks/s',
       target: '>= 300',
@@ -128,7 +134,7 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     });
     ctx.figures.push({
       suite: 'tasks',
-      name: `service CPU per completed task, ${db}`,
+      name: `service CPU per completed task, ${db}${setup}`,
       value: completed > 0 ? cpu / completed : NaN,
       unit: 'ms',
     });
@@ -138,8 +144,9 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     for (const [why, n] of reasons) ctx.note(`tasks: ${n} × ${why}`);
   } finally {
     service.kill('SIGTERM');
+    projector?.kill('SIGTERM');
     fake.kill('SIGTERM');
-    await Promise.all([exited(service), exited(fake)]);
+    await Promise.all([exited(service), exited(fake), ...(projector ? [exited(projector)] : [])]);
     await server?.drop();
   }
 }
