@@ -57,7 +57,13 @@ beforeAll(async () => {
     deps: redis ? { redis } : {},
     resources: [...allResources],
     projectors: allProjectors,
-    config: { MODELS_JSON: JSON.stringify(models), LLM_RETRY_BASE_DELAY_MS: 5, SSE_HEARTBEAT_MS: 100 },
+    config: {
+      MODELS_JSON: JSON.stringify(models),
+      LLM_RETRY_BASE_DELAY_MS: 5,
+      SSE_HEARTBEAT_MS: 100,
+      // A provider that stops sending fails the task this soon.
+      LLM_IDLE_TIMEOUT_MS: 1_000,
+    },
   });
   const handle = t.app.callback();
   server = http.createServer((req, res) => void handle(req, res));
@@ -427,6 +433,20 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       'hold released',
     );
     expect((await messages(u.auth, chatId)).at(-1)!.role).toBe('user');
+  });
+
+  it('fails a task whose provider hangs, once the idle timeout passes, and releases its hold', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ hang: 'after-headers' });
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const s = await stream(u.auth, started.id);
+    expect(s.events.at(-1)!.event).toBe('error');
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'failed', cost: 0 });
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.available === 1000,
+      'hold released',
+    );
   });
 
   it('saves the partial reply and charges what was generated when the provider drops mid-stream', async () => {
