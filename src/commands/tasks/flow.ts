@@ -94,6 +94,8 @@ interface Generation {
 
 /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
 const SWEEP_GRACE_MS = 30_000;
+/** The grace for tasks of a life of `lifeMs`: at most half of it, so short-lived tasks are swept soon. */
+const sweepGraceMs = (lifeMs: number) => Math.min(SWEEP_GRACE_MS, Math.floor(lifeMs / 2));
 /** A hold outlives its task's deadline by this much: the task settles first, the expiry is the backstop. */
 const HOLD_MARGIN_MS = 5 * 60_000;
 const CANCEL_CHANNEL = 'tasks:cancel';
@@ -122,8 +124,11 @@ export class TaskFlow {
   private sweeping: Promise<void> = Promise.resolve();
   private closed: Promise<void> | undefined;
   private closing = false;
+  /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
+  private readonly graceMs: number;
 
   constructor(private readonly deps: TaskFlowDeps) {
+    this.graceMs = sweepGraceMs(deps.config.TASK_TIMEOUT_SECONDS * 1000);
     if (deps.redis) {
       // Queued until connected, and subscribed again by the client after any reconnect.
       this.subscriber = deps.redis.duplicate({ enableOfflineQueue: true });
@@ -184,7 +189,7 @@ export class TaskFlow {
       await this.running.get(taskId)?.done;
       const state = await this.read(taskId, userId);
       if (state.outcome) return state.outcome;
-      const giveUpAt = Date.parse(state.deadlineAt ?? '') + 4 * SWEEP_GRACE_MS;
+      const giveUpAt = Date.parse(state.deadlineAt ?? '') + 4 * this.graceMs;
       if (!(this.deps.clock.now().getTime() < giveUpAt)) {
         throw new DependencyDown('The reply did not finish; the task will be failed and its hold released.');
       }
@@ -215,7 +220,7 @@ export class TaskFlow {
 
   /** Fails every task past its deadline (and grace) whose instance never recorded an outcome. */
   async sweep(listOverdue: (before: Date) => Promise<{ id: string }[]>): Promise<number> {
-    const before = new Date(this.deps.clock.now().getTime() - SWEEP_GRACE_MS);
+    const before = new Date(this.deps.clock.now().getTime() - this.graceMs);
     let failed = 0;
     for (const { id } of await listOverdue(before)) {
       if (this.running.has(id)) continue; // ours and still stopping: it records its own outcome
@@ -316,7 +321,7 @@ export class TaskFlow {
     const now = clock.now();
     const lifeMs = config.TASK_TIMEOUT_SECONDS * 1000;
     const deadline = new Date(now.getTime() + lifeMs);
-    const staleBefore = new Date(now.getTime() - lifeMs - SWEEP_GRACE_MS).toISOString();
+    const staleBefore = new Date(now.getTime() - lifeMs - this.graceMs).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
     // Both slots at once (distinct streams); whatever was taken is freed if either is refused.
