@@ -25,7 +25,7 @@ export interface CrashReport {
   problems: string[];
 }
 
-interface Actor {
+export interface Actor {
   auth: string;
   chatId: string;
 }
@@ -123,7 +123,7 @@ export async function crashTest(options: {
 }
 
 /** One step of a user's load: a message, a task, its stream read to the end or left early. */
-async function drive(
+export async function drive(
   base: string,
   a: Actor,
   messages: { auth: string; chatId: string; id: string }[],
@@ -153,7 +153,7 @@ async function drive(
   }
 }
 
-async function newActor(base: string, i: number): Promise<Actor> {
+export async function newActor(base: string, i: number): Promise<Actor> {
   const username = `crash_${i}_${Date.now() % 100000}`;
   await post(base, '/users', undefined, { username, password: PASSWORD });
   const token = await fetch(`${base}/session/oauth2/token`, {
@@ -213,7 +213,7 @@ async function waitFor<T>(read: () => Promise<T>, ok: (v: T) => boolean, ms: num
   }
 }
 
-async function start(env: Record<string, string>, base: string): Promise<ChildProcess> {
+export async function start(env: Record<string, string>, base: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/serve.ts'], {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -232,14 +232,14 @@ async function start(env: Record<string, string>, base: string): Promise<ChildPr
   throw new Error('the service did not start within 60 s');
 }
 
-function exited(child: ChildProcess): Promise<void> {
+export function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.listen(0, '127.0.0.1', () => {
