@@ -171,7 +171,7 @@ function openEventStore(config: Config, db: Db, logger: Logger, metrics: Metrics
   return createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
 }
 
-function openRedis(url: string, logger: Logger): Redis {
+export function openRedis(url: string, logger: Logger): Redis {
   // Fail fast instead of queueing: a Redis outage must not stall requests (callers fall back).
   const redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: false });
   let down = false;

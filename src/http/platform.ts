@@ -22,6 +22,9 @@ async function withTimeout<T>(work: () => Promise<T>, ms: number, what: string):
   }
 }
 
+/** Dependencies the service can serve without, in a documented degraded way. */
+const DEGRADABLE = new Set(['redis']);
+
 /** The routes outside /api/v1: /health, /ready, /metrics, /openapi.json, /docs. */
 export function registerPlatformRoutes(router: AppRouter, deps: AppDeps, openapi: OpenAPIRegistry): void {
   const checks: Record<string, (() => Promise<unknown>) | undefined> = {
@@ -57,6 +60,12 @@ export function registerPlatformRoutes(router: AppRouter, deps: AppDeps, openapi
     );
     const status = Object.fromEntries(names.map((n, i) => [n, results[i]]));
     const down = names.filter((_, i) => results[i] === 'down');
+    // Without Redis the instance still serves: rate limits count in memory and task output stays
+    // with the instance generating it. It says so, and stays in the load balancer.
+    if (down.length > 0 && down.every((n) => DEGRADABLE.has(n))) {
+      ctx.body = { status: 'degraded', checks: status };
+      return;
+    }
     if (down.length > 0) {
       const error = new DependencyDown(
         `Not ready: ${down.join(', ')} ${down.length === 1 ? 'is' : 'are'} down.`,
