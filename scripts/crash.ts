@@ -3,7 +3,12 @@ import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { serverDatabase } from '../bench/support';
+import { CommandHandler } from '../src/commands/handler';
+import type { EventStore } from '../src/eventstore/port';
+import { uuidV7Ids } from '../src/platform/clock';
+import { allProjectors } from '../src/projections';
 
 /**
  * The crash test: mixed load (messages, tasks streamed or left, redemptions-free credits) against
@@ -102,8 +107,9 @@ export async function crashTest(options: {
     for (const a of actors) {
       const credits = await waitFor(
         async () => (await get(base, '/users/me/credits', a.auth)) as { held: number },
+        // A hold whose task was never recorded expires a task's life after its deadline.
         (c) => c.held === 0,
-        15_000,
+        30_000,
       );
       if (credits.held !== 0) problems.push(`a user still has ${credits.held} credits held`);
     }
@@ -114,6 +120,22 @@ export async function crashTest(options: {
       }).catch((err: { stdout?: string; code?: number }) => ({ stdout: err.stdout ?? '', failed: err.code }));
       if ('failed' in out) problems.push(`ledger ${report} failed: ${out.stdout.slice(0, 500)}`);
     }
+    // Every read model equals a fresh rebuild from the event store.
+    const before = await checksums(db.url);
+    const rebuilt = await run(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/projections.ts', 'rebuild', '--all'],
+      {
+        cwd: ROOT,
+        env: { ...process.env, ...env, LOG_LEVEL: 'warn' },
+      },
+    ).catch((err: { stderr?: string }) => ({ failed: err.stderr ?? 'failed' }));
+    if ('failed' in rebuilt) problems.push(`rebuild failed: ${String(rebuilt.failed).slice(-800)}`);
+    const after = await checksums(db.url);
+    for (const [table, sum] of before) {
+      if (after.get(table) !== sum) problems.push(`read model table ${table} differs from its rebuild`);
+    }
+    log(`compared ${before.size} read model tables with their rebuild`);
     return { rounds: options.rounds, messages: messages.length, tasks: tasks.length, problems };
   } finally {
     service.kill('SIGTERM');
@@ -185,6 +207,26 @@ async function post(base: string, route: string, auth: string | undefined, body:
 async function get(base: string, route: string, auth: string): Promise<unknown> {
   const res = await fetch(`${base}${route}`, { headers: { authorization: auth } });
   return res.json();
+}
+
+/** A checksum of every read model table's rows (order-independent), by table. */
+async function checksums(url: string): Promise<Map<string, string>> {
+  const commands = new CommandHandler({} as EventStore, { ids: uuidV7Ids });
+  const tables = allProjectors(commands).flatMap((p) => p.tables);
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const sums = new Map<string, string>();
+    for (const table of tables) {
+      const { rows } = await client.query<{ sum: string | null; n: string }>(
+        `select md5(string_agg(md5(t::text), '' order by md5(t::text))) as sum, count(*) as n from ${table} t`,
+      );
+      sums.set(table, `${rows[0]?.n}:${rows[0]?.sum}`);
+    }
+    return sums;
+  } finally {
+    await client.end();
+  }
 }
 
 /** Every message id of a chat, page by page. */

@@ -42,7 +42,7 @@ runCli(async (config, logger) => {
       }
       return 0;
     }
-    const names = values.all ? system.projections.names : name ? [name] : [];
+    const names = values.all ? system.projections.readModels : name ? [name] : [];
     if (names.length === 0) {
       process.stderr.write(`${USAGE}\n`);
       return 2;

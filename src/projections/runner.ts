@@ -61,6 +61,7 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
 
   return {
     names: [...byName.keys()],
+    readModels: [...byName.values()].filter((p) => !p.reactor).map((p) => p.name),
 
     async start() {
       if (started) return;

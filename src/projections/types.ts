@@ -51,4 +51,6 @@ export interface ProjectionEngine {
   status(): Promise<ProjectionStatus[]>;
   rebuild(name: string, onProgress?: (p: RebuildProgress) => void): Promise<void>;
   readonly names: readonly string[];
+  /** The names of those with a read model (not reactors): what `rebuild --all` rebuilds. */
+  readonly readModels: readonly string[];
 }

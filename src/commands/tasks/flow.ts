@@ -96,7 +96,10 @@ interface Generation {
 const SWEEP_GRACE_MS = 30_000;
 /** The grace for tasks of a life of `lifeMs`: at most half of it, so short-lived tasks are swept soon. */
 const sweepGraceMs = (lifeMs: number) => Math.min(SWEEP_GRACE_MS, Math.floor(lifeMs / 2));
-/** A hold outlives its task's deadline by this much: the task settles first, the expiry is the backstop. */
+/**
+ * A hold outlives its task's deadline by this much (at most the task's own life): the task settles
+ * first, and the expiry gives back a hold whose task was never recorded (its instance died between).
+ */
 const HOLD_MARGIN_MS = 5 * 60_000;
 const CANCEL_CHANNEL = 'tasks:cancel';
 const SYSTEM_ACTOR = 'system:tasks';
@@ -348,7 +351,7 @@ export class TaskFlow {
           holdId: taskId,
           amount: hold,
           reason: `task ${g.model.id}`,
-          expiresAt: new Date(deadline.getTime() + HOLD_MARGIN_MS),
+          expiresAt: new Date(deadline.getTime() + Math.min(HOLD_MARGIN_MS, lifeMs)),
           now,
           metadata: { ...provenance, correlationId: taskId },
         });
