@@ -2,8 +2,8 @@ import type { Kysely } from 'kysely';
 import type { ContentPart } from '../events/chats';
 import { BadRequest } from '../platform/errors';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, type Page } from './paging';
-import { jsonColumn, timeIdCursor } from './presets';
+import { decodeCursor, encodeCursor, newestFirstPage, type Page } from './paging';
+import { jsonColumn } from './presets';
 
 /** A chat as API.md shows one. */
 export interface ChatView {
@@ -59,30 +59,12 @@ export async function listChats(
   db: Kysely<Database>,
   opts: { userId: string; limit: number; cursor?: string | undefined },
 ): Promise<Page<ChatView>> {
-  const after = timeIdCursor(opts.cursor);
-  let query = db
+  const query = db
     .selectFrom('chats')
     .selectAll()
     .where('owner_id', '=', opts.userId)
     .where('deleted', '=', false);
-  if (after) {
-    const [at, id] = after;
-    query = query.where((eb) =>
-      eb.or([eb('created_at', '<', at), eb.and([eb('created_at', '=', at), eb('id', '<', id)])]),
-    );
-  }
-  const rows = await query
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(opts.limit + 1)
-    .execute();
-  const page = rows.slice(0, opts.limit);
-  const last = page[page.length - 1];
-  return {
-    items: page.map(chatView),
-    next_cursor:
-      rows.length > opts.limit && last ? encodeCursor([last.created_at.toISOString(), last.id]) : null,
-  };
+  return newestFirstPage(query, opts, chatView);
 }
 
 /** The user's chat, or undefined when it is missing, deleted or someone else's (all the same 404). */

@@ -1,4 +1,6 @@
+import { sql, type SelectQueryBuilder } from 'kysely';
 import { z } from 'zod';
+import { BadRequest } from '../platform/errors';
 
 /** API.md lists: `{ items, next_cursor }`, `limit` 1–100 (default 20), an opaque `cursor`. */
 export interface Page<T> {
@@ -23,4 +25,46 @@ export function decodeCursor<T extends unknown[]>(cursor: string): T | undefined
   } catch {
     return undefined;
   }
+}
+
+/** A newest-first cursor: the last item's creation time and id. Anything else is a 400. */
+export function timeIdCursor(cursor: string | undefined): [Date, string] | undefined {
+  if (cursor === undefined) return undefined;
+  const values = decodeCursor<unknown[]>(cursor);
+  const [at, id] = values ?? [];
+  const when = typeof at === 'string' ? new Date(at) : undefined;
+  if (!when || Number.isNaN(when.getTime()) || typeof id !== 'string' || values?.length !== 2) {
+    throw new BadRequest('cursor is not one this list gave out.');
+  }
+  return [when, id];
+}
+
+/**
+ * One page of `query`'s rows, newest first by (created_at, id), after the cursor: keyset paging, so
+ * a page costs the same however deep it is and rows added meanwhile neither repeat nor vanish.
+ */
+export async function newestFirstPage<
+  DB,
+  TB extends keyof DB,
+  Row extends { created_at: Date; id: string },
+  V,
+>(
+  query: SelectQueryBuilder<DB, TB, Row>,
+  opts: { limit: number; cursor?: string | undefined },
+  view: (row: Row) => V,
+): Promise<Page<V>> {
+  const after = timeIdCursor(opts.cursor);
+  const rows = (await (
+    after ? query.where(sql<boolean>`(created_at, id) < (${after[0]}, ${after[1]})`) : query
+  )
+    .orderBy(sql`created_at desc, id desc`)
+    .limit(opts.limit + 1)
+    .execute()) as Row[];
+  const page = rows.slice(0, opts.limit);
+  const last = page[page.length - 1];
+  return {
+    items: page.map(view),
+    next_cursor:
+      rows.length > opts.limit && last ? encodeCursor([last.created_at.toISOString(), last.id]) : null,
+  };
 }

@@ -1,7 +1,6 @@
 import type { Kysely } from 'kysely';
-import { BadRequest } from '../platform/errors';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, type Page } from './paging';
+import { newestFirstPage, type Page } from './paging';
 
 /** A preset as API.md shows one. */
 export interface PresetView {
@@ -26,18 +25,6 @@ export function jsonColumn<T>(value: unknown): T {
   return (typeof value === 'string' ? JSON.parse(value) : value) as T;
 }
 
-/** A newest-first cursor: the last item's creation time and id. Anything else is a 400. */
-export function timeIdCursor(cursor: string | undefined): [Date, string] | undefined {
-  if (cursor === undefined) return undefined;
-  const values = decodeCursor<unknown[]>(cursor);
-  const [at, id] = values ?? [];
-  const when = typeof at === 'string' ? new Date(at) : undefined;
-  if (!when || Number.isNaN(when.getTime()) || typeof id !== 'string' || values?.length !== 2) {
-    throw new BadRequest('cursor is not one this list gave out.');
-  }
-  return [when, id];
-}
-
 function view(r: PresetRow): PresetView {
   return {
     id: r.id,
@@ -58,30 +45,12 @@ export async function listPresets(
   db: Kysely<Database>,
   opts: { userId: string; limit: number; cursor?: string | undefined },
 ): Promise<Page<PresetView>> {
-  const after = timeIdCursor(opts.cursor);
-  let query = db
+  const query = db
     .selectFrom('presets')
     .selectAll()
     .where('deleted', '=', false)
     .where((eb) => eb.or([eb('public', '=', true), eb('owner_id', '=', opts.userId)]));
-  if (after) {
-    const [at, id] = after;
-    query = query.where((eb) =>
-      eb.or([eb('created_at', '<', at), eb.and([eb('created_at', '=', at), eb('id', '<', id)])]),
-    );
-  }
-  const rows = await query
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(opts.limit + 1)
-    .execute();
-  const page = rows.slice(0, opts.limit);
-  const last = page[page.length - 1];
-  return {
-    items: page.map(view),
-    next_cursor:
-      rows.length > opts.limit && last ? encodeCursor([last.created_at.toISOString(), last.id]) : null,
-  };
+  return newestFirstPage(query, opts, view);
 }
 
 /** A preset the user may see (public, or theirs), or undefined: another's private preset is not found. */
