@@ -21,10 +21,15 @@ runCli(async (config, logger) => {
   if (config.ADMIN_USERNAME && config.ADMIN_PASSWORD) {
     const admin = await ensureAdmin(
       identityDeps(system),
-      { username: config.ADMIN_USERNAME, password: config.ADMIN_PASSWORD },
+      { username: config.ADMIN_USERNAME, password: config.ADMIN_PASSWORD, provePassword: true },
       { requestId: 'startup' },
     );
-    if (admin.created || admin.promoted) logger.info(admin, 'admin ready');
+    if (admin.refused) {
+      logger.error(
+        { userId: admin.userId },
+        'ADMIN_USERNAME belongs to a user whose password is not ADMIN_PASSWORD: not made admin (use npm run admin -- create)',
+      );
+    } else if (admin.created || admin.promoted) logger.info(admin, 'admin ready');
   }
   const app = createApp(system, allResources);
   const server = await startHttpServer(app, config, logger);

@@ -39,7 +39,12 @@ export function createApp(deps: AppDeps, resources: readonly Resource[] = []): A
   const { config } = deps;
   if (!config.JWT_SECRET) throw new Error('createApp: JWT_SECRET must be set to verify access tokens');
 
-  const app: App = new Koa<AppState, AppContext>({ proxy: config.TRUST_PROXY });
+  // Behind proxies, the client is the address the nearest PROXY_HOPS proxies saw: the rightmost
+  // entries of X-Forwarded-For, never the leftmost, which any client can write.
+  const app: App = new Koa<AppState, AppContext>({
+    proxy: config.TRUST_PROXY,
+    maxIpsCount: config.PROXY_HOPS,
+  });
   app.context.deps = deps;
   app.context.log = deps.logger;
   app.context.rateLimits = deps.rateLimits ?? createRateLimits(config, undefined, deps.logger);

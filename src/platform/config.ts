@@ -85,6 +85,8 @@ export const ConfigSchema = z.object({
     .default('1mb'),
   CORS_ORIGINS: list.default(['*']),
   TRUST_PROXY: bool.default(false),
+  /** With TRUST_PROXY, how many proxies of ours add to X-Forwarded-For (the client is the one before them). */
+  PROXY_HOPS: int(1, 10).default(1),
   SHUTDOWN_TIMEOUT_MS: int(0, 600_000).default(10_000),
   CONSISTENCY_TIMEOUT_MS: int(0, 60_000).default(2_000),
   COMMAND_MAX_RETRIES: int(0, 100).default(5),

@@ -144,4 +144,25 @@ describe.each(testDatabases())('identity flows on %s', (kind) => {
     expect(read.state.permission).toBe(2);
     expect(await verifyPassword(read.state.passwordHash, 'mine mine')).toBe(true);
   });
+
+  it('at start-up, promotes an existing user only when its password is the configured one', async () => {
+    const { user } = await registerUser(
+      deps(),
+      { username: 'squatter', password: 'squatter pw', email: null, method: 'password' },
+      {},
+    );
+    const refused = await ensureAdmin(
+      deps(),
+      { username: 'squatter', password: 'the configured one', provePassword: true },
+      {},
+    );
+    expect(refused).toEqual({ userId: user.userId, created: false, promoted: false, refused: true });
+    expect((await readUser(deps(), user.userId)).permission).toBe(0);
+    const proven = await ensureAdmin(
+      deps(),
+      { username: 'squatter', password: 'squatter pw', provePassword: true },
+      {},
+    );
+    expect(proven).toEqual({ userId: user.userId, created: false, promoted: true });
+  });
 });

@@ -538,16 +538,25 @@ export async function providerSignIn(
 
 /**
  * The first admin, from ADMIN_USERNAME/ADMIN_PASSWORD or `npm run admin -- create`: created when
- * missing; an existing user of that name is made an admin (its password is left alone).
+ * missing; an existing user of that name is made an admin (its password is left alone). With
+ * `provePassword` (the start-up path, configured from the environment), only if that user's password
+ * is the configured one: otherwise whoever registered the name first would become admin.
  */
 export async function ensureAdmin(
   deps: IdentityDeps,
-  input: { username: string; password: string },
+  input: { username: string; password: string; provePassword?: boolean },
   ctx: RequestContext,
-): Promise<{ userId: string; created: boolean; promoted: boolean }> {
+): Promise<{ userId: string; created: boolean; promoted: boolean; refused?: boolean }> {
   const owner = await ownerOf(deps, 'username', input.username);
   const existing = owner ? await readUser(deps, owner) : undefined;
   if (existing?.registered) {
+    if (
+      input.provePassword &&
+      existing.permission !== 2 &&
+      !(await verifyPassword(existing.passwordHash, input.password))
+    ) {
+      return { userId: existing.userId, created: false, promoted: false, refused: true };
+    }
     const changed = await deps.commands.handle(userDecider, userStream(existing.userId), {
       type: 'ChangePermission',
       data: { userId: existing.userId, permission: 2 },
