@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { eventstoreBench } from './eventstore';
+import { httpBench } from './http';
 import { ledgerBench } from './ledger';
 import { tasksBench } from './tasks';
 import { printTable, writeResults, type BenchContext } from './support';
@@ -12,6 +13,7 @@ const suites: Record<string, (ctx: BenchContext) => Promise<void>> = {
   eventstore: eventstoreBench,
   ledger: ledgerBench,
   tasks: tasksBench,
+  http: httpBench,
 };
 
 async function main(): Promise<void> {

@@ -151,12 +151,12 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
   }
 }
 
-interface BenchUser {
+export interface BenchUser {
   auth: string;
   chatId: string;
 }
 
-async function newUserWithChat(base: string, i: number): Promise<BenchUser> {
+export async function newUserWithChat(base: string, i: number, model = 'fake-model'): Promise<BenchUser> {
   const username = `bench_${process.pid}_${i}`;
   const password = 'bench-password';
   await call(base, 'POST', '/users', undefined, { username, password });
@@ -166,7 +166,7 @@ async function newUserWithChat(base: string, i: number): Promise<BenchUser> {
   const preset = await call(base, 'POST', '/presets', auth, {
     name: 'bench',
     description: '',
-    model: 'fake-model',
+    model,
     parameters: { max_tokens: 64 },
     messages: [{ role: 'system', content: 'Be brief.' }],
     public: false,
@@ -229,7 +229,7 @@ async function directFirstToken(fakeUrl: string): Promise<number> {
   return first;
 }
 
-function startProcess(args: string[], env: Record<string, string>): Promise<ChildProcess> {
+export function startProcess(args: string[], env: Record<string, string>): Promise<ChildProcess> {
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -238,7 +238,7 @@ function startProcess(args: string[], env: Record<string, string>): Promise<Chil
   return Promise.resolve(child);
 }
 
-function firstLine(child: ChildProcess): Promise<string> {
+export function firstLine(child: ChildProcess): Promise<string> {
   return new Promise((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -249,7 +249,7 @@ function firstLine(child: ChildProcess): Promise<string> {
   });
 }
 
-async function waitUntilUp(url: string): Promise<void> {
+export async function waitUntilUp(url: string): Promise<void> {
   const until = Date.now() + 60_000;
   while (Date.now() < until) {
     if (
@@ -264,7 +264,7 @@ async function waitUntilUp(url: string): Promise<void> {
   throw new Error('the service did not start within 60 s');
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.listen(0, '127.0.0.1', () => {
@@ -286,7 +286,7 @@ function cpuMs(pid: number): number {
   }
 }
 
-function exited(child: ChildProcess): Promise<void> {
+export function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
