@@ -10,6 +10,7 @@ import { createSignInProviders } from '../platform/identity';
 import { normalisePhone } from '../platform/identity/phone';
 import { ProviderNotConfigured } from '../platform/identity/providerHttp';
 import { createSmsCodeStore } from '../platform/identity/smsCodes';
+import type { RateLimits } from '../platform/rateLimits';
 import { identityDeps, requestContext } from './identityDeps';
 import { clientIp, limit } from './middleware/rateLimit';
 import { problemResponses } from './openapi';
@@ -80,7 +81,7 @@ export const providerSessions: Resource = (router, { deps, openapi }) => {
     const { code, kind } = WeChatBody.parse(ctx.request.body);
     if (!providers.wechat)
       throw new ProviderNotConfigured('WeChat sign-in is not configured on this server.');
-    sendTokens(ctx, await weChatSignIn(identity, providers.wechat, { code, kind }, requestContext(ctx)));
+    sendTokens(ctx, await weChatSignIn(identity, providers.wechat, { code, kind }, signUpContext(ctx)));
   });
 
   openapi.registerPath({
@@ -95,7 +96,7 @@ export const providerSessions: Resource = (router, { deps, openapi }) => {
     const { identity_token } = AppleBody.parse(ctx.request.body);
     if (!providers.apple)
       throw new ProviderNotConfigured('Sign in with Apple is not configured on this server.');
-    sendTokens(ctx, await appleSignIn(identity, providers.apple, identity_token, requestContext(ctx)));
+    sendTokens(ctx, await appleSignIn(identity, providers.apple, identity_token, signUpContext(ctx)));
   });
 
   openapi.registerPath({
@@ -133,7 +134,7 @@ export const providerSessions: Resource = (router, { deps, openapi }) => {
     const body = SmsTokenBody.parse(ctx.request.body);
     sendTokens(
       ctx,
-      await smsSignIn(identity, codes, { phone: phoneOf(body.phone), code: body.code }, requestContext(ctx)),
+      await smsSignIn(identity, codes, { phone: phoneOf(body.phone), code: body.code }, signUpContext(ctx)),
     );
   });
 };
@@ -143,4 +144,12 @@ function phoneOf(raw: string): string {
   const phone = normalisePhone(raw);
   if (!phone) throw new Error('phone passed validation but does not normalise');
   return phone;
+}
+
+/** A sign-in's context; a first sign-in that registers spends the registration budget of its address. */
+function signUpContext(ctx: Parameters<typeof requestContext>[0] & { rateLimits: RateLimits }) {
+  return {
+    ...requestContext(ctx),
+    beforeNewUser: () => ctx.rateLimits.consume('register_ip', clientIp(ctx)),
+  };
 }

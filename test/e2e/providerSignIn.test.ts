@@ -77,6 +77,8 @@ beforeAll(async () => {
       RATE_LIMIT_SMS_PHONE: { points: 3, seconds: 3600 },
       RATE_LIMIT_SMS_IP: { points: 5, seconds: 3600 },
       RATE_LIMIT_LOGIN_IP: { points: 100_000, seconds: 60 },
+      // First sign-ins of the other tests come from one address; the budget test uses its own.
+      RATE_LIMIT_REGISTER_IP: { points: 30, seconds: 3600 },
       RATE_LIMIT_IP: { points: 100_000, seconds: 60 },
       RATE_LIMIT_USER: { points: 100_000, seconds: 60 },
     },
@@ -353,6 +355,22 @@ describe('SMS sign-in', () => {
     if (!code) throw new Error('no code reached the fake gateway');
     return code;
   }
+
+  it('spends the registration budget of the address when a first sign-in registers', async () => {
+    // RATE_LIMIT_REGISTER_IP is 30 an hour here: the 31st new user from one address is refused.
+    const ip = '192.0.2.77';
+    const statuses: number[] = [];
+    for (let i = 0; i < 31; i++) {
+      const phone = newPhone();
+      const code = await sendCode(phone);
+      const res = await t.http
+        .post('/api/v1/session/sms/token')
+        .set('X-Forwarded-For', ip)
+        .send({ phone, code });
+      statuses.push(res.status);
+    }
+    expect(statuses).toEqual([...Array.from({ length: 30 }, () => 200), 429]);
+  });
 
   it('sends the code through a signed SendSms; the code signs in, registering on the first time', async () => {
     const phone = newPhone();

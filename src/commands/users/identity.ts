@@ -52,6 +52,8 @@ export interface RequestContext {
   actorId?: string | null;
   userAgent?: string | null;
   ip?: string | null;
+  /** Called before a sign-in with an external identity creates a user: the registration budget. */
+  beforeNewUser?: (() => Promise<void>) | undefined;
 }
 
 export interface TokenPair {
@@ -492,6 +494,7 @@ export async function providerSignIn(
   let owner = await ownerOf(deps, identity.provider, identity.subject);
   let registered = false;
   if (owner === null) {
+    await ctx.beforeNewUser?.();
     const userId = deps.ids.next();
     try {
       await reserve(deps, identity.provider, identity.subject, userId, ctx);
