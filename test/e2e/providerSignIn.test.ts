@@ -267,12 +267,15 @@ describe('Sign in with Apple', () => {
     expect(profile.nickname).toBe(profile.username);
   });
 
-  it('answers 401 for another audience, another issuer, an expired token, HS256, an unknown key, a forgery, garbage', async () => {
+  it('answers 401 for another audience, another issuer, an expired, old or forward-dated token, HS256, an unknown key, a forgery, garbage', async () => {
     const now = Math.floor(Date.now() / 1000);
     const tokens = {
       audience: await apple.token({ claims: { aud: 'com.example.someone-else' } }),
       issuer: await apple.token({ claims: { iss: 'https://appleid.apple.example' } }),
       expired: await apple.token({ claims: { iat: now - 7200, exp: now - 3600 } }),
+      // Still within its exp, but issued long ago, or dated a day ahead: a replay.
+      old: await apple.token({ claims: { iat: now - 3600, exp: now + 600 } }),
+      future: await apple.token({ claims: { iat: now + 86_400, exp: now + 87_000 } }),
       hs256: await apple.token({ hs256Secret: 'a-shared-secret-anyone-could-have-0123' }),
       unknownKid: await apple.token({ unpublishedKid: 'NOTAPPLE01' }),
       forged: await apple.token({ forgeCurrentKid: true }),

@@ -28,6 +28,9 @@ export interface AppleVerifierOptions {
   cooldownMs?: number;
 }
 
+/** An identity token is used right after the user signs in with Apple (Apple's own last 10 minutes). */
+const MAX_TOKEN_AGE = '10m';
+
 /** Apple and our clock may disagree by a few seconds; more than this is an expired token. */
 const CLOCK_TOLERANCE_SECONDS = 30;
 
@@ -55,6 +58,9 @@ export function createAppleVerifier(opts: AppleVerifierOptions): AppleVerifier {
           requiredClaims: ['sub', 'exp', 'iat'],
           currentDate: now,
           clockTolerance: CLOCK_TOLERANCE_SECONDS,
+          // Issued for this sign-in, not long ago and not in the future: an old or forward-dated
+          // token replayed is refused even while its `exp` lasts.
+          maxTokenAge: MAX_TOKEN_AGE,
         }));
       } catch (err) {
         throw appleError(err);
