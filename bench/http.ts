@@ -1,13 +1,5 @@
-import { percentile, serverDatabase, type BenchContext } from './support';
-import {
-  exited,
-  firstLine,
-  freePort,
-  newUserWithChat,
-  startProcess,
-  waitUntilUp,
-  type BenchUser,
-} from './tasks';
+import { exited, freePort, percentile, serverDatabase, type BenchContext } from './support';
+import { firstLine, newUserWithChat, startProcess, waitUntilUp, type BenchUser } from './tasks';
 
 const CLIENTS = 64;
 

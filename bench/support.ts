@@ -1,6 +1,7 @@
-import { execFile } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -97,4 +98,22 @@ export function printTable(figures: Figure[]): void {
 function format(n: number): string {
   if (!Number.isFinite(n)) return String(n);
   return n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(2);
+}
+
+/** A port free on this machine now, for a process started next. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** Resolves once the process has ended (at once if it has, by exit or by signal). */
+export function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
 }

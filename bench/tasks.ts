@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { percentile, serverDatabase, type BenchContext } from './support';
+import { exited, freePort, percentile, serverDatabase, type BenchContext } from './support';
 
 const ROOT = path.join(__dirname, '..');
 const STREAMS = 200;
@@ -264,17 +263,6 @@ export async function waitUntilUp(url: string): Promise<void> {
   throw new Error('the service did not start within 60 s');
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
-
 /** CPU time (user + system) of a process, in ms, from /proc (Linux; NaN elsewhere). */
 function cpuMs(pid: number): number {
   try {
@@ -284,9 +272,4 @@ function cpuMs(pid: number): number {
   } catch {
     return NaN;
   }
-}
-
-export function exited(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once('exit', () => resolve()));
 }

@@ -1,10 +1,9 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { serverDatabase } from '../bench/support';
+import { exited, freePort, serverDatabase } from '../bench/support';
 import { CommandHandler } from '../src/commands/handler';
 import type { EventStore } from '../src/eventstore/port';
 import { uuidV7Ids } from '../src/platform/clock';
@@ -274,23 +273,7 @@ export async function start(env: Record<string, string>, base: string): Promise<
   throw new Error('the service did not start within 60 s');
 }
 
-export function exited(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once('exit', () => resolve()));
-}
-
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 if (require.main === module) {
   const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' } } });

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { drive, exited, freePort, newActor, sleep, start } from './crash';
+import { exited, freePort } from '../bench/support';
+import { drive, newActor, sleep, start } from './crash';
 
 /**
  * `npm run soak -- [--minutes 10] [--users 20]`: mixed load (messages, tasks streamed to the end or
