@@ -128,7 +128,10 @@ export interface EventStore {
   count(options: { from?: LogPosition; filter?: EventFilter; limit: number }): Promise<number>;
   /** The log position of the event at a public global position, if it exists. */
   locate(position: bigint): Promise<LogPosition | undefined>;
-  /** The newest safely readable point of the log (for lag). */
+  /**
+   * The end of the log as of the call: at or past every append that returned before it, and
+   * readable up to there (a report's fixed end, a wait for a read model to catch up).
+   */
   head(): Promise<LogPosition>;
   /** Throws when the store cannot be reached (for `/ready`). */
   ping(): Promise<void>;

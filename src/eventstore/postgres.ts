@@ -31,6 +31,8 @@ const IDLE_POLL_MS = 1_000;
 const BLOCKED_POLL_MS = 5;
 /** How long a woken subscriber waits for more appends before it reads (the read models' added lag). */
 const COALESCE_MS = 10;
+/** How long head() waits for transactions still open below the newest event. */
+const HEAD_WAIT_MS = 30_000;
 const NOTIFY_INTERVAL_MS = 5;
 
 export interface PostgresEventStoreOptions {
@@ -376,7 +378,34 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     return row ? { txid: BigInt(row.txid), position } : undefined;
   }
 
+  /**
+   * The newest committed event, once every transaction that could still commit below it has
+   * ended, so a reader that reaches head has seen every append that returned before the call.
+   * A writing transaction anywhere on the server (another database's migration, a bulk load)
+   * holds that point back; head waits for it up to HEAD_WAIT_MS, then answers the newest point
+   * that is already complete rather than hang behind a transaction left open.
+   */
   async function head(): Promise<LogPosition> {
+    const newest = await sql<{ txid: string; position: string; xmin: string }>`
+      select txid::text as txid, position, pg_snapshot_xmin(pg_current_snapshot())::text as xmin
+      from events order by events.txid desc, events.position desc limit 1`.execute(db);
+    const row = newest.rows[0];
+    if (!row) return START;
+    const at = { txid: BigInt(row.txid), position: BigInt(row.position) };
+    const deadline = Date.now() + HEAD_WAIT_MS;
+    let xmin = BigInt(row.xmin);
+    while (xmin <= at.txid) {
+      if (Date.now() >= deadline) return completeHead();
+      await new Promise<void>((resolve) => setTimeout(resolve, BLOCKED_POLL_MS));
+      const res = await sql<{ xmin: string }>`
+        select pg_snapshot_xmin(pg_current_snapshot())::text as xmin`.execute(db);
+      xmin = BigInt(res.rows[0]!.xmin);
+    }
+    return at;
+  }
+
+  /** The newest event below the oldest running transaction: everything up to it is final. */
+  async function completeHead(): Promise<LogPosition> {
     const res = await sql<{ txid: string; position: string }>`
       select txid::text as txid, position from events
       where txid < pg_snapshot_xmin(pg_current_snapshot())

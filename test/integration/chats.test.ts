@@ -133,6 +133,7 @@ describe.each(testDatabases())('presets and chats on %s', (kind) => {
   async function allEvents(projector: Projector): Promise<RecordedEvent[]> {
     const out: RecordedEvent[] = [];
     let from: LogPosition = START;
+    await t.store.head(); // every append so far is readable once head answers
     for (;;) {
       const batch = await t.store.readAll({
         from,

@@ -364,6 +364,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
           await store.append(stream, [newEvent(type)], 'any');
           events.push(...(await store.readStream(stream, { direction: 'backwards', maxCount: 1 })));
         }
+        await readable(store);
         return { a, b, from, events, ids: events.map((e) => e.id) };
       }
 
@@ -433,6 +434,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
         const { a, from, events } = await seed();
         const multiDash = `${a}-x-y`;
         await store.append(multiDash, [newEvent('Opened')], 'no_stream');
+        await readable(store);
         const batch = await store.readAll({ from, filter: { categories: [a] } });
         expect(batch.events.map((e) => e.streamName)).toEqual([
           ...events.filter((e) => e.streamName.startsWith(`${a}-`)).map((e) => e.streamName),
@@ -470,6 +472,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
 
         // And a read from there sees only what comes later.
         const later = await store.append(`${b}-1`, [newEvent('Reopened')], 'any');
+        await readable(store);
         const more = await store.readAll({ from: batch.next, filter: { categories: [b] } });
         expect(more.events.map((e) => e.position)).toEqual([later.position]);
       });
@@ -524,6 +527,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
 
       it('counts from START when no position is given', async () => {
         await store.append(streamIn('order'), [newEvent()], 'no_stream');
+        await readable(store);
         const total = (await readEverything(store, START)).length;
         expect(await store.count({ limit: total + 100 })).toBe(total);
       });
@@ -558,6 +562,18 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
         const head = await store.head();
         expect(compareLogPositions(head, result.logPosition)).toBeGreaterThanOrEqual(0);
         expect((await store.readAll({ from: head })).events).toEqual([]);
+      });
+
+      it('waits in head for an older open transaction, so a read up to head sees every returned append', async () => {
+        if (!opened.holdTransaction) return; // only where a transaction can be held open beside appends
+        const from = await endOfLog(store);
+        const held = opened.holdTransaction(300);
+        await sleep(50); // the held transaction has its id: the append below commits above it
+        const result = await store.append(streamIn('task'), [newEvent()], 'no_stream');
+        const head = await store.head();
+        expect(compareLogPositions(head, result.logPosition)).toBeGreaterThanOrEqual(0);
+        expect((await readEverything(store, from)).map((e) => e.position)).toContain(result.position);
+        await held;
       });
 
       it('answers ping', async () => {
@@ -727,6 +743,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
           Array.from({ length: writers }, (_, w) => writeConcurrently(fresh.store, `w${w}`, perWriter)),
         ).finally(() => stalling.stop());
 
+        await readable(fresh.store);
         const everything = await readEverything(fresh.store, START, undefined, 1_000);
         expect(everything).toHaveLength(writers * perWriter);
         expect(await fresh.store.count({ from: START, limit: 100_000 })).toBe(writers * perWriter);
@@ -751,6 +768,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
 
       it('puts head at or past the newest event once the writers are done', async () => {
         // After the test above the log spans many transaction ids (on PGlite from three digits to four).
+        await readable(fresh.store);
         const everything = await readEverything(fresh.store, START, undefined, 1_000);
         expect(everything.length).toBeGreaterThan(0);
         const head = await fresh.store.head();
@@ -759,6 +777,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
       });
 
       it('lets a subscriber stopped halfway resume from its checkpoint and see every event exactly once', async () => {
+        await readable(fresh.store);
         const start =
           (await readEverything(fresh.store, START, undefined, 1_000)).at(-1)?.logPosition ?? START;
         const stalling = stallWhile(fresh, 2);
@@ -774,6 +793,7 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
         const second = collect(fresh.store, { from: first.checkpoint()!, batchSize: 50 });
 
         const appended = (await writing).flat();
+        await readable(fresh.store);
         const everything = await readEverything(fresh.store, start, undefined, 1_000);
         expect(everything).toHaveLength(1_000);
         expect(new Set(everything.map((e) => e.id))).toEqual(new Set(appended));
@@ -824,13 +844,22 @@ async function expectWrongRevision(
 
 /** Where a reader that has read the whole log stands (what a caught-up read answers as `next`). */
 async function endOfLog(store: EventStore): Promise<LogPosition> {
-  let at = START;
+  let at = await store.head();
   for (let page = 0; page < 10_000; page++) {
     const batch = await store.readAll({ from: at, maxCount: 1_000 });
     if (batch.caughtUp) return batch.next;
     at = batch.next;
   }
   throw new Error('readAll never caught up');
+}
+
+/**
+ * Waits until every append that has returned is readable. A store may read only below its oldest
+ * open writing transaction (PostgreSQL: on the whole server, so another suite's migration holds
+ * it back); head() waits for that point to pass the newest event.
+ */
+async function readable(store: EventStore): Promise<void> {
+  await store.head();
 }
 
 /** Pages through readAll until it is caught up. */
