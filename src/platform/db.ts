@@ -76,6 +76,12 @@ async function openServer(
   // int8 stays a string from pg (its default); callers convert to bigint.
   const pool = new pg.Pool({ connectionString: url, max: poolSize, idleTimeoutMillis: 30_000 });
   pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
+  // The pool hears a client's 'error' only while the client is idle. A connection that dies while
+  // checked out (kysely holds one through a query or a transaction) emits 'error' to nobody, which
+  // would crash the process; its query is rejected anyway, so there is nothing more to do here.
+  pool.on('connect', (client) => {
+    client.on('error', (err) => logger.debug({ err }, 'database connection failed in use'));
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const sessionClient = new SessionClient(url, logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
