@@ -319,6 +319,42 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     return { batch: { events, next, caughtUp }, blocked: Boolean(header?.[11]) };
   }
 
+  /**
+   * Live subscribers wake together on an append and, having all been caught up at the tail, read
+   * from the same point: one unfiltered read serves them all, each keeping what its filter
+   * matches, instead of a query per subscriber per wake. A read is joined only if it started
+   * at or after the caller's generation of appends, so it cannot miss an append the caller woke for.
+   */
+  const liveReads = new Map<string, { generation: number; read: Promise<PendingRead> }>();
+  type PendingRead = Awaited<ReturnType<typeof readAllWithPending>>;
+
+  function readLive(
+    from: LogPosition,
+    maxCount: number,
+    seen: number,
+    filter?: EventFilter,
+  ): Promise<PendingRead> {
+    const key = `${from.txid}:${from.position}:${maxCount}`;
+    let entry = liveReads.get(key);
+    if (!entry || entry.generation < seen) {
+      const read = readAllWithPending({ from, maxCount });
+      const made = { generation: signal.generation, read };
+      liveReads.set(key, made);
+      // Kept while in flight and one turn after, for the subscribers woken with this one.
+      const forget = () => setImmediate(() => liveReads.get(key) === made && liveReads.delete(key));
+      read.then(forget, forget);
+      entry = made;
+    }
+    return entry.read.then(({ batch, blocked }) => ({
+      batch: {
+        events: batch.events.filter((e) => matches(filter, e)),
+        next: batch.next,
+        caughtUp: batch.caughtUp,
+      },
+      blocked,
+    }));
+  }
+
   function subscribe(handler: SubscriptionHandler, opts: SubscribeOptions = {}): Subscription {
     let stopped = false;
     let wake: (() => void) | undefined;
@@ -327,9 +363,16 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const done = (async () => {
       await ensureListening();
       let position = opts.from ?? START;
+      // Catching up, a subscriber reads with its filter (an index finds its events in a long log);
+      // once caught up, it reads with the others.
+      let live = false;
       while (!stopped) {
         const seen = signal.generation;
-        const { batch, blocked } = await readAllWithPending({ ...readOpts, from: position });
+        const read: PendingRead = live
+          ? await readLive(position, batchSize, seen, opts.filter)
+          : await readAllWithPending({ ...readOpts, from: position });
+        const { batch, blocked } = read;
+        live = batch.caughtUp;
         if (stopped) break;
         if (batch.events.length > 0 || compareLogPositions(batch.next, position) > 0) {
           await handler.onEvents(batch.events, batch.next);
@@ -549,6 +592,14 @@ function resultOf(rows: readonly { position: string; txid: string; revision: str
     position,
     logPosition: { txid: BigInt(last.txid), position },
   };
+}
+
+/** Whether an event passes a filter as the store's filtered reads apply it. */
+function matches(filter: EventFilter | undefined, event: RecordedEvent): boolean {
+  if (filter?.eventTypes?.length && !filter.eventTypes.includes(event.type)) return false;
+  if (filter?.categories?.length && !filter.categories.includes(streamCategory(event.streamName)))
+    return false;
+  return true;
 }
 
 function inLogOrder(events: readonly RecordedEvent[]): boolean {

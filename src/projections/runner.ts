@@ -33,6 +33,12 @@ class CheckpointMoved extends Error {
 
 const LAG_COUNT_CAP = 1_000_000;
 const POLL_MS = 10;
+/**
+ * How often a runner saves progress through events it does not handle. Most batches of a busy log
+ * hold none of a projector's events; saving each would commit a transaction per projector per
+ * batch. Progress not yet saved is only read again after a restart, and finds nothing to apply.
+ */
+const IDLE_CHECKPOINT_MS = 250;
 
 /**
  * Runs projectors: one runner per projector across all processes (advisory lock; the others stand
@@ -94,8 +100,11 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
       return Promise.all(
         options.projectors.map(async (p): Promise<ProjectionStatus> => {
           const row = byRow.get(p.name);
-          const checkpoint = row ? { txid: BigInt(row.txid), position: BigInt(row.position) } : null;
           const runner = runners.get(p.name)!;
+          // A runner here may have moved past events it does not handle without saving that yet.
+          const checkpoint =
+            (started && runner.state === 'running' ? runner.position : undefined) ??
+            (row ? { txid: BigInt(row.txid), position: BigInt(row.position) } : null);
           return {
             name: p.name,
             version: p.version,
@@ -130,7 +139,11 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
 class Runner {
   state: RunnerState = 'stopped';
   lastError: string | null = null;
+  /** Where this runner has applied up to (waiters look here). */
   private checkpoint: LogPosition | undefined;
+  /** The checkpoint as saved in the table (each save compares against it), and when it was saved. */
+  private stored: LogPosition | undefined;
+  private storedAt = 0;
   private stopping = false;
   private loop: Promise<void> | undefined;
   private subscription: { stop(): Promise<void> } | undefined;
@@ -214,6 +227,8 @@ class Runner {
           continue;
         }
         this.checkpoint = row.position;
+        this.stored = row.position;
+        this.storedAt = Date.now();
         this.state = 'running';
         const failure = await this.follow(row.position);
         if (failure instanceof CheckpointMoved || failure === undefined) {
@@ -229,7 +244,7 @@ class Runner {
         this.logger.error({ err }, 'projection failed; retrying');
         await this.releaseLock();
         await this.pause(backoff);
-        backoff = Math.min(backoff * 2, 30_000);
+        backoff = Math.min(backoff * 2, 5_000);
       }
     }
     await this.releaseLock();
@@ -264,6 +279,8 @@ class Runner {
             if (events.length > 0) this.options.onApplied?.(this.projector.name, events.length);
             this.lastError = null;
           },
+          // Idle (the subscription looks again every second or so): save progress left unsaved.
+          onCaughtUp: () => this.saveProgress(false),
           onError: (err) => {
             failure = err;
           },
@@ -281,12 +298,20 @@ class Runner {
       };
       // stop() may have run between loading the checkpoint and here: it could not see this subscription.
       if (this.stopping) void sub.stop();
-      void sub.done.then(() => resolve(failure));
+      void sub.done.then(async () => {
+        if (failure === undefined) await this.saveProgress(true).catch(() => undefined);
+        resolve(failure);
+      });
     });
   }
 
   private async commit(events: Parameters<Projector['apply']>[1], next: LogPosition): Promise<void> {
-    const expected = this.checkpoint ?? START;
+    if (events.length === 0) {
+      this.advance(next);
+      await this.saveProgress(false);
+      return;
+    }
+    const expected = this.stored ?? START;
     // A reactor's commands append through the store on connections of their own: they cannot run
     // inside the checkpoint's transaction. They are idempotent, so a crash before the checkpoint
     // is saved only makes them run again to no effect.
@@ -303,10 +328,44 @@ class Runner {
         .where('name', '=', this.projector.name)
         .execute();
     });
+    this.stored = next;
+    this.storedAt = Date.now();
+    this.advance(next);
+  }
+
+  /** Where this runner has applied up to, saved or not. */
+  get position(): LogPosition | undefined {
+    return this.checkpoint;
+  }
+
+  /** Moves the checkpoint in memory and wakes whoever waits for it. */
+  private advance(next: LogPosition): void {
     this.checkpoint = next;
     const waiters = this.progress;
     this.progress = new Set();
     for (const w of waiters) w();
+  }
+
+  /**
+   * Saves progress made through events this projector does not handle, at most every
+   * IDLE_CHECKPOINT_MS unless `now`: one statement, only if the saved checkpoint is still ours.
+   */
+  private async saveProgress(now: boolean): Promise<void> {
+    const at = this.checkpoint;
+    const expected = this.stored ?? START;
+    if (!at || compareLogPositions(at, expected) <= 0) return;
+    if (!now && Date.now() - this.storedAt < IDLE_CHECKPOINT_MS) return;
+    const saved = await this.handle.db
+      .updateTable('projection_checkpoints')
+      .set({ txid: String(at.txid), position: String(at.position), updated_at: new Date() })
+      .where('name', '=', this.projector.name)
+      .where('txid', '=', String(expected.txid))
+      .where('position', '=', String(expected.position))
+      .executeTakeFirst();
+    if (Number(saved.numUpdatedRows) !== 1)
+      throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
+    this.stored = at;
+    this.storedAt = Date.now();
   }
 
   private async loadCheckpoint(): Promise<{ version: number; position: LogPosition }> {

@@ -1,6 +1,9 @@
 import { sql } from 'kysely';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { uuidv7 } from 'uuidv7';
 import { createPostgresEventStore } from '../../src/eventstore/postgres';
+import type { EventFilter, RecordedEvent } from '../../src/eventstore/port';
+import type { Db } from '../../src/platform/db';
 import { openTestDatabase, testDatabases } from '../support/databases';
 import { eventStoreContract, type OpenedStore } from './eventstore.contract';
 
@@ -26,3 +29,87 @@ describe.each(testDatabases())('on %s', (kind) => {
     return opened;
   });
 });
+
+describe.each(testDatabases())('live subscribers on %s', (kind) => {
+  it('share one read per wake, each getting exactly the events its filter matches, in order', async () => {
+    const database = await openTestDatabase(kind);
+    // Counts the global reads the store runs.
+    let reads = 0;
+    const counted: Db = Object.create(database.db, {
+      query: {
+        value: (...args: Parameters<Db['query']>) => {
+          if (args[2] === 'eventstore_read_all') reads++;
+          return database.db.query(...args);
+        },
+      },
+    }) as Db;
+    const store = createPostgresEventStore(counted);
+    const types = ['A', 'B', 'C', 'D'];
+    const filters: EventFilter[] = [
+      ...types.map((t) => ({ eventTypes: [t] })),
+      { categories: ['left'] },
+      { eventTypes: ['A', 'B'], categories: ['right'] },
+      {},
+      { eventTypes: [] },
+    ];
+    const seen = filters.map(() => [] as RecordedEvent[]);
+    const caughtUp = filters.map(() => false);
+    const subscriptions = filters.map((filter, i) =>
+      store.subscribe(
+        {
+          onEvents: async (events) => {
+            seen[i]!.push(...events);
+          },
+          onCaughtUp: () => {
+            caughtUp[i] = true;
+          },
+        },
+        { filter },
+      ),
+    );
+    try {
+      await until(() => caughtUp.every(Boolean));
+      const before = reads;
+      const appended: RecordedEvent[] = [];
+      for (let i = 0; i < 40; i++) {
+        const stream = `${i % 3 === 0 ? 'left' : 'right'}-${i}`;
+        await store.append(
+          stream,
+          [{ id: uuidv7(), type: types[i % 4]!, data: { i }, metadata: meta }],
+          'no_stream',
+        );
+        appended.push(...(await store.readStream(stream)));
+        // One wake per append: every subscriber has it before the next.
+        await until(() => seen[6]!.length === appended.length);
+      }
+      await until(() =>
+        filters.every((f, i) => seen[i]!.length === appended.filter((e) => passes(f, e)).length),
+      );
+      filters.forEach((f, i) => {
+        expect(seen[i]!.map((e) => e.id)).toEqual(appended.filter((e) => passes(f, e)).map((e) => e.id));
+      });
+      // Eight subscribers each reading for itself would run at least 8 × 40 reads.
+      expect(reads - before).toBeLessThan(40 * 3);
+    } finally {
+      await Promise.all(subscriptions.map((s) => s.stop()));
+      await store.close();
+      await database.close();
+    }
+  });
+});
+
+const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
+
+function passes(filter: EventFilter, e: RecordedEvent): boolean {
+  if (filter.eventTypes?.length && !filter.eventTypes.includes(e.type)) return false;
+  if (filter.categories?.length && !filter.categories.includes(e.streamName.split('-')[0]!)) return false;
+  return true;
+}
+
+async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(5);
+  }
+}

@@ -23,6 +23,13 @@ const increment = (by: number): CounterCommand => ({
   metadata: { now: new Date() },
 });
 
+const somethingElse = () => ({
+  id: uuidV7Ids.next(),
+  type: 'SomethingElse',
+  data: {},
+  metadata: { occurredAt: '', schemaVersion: 1 },
+});
+
 async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -80,19 +87,41 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
   it('moves its checkpoint past events it does not handle, so waitFor on them succeeds', async () => {
     const e = engine();
     await e.start();
-    const other = await store.append(
-      'other-1',
-      [
-        {
-          id: uuidV7Ids.next(),
-          type: 'SomethingElse',
-          data: {},
-          metadata: { occurredAt: '', schemaVersion: 1 },
-        },
-      ],
-      'no_stream',
-    );
+    const other = await store.append('other-1', [somethingElse()], 'no_stream');
     expect(await e.waitFor(['counters'], other.position, 30_000)).toBe(true);
+  });
+
+  it('saves progress through events it does not handle now and then, not per batch, and all of it on stop', async () => {
+    // Counts the checkpoint's saves.
+    await sql`create table checkpoint_saves (n int)`.execute(t.db.db);
+    await sql`create function count_save() returns trigger language plpgsql as
+      $$ begin insert into checkpoint_saves values (1); return new; end $$`.execute(t.db.db);
+    await sql`create trigger counted after update on projection_checkpoints
+      for each row execute function count_save()`.execute(t.db.db);
+    const saves = async () =>
+      Number(
+        (await sql<{ n: string }>`select count(*) as n from checkpoint_saves`.execute(t.db.db)).rows[0]!.n,
+      );
+    const e = engine();
+    await e.start();
+    await until(async () => (await e.status())[0]!.state === 'running');
+    const before = await saves();
+    let last = 0n;
+    for (let i = 0; i < 40; i++) {
+      const other = await store.append(`other-${i}`, [somethingElse()], 'no_stream');
+      last = other.position;
+      // Each append read on its own: a batch per append.
+      expect(await e.waitFor(['counters'], other.position, 30_000)).toBe(true);
+    }
+    expect(await saves()).toBeLessThan(before + 20);
+
+    await e.stop();
+    const [row] = await t.db.db
+      .selectFrom('projection_checkpoints')
+      .selectAll()
+      .where('name', '=', 'counters')
+      .execute();
+    expect(BigInt(row!.position)).toBe(last);
   });
 
   it('answers false from waitFor when the projection does not get there in time', async () => {
