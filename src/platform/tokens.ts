@@ -1,5 +1,6 @@
 import { createSecretKey, type KeyObject } from 'node:crypto';
 import jwt from 'jsonwebtoken';
+import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
 import { Unauthorized } from './errors';
 
@@ -64,6 +65,34 @@ export function signAccessToken(
  * key fail), our issuer, not expired at `now`. Throws Unauthorized saying why.
  */
 export function verifyAccessToken(token: string, keys: TokenKeys, now: Date = new Date()): AccessClaims {
+  const cache = verifiedUnder(keys);
+  const known = cache.get(token);
+  if (known) {
+    // As the library decides it: expired once the clock's second reaches `exp`.
+    if (Math.floor(now.getTime() / 1000) >= known.exp)
+      throw new Unauthorized('The access token has expired.');
+    return known.claims;
+  }
+  return verifyOnce(token, keys, now);
+}
+
+/**
+ * Tokens already verified under a key and issuer, with their expiry: a request meets its token two
+ * or three times (the rate limit, auth, idempotency) and a client sends the same one for a day,
+ * so the signature is checked once. Only verified tokens enter; revocation is the session guard's.
+ */
+const verified = new Map<string, LRUCache<string, { claims: AccessClaims; exp: number }>>();
+function verifiedUnder(keys: TokenKeys): LRUCache<string, { claims: AccessClaims; exp: number }> {
+  const scope = `${keys.issuer}\u0000${keys.secret}`;
+  let cache = verified.get(scope);
+  if (!cache) {
+    if (verified.size > 16) verified.clear();
+    verified.set(scope, (cache = new LRUCache({ max: 10_000 })));
+  }
+  return cache;
+}
+
+function verifyOnce(token: string, keys: TokenKeys, now: Date): AccessClaims {
   let decoded: unknown;
   try {
     decoded = jwt.verify(token, keyOf(keys.secret), {
@@ -77,5 +106,11 @@ export function verifyAccessToken(token: string, keys: TokenKeys, now: Date = ne
   }
   const payload = Payload.safeParse(decoded);
   if (!payload.success) throw new Unauthorized('The access token is not valid.');
-  return { userId: payload.data.sub, sessionId: payload.data.sid, permission: payload.data.perm };
+  const claims: AccessClaims = {
+    userId: payload.data.sub,
+    sessionId: payload.data.sid,
+    permission: payload.data.perm,
+  };
+  verifiedUnder(keys).set(token, { claims: Object.freeze(claims), exp: payload.data.exp });
+  return claims;
 }
