@@ -130,7 +130,9 @@ export interface EventStore {
   locate(position: bigint): Promise<LogPosition | undefined>;
   /**
    * The end of the log as of the call: at or past every append that returned before it, and
-   * readable up to there (a report's fixed end, a wait for a read model to catch up).
+   * readable up to there (a report's fixed end, a wait for a read model to catch up). Held back
+   * longer than the store waits (PostgreSQL: 30 s, behind a transaction left open), it answers
+   * the newest point up to which the log is complete, and logs why.
    */
   head(): Promise<LogPosition>;
   /** Throws when the store cannot be reached (for `/ready`). */

@@ -437,9 +437,17 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const at = { txid: BigInt(row.txid), position: BigInt(row.position) };
     const deadline = Date.now() + HEAD_WAIT_MS;
     let xmin = BigInt(row.xmin);
+    let pollMs = BLOCKED_POLL_MS;
     while (xmin <= at.txid) {
-      if (Date.now() >= deadline) return completeHead();
-      await new Promise<void>((resolve) => setTimeout(resolve, BLOCKED_POLL_MS));
+      if (Date.now() >= deadline) {
+        options.logger?.warn(
+          { oldestRunningTxid: String(xmin), newestTxid: String(at.txid), waitedMs: HEAD_WAIT_MS },
+          'a transaction open on the server holds the end of the log back: head() answers the complete part',
+        );
+        return completeHead();
+      }
+      await new Promise<void>((resolve) => setTimeout(resolve, pollMs));
+      pollMs = Math.min(pollMs * 2, 200);
       const res = await sql<{ xmin: string }>`
         select pg_snapshot_xmin(pg_current_snapshot())::text as xmin`.execute(db);
       xmin = BigInt(res.rows[0]!.xmin);

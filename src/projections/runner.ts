@@ -144,6 +144,9 @@ class Runner {
   /** The checkpoint as saved in the table (each save compares against it), and when it was saved. */
   private stored: LogPosition | undefined;
   private storedAt = 0;
+  /** Saves run one at a time (each compares against the last); a timer saves what is left. */
+  private writing: Promise<unknown> = Promise.resolve();
+  private saveTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private loop: Promise<void> | undefined;
   private subscription: { stop(): Promise<void> } | undefined;
@@ -299,6 +302,8 @@ class Runner {
       // stop() may have run between loading the checkpoint and here: it could not see this subscription.
       if (this.stopping) void sub.stop();
       void sub.done.then(async () => {
+        clearTimeout(this.saveTimer);
+        this.saveTimer = undefined;
         if (failure === undefined) await this.saveProgress(true).catch(() => undefined);
         resolve(failure);
       });
@@ -311,6 +316,10 @@ class Runner {
       await this.saveProgress(false);
       return;
     }
+    await this.serial(() => this.commitBatch(events, next));
+  }
+
+  private async commitBatch(events: Parameters<Projector['apply']>[1], next: LogPosition): Promise<void> {
     const expected = this.stored ?? START;
     // A reactor's commands append through the store on connections of their own: they cannot run
     // inside the checkpoint's transaction. They are idempotent, so a crash before the checkpoint
@@ -350,11 +359,41 @@ class Runner {
    * Saves progress made through events this projector does not handle, at most every
    * IDLE_CHECKPOINT_MS unless `now`: one statement, only if the saved checkpoint is still ours.
    */
-  private async saveProgress(now: boolean): Promise<void> {
-    const at = this.checkpoint;
+  private saveProgress(now: boolean): Promise<void> {
+    const unsaved = () => {
+      const at = this.checkpoint;
+      return at && compareLogPositions(at, this.stored ?? START) > 0 ? at : undefined;
+    };
+    if (!unsaved()) return Promise.resolve();
+    const wait = this.storedAt + IDLE_CHECKPOINT_MS - Date.now();
+    if (!now && wait > 0) {
+      // Soon, rather than at the next batch or idle poll: an instance not running this projection
+      // reads its progress from the table (waitFor on a standby).
+      this.saveTimer ??= setTimeout(() => {
+        this.saveTimer = undefined;
+        if (this.state !== 'running') return;
+        this.saveProgress(false).catch((err: unknown) => {
+          if (!(err instanceof CheckpointMoved)) this.logger.warn({ err }, 'projection progress not saved');
+          void this.subscription?.stop(); // starts over from the checkpoint in the table
+        });
+      }, wait).unref();
+      return Promise.resolve();
+    }
+    return this.serial(async () => {
+      const at = unsaved();
+      if (at) await this.saveAt(at);
+    });
+  }
+
+  /** Runs one save after the ones before it, whether they failed or not. */
+  private serial<T>(save: () => Promise<T>): Promise<T> {
+    const run = this.writing.then(save, save);
+    this.writing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async saveAt(at: LogPosition): Promise<void> {
     const expected = this.stored ?? START;
-    if (!at || compareLogPositions(at, expected) <= 0) return;
-    if (!now && Date.now() - this.storedAt < IDLE_CHECKPOINT_MS) return;
     const saved = await this.handle.db
       .updateTable('projection_checkpoints')
       .set({ txid: String(at.txid), position: String(at.position), updated_at: new Date() })

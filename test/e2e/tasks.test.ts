@@ -334,6 +334,8 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     fake.setBehaviour({ tokenDelayMs: 20 });
     const first = await startTask(u.auth, chatId);
     await startTask(u.auth, chatId, 409);
+    // A refused task holds nothing, not even for a moment: the ledger has the first task's hold alone.
+    expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted', 'CreditsReserved']);
     await startTask(u.auth, await newChat(u.auth), 400, 'no-such-model');
     await stream(u.auth, first.id);
     await finished(u.auth, first.id);

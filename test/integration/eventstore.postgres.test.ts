@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { uuidv7 } from 'uuidv7';
 import { createPostgresEventStore } from '../../src/eventstore/postgres';
-import type { EventFilter, RecordedEvent } from '../../src/eventstore/port';
+import { START, type EventFilter, type RecordedEvent } from '../../src/eventstore/port';
 import type { Db } from '../../src/platform/db';
 import { openTestDatabase, testDatabases } from '../support/databases';
 import { eventStoreContract, type OpenedStore } from './eventstore.contract';
@@ -90,6 +90,72 @@ describe.each(testDatabases())('live subscribers on %s', (kind) => {
       });
       // Eight subscribers each reading for itself would run at least 8 × 40 reads.
       expect(reads - before).toBeLessThan(40 * 3);
+    } finally {
+      await Promise.all(subscriptions.map((s) => s.stop()));
+      await store.close();
+      await database.close();
+    }
+  });
+});
+
+describe.each(testDatabases())('live subscribers under bursts on %s', (kind) => {
+  it('deliver every matching event once, in order, to fast and slow subscribers alike', async () => {
+    const database = await openTestDatabase(kind);
+    const store = createPostgresEventStore(database.db);
+    const filters: EventFilter[] = [
+      { eventTypes: ['A'] },
+      { eventTypes: ['B'] },
+      {},
+      { categories: ['left'] },
+    ];
+    const seen = filters.map(() => [] as RecordedEvent[]);
+    const caughtUp = filters.map(() => false);
+    const subscriptions = filters.map((filter, i) =>
+      store.subscribe(
+        {
+          onEvents: async (events) => {
+            // Every other subscriber is slow: it falls behind the shared reads and rejoins them.
+            if (i % 2 === 1) await sleep(15);
+            seen[i]!.push(...events);
+          },
+          onCaughtUp: () => {
+            caughtUp[i] = true;
+          },
+        },
+        { filter, batchSize: 7 },
+      ),
+    );
+    try {
+      await until(() => caughtUp.every(Boolean));
+      // Writers back to back and at once: appends land while reads are in flight.
+      const writers = Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; i < 30; i++) {
+          const stream = `${i % 2 === 0 ? 'left' : 'right'}-${w}-${i}`;
+          await store.append(
+            stream,
+            [{ id: uuidv7(), type: i % 3 === 0 ? 'A' : 'B', data: {}, metadata: meta }],
+            'no_stream',
+          );
+        }
+      });
+      await Promise.all(writers);
+      await store.head();
+      const all: RecordedEvent[] = [];
+      for (let from = START; ;) {
+        const batch = await store.readAll({ from, maxCount: 1_000 });
+        all.push(...batch.events);
+        from = batch.next;
+        if (batch.caughtUp) break;
+      }
+      expect(all).toHaveLength(120);
+      await until(
+        () => filters.every((f, i) => seen[i]!.length >= all.filter((e) => passes(f, e)).length),
+        30_000,
+      );
+      await sleep(100); // nothing more arrives: no event twice
+      filters.forEach((f, i) => {
+        expect(seen[i]!.map((e) => e.id)).toEqual(all.filter((e) => passes(f, e)).map((e) => e.id));
+      });
     } finally {
       await Promise.all(subscriptions.map((s) => s.stop()));
       await store.close();

@@ -124,6 +124,21 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(BigInt(row!.position)).toBe(last);
   });
 
+  it('lets an instance not running it see progress through unhandled events soon, from the table', async () => {
+    const running = engine();
+    await running.start();
+    await until(async () => (await running.status())[0]!.state === 'running');
+    const elsewhere = engine(); // never started: it reads the checkpoint from the table
+    // A command writing an event this projection handles, then events it does not, at once.
+    const handled = await handler.handle(counterDecider, 'counter-w', increment(1));
+    expect(await running.waitFor(['counters'], handled.position, 30_000)).toBe(true);
+    let last = 0n;
+    for (let i = 0; i < 3; i++)
+      last = (await store.append(`other-w${i}`, [somethingElse()], 'no_stream')).position;
+    // Well within the subscription's idle poll (1 s), which alone saved it before.
+    expect(await elsewhere.waitFor(['counters'], last, 700)).toBe(true);
+  });
+
   it('answers false from waitFor when the projection does not get there in time', async () => {
     const e = engine(); // never started
     const r = await handler.handle(counterDecider, 'counter-x', increment(1));

@@ -108,9 +108,8 @@ const SYSTEM_ACTOR = 'system:tasks';
  * The life of a task, from `POST /tasks` to its settlement:
  *
  * 1. take a slot of the user (TASKS_MAX_RUNNING_PER_USER at once, else 429) and of the chat (one
- *    reply at a time, else 409), both appends at an expected revision, and
- * 2. at the same time hold the prompt + maximum output at the model's prices (402 when not
- *    available); what was taken is given back when any of the three is refused;
+ *    reply at a time, else 409), both appends at an expected revision;
+ * 2. hold the prompt + maximum output at the model's prices (402 when not available);
  * 3. record TaskCreated, and generate at once, in this process, whatever happens to the request;
  * 4. deltas go to the task buffer, which the stream endpoint reads;
  * 5. the outcome (completed, failed, cancelled — the first recorded wins) carries the text and the
@@ -328,9 +327,10 @@ export class TaskFlow {
     const staleBefore = new Date(now.getTime() - lifeMs - this.graceMs).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
-    // Both slots and the hold at once (distinct streams, one round trip); whatever was taken is
-    // given back if any is refused.
-    const [userSlot, chatSlot, reserved] = await Promise.allSettled([
+    // Both slots at once (distinct streams); whatever was taken is freed if either is refused. The
+    // hold comes after: taken beside a slot that is then refused, it would turn a sibling request
+    // that could have run into a 402, and write a hold and its release for a request refused.
+    const taken = await Promise.allSettled([
       this.slot(userSlotsStream(g.userId), {
         type: 'TakeTaskSlot',
         data: { owner: `user:${g.userId}`, taskId, capacity: config.TASKS_MAX_RUNNING_PER_USER, staleBefore },
@@ -343,21 +343,21 @@ export class TaskFlow {
             metadata,
           })
         : undefined,
-      hold > 0
-        ? ledger.reserve({
-            userId: g.userId,
-            holdId: taskId,
-            amount: hold,
-            reason: `task ${g.model.id}`,
-            expiresAt: new Date(deadline.getTime() + Math.min(HOLD_MARGIN_MS, lifeMs)),
-            now,
-            metadata: { ...provenance, correlationId: taskId },
-          })
-        : undefined,
     ]);
     try {
-      // The chat's refusal (409) says more than the user's (429), and both more than credits (402).
-      for (const r of [chatSlot, userSlot, reserved]) if (r.status === 'rejected') throw r.reason;
+      // The chat's refusal (409) says more than the user's (429).
+      for (const r of [taken[1], taken[0]]) if (r.status === 'rejected') throw r.reason;
+      if (hold > 0) {
+        await ledger.reserve({
+          userId: g.userId,
+          holdId: taskId,
+          amount: hold,
+          reason: `task ${g.model.id}`,
+          expiresAt: new Date(deadline.getTime() + Math.min(HOLD_MARGIN_MS, lifeMs)),
+          now,
+          metadata: { ...provenance, correlationId: taskId },
+        });
+      }
       await this.deps.commands.handle(taskDecider, taskStream(taskId), {
         type: 'CreateTask',
         data: {
@@ -376,7 +376,7 @@ export class TaskFlow {
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.
       const undo = { actorId: SYSTEM_ACTOR, correlationId: taskId };
-      if (hold > 0 && !(reserved.status === 'rejected' && reserved.reason instanceof InsufficientCredits)) {
+      if (hold > 0 && !(err instanceof InsufficientCredits)) {
         await ledger
           .release({ userId: g.userId, holdId: taskId, reason: 'task not started', metadata: undo })
           .catch(() => undefined);
