@@ -9,8 +9,14 @@ const CLIENTS = 64;
  * query (GET /chats/{id}/messages) sent one at a time while that load runs.
  */
 export async function httpBench(ctx: BenchContext): Promise<void> {
+  // The server first (when there is one), then the embedded default beside it.
+  if (ctx.serverUrl) await httpOn(ctx, ctx.serverUrl);
+  await httpOn(ctx, undefined);
+}
+
+async function httpOn(ctx: BenchContext, serverUrl: string | undefined): Promise<void> {
   const seconds = ctx.quick ? 5 : 20;
-  const server = ctx.serverUrl ? await serverDatabase(ctx.serverUrl) : undefined;
+  const server = serverUrl ? await serverDatabase(serverUrl) : undefined;
   const db = server ? 'PostgreSQL' : 'PGlite';
   const bare = await startProcess(['--import', 'tsx', 'bench/bareKoa.ts'], {});
   const barePort = Number((await firstLine(bare)).trim());

@@ -15,9 +15,15 @@ const TOKEN_DELAY_MS = 10;
  * to the fake), and completed tasks/s with 200 streams at once, with the service's CPU per task.
  */
 export async function tasksBench(ctx: BenchContext): Promise<void> {
+  // The server first (when there is one), then the embedded default beside it.
+  if (ctx.serverUrl) await tasksOn(ctx, ctx.serverUrl);
+  await tasksOn(ctx, undefined);
+}
+
+async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promise<void> {
   const samples = ctx.quick ? 50 : 200;
   const seconds = ctx.quick ? 10 : 30;
-  const server = ctx.serverUrl ? await serverDatabase(ctx.serverUrl) : undefined;
+  const server = serverUrl ? await serverDatabase(serverUrl) : undefined;
   const fake = await startProcess(['--import', 'tsx', 'bench/fakeProvider.ts', String(TOKEN_DELAY_MS)], {});
   const fakeUrl = (await firstLine(fake)).trim();
   const port = await freePort();
@@ -103,6 +109,8 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     const serviceCpu = () => cpuMs(service.pid!) + (projector ? cpuMs(projector.pid!) : 0);
     const cpuBefore = serviceCpu();
     const machineBefore = machineBusyMs();
+    const databaseBefore = server ? postgresCpuMs() : NaN;
+    const loadBefore = process.cpuUsage();
     const until = Date.now() + seconds * 1000;
     let completed = 0;
     let failed = 0;
@@ -124,6 +132,9 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
     const elapsed = (Date.now() - started) / 1000;
     const cpu = serviceCpu() - cpuBefore;
     const machineCpu = machineBusyMs() - machineBefore;
+    const databaseCpu = server ? postgresCpuMs() - databaseBefore : NaN;
+    const loadUsage = process.cpuUsage(loadBefore);
+    const loadCpu = (loadUsage.user + loadUsage.system) / 1000;
     const rate = completed / elapsed;
     ctx.figures.push({
       suite: 'tasks',
@@ -145,6 +156,11 @@ export async function tasksBench(ctx: BenchContext): Promise<void> {
       value: completed > 0 ? machineCpu / completed : NaN,
       unit: 'ms',
     });
+    const share = (ms: number) => (completed > 0 ? (ms / completed).toFixed(2) : 'n/a');
+    ctx.note(
+      `tasks (${db}): CPU per task — service ${share(cpu)} ms, ${server ? `PostgreSQL ${share(databaseCpu)} ms, ` : ''}` +
+        `load generator ${share(loadCpu)} ms, machine ${share(machineCpu)} ms`,
+    );
     ctx.note(
       `tasks: ${completed} completed, ${failed} not, in ${elapsed.toFixed(1)} s; replies of ~20 tokens at ${TOKEN_DELAY_MS} ms/token`,
     );
@@ -284,6 +300,28 @@ function machineBusyMs(): number {
     // user nice system idle iowait irq softirq steal …: all but idle and iowait, in clock ticks (100/s).
     const busy = cpu.slice(0, 8).reduce((a, b) => a + b, 0) - cpu[3]! - cpu[4]!;
     return busy * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+/** CPU time of every PostgreSQL server process on the machine, in ms, from /proc (Linux; NaN elsewhere). */
+function postgresCpuMs(): number {
+  try {
+    let total = 0;
+    for (const pid of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      let stat: string;
+      try {
+        stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      } catch {
+        continue; // ended meanwhile
+      }
+      if (!stat.includes('(postgres)')) continue;
+      const fields = stat.split(') ')[1]!.split(' ');
+      total += (Number(fields[11]) + Number(fields[12])) * 10;
+    }
+    return total;
   } catch {
     return NaN;
   }
