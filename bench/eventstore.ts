@@ -18,8 +18,8 @@ const CONCURRENCY = 32;
  * concurrency, and the rate of a rebuild of a simple projection over 1,000,000 events.
  */
 export async function eventstoreBench(ctx: BenchContext): Promise<void> {
-  const seconds = ctx.quick ? 5 : 30;
-  const rebuildEvents = ctx.quick ? 200_000 : 1_000_000;
+  const seconds = ctx.quick ? 3 : 30;
+  const rebuildEvents = ctx.quick ? 100_000 : 1_000_000;
   if (ctx.serverUrl) {
     const server = await serverDatabase(ctx.serverUrl);
     const db = await openBenchDb(server.config);
@@ -72,7 +72,7 @@ export async function eventstoreBench(ctx: BenchContext): Promise<void> {
       value: appends,
       unit: 'appends/s',
     });
-    const events = ctx.quick ? 50_000 : 200_000;
+    const events = ctx.quick ? 25_000 : 200_000;
     const rate = await rebuildRate(embedded, events);
     ctx.figures.push({
       suite: 'eventstore',

@@ -1,5 +1,5 @@
 import { exited, freePort, percentile, serverDatabase, type BenchContext } from './support';
-import { firstLine, newUserWithChat, startProcess, waitUntilUp, type BenchUser } from './tasks';
+import { benchChats, firstLine, startProcess, waitUntilUp } from './tasks';
 
 const CLIENTS = 64;
 
@@ -15,7 +15,7 @@ export async function httpBench(ctx: BenchContext): Promise<void> {
 }
 
 async function httpOn(ctx: BenchContext, serverUrl: string | undefined): Promise<void> {
-  const seconds = ctx.quick ? 5 : 20;
+  const seconds = ctx.quick ? 3 : 20;
   const server = serverUrl ? await serverDatabase(serverUrl) : undefined;
   const db = server ? 'PostgreSQL' : 'PGlite';
   const bare = await startProcess(['--import', 'tsx', 'bench/bareKoa.ts'], {});
@@ -34,14 +34,7 @@ async function httpOn(ctx: BenchContext, serverUrl: string | undefined): Promise
   const base = `http://127.0.0.1:${port}/api/v1`;
   try {
     await waitUntilUp(`http://127.0.0.1:${port}/health`);
-    const users: BenchUser[] = [];
-    for (let i = 0; i < CLIENTS; i += 16) {
-      users.push(
-        ...(await Promise.all(
-          Array.from({ length: 16 }, (_, j) => newUserWithChat(base, i + j, 'local-echo')),
-        )),
-      );
-    }
+    const users = await benchChats(base, CLIENTS, { model: 'local-echo', chatsPerUser: 8 });
     const body = JSON.stringify({ content: [{ type: 'text', text: 'A message of a few words.' }] });
     const headers = (auth?: string) => ({
       'content-type': 'application/json',

@@ -38,7 +38,9 @@ async function main(): Promise<void> {
   };
   for (const name of chosen) {
     console.error(`running ${name}${ctx.quick ? ' (quick)' : ''}…`);
+    const started = Date.now();
     await suites[name]!(ctx);
+    console.error(`${name}: ${((Date.now() - started) / 1000).toFixed(0)} s`);
   }
   printTable(ctx.figures);
   for (const n of notes) console.log(`note: ${n}`);
