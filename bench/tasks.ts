@@ -295,7 +295,10 @@ async function directFirstToken(fakeUrl: string): Promise<number> {
   const decoder = new TextDecoder();
   for await (const chunk of res.body!) {
     text += decoder.decode(chunk as Uint8Array, { stream: true });
-    if (Number.isNaN(first) && /"content":"[^"]/.test(text)) first = performance.now() - t0;
+    if (/"content":"[^"]/.test(text)) {
+      first = performance.now() - t0;
+      break; // the rest of the reply is not measured: leaving cancels the request
+    }
   }
   return first;
 }
