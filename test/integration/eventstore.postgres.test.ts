@@ -33,13 +33,16 @@ describe.each(testDatabases())('on %s', (kind) => {
 describe.each(testDatabases())('live subscribers on %s', (kind) => {
   it('share one read per wake, each getting exactly the events its filter matches, in order', async () => {
     const database = await openTestDatabase(kind);
-    // Counts the global reads the store runs.
+    // Counts the global reads that find events. Reads that find none depend on the server: while a
+    // writing transaction is open anywhere on it (another test's migration), subscribers poll.
     let reads = 0;
     const counted: Db = Object.create(database.db, {
       query: {
-        value: (...args: Parameters<Db['query']>) => {
-          if (args[2] === 'eventstore_read_all') reads++;
-          return database.db.query(...args);
+        value: async (...args: Parameters<Db['query']>) => {
+          const rows = await database.db.query(...args);
+          // A header row, then the events.
+          if (args[2] === 'eventstore_read_all' && rows.length > 1) reads++;
+          return rows;
         },
       },
     }) as Db;
@@ -88,8 +91,8 @@ describe.each(testDatabases())('live subscribers on %s', (kind) => {
       filters.forEach((f, i) => {
         expect(seen[i]!.map((e) => e.id)).toEqual(appended.filter((e) => passes(f, e)).map((e) => e.id));
       });
-      // Eight subscribers each reading for itself would run at least 8 × 40 reads.
-      expect(reads - before).toBeLessThan(40 * 3);
+      // Eight subscribers each reading for itself would read each of the 40 appends 8 times.
+      expect(reads - before).toBeLessThan(40 * 2);
     } finally {
       await Promise.all(subscriptions.map((s) => s.stop()));
       await store.close();
