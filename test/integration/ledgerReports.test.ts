@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { sql } from 'kysely';
 import { CommandHandler } from '../../src/commands/handler';
 import { ledgerDecider, type LedgerCommand } from '../../src/commands/ledger/decider';
@@ -104,7 +105,7 @@ describe.each(setups)('ledger reports over %s', (_name, open) => {
       day(4),
     ).catch(() => undefined); // carol has nothing: refused, nothing recorded
     // An event of another category in between: the reports read only the ledger streams.
-    await t.store.append(
+    const other = await t.store.append(
       'code-X',
       [
         {
@@ -124,7 +125,17 @@ describe.each(setups)('ledger reports over %s', (_name, open) => {
       batchSize: 3,
     });
     await engine.start();
-    expect(await engine.waitFor(['ledger'], lastPosition, 30_000)).toBe(true);
+    expect(await engine.waitFor(['ledger'], other.position, 30_000)).toBe(true);
+    // reconcile reads the checkpoint as saved, and the move past an event the projection does not
+    // handle is saved a moment later: the reports are byte-identical only from then on.
+    for (let saved = 0n; saved < other.position; await sleep(20)) {
+      const row = await t.db.db
+        .selectFrom('projection_checkpoints')
+        .select('position')
+        .where('name', '=', 'ledger')
+        .executeTakeFirst();
+      saved = BigInt(row?.position ?? 0);
+    }
   });
   afterAll(async () => {
     await engine?.stop();
