@@ -1,12 +1,11 @@
-import { Writable } from 'node:stream';
 import jwt from 'jsonwebtoken';
 import supertest from 'supertest';
 import { createApp } from '../../src/http/app';
 import { auth } from '../../src/http/middleware/auth';
 import type { AppDeps, Resource } from '../../src/http/types';
-import { createLogger } from '../../src/platform/logger';
 import { signAccessToken } from '../../src/platform/tokens';
 import { createTestApp, type TestApp } from '../support/app';
+import { recordingLogger } from '../support/logs';
 import { bearer, mintToken } from '../support/tokens';
 
 const testRoutes: Resource = (router) => {
@@ -159,15 +158,7 @@ describe('auth()', () => {
 
 describe('request log', () => {
   it('writes one line per request with method, route, status, duration and request id, never the token', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString().split('\n').filter(Boolean))
-          lines.push(JSON.parse(line) as Record<string, unknown>);
-        done();
-      },
-    });
-    const logger = createLogger({ LOG_LEVEL: 'info' }, sink);
+    const { logger, lines: written } = recordingLogger('info');
     const http = supertest(createApp({ ...t.deps, logger }, [testRoutes]).callback());
     const token = mintToken({ userId: 'logged-user' });
     await http
@@ -175,6 +166,7 @@ describe('request log', () => {
       .set('Authorization', `Bearer ${token}`)
       .set('X-Request-Id', 'log-1');
     await new Promise((r) => setImmediate(r));
+    const lines = written.map((l) => JSON.parse(l) as Record<string, unknown>);
     const requestLines = lines.filter((l) => l.msg === 'request');
     expect(requestLines).toHaveLength(1);
     expect(requestLines[0]).toMatchObject({

@@ -1,4 +1,3 @@
-import { Writable } from 'node:stream';
 import { compileErrors, validate } from '@readme/openapi-parser';
 import jwt from 'jsonwebtoken';
 import supertest from 'supertest';
@@ -6,13 +5,13 @@ import { createApp } from '../../src/http/app';
 import { providerSessions } from '../../src/http/providerSessions';
 import { allResources } from '../../src/http/resources';
 import { DomainError } from '../../src/platform/errors';
-import { createLogger } from '../../src/platform/logger';
 import { createAppleVerifier } from '../../src/platform/identity/apple';
 import { aliyunPhoneNumber } from '../../src/platform/identity/phone';
 import { createAliyunSmsSender } from '../../src/platform/identity/sms';
 import { createWeChatClient } from '../../src/platform/identity/wechat';
 import { allProjectors } from '../../src/projections';
 import { createTestApp, type TestApp } from '../support/app';
+import { recordingLogger } from '../support/logs';
 import { startFakeAliyunSms, type FakeAliyunSms } from '../support/fakes/aliyunSms';
 import { startFakeApple, type FakeApple } from '../support/fakes/apple';
 import { closedPortUrl } from '../support/fakes/httpServer';
@@ -38,7 +37,7 @@ let sms: FakeAliyunSms;
 /** The app's clock runs this far ahead of real time: code expiry and resend waits without waiting. */
 let skewMs = 0;
 const clock = { now: () => new Date(Date.now() + skewMs) };
-const logLines: string[] = [];
+let logLines: string[] = [];
 
 beforeAll(async () => {
   [wechat, apple, sms] = await Promise.all([
@@ -46,12 +45,8 @@ beforeAll(async () => {
     startFakeApple(CLIENT_ID),
     startFakeAliyunSms(ALIYUN),
   ]);
-  const logs = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      logLines.push(chunk.toString());
-      done();
-    },
-  });
+  const recording = recordingLogger('info');
+  logLines = recording.lines;
   t = await createTestApp({
     resources: [...allResources],
     projectors: allProjectors,
@@ -82,7 +77,7 @@ beforeAll(async () => {
       RATE_LIMIT_IP: { points: 100_000, seconds: 60 },
       RATE_LIMIT_USER: { points: 100_000, seconds: 60 },
     },
-    deps: { clock, logger: createLogger({ LOG_LEVEL: 'info' }, logs) },
+    deps: { clock, logger: recording.logger },
   });
 });
 afterAll(async () => {

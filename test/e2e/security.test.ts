@@ -1,10 +1,9 @@
-import { Writable } from 'node:stream';
 import { ensureAdmin } from '../../src/commands/users/identity';
 import { identityDeps } from '../../src/http/identityDeps';
 import { allResources } from '../../src/http/resources';
-import { createLogger } from '../../src/platform/logger';
 import { allProjectors } from '../../src/projections';
 import { createTestApp, type TestApp } from '../support/app';
+import { recordingLogger } from '../support/logs';
 
 /**
  * Who may call what, for every operation of /openapi.json, checked against API.md; hostile bodies;
@@ -12,7 +11,7 @@ import { createTestApp, type TestApp } from '../support/app';
  */
 const JWT_SECRET = 'security-suite-secret-0123456789abcdef';
 const PASSWORD = 'a password worth stealing';
-const logLines: string[] = [];
+let logLines: string[] = [];
 let t: TestApp;
 let operations: { method: string; path: string }[] = [];
 let user: { id: string; auth: string; refresh: string };
@@ -66,17 +65,13 @@ async function signIn(username: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      logLines.push(chunk.toString());
-      done();
-    },
-  });
+  const recording = recordingLogger('debug');
+  logLines = recording.lines;
   t = await createTestApp({
     resources: [...allResources],
     projectors: allProjectors,
     config: { LOG_LEVEL: 'debug', JWT_SECRET },
-    deps: { logger: createLogger({ LOG_LEVEL: 'debug' }, sink) },
+    deps: { logger: recording.logger },
   });
   const doc = (await t.http.get('/openapi.json')).body as { paths: Record<string, Record<string, unknown>> };
   operations = Object.entries(doc.paths).flatMap(([path, methods]) =>
@@ -186,7 +181,7 @@ describe('secrets in logs', () => {
       .type('form')
       .send({ username: 'sec_user', password: 'wrong' });
     await t.http.get('/api/v1/users/me').set('Authorization', `${user.auth}x`);
-    const logs = logLines.join('');
+    const logs = logLines.join('\n');
     expect(logs.length).toBeGreaterThan(1000);
     for (const secret of [JWT_SECRET, PASSWORD, user.auth.slice(7), admin.auth.slice(7), user.refresh]) {
       expect(logs.includes(secret)).toBe(false);
