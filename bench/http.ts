@@ -1,4 +1,4 @@
-import { exited, freePort, percentile, serverDatabase, type BenchContext } from './support';
+import { exited, freePort, onEachDatabase, percentile, serverDatabase, type BenchContext } from './support';
 import { benchChats, firstLine, startProcess, waitUntilUp } from './tasks';
 
 const CLIENTS = 64;
@@ -8,11 +8,7 @@ const CLIENTS = 64;
  * second process, against the same load on a bare Koa handler on this machine; and the latency of a
  * query (GET /chats/{id}/messages) sent one at a time while that load runs.
  */
-export async function httpBench(ctx: BenchContext): Promise<void> {
-  // The server first (when there is one), then the embedded default beside it.
-  if (ctx.serverUrl) await httpOn(ctx, ctx.serverUrl);
-  await httpOn(ctx, undefined);
-}
+export const httpBench = (ctx: BenchContext): Promise<void> => onEachDatabase(ctx, httpOn);
 
 async function httpOn(ctx: BenchContext, serverUrl: string | undefined): Promise<void> {
   const seconds = ctx.quick ? 3 : 20;

@@ -36,6 +36,15 @@ export interface BenchContext {
   note(line: string): void;
 }
 
+/** Runs a suite on the server first (when there is one), then on the embedded default beside it. */
+export async function onEachDatabase(
+  ctx: BenchContext,
+  run: (ctx: BenchContext, serverUrl: string | undefined) => Promise<void>,
+): Promise<void> {
+  if (ctx.serverUrl) await run(ctx, ctx.serverUrl);
+  await run(ctx, undefined);
+}
+
 /** A database of its own on the server for one benchmark, dropped afterwards. */
 export async function serverDatabase(
   serverUrl: string,

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { exited, freePort, percentile, serverDatabase, type BenchContext } from './support';
+import { exited, freePort, onEachDatabase, percentile, serverDatabase, type BenchContext } from './support';
 
 const ROOT = path.join(__dirname, '..');
 const STREAMS = 200;
@@ -14,11 +14,7 @@ const TOKEN_DELAY_MS = 10;
  * fake (POST /tasks + GET /tasks/{id}/stream up to the first delta, against one streaming request
  * to the fake), and completed tasks/s with 200 streams at once, with the service's CPU per task.
  */
-export async function tasksBench(ctx: BenchContext): Promise<void> {
-  // The server first (when there is one), then the embedded default beside it.
-  if (ctx.serverUrl) await tasksOn(ctx, ctx.serverUrl);
-  await tasksOn(ctx, undefined);
-}
+export const tasksBench = (ctx: BenchContext): Promise<void> => onEachDatabase(ctx, tasksOn);
 
 async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promise<void> {
   const samples = ctx.quick ? 30 : 200;
