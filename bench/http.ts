@@ -1,5 +1,15 @@
-import { exited, freePort, onEachDatabase, percentile, serverDatabase, type BenchContext } from './support';
-import { benchChats, firstLine, startProcess, waitUntilUp } from './tasks';
+import {
+  exited,
+  firstLine,
+  freePort,
+  onEachDatabase,
+  percentile,
+  serverDatabase,
+  startProcess,
+  waitUntilUp,
+  type BenchContext,
+} from './support';
+import { benchChats } from './tasks';
 
 const CLIENTS = 64;
 

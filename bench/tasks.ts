@@ -1,9 +1,16 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
-import { exited, freePort, onEachDatabase, percentile, serverDatabase, type BenchContext } from './support';
+import {
+  exited,
+  firstLine,
+  freePort,
+  onEachDatabase,
+  percentile,
+  serverDatabase,
+  startProcess,
+  waitUntilUp,
+  type BenchContext,
+} from './support';
 
-const ROOT = path.join(__dirname, '..');
 const STREAMS = 200;
 /** The fake's pace: one token every 10 ms, as a fast hosted model streams. */
 const TOKEN_DELAY_MS = 10;
@@ -297,44 +304,6 @@ async function directFirstToken(fakeUrl: string): Promise<number> {
     }
   }
   return first;
-}
-
-export function startProcess(args: string[], env: Record<string, string>): Promise<ChildProcess> {
-  // The database is the benchmark's to choose: a service started for the embedded figures must not
-  // find the server in the environment.
-  const { DATABASE_URL: _chosenHere, ...inherited } = process.env;
-  const child = spawn(process.execPath, args, {
-    cwd: ROOT,
-    env: { ...inherited, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return Promise.resolve(child);
-}
-
-export function firstLine(child: ChildProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve(out.split('\n')[0]!);
-    });
-    child.once('exit', (code) => reject(new Error(`exited ${code} before printing`)));
-  });
-}
-
-export async function waitUntilUp(url: string): Promise<void> {
-  const until = Date.now() + 60_000;
-  while (Date.now() < until) {
-    if (
-      await fetch(url).then(
-        (r) => r.ok,
-        () => false,
-      )
-    )
-      return;
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error('the service did not start within 60 s');
 }
 
 /** CPU time every core of the machine spent busy (not idle or waiting), in ms, from /proc/stat. */
