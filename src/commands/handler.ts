@@ -55,6 +55,15 @@ export interface HandleResult<State> {
   state: State;
 }
 
+export interface HandleOptions {
+  /**
+   * The stream is named by an id just made for it (a new task), so it has no events yet: the
+   * command is decided on the empty state and appended with `no_stream` in one round trip. Should
+   * the stream exist after all, the append conflicts and the command is decided on what is stored.
+   */
+  newStream?: boolean;
+}
+
 export interface CommandHandlerOptions {
   ids: IdGenerator;
   /** How often a command is decided again after losing a race for its stream. */
@@ -96,9 +105,12 @@ export class CommandHandler {
     decider: Decider<State, Cmd, Evt>,
     streamName: string,
     command: Cmd,
+    options: HandleOptions = {},
   ): Promise<HandleResult<State>> {
     const key = `${decider.name}\u0000${streamName}`;
-    return this.streamQueues.run(key, () => this.decideAndAppend(decider, key, streamName, command));
+    return this.streamQueues.run(key, () =>
+      this.decideAndAppend(decider, key, streamName, command, options.newStream === true),
+    );
   }
 
   /**
@@ -119,8 +131,13 @@ export class CommandHandler {
     key: string,
     streamName: string,
     command: Cmd,
+    newStream: boolean,
   ): Promise<HandleResult<State>> {
-    const cached = this.cache?.get(key);
+    // A stream named by an id made for it has no events: its empty state needs no read (the
+    // `no_stream` expectation says whether that held).
+    const cached =
+      this.cache?.get(key) ??
+      (newStream ? { revision: -1n, position: 0n, state: decider.initialState() } : undefined);
     let attempt = 0;
     if (cached) {
       const fast = await this.appendOnCached(decider, key, streamName, command, cached);

@@ -101,11 +101,16 @@ export function presetsResource(rules: PresetRules = {}): Resource {
     router.post('/presets', auth(), async (ctx) => {
       const body = CreatePresetBody.parse(ctx.request.body);
       const presetId = ids.next();
-      const r = await commands.handle(decider, presetStream(presetId), {
-        type: 'CreatePreset',
-        data: { presetId, actor: actorOf(ctx.state.user), fields: body },
-        metadata: metadataOf(ctx),
-      });
+      const r = await commands.handle(
+        decider,
+        presetStream(presetId),
+        {
+          type: 'CreatePreset',
+          data: { presetId, actor: actorOf(ctx.state.user), fields: body },
+          metadata: metadataOf(ctx),
+        },
+        { newStream: true },
+      );
       if (!r.state.preset) throw new Error('a preset was created but its state has none');
       setEventPosition(ctx, r.position);
       ctx.status = 201;

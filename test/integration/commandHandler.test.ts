@@ -157,6 +157,31 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     expect(reset.state.value).toBe(0);
   });
 
+  it('creates a stream named by a new id without reading it, and decides on what is stored when it existed after all', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const a = new CommandHandler(counted, { ids: uuidV7Ids });
+    const created = await a.handle(counterDecider, 'counter-new-1', increment(2), { newStream: true });
+    expect(counts.reads).toBe(0);
+    expect(created.nextExpectedRevision).toBe(0n);
+    expect((await store.readStream('counter-new-1')).map((e) => e.data)).toEqual([
+      expect.objectContaining({ by: 2 }),
+    ]);
+
+    // Not new after all (another instance wrote it): `no_stream` conflicts, the stream is read and
+    // the command decided on it, so nothing written before is lost or written over.
+    await new CommandHandler(store, { ids: uuidV7Ids }).handle(counterDecider, 'counter-new-2', increment(5));
+    const second = await a.handle(counterDecider, 'counter-new-2', increment(1), { newStream: true });
+    expect(counts.reads).toBe(1);
+    expect(second.state.value).toBe(6);
+    expect(await store.readStream('counter-new-2')).toHaveLength(2);
+
+    // A refusal on the empty state is not trusted either: it is decided again on the stored stream.
+    await expect(
+      a.handle(counterDecider, 'counter-new-3', increment(-1), { newStream: true }),
+    ).rejects.toBeInstanceOf(BadRequest);
+    expect(counts.reads).toBe(2);
+  });
+
   it('runs concurrent commands on one stream in one process one after another, without conflicts', async () => {
     const appends: unknown[] = [];
     const watching: EventStore = {

@@ -25,23 +25,28 @@ export async function startChat(
   const { state } = await commands.read(presetDecider, presetStream(input.presetId));
   if (!presetVisibleTo(state, input.userId)) throw new PresetNotFound(`No preset ${input.presetId}.`);
   const p = state.preset;
-  const started = await commands.handle(chatDecider, chatStream(input.chatId), {
-    type: 'StartChat',
-    data: {
-      chatId: input.chatId,
-      ownerId: input.userId,
-      title: input.title,
-      preset: {
-        presetId: p.presetId,
-        name: p.name,
-        model: p.model,
-        parameters: p.parameters,
-        messages: p.messages,
+  const started = await commands.handle(
+    chatDecider,
+    chatStream(input.chatId),
+    {
+      type: 'StartChat',
+      data: {
+        chatId: input.chatId,
+        ownerId: input.userId,
+        title: input.title,
+        preset: {
+          presetId: p.presetId,
+          name: p.name,
+          model: p.model,
+          parameters: p.parameters,
+          messages: p.messages,
+        },
+        messageIds: p.messages.map(() => ids.next()),
       },
-      messageIds: p.messages.map(() => ids.next()),
+      metadata,
     },
-    metadata,
-  });
+    { newStream: true },
+  );
   const chat = started.state.chat;
   if (!chat) throw new Error('a chat was started but its state has none');
   return { chat, state: started.state, position: started.position };

@@ -358,20 +358,25 @@ export class TaskFlow {
           metadata: { ...provenance, correlationId: taskId },
         });
       }
-      await this.deps.commands.handle(taskDecider, taskStream(taskId), {
-        type: 'CreateTask',
-        data: {
-          taskId,
-          userId: g.userId,
-          chatId: g.chatId,
-          model: g.model.id,
-          promptTokens,
-          maxTokens,
-          hold,
-          deadlineAt: deadline.toISOString(),
+      await this.deps.commands.handle(
+        taskDecider,
+        taskStream(taskId),
+        {
+          type: 'CreateTask',
+          data: {
+            taskId,
+            userId: g.userId,
+            chatId: g.chatId,
+            model: g.model.id,
+            promptTokens,
+            maxTokens,
+            hold,
+            deadlineAt: deadline.toISOString(),
+          },
+          metadata,
         },
-        metadata,
-      });
+        { newStream: true },
+      );
     } catch (err) {
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.

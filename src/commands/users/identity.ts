@@ -239,19 +239,24 @@ export async function startSession(
   const sessionId = deps.ids.next();
   const refreshToken = newRefreshToken(sessionId);
   const now = deps.clock.now();
-  const result = await deps.commands.handle(sessionDecider, sessionStream(sessionId), {
-    type: 'StartSession',
-    data: {
-      sessionId,
-      userId: user.userId,
-      method,
-      userAgent: ctx.userAgent?.slice(0, 500) ?? null,
-      ip: ctx.ip ?? null,
-      refreshTokenDigest: digestOf(refreshToken),
-      expiresAt: new Date(now.getTime() + deps.config.REFRESH_TOKEN_TTL_SECONDS * 1000).toISOString(),
+  const result = await deps.commands.handle(
+    sessionDecider,
+    sessionStream(sessionId),
+    {
+      type: 'StartSession',
+      data: {
+        sessionId,
+        userId: user.userId,
+        method,
+        userAgent: ctx.userAgent?.slice(0, 500) ?? null,
+        ip: ctx.ip ?? null,
+        refreshTokenDigest: digestOf(refreshToken),
+        expiresAt: new Date(now.getTime() + deps.config.REFRESH_TOKEN_TTL_SECONDS * 1000).toISOString(),
+      },
+      metadata: meta(deps, { ...ctx, actorId: user.userId }),
     },
-    metadata: meta(deps, { ...ctx, actorId: user.userId }),
-  });
+    { newStream: true },
+  );
   return tokenPair(deps, user, sessionId, refreshToken, result.position);
 }
 
