@@ -390,9 +390,9 @@ describe('admin', () => {
 });
 
 describe('revocation across instances', () => {
-  it('a second instance refuses a revoked session once its cache turns over, without Redis', async () => {
-    let now = Date.now();
-    const clock = { now: () => new Date(now) };
+  /** A second instance without Redis: it learns of changes from the read models, cached for AUTH_CACHE_MS. */
+  function secondInstance() {
+    const clock = { at: Date.now(), now: () => new Date(clock.at) };
     const config = testConfig();
     const other: AppDeps = {
       ...t.deps,
@@ -404,15 +404,51 @@ describe('revocation across instances', () => {
         markTtlSeconds: config.ACCESS_TOKEN_TTL_SECONDS,
       }),
     };
-    const b = supertest(createApp(other, allResources).callback());
+    return {
+      http: supertest(createApp(other, allResources).callback()),
+      turnCacheOver: () => void (clock.at += config.AUTH_CACHE_MS + 1),
+    };
+  }
+
+  it('a second instance refuses a revoked session once its cache turns over, without Redis', async () => {
+    const b = secondInstance();
     const u = await signedIn();
-    expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(200);
+    expect((await b.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(200);
     const out = await t.http.delete('/api/v1/session').set('Authorization', u.auth);
     expect(
       await t.deps.projections.waitFor(['sessions'], BigInt(out.headers['x-event-position'] as string), 5000),
     ).toBe(true);
-    now += config.AUTH_CACHE_MS + 1;
-    expect((await b.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
+    b.turnCacheOver();
+    expect((await b.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
+  });
+
+  it('a second instance takes a new permission and refuses a disabled user once its cache turns over, without Redis', async () => {
+    const { ensureAdmin } = await import('../../src/commands/users/identity');
+    const { identityDeps } = await import('../../src/http/identityDeps');
+    const adminName = uniqueName('root');
+    await ensureAdmin(identityDeps(t.deps), { username: adminName, password: 'admin password' }, {});
+    const admin = `Bearer ${(await login(adminName, 'admin password')).body.access_token as string}`;
+    const b = secondInstance();
+    const u = await signedIn();
+    const projected = async (res: supertest.Response) => {
+      expect(res.status).toBe(200);
+      const at = BigInt(res.headers['x-event-position'] as string);
+      expect(await t.deps.projections.waitFor(['users'], at, 5000)).toBe(true);
+      b.turnCacheOver();
+    };
+    expect((await b.http.get('/api/v1/users').set('Authorization', u.auth)).status).toBe(403);
+
+    await projected(
+      await t.http.patch(`/api/v1/users/${u.id}`).set('Authorization', admin).send({ permission: 2 }),
+    );
+    expect((await b.http.get('/api/v1/users').set('Authorization', u.auth)).status).toBe(200);
+
+    await projected(
+      await t.http.patch(`/api/v1/users/${u.id}`).set('Authorization', admin).send({ disabled: true }),
+    );
+    const refused = await b.http.get('/api/v1/users/me').set('Authorization', u.auth);
+    expect(refused.status).toBe(401);
+    expect(refused.body.detail).toMatch(/disabled/);
   });
 });
 
