@@ -8,7 +8,7 @@ import { systemClock, uuidV7Ids } from '../../src/platform/clock';
 import { testConfig, type Config } from '../../src/platform/config';
 import { openDatabase } from '../../src/platform/db';
 import { createLedgerCommands } from '../../src/commands/ledger/credits';
-import { TaskFlow } from '../../src/commands/tasks/flow';
+import { LocalTasks, TaskFlow } from '../../src/commands/tasks/flow';
 import { createModelCatalog } from '../../src/platform/llm/catalog';
 import { createMemoryTaskBuffer, createRedisTaskBuffer } from '../../src/platform/taskBuffer';
 import { createLogger } from '../../src/platform/logger';
@@ -23,7 +23,9 @@ export interface TestAppOptions {
   config?: Partial<Config>;
   resources?: Resource[];
   /** Read models and reactors; a function gets the app's command handler (reactors run commands). */
-  projectors?: Projector[] | ((commands: CommandHandler, options: { config: Config }) => Projector[]);
+  projectors?:
+    | Projector[]
+    | ((commands: CommandHandler, options: { config: Config; localTasks: LocalTasks }) => Projector[]);
   /** Replace any dependency (a store whose ping fails, a logger that records...). */
   deps?: Partial<AppDeps>;
   /** Start the projection runners (default true). */
@@ -56,9 +58,11 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       : createPostgresEventStore(db, { logger, onAppend: metrics.onAppend });
     stopKurrent = kurrent ? () => kurrent.stop() : undefined;
     const commands = new CommandHandler(store, { ids: uuidV7Ids });
+    // Shared by the task flow and its settlement reactor, as in the service.
+    const localTasks = new LocalTasks();
     const projectors =
       typeof options.projectors === 'function'
-        ? options.projectors(commands, { config })
+        ? options.projectors(commands, { config, localTasks })
         : options.projectors;
     engine = createProjectionEngine({
       db,
@@ -103,6 +107,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
       logger,
       config,
       redis: deps.redis,
+      localTasks,
     }));
     const app = createApp(deps, options.resources ?? []);
     if (options.startProjections ?? true) await engine.start();
