@@ -437,56 +437,6 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((await messages(u.auth, chatId)).at(-1)!.role).toBe('user');
   });
 
-  it('asks the model while the task is recorded; a task that cannot be recorded stops it, records nothing and gives everything back', async () => {
-    const u = await newUser();
-    const chatId = await newChat(u.auth);
-    const before = await credits(u.auth);
-    fake.setBehaviour({ tokenDelayMs: 30 });
-    const asked = fake.requests.length;
-    const { DependencyDown } = await import('../../src/platform/errors');
-    const append = t.deps.store.append.bind(t.deps.store);
-    const failing = jest
-      .spyOn(t.deps.store, 'append')
-      .mockImplementation(async (stream, events, expected) => {
-        if (!stream.startsWith('task-') || expected !== 'no_stream') return append(stream, events, expected);
-        // TaskCreated fails, but only once the model has been asked: its request is under way.
-        await eventually(
-          async () => fake.requests.length,
-          (n) => n > asked,
-          'the model asked',
-        );
-        throw new DependencyDown('The event store is unavailable.');
-      });
-    try {
-      const refused = await t.http
-        .post(`${API}/tasks`)
-        .set('Authorization', u.auth)
-        .send({ chat_id: chatId });
-      expect(refused.status).toBe(503);
-    } finally {
-      failing.mockRestore();
-    }
-    // The model's request was stopped, not left to run for nobody.
-    const upstream = fake.requests[asked]!;
-    await upstream.closed;
-    expect(upstream.closedByClient).toBe(true);
-    // The hold was taken and given back; no task stream exists; the chat is free for the next task.
-    const ledger = await ledgerEvents(u.id);
-    const reserved = ledger.filter((e) => e.type === 'CreditsReserved');
-    expect(reserved).toHaveLength(1);
-    const taskId = reserved[0]!.data.holdId as string;
-    expect(ledger.at(-1)).toMatchObject({ type: 'CreditsReleased', data: { holdId: taskId } });
-    expect(await t.deps.store.readStream(taskStream(taskId))).toEqual([]);
-    const after = await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0,
-      'hold released',
-    );
-    expect(after.available).toBe(before.available);
-    const next = await startTask(u.auth, chatId);
-    expect((await stream(u.auth, next.id)).events.at(-1)!.event).toBe('done');
-  });
-
   it('streams a task claimed after it ended from its outcome, without settling it a second time', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

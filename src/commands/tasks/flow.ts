@@ -110,8 +110,7 @@ const SYSTEM_ACTOR = 'system:tasks';
  * 1. take a slot of the user (TASKS_MAX_RUNNING_PER_USER at once, else 429) and of the chat (one
  *    reply at a time, else 409), both appends at an expected revision;
  * 2. hold the prompt + maximum output at the model's prices (402 when not available);
- * 3. ask the model at once (while TaskCreated is recorded), in this process, whatever happens to
- *    the request; a task that could not be recorded stops its generation and records nothing;
+ * 3. record TaskCreated, and generate at once, in this process, whatever happens to the request;
  * 4. deltas go to the task buffer, which the stream endpoint reads;
  * 5. the outcome (completed, failed, cancelled — the first recorded wins) carries the text and the
  *    usage; settling it saves the reply, captures the hold at the actual cost and releases the rest,
@@ -349,9 +348,6 @@ export class TaskFlow {
           })
         : undefined,
     ]);
-    // Settles once the task is recorded (true) or will not be (false).
-    let created: (ok: boolean) => void = () => undefined;
-    const creation = new Promise<boolean>((resolve) => (created = resolve));
     try {
       // The chat's refusal (409) says more than the user's (429).
       for (const r of [taken[1], taken[0]]) if (r.status === 'rejected') throw r.reason;
@@ -366,10 +362,6 @@ export class TaskFlow {
           metadata: { ...provenance, correlationId: taskId },
         });
       }
-      // The model is asked as soon as the hold covers it, while TaskCreated is written: its first
-      // token is on its way meanwhile. Nothing is recorded or settled before the task is, and a
-      // task that is not recorded stops its generation at once.
-      this.generate(taskId, g, promptTokens, maxTokens, hold, deadline, creation);
       await this.deps.commands.handle(
         taskDecider,
         taskStream(taskId),
@@ -389,9 +381,7 @@ export class TaskFlow {
         },
         { newStream: true },
       );
-      created(true);
     } catch (err) {
-      created(false);
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.
       const undo = { actorId: SYSTEM_ACTOR, correlationId: taskId };
@@ -405,6 +395,7 @@ export class TaskFlow {
       );
       throw err;
     }
+    this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
     return { taskId, chatId: g.chatId, model: g.model, hold, promptTokens, maxTokens };
   }
 
@@ -416,14 +407,12 @@ export class TaskFlow {
     maxTokens: number,
     hold: number,
     deadline: Date,
-    creation: Promise<boolean>,
   ): void {
     this.deps.buffer.open(taskId);
     const abort = new AbortController();
-    void creation.then((ok) => ok || abort.abort('not created'));
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
-    const done = this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal, creation)
+    const done = this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal)
       .catch((err: unknown) => {
         this.deps.logger.error({ err, taskId }, 'task not settled here; the reactor or the sweeper will');
         // Whoever reads the stream is not left waiting.
@@ -447,7 +436,6 @@ export class TaskFlow {
     maxTokens: number,
     hold: number,
     signal: AbortSignal,
-    creation: Promise<boolean>,
   ): Promise<void> {
     const { buffer, models, config, logger } = this.deps;
     const provider = withRetryBeforeFirstToken(models.provider(g.model), {
@@ -478,12 +466,6 @@ export class TaskFlow {
         failure = err instanceof ProviderError ? `The model failed: ${err.message}` : 'The model failed.';
         if (!(err instanceof ProviderError)) logger.error({ err, taskId }, 'generation failed');
       }
-    }
-    if (!(await creation)) {
-      // Never recorded: nothing to settle (the request that started it gives the hold back), and
-      // nobody has its id to read this.
-      buffer.append(taskId, { kind: 'error', detail: 'The task was not started.' });
-      return;
     }
     const why = signal.aborted ? String(signal.reason) : null;
     const completed = failure === null && why === null;
