@@ -9,6 +9,7 @@ import { countTextTokens } from '../../src/platform/llm/tokens';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
+import { userSlotsStream } from '../../src/commands/tasks/slots';
 import { createTestApp, type TestApp } from '../support/app';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
@@ -442,6 +443,12 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const chatId = await newChat(u.auth);
     const { id } = await startTask(u.auth, chatId);
     expect((await finished(u.auth, id)).status).toBe('succeeded');
+    // Settled here: the user's slot, freed last, is free again.
+    await eventually(
+      () => t.deps.store.readStream(userSlotsStream(u.id)),
+      (events) => events.at(-1)?.type === 'TaskSlotFreed',
+      'the task settled',
+    );
     const touched: string[] = [];
     const read = jest.spyOn(t.deps.store, 'readStream');
     const append = jest.spyOn(t.deps.store, 'append');
