@@ -88,8 +88,11 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       answered.push(r.answeredMs);
     }
     for (const a of [direct, through, answered]) a.sort((x, y) => x - y);
+    // What the service adds: its times less the fake's typical one. Both percentiles subtract the
+    // median, since the fake's slowest answers are hiccups of their own: p99 less p99 once reported
+    // a p99 below the p50.
     const p50 = percentile(through, 50) - percentile(direct, 50);
-    const p99 = percentile(through, 99) - percentile(direct, 99);
+    const p99 = percentile(through, 99) - percentile(direct, 50);
     const db = server ? 'PostgreSQL' : 'PGlite';
     const median = (a: number[]) => percentile(a, 50).toFixed(1);
     ctx.note(
@@ -110,7 +113,10 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       name: `added time to first token p99, ${db}${setup}`,
       value: p99,
       unit: 'ms',
-      reference: { name: 'direct to the fake, p99 ms', value: percentile(direct, 99) },
+      reference: {
+        name: `direct to the fake, p50 ms (its p99: ${percentile(direct, 99).toFixed(1)} ms)`,
+        value: percentile(direct, 50),
+      },
       target: '< 25 ms',
       met: p99 < 25,
     });
