@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../platform/clock';
 import type { Database } from '../platform/schema';
@@ -68,14 +68,13 @@ export function createSessionGuard(options: {
     const now = clock.now().getTime();
     const cached = rows.get(key);
     if (cached && now - cached.at < cacheMs) return cached;
-    // One statement for both (a request's only read when the cache is cold): two scalar subqueries,
-    // null where the row is not projected yet.
+    // One statement for both (a request's only read when the cache is cold): a one-row probe with
+    // the session and the user joined to it, null where a row is not projected yet.
     const found = await db
-      .selectNoFrom((eb) => [
-        eb.selectFrom('sessions').select('revoked_at').where('id', '=', sessionId).as('revoked_at'),
-        eb.selectFrom('users').select('disabled').where('id', '=', userId).as('disabled'),
-        eb.selectFrom('users').select('permission').where('id', '=', userId).as('permission'),
-      ])
+      .selectFrom(sql<{ one: number }>`(select 1 as one)`.as('probe'))
+      .leftJoin('sessions', (join) => join.on('sessions.id', '=', sessionId))
+      .leftJoin('users', (join) => join.on('users.id', '=', userId))
+      .select(['sessions.revoked_at', 'users.disabled', 'users.permission'])
       .executeTakeFirstOrThrow();
     const row: Row = {
       // A session not yet projected has just started: it cannot have been revoked before it existed.
