@@ -412,7 +412,10 @@ export class TaskFlow {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
-    const done = this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal)
+    // The model is asked once the request that started the task has been answered: the SDK's
+    // request setup is a millisecond or more of synchronous work, which would hold up the 201.
+    const done = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal))
       .catch((err: unknown) => {
         this.deps.logger.error({ err, taskId }, 'task not settled here; the reactor or the sweeper will');
         // Whoever reads the stream is not left waiting.
