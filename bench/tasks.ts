@@ -14,6 +14,8 @@ import {
 const STREAMS = 200;
 /** The fake's pace: one token every 10 ms, as a fast hosted model streams. */
 const TOKEN_DELAY_MS = 10;
+/** Unmeasured tasks before the first-token samples (compiling the code paths, not warming caches). */
+const WARMUP_TASKS = 10;
 
 /**
  * Task streaming through the service against the fake provider (each in its own process, so the
@@ -75,9 +77,14 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
   try {
     await waitUntilUp(`http://127.0.0.1:${port}/health`);
     // A user per stream, as people chat: one user's streams would contend for its slots and ledger.
-    const users = await benchChats(base, STREAMS, { chatsPerUser: 1 });
+    const all = await benchChats(base, STREAMS + WARMUP_TASKS, { chatsPerUser: 1 });
+    const users = all.slice(0, STREAMS);
 
-    // Time to first token, one at a time: straight to the fake, then through the service.
+    // Time to first token, one at a time: straight to the fake, then through the service. A few
+    // tasks first, unmeasured, on users of their own: the code paths of a task are compiled, and
+    // each measured task is still its user's first (nothing of its chat or slots is cached).
+    for (const u of all.slice(STREAMS)) await runTask(base, u);
+    for (let i = 0; i < WARMUP_TASKS; i++) await directFirstToken(fakeUrl);
     const direct: number[] = [];
     const through: number[] = [];
     const answered: number[] = [];
