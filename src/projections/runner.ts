@@ -1,4 +1,4 @@
-import { sql, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { START, compareLogPositions, type EventStore, type LogPosition } from '../eventstore/port';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
@@ -321,25 +321,41 @@ class Runner {
 
   private async commitBatch(events: Parameters<Projector['apply']>[1], next: LogPosition): Promise<void> {
     const expected = this.stored ?? START;
-    // A reactor's commands append through the store on connections of their own: they cannot run
-    // inside the checkpoint's transaction. They are idempotent, so a crash before the checkpoint
-    // is saved only makes them run again to no effect.
-    if (this.projector.reactor && events.length > 0) await this.projector.apply(this.handle.db, events);
-    await this.handle.db.transaction().execute(async (trx) => {
-      const row = await lockCheckpoint(trx, this.projector.name);
-      if (!row || compareLogPositions(row.position, expected) !== 0) {
-        throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
-      }
-      if (!this.projector.reactor && events.length > 0) await this.projector.apply(trx, events);
-      await trx
-        .updateTable('projection_checkpoints')
-        .set({ txid: String(next.txid), position: String(next.position), updated_at: new Date() })
-        .where('name', '=', this.projector.name)
-        .execute();
-    });
+    if (this.projector.reactor) {
+      // A reactor's commands append through the store on connections of their own: they cannot run
+      // inside a transaction of the checkpoint. They are idempotent, so a crash before the
+      // checkpoint is saved only makes them run again to no effect.
+      if (events.length > 0) await this.projector.apply(this.handle.db, events);
+      await this.moveCheckpoint(this.handle.db, expected, next);
+    } else {
+      await this.handle.db.transaction().execute(async (trx) => {
+        // The checkpoint first: its row lock is taken before any table's, in the order a rebuild's
+        // swap takes them, and a batch whose checkpoint moved writes nothing.
+        await this.moveCheckpoint(trx, expected, next);
+        if (events.length > 0) await this.projector.apply(trx, events);
+      });
+    }
     this.stored = next;
     this.storedAt = Date.now();
     this.advance(next);
+  }
+
+  /** Moves the saved checkpoint from `expected` to `next` in one statement, or throws CheckpointMoved. */
+  private async moveCheckpoint(
+    db: Kysely<Database>,
+    expected: LogPosition,
+    next: LogPosition,
+  ): Promise<void> {
+    const moved = await db
+      .updateTable('projection_checkpoints')
+      .set({ txid: String(next.txid), position: String(next.position), updated_at: new Date() })
+      .where('name', '=', this.projector.name)
+      .where('txid', '=', String(expected.txid))
+      .where('position', '=', String(expected.position))
+      .executeTakeFirst();
+    if (Number(moved.numUpdatedRows) !== 1) {
+      throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
+    }
   }
 
   /** Where this runner has applied up to, saved or not. */
@@ -393,16 +409,7 @@ class Runner {
   }
 
   private async saveAt(at: LogPosition): Promise<void> {
-    const expected = this.stored ?? START;
-    const saved = await this.handle.db
-      .updateTable('projection_checkpoints')
-      .set({ txid: String(at.txid), position: String(at.position), updated_at: new Date() })
-      .where('name', '=', this.projector.name)
-      .where('txid', '=', String(expected.txid))
-      .where('position', '=', String(expected.position))
-      .executeTakeFirst();
-    if (Number(saved.numUpdatedRows) !== 1)
-      throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);
+    await this.moveCheckpoint(this.handle.db, this.stored ?? START, at);
     this.stored = at;
     this.storedAt = Date.now();
   }
