@@ -9,7 +9,13 @@ import { countTextTokens } from '../../src/platform/llm/tokens';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
-import { userSlotsStream } from '../../src/commands/tasks/slots';
+import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
+import supertest from 'supertest';
+import { CommandHandler } from '../../src/commands/handler';
+import { createLedgerCommands } from '../../src/commands/ledger/credits';
+import { TaskFlow } from '../../src/commands/tasks/flow';
+import { createApp } from '../../src/http/app';
+import { uuidV7Ids } from '../../src/platform/clock';
 import { createTestApp, type TestApp } from '../support/app';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
@@ -345,6 +351,50 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     await stream(u.auth, next.id);
   });
 
+  it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // A second instance, with its own command handler: nothing it does waits on this one's.
+    const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
+    const { config, clock, ids, logger, models, redis } = t.deps;
+    const flow = new TaskFlow({
+      commands,
+      ledger: createLedgerCommands({ commands, config, clock }),
+      models,
+      buffer: t.deps.buffer!,
+      clock,
+      ids,
+      logger,
+      config,
+      redis,
+    });
+    const other = supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback());
+    // This instance writes the reply to the chat slowly: a task asked of the other meanwhile must
+    // be refused (409), not generated from a history that lacks the reply.
+    const store = t.deps.store;
+    const append = store.append.bind(store);
+    const slowChat = jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
+      if (name === `chat-${chatId}`) await new Promise((resolve) => setTimeout(resolve, 300));
+      return append(name, events, expected);
+    });
+    let next: Started | undefined;
+    try {
+      await startTask(u.auth, chatId);
+      for (let i = 0; i < 1_000 && !next; i++) {
+        const res = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+        if (res.status === 201) next = res.body as Started;
+        else expect(res.status).toBe(409);
+      }
+      expect(next).toBeDefined();
+      await finished(u.auth, next!.id);
+    } finally {
+      slowChat.mockRestore();
+      await flow.close();
+    }
+    const prompt = fake.requests.at(-1)!.body.messages ?? [];
+    expect(prompt.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([REPLY]);
+  });
+
   it('sends heartbeat comments while the model is silent', async () => {
     const u = await newUser();
     fake.setBehaviour({ firstTokenDelayMs: 400 });
@@ -443,10 +493,18 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const chatId = await newChat(u.auth);
     const { id } = await startTask(u.auth, chatId);
     expect((await finished(u.auth, id)).status).toBe('succeeded');
-    // Settled here: the user's slot, freed last, is free again.
+    // Settled here: both slots free again and the hold resolved (the three run at once).
     await eventually(
-      () => t.deps.store.readStream(userSlotsStream(u.id)),
-      (events) => events.at(-1)?.type === 'TaskSlotFreed',
+      () =>
+        Promise.all(
+          [userSlotsStream(u.id), chatSlotStream(chatId), ledgerStream(u.id)].map((s) =>
+            t.deps.store.readStream(s),
+          ),
+        ),
+      ([userSlots, chatSlot, ledger]) =>
+        userSlots!.at(-1)?.type === 'TaskSlotFreed' &&
+        chatSlot!.at(-1)?.type === 'TaskSlotFreed' &&
+        ledger!.some((e) => e.type === 'CreditsReleased' && (e.data as { holdId: string }).holdId === id),
       'the task settled',
     );
     const touched: string[] = [];
