@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
@@ -181,11 +182,16 @@ function toRecorded(row: EventRow): RecordedEvent {
 export function createPostgresEventStore(handle: Db, options: PostgresEventStoreOptions = {}): EventStore {
   const { db } = handle;
   const signal = new AppendSignal();
-  const notifier = new DebouncedNotify(db, options.logger);
+  // Names this store in its notifications: its own appends wake its subscribers directly, so the
+  // echo of its own NOTIFY would only wake them again for nothing.
+  const origin = randomUUID();
+  const notifier = new DebouncedNotify(db, origin, options.logger);
   let unlisten: Promise<() => Promise<void>> | undefined;
   const ensureListening = () => {
     unlisten ??= handle
-      .listen(CHANNEL, () => signal.bump())
+      .listen(CHANNEL, (from) => {
+        if (from !== origin) signal.bump();
+      })
       .catch((err: unknown) => {
         options.logger?.warn({ err }, 'cannot LISTEN for appends; subscribers poll');
         return async () => undefined;
@@ -661,6 +667,7 @@ class DebouncedNotify {
 
   constructor(
     private readonly db: Kysely<Database>,
+    private readonly origin: string,
     private readonly logger: Logger | undefined,
   ) {}
 
@@ -671,7 +678,7 @@ class DebouncedNotify {
       return;
     }
     this.inFlight = true;
-    void sql`select pg_notify(${CHANNEL}, '')`
+    void sql`select pg_notify(${CHANNEL}, ${this.origin})`
       .execute(this.db)
       .catch((err: unknown) => this.logger?.debug({ err }, 'append notification failed'))
       .finally(() => {

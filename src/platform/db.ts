@@ -24,8 +24,11 @@ export interface SessionLocks {
 export interface Db {
   readonly kind: 'postgres' | 'pglite';
   readonly db: Kysely<Database>;
-  /** Calls `onNotify` on every NOTIFY on the channel, from this or any other process. */
-  listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
+  /**
+   * Calls `onNotify` with the payload of every NOTIFY on the channel, from this or any other
+   * process; with none (`undefined`) when notifications may have been missed (a lost connection).
+   */
+  listen(channel: string, onNotify: (payload?: string) => void): Promise<() => Promise<void>>;
   readonly locks: SessionLocks;
   /**
    * One statement on a pooled connection; `name` prepares it once per connection (hot paths);
@@ -113,7 +116,7 @@ class SessionClient implements SessionLocks {
   private connecting: Promise<pg.Client> | undefined;
   private readonly held = new Set<string>();
   private readonly lostListeners: (() => void)[] = [];
-  private readonly channels = new Map<string, Set<() => void>>();
+  private readonly channels = new Map<string, Set<(payload?: string) => void>>();
   private closed = false;
   private readonly mutex = new Mutex();
 
@@ -132,7 +135,7 @@ class SessionClient implements SessionLocks {
       });
       client.on('end', () => this.drop(client));
       client.on('notification', (msg) => {
-        for (const listener of this.channels.get(msg.channel) ?? []) listener();
+        for (const listener of this.channels.get(msg.channel) ?? []) listener(msg.payload);
       });
       try {
         await client.connect();
@@ -169,7 +172,7 @@ class SessionClient implements SessionLocks {
     }, delay).unref();
   }
 
-  async listen(channel: string, onNotify: () => void): Promise<() => Promise<void>> {
+  async listen(channel: string, onNotify: (payload?: string) => void): Promise<() => Promise<void>> {
     let set = this.channels.get(channel);
     if (!set) {
       set = new Set();

@@ -3,7 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { uuidv7 } from 'uuidv7';
 import { createPostgresEventStore } from '../../src/eventstore/postgres';
 import { START, type EventFilter, type RecordedEvent } from '../../src/eventstore/port';
-import type { Db } from '../../src/platform/db';
+import { openDatabase, type Db } from '../../src/platform/db';
+import { createLogger } from '../../src/platform/logger';
 import { openTestDatabase, testDatabases } from '../support/databases';
 import { eventStoreContract, type OpenedStore } from './eventstore.contract';
 
@@ -162,6 +163,75 @@ describe.each(testDatabases())('live subscribers under bursts on %s', (kind) => 
     } finally {
       await Promise.all(subscriptions.map((s) => s.stop()));
       await store.close();
+      await database.close();
+    }
+  });
+});
+
+describe.each(testDatabases())('append notifications on %s', (kind) => {
+  it('wake the subscribers of another store at once, and not the appending store’s again with its own', async () => {
+    const database = await openTestDatabase(kind);
+    // Another process: connections of its own on a server; on PGlite, a second store on its session.
+    const otherDb =
+      kind === 'postgres'
+        ? await openDatabase(database.config, createLogger({ LOG_LEVEL: 'silent' }))
+        : database.db;
+    let reads = 0;
+    const counted: Db = Object.create(database.db, {
+      query: {
+        value: async (...args: Parameters<Db['query']>) => {
+          if (args[2] === 'eventstore_read_all') reads++;
+          return database.db.query(...args);
+        },
+      },
+    }) as Db;
+    const store = createPostgresEventStore(counted);
+    const other = createPostgresEventStore(otherDb);
+    const seen: RecordedEvent[] = [];
+    let caughtUp = false;
+    const subscription = store.subscribe({
+      onEvents: async (events) => {
+        seen.push(...events);
+      },
+      onCaughtUp: () => {
+        caughtUp = true;
+      },
+    });
+    const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
+    try {
+      await until(() => caughtUp);
+      // Woken by the other store's NOTIFY, well before its idle poll (a second).
+      const appended = Date.now();
+      await other.append('other-1', event(), 'no_stream');
+      await until(() => seen.length === 1);
+      expect(Date.now() - appended).toBeLessThan(500);
+      // Its own append wakes it directly, so its own NOTIFY, however late it arrives, must not wake
+      // it again; another's does. (On a server any open transaction makes subscribers poll, so the
+      // reads are counted on PGlite only.)
+      if (kind === 'pglite') {
+        const payloads: (string | undefined)[] = [];
+        const unlisten = await database.db.listen('eventstore_appended', (p) => payloads.push(p));
+        await store.append('own-1', event(), 'no_stream');
+        await until(() => seen.length === 2 && payloads.length === 1);
+        await unlisten();
+        const quiet = async () => {
+          const before = reads;
+          await sleep(300);
+          return reads - before;
+        };
+        const notify = (payload: string) =>
+          sql`select pg_notify('eventstore_appended', ${payload})`.execute(database.db.db);
+        await sleep(50);
+        await notify(payloads[0]!);
+        expect(await quiet()).toBe(0);
+        await notify('another store');
+        expect(await quiet()).toBe(1);
+      }
+    } finally {
+      await subscription.stop();
+      await store.close();
+      await other.close();
+      if (otherDb !== database.db) await otherDb.close();
       await database.close();
     }
   });
