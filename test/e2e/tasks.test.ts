@@ -12,11 +12,9 @@ import { taskDecider } from '../../src/commands/tasks/decider';
 import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
 import supertest from 'supertest';
 import { CommandHandler } from '../../src/commands/handler';
-import { createLedgerCommands } from '../../src/commands/ledger/credits';
-import { TaskFlow } from '../../src/commands/tasks/flow';
 import { createApp } from '../../src/http/app';
 import { uuidV7Ids } from '../../src/platform/clock';
-import { createTestApp, type TestApp } from '../support/app';
+import { createTestApp, taskFlowOf, type TestApp } from '../support/app';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
 const API = '/api/v1';
@@ -356,18 +354,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const chatId = await newChat(u.auth);
     // A second instance, with its own command handler: nothing it does waits on this one's.
     const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
-    const { config, clock, ids, logger, models, redis } = t.deps;
-    const flow = new TaskFlow({
-      commands,
-      ledger: createLedgerCommands({ commands, config, clock }),
-      models,
-      buffer: t.deps.buffer!,
-      clock,
-      ids,
-      logger,
-      config,
-      redis,
-    });
+    const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
     const other = supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback());
     // This instance writes the reply to the chat slowly: a task asked of the other meanwhile must
     // be refused (409), not generated from a history that lacks the reply.
@@ -493,7 +480,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const chatId = await newChat(u.auth);
     const { id } = await startTask(u.auth, chatId);
     expect((await finished(u.auth, id)).status).toBe('succeeded');
-    // Settled here: both slots free again and the hold resolved (the three run at once).
+    // Settled here: the hold resolved and both slots free again, whatever the settlement's order.
     await eventually(
       () =>
         Promise.all(

@@ -37,16 +37,10 @@ describe.each(testDatabases())('live subscribers on %s', (kind) => {
     // Counts the global reads that find events. Reads that find none depend on the server: while a
     // writing transaction is open anywhere on it (another test's migration), subscribers poll.
     let reads = 0;
-    const counted: Db = Object.create(database.db, {
-      query: {
-        value: async (...args: Parameters<Db['query']>) => {
-          const rows = await database.db.query(...args);
-          // A header row, then the events.
-          if (args[2] === 'eventstore_read_all' && rows.length > 1) reads++;
-          return rows;
-        },
-      },
-    }) as Db;
+    const counted = watchingReadAll(database.db, (rows) => {
+      // A header row, then the events.
+      if (rows > 1) reads++;
+    });
     const store = createPostgresEventStore(counted);
     const types = ['A', 'B', 'C', 'D'];
     const filters: EventFilter[] = [
@@ -177,14 +171,7 @@ describe.each(testDatabases())('append notifications on %s', (kind) => {
         ? await openDatabase(database.config, createLogger({ LOG_LEVEL: 'silent' }))
         : database.db;
     let reads = 0;
-    const counted: Db = Object.create(database.db, {
-      query: {
-        value: async (...args: Parameters<Db['query']>) => {
-          if (args[2] === 'eventstore_read_all') reads++;
-          return database.db.query(...args);
-        },
-      },
-    }) as Db;
+    const counted = watchingReadAll(database.db, () => reads++);
     const store = createPostgresEventStore(counted);
     const other = createPostgresEventStore(otherDb);
     const seen: RecordedEvent[] = [];
@@ -238,6 +225,19 @@ describe.each(testDatabases())('append notifications on %s', (kind) => {
 });
 
 const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
+
+/** `db`, telling `onRead` the number of rows of each read of the log. */
+function watchingReadAll(db: Db, onRead: (rows: number) => void): Db {
+  return Object.create(db, {
+    query: {
+      value: async (...args: Parameters<Db['query']>) => {
+        const rows = await db.query(...args);
+        if (args[2] === 'eventstore_read_all') onRead(rows.length);
+        return rows;
+      },
+    },
+  }) as Db;
+}
 
 function passes(filter: EventFilter, e: RecordedEvent): boolean {
   if (filter.eventTypes?.length && !filter.eventTypes.includes(e.type)) return false;

@@ -10,7 +10,11 @@ import { openDatabase } from '../../src/platform/db';
 import { createLedgerCommands } from '../../src/commands/ledger/credits';
 import { LocalTasks, TaskFlow } from '../../src/commands/tasks/flow';
 import { createModelCatalog } from '../../src/platform/llm/catalog';
-import { createMemoryTaskBuffer, createRedisTaskBuffer } from '../../src/platform/taskBuffer';
+import {
+  createMemoryTaskBuffer,
+  createRedisTaskBuffer,
+  type TaskBuffer,
+} from '../../src/platform/taskBuffer';
 import { createLogger } from '../../src/platform/logger';
 import { createMetrics } from '../../src/platform/metrics';
 import { migrateToLatest } from '../../src/platform/migrate';
@@ -97,18 +101,7 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     const buffer = (deps.buffer ??= deps.redis
       ? createRedisTaskBuffer(deps.redis, logger)
       : createMemoryTaskBuffer());
-    const tasks = (deps.tasks ??= new TaskFlow({
-      commands,
-      ledger: createLedgerCommands({ commands, config, clock: deps.clock }),
-      models: deps.models,
-      buffer,
-      clock: deps.clock,
-      ids: deps.ids,
-      logger,
-      config,
-      redis: deps.redis,
-      localTasks,
-    }));
+    const tasks = (deps.tasks ??= taskFlowOf({ ...deps, buffer }, commands, localTasks));
     const app = createApp(deps, options.resources ?? []);
     if (options.startProjections ?? true) await engine.start();
     const running = engine;
@@ -133,4 +126,28 @@ export async function createTestApp(options: TestAppOptions = {}): Promise<TestA
     await db.close().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The task flow of an app's dependencies, on `commands`: the test app's own, or a second
+ * instance's (a command handler of its own, so nothing it does waits on the first one's).
+ */
+export function taskFlowOf(
+  deps: AppDeps & { buffer: TaskBuffer },
+  commands: CommandHandler,
+  localTasks?: LocalTasks,
+): TaskFlow {
+  const { config, clock } = deps;
+  return new TaskFlow({
+    commands,
+    ledger: createLedgerCommands({ commands, config, clock }),
+    models: deps.models,
+    buffer: deps.buffer,
+    clock,
+    ids: deps.ids,
+    logger: deps.logger,
+    config,
+    redis: deps.redis,
+    ...(localTasks ? { localTasks } : {}),
+  });
 }
