@@ -102,7 +102,17 @@ export function createRedisTaskBuffer(
 ): TaskBuffer {
   const keepSeconds = options.keepSeconds ?? 600;
   const local = createMemoryTaskBuffer({ keepMs: keepSeconds * 1000 });
-  const localTasks = new Set<string>();
+  // The tasks generated here, until their output leaves this instance's memory (`keepSeconds` after
+  // it ended, as the memory buffer drops it); after that, Redis alone still has it.
+  const localTasks = new Map<string, NodeJS.Timeout | undefined>();
+  const generatedHere = (taskId: string, chunk?: TaskChunk) => {
+    if (!localTasks.has(taskId)) localTasks.set(taskId, undefined);
+    if (chunk && terminal(chunk) && localTasks.get(taskId) === undefined) {
+      const timer = setTimeout(() => localTasks.delete(taskId), keepSeconds * 1000);
+      timer.unref();
+      localTasks.set(taskId, timer);
+    }
+  };
   const key = (taskId: string) => `task:${taskId}:out`;
   const channel = (taskId: string) => `task:${taskId}:wake`;
   // Readers wait for a wake-up on one subscriber connection shared by all of them, then read with
@@ -129,10 +139,10 @@ export function createRedisTaskBuffer(
 
   return {
     open(taskId) {
-      localTasks.add(taskId);
+      generatedHere(taskId);
     },
     append(taskId, chunk) {
-      localTasks.add(taskId);
+      generatedHere(taskId, chunk);
       local.append(taskId, chunk);
       // In order per instance: chained, so a delta never overtakes the one before it.
       writes = writes.then(async () => {
@@ -199,6 +209,8 @@ export function createRedisTaskBuffer(
     },
     async close() {
       await writes;
+      for (const timer of localTasks.values()) clearTimeout(timer);
+      localTasks.clear();
       subscriber.disconnect();
       await local.close();
     },

@@ -110,6 +110,29 @@ withRedis('with Redis', () => {
     };
   });
 
+  it('forgets the tasks generated here once their output has left memory, and reads them from Redis', async () => {
+    const r = new Redis(process.env.REDIS_URL!);
+    await ready(r);
+    const buffer = createRedisTaskBuffer(r, logger, { keepSeconds: 1 });
+    const id = crypto.randomUUID();
+    buffer.append(id, { kind: 'delta', content: 'x' });
+    buffer.append(id, done);
+    await new Promise((res) => setTimeout(res, 100));
+    // Kept longer in Redis than in memory, as when it was read back from Redis by another instance.
+    await r.persist(`task:${id}:out`);
+    await new Promise((res) => setTimeout(res, 1_200));
+    const stop = new AbortController();
+    const timer = setTimeout(() => stop.abort(), 2_000);
+    try {
+      expect(await collect(buffer, id, stop.signal)).toEqual([{ kind: 'delta', content: 'x' }, done]);
+    } finally {
+      clearTimeout(timer);
+      await r.del(`task:${id}:out`);
+      await buffer.close();
+      r.disconnect();
+    }
+  });
+
   it('serves the generating instance from memory when Redis is unreachable', async () => {
     const down = new Redis('redis://127.0.0.1:1', {
       lazyConnect: true,
