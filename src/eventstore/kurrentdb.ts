@@ -22,6 +22,7 @@ import type { Logger } from '../platform/logger';
 import {
   START,
   WrongExpectedRevision,
+  assertStorable,
   compareLogPositions,
   streamCategory,
   type AppendResult,
@@ -204,6 +205,7 @@ export function createKurrentDbEventStore(
     const started = process.hrtime.bigint();
     const name = prefix + streamName;
     if (events.length === 0) return appendNothing(streamName, expected);
+    assertStorable(events);
     let result;
     try {
       result = await client.appendToStream(

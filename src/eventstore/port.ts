@@ -3,6 +3,9 @@
  * Adapters: `postgres.ts` (PostgreSQL server and PGlite) and, for production, KurrentDB.
  */
 
+import { BadRequest } from '../platform/errors';
+import { holdsUnstorableText } from '../platform/text';
+
 /** The expected state of a stream before an append. A revision is the 0-based index of its last event. */
 export type ExpectedRevision = 'any' | 'no_stream' | 'stream_exists' | bigint;
 
@@ -154,6 +157,27 @@ export class WrongExpectedRevision extends Error {
     super(
       `stream ${streamName} expected at ${String(expected)} but is at ${actual === undefined ? 'no stream' : String(actual)}`,
     );
+  }
+}
+
+/**
+ * An event holding text no read model can store (NUL, half a surrogate pair), refused by every
+ * adapter alike: PostgreSQL would fail the append, and KurrentDB would store it and stop each read
+ * model that copies the text into PostgreSQL. Input is checked before it gets here; this is a 400
+ * rather than a 500 or a stopped read model for whatever was not.
+ */
+export class UnstorableText extends BadRequest {
+  constructor() {
+    super(
+      'The request holds a NUL character (\\u0000) or half of a surrogate pair, which text may not hold.',
+    );
+  }
+}
+
+/** Throws `UnstorableText` when any event's data or metadata holds such text. */
+export function assertStorable(events: readonly NewEvent[]): void {
+  for (const e of events) {
+    if (holdsUnstorableText(e.data) || holdsUnstorableText(e.metadata)) throw new UnstorableText();
   }
 }
 

@@ -7,6 +7,7 @@ import { AppendBatcher, type PendingAppend } from './appendBatcher';
 import {
   START,
   WrongExpectedRevision,
+  assertStorable,
   compareLogPositions,
   streamCategory,
   type AppendResult,
@@ -263,6 +264,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
   ): Promise<AppendResult> {
     const started = process.hrtime.bigint();
     if (events.length === 0) return appendNothing(db, streamName, expected);
+    assertStorable(events);
     const result = await batcher.submit({ streamName, events, expected });
     signal.bump();
     notifier.schedule();

@@ -168,6 +168,31 @@ describe('presets and chats', () => {
     expect((await read(`/chats/${chatId}/messages?cursor=WyJ4Il0`, bob)).status).toBe(400);
   });
 
+  it('answers 400 for text no database can hold (NUL, half a surrogate pair), and stores nothing', async () => {
+    const bob = as('bob');
+    const preset = await newPreset(bob);
+    const chat = await newChat(bob, idOf(preset));
+    const chatId = idOf(chat);
+    const before = itemsOf(await read(`/chats/${chatId}/messages`, bob, positionOf(chat)));
+    for (const text of ['nul \u0000 here', 'half \ud800 a pair', 'other half \udc00', '\ude00\ud83d']) {
+      const res = await command('post', `/chats/${chatId}/messages`, bob, {
+        content: [{ type: 'text', text }],
+      });
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toMatch(/problem\+json/);
+    }
+    expect((await command('patch', `/chats/${chatId}`, bob, { title: 'a\ud800' })).status).toBe(400);
+    expect((await command('post', '/presets', bob, { ...translator, name: 'b\udfff' })).status).toBe(400);
+    // A whole pair is a character like any other, and the read model goes on.
+    const ok = await command('post', `/chats/${chatId}/messages`, bob, {
+      content: [{ type: 'text', text: 'fine \u{1F600}' }],
+    });
+    expect(ok.status).toBe(201);
+    const after = itemsOf<{ content: unknown }>(await read(`/chats/${chatId}/messages`, bob, positionOf(ok)));
+    expect(after).toHaveLength(before.length + 1);
+    expect(after.at(-1)!.content).toEqual([{ type: 'text', text: 'fine \u{1F600}' }]);
+  });
+
   it('answers 404 on every route for another user’s chat or private preset', async () => {
     const owner = as('carol');
     const other = as('mallory');

@@ -86,6 +86,7 @@ afterEach(() =>
     dropAfterTokens: undefined,
     hang: false,
     usage: undefined,
+    pieces: undefined,
   }),
 );
 
@@ -316,6 +317,36 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(done.event).toBe('done');
     expect((done.data.usage as { completion_tokens: number }).completion_tokens).toBe(countTextTokens(REPLY));
     expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded' });
+  });
+
+  it('saves and charges a reply holding NUL or half a surrogate pair, which the database cannot store as sent', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // A pair split across two chunks stays whole; NUL and a lone half become U+FFFD.
+    fake.setBehaviour({ pieces: ['a\u0000b', ' \ud83d', '\ude00 ', 'c\ud800', 'd', '\udc00e'] });
+    const started = await startTask(u.auth, chatId);
+    const s = await stream(u.auth, started.id);
+    const text = 'a\uFFFDb \u{1F600} c\uFFFDd\uFFFDe';
+    expect(
+      s.events
+        .filter((e) => e.event === 'delta')
+        .map((e) => e.data.content)
+        .join(''),
+    ).toBe(text);
+    const done = s.events.at(-1)!;
+    expect(done.event).toBe('done');
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded', cost: done.data.cost });
+    expect(done.data.cost).toBeGreaterThan(0);
+    const reply = await lastMessage(u.auth, chatId, done.data.message_id as string);
+    expect(reply.content).toEqual([{ type: 'text', text }]);
+    const after = await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0,
+      'capture projected',
+    );
+    expect(after.balance).toBe(1000 - (done.data.cost as number));
+    // The chat takes its next task at once: nothing was left running.
+    await startTask(u.auth, chatId);
   });
 
   it('answers 402 when available credits do not cover the hold, and holds nothing', async () => {

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { uuidv7 } from 'uuidv7';
 import {
   START,
+  UnstorableText,
   WrongExpectedRevision,
   compareLogPositions,
   type AppendResult,
@@ -192,6 +193,24 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
           expect(o.reason).toBeInstanceOf(WrongExpectedRevision);
         }
         expect(await store.readStream(stream)).toHaveLength(1);
+      });
+
+      it('refuses text no read model can store (NUL, half a surrogate pair), and writes nothing', async () => {
+        const stream = streamIn('chat');
+        await store.append(stream, [newEvent()], 'no_stream');
+        const bad = [
+          newEvent('MessageSent', { text: 'a\u0000b' }),
+          newEvent('MessageSent', { parts: [{ text: 'half \ud800 a pair' }] }),
+          newEvent('MessageSent', { ['key\udc00']: 1 }),
+          { ...newEvent(), metadata: { ...newEvent().metadata, reason: 'z\u0000' } },
+        ];
+        for (const e of bad) {
+          await expect(store.append(stream, [newEvent(), e], 0n)).rejects.toBeInstanceOf(UnstorableText);
+        }
+        expect(await store.readStream(stream)).toHaveLength(1);
+        // A whole pair is a character like any other.
+        await store.append(stream, [newEvent('MessageSent', { text: '\u{1F600}' })], 0n);
+        expect((await store.readStream(stream)).at(-1)!.data).toEqual({ text: '\u{1F600}' });
       });
     });
 

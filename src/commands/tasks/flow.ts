@@ -24,6 +24,7 @@ import {
 } from '../../platform/llm/types';
 import type { Logger } from '../../platform/logger';
 import type { TaskBuffer } from '../../platform/taskBuffer';
+import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
 import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand } from './slots';
 
@@ -448,6 +449,13 @@ export class TaskFlow {
         logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry'),
     });
     let text = '';
+    // A model may send NUL or half a surrogate pair; stored as sent, its reply could never be saved.
+    const storable = new StorableTextStream();
+    const add = (delta: string) => {
+      if (!delta) return;
+      text += delta;
+      buffer.append(taskId, { kind: 'delta', content: delta });
+    };
     let reported: Usage | null = null;
     let failure: string | null = null;
     try {
@@ -459,10 +467,7 @@ export class TaskFlow {
       });
       for await (const item of stream) {
         if ('usage' in item) reported = item.usage;
-        else if (item.delta) {
-          text += item.delta;
-          buffer.append(taskId, { kind: 'delta', content: item.delta });
-        }
+        else if (item.delta) add(storable.push(item.delta));
       }
     } catch (err) {
       if (!(isAbortError(err) && signal.aborted)) {
@@ -470,6 +475,7 @@ export class TaskFlow {
         if (!(err instanceof ProviderError)) logger.error({ err, taskId }, 'generation failed');
       }
     }
+    add(storable.end());
     const why = signal.aborted ? String(signal.reason) : null;
     const completed = failure === null && why === null;
     // A provider's count is taken only when it is one: anything else is counted here.

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
 import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
+import { holdsUnstorableText } from '../../platform/text';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -45,20 +46,15 @@ export function body(limit: string): AppMiddleware {
       }
     }
     await parse(ctx, async () => {
-      if (hasNul((ctx.request as { body?: unknown }).body, 0)) {
-        throw new BadRequest('The body contains a NUL character (\\u0000), which text may not hold.');
+      if (holdsUnstorableText((ctx.request as { body?: unknown }).body)) {
+        throw new BadRequest(
+          'The body contains a NUL character (\\u0000) or half of a surrogate pair (\\ud800-\\udfff ' +
+            'alone), which text may not hold.',
+        );
       }
       await next();
     });
   };
-}
-
-/** Whether any string (or key) of a parsed body holds U+0000. */
-function hasNul(value: unknown, depth: number): boolean {
-  if (typeof value === 'string') return value.includes('\0');
-  if (typeof value !== 'object' || value === null || depth > 64) return false;
-  if (Array.isArray(value)) return value.some((v) => hasNul(v, depth + 1));
-  return Object.entries(value).some(([k, v]) => k.includes('\0') || hasNul(v, depth + 1));
 }
 
 /**

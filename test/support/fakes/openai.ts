@@ -14,6 +14,11 @@ import type { ChatMessageInput } from '../../../src/platform/llm/types';
 export interface FakeBehaviour {
   /** The reply; streamed one token (o200k_base) per chunk. */
   reply: string;
+  /**
+   * Chunks to send as they are, one per chunk, instead of the reply's tokens (each counted as one
+   * token): text no tokenizer gives back, such as half of a surrogate pair.
+   */
+  pieces?: string[] | undefined;
   /** Fixed pace: pause between two chunks, scheduled from the first so it does not drift. */
   tokenDelayMs: number;
   /** Pause after the headers before the first token. */
@@ -276,7 +281,7 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
 
 /** The reply's token pieces (non-empty ones become chunks), cut at the request's max tokens. */
 function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
-  const all = tokenPieces(b.reply);
+  const all = b.pieces ?? tokenPieces(b.reply);
   const max = body.max_completion_tokens ?? body.max_tokens;
   const cut = typeof max === 'number' && max >= 0 && max < all.length;
   const tokens = cut ? all.slice(0, max) : all;
