@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { chunkOf, type TaskFlow } from '../commands/tasks/flow';
+import { chunkOf, type StartedTask, type TaskFlow } from '../commands/tasks/flow';
 import type { TaskState } from '../commands/tasks/decider';
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
@@ -9,7 +9,7 @@ import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
 import { openSse } from './sse';
-import type { AuthedState, Resource } from './types';
+import type { AppContext, AuthedState, Resource } from './types';
 
 const TaskId = z.object({ id: z.string().min(1).max(100) });
 const CreateTaskBody = z
@@ -96,6 +96,27 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     return deps.tasks;
   };
   const heartbeatMs = deps.config.SSE_HEARTBEAT_MS;
+  /**
+   * Starts a task once per request: a retry of a request with an `Idempotency-Key` that already
+   * started one (its answer was streamed, or its instance died) goes on from that task, neither
+   * counted by the rate limit nor holding credits again.
+   */
+  const startOnce = async (
+    ctx: AppContext & { state: AuthedState },
+    start: (flow: TaskFlow) => Promise<StartedTask>,
+  ): Promise<StartedTask> => {
+    const flow = flowOf();
+    const earlier = ctx.state.idempotent?.ref;
+    if (earlier) return flow.resume(earlier, ctx.state.user.id);
+    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
+    const t = await start(flow);
+    // Unnamed, the task still runs and the answer is still kept; only a retry after a stream or a
+    // crash would start another.
+    await ctx.state.idempotent?.remember(t.taskId).catch((err: unknown) => {
+      ctx.log.warn({ err, taskId: t.taskId }, 'task not named under its idempotency key');
+    });
+    return t;
+  };
 
   openapi.registerPath({
     method: 'post',
@@ -111,17 +132,18 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   });
   router.post('/tasks', auth(), async (ctx) => {
     const body = CreateTaskBody.parse(ctx.request.body);
-    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
-    const t = await flowOf().startChatTask(
-      { userId: ctx.state.user.id, chatId: body.chat_id, model: body.model },
-      provenanceOf(ctx),
+    const t = await startOnce(ctx, (flow) =>
+      flow.startChatTask(
+        { userId: ctx.state.user.id, chatId: body.chat_id, model: body.model },
+        provenanceOf(ctx),
+      ),
     );
     ctx.status = 201;
     ctx.set('Location', `${API_BASE}/tasks/${t.taskId}`);
     ctx.body = {
       id: t.taskId,
       chat_id: t.chatId,
-      model: t.model.id,
+      model: t.modelId,
       status: 'running',
       hold: t.hold,
       prompt_tokens: t.promptTokens,
@@ -205,7 +227,6 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   });
   router.post('/chat/completions', auth(), async (ctx) => {
     const body = CompletionBody.parse(ctx.request.body);
-    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
     const flow = flowOf();
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
     const stop = body.stop == null ? undefined : typeof body.stop === 'string' ? [body.stop] : body.stop;
@@ -223,13 +244,15 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       role: m.role === 'developer' ? 'system' : m.role,
       content: m.content,
     }));
-    const t = await flow.startCompletion(
-      { userId: ctx.state.user.id, model: body.model, messages, params },
-      provenanceOf(ctx),
+    const t = await startOnce(ctx, (f) =>
+      f.startCompletion(
+        { userId: ctx.state.user.id, model: body.model, messages, params },
+        provenanceOf(ctx),
+      ),
     );
     const id = `chatcmpl-${t.taskId}`;
     const created = Math.floor(Date.now() / 1000);
-    const model = t.model.id;
+    const model = t.modelId;
     if (!body.stream) {
       const outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
       if (outcome.type !== 'TaskCompleted') {

@@ -57,6 +57,19 @@ export interface AuthUser {
 export interface AppState {
   requestId: string;
   user?: AuthUser;
+  /** Set for a POST with an `Idempotency-Key`. */
+  idempotent?: IdempotentRequest;
+}
+
+/**
+ * A request with an `Idempotency-Key`, for a route whose work outlives the request (a task): it
+ * names that work before answering, and a retry of the request goes on from it.
+ */
+export interface IdempotentRequest {
+  /** What an earlier attempt of this same request started, or null: go on from it, start nothing. */
+  readonly ref: string | null;
+  /** Names what this request started, so that a retry goes on from it. */
+  remember(ref: string): Promise<void>;
 }
 
 /** `ctx.state` after `auth()`. */

@@ -83,6 +83,11 @@ export const ConfigSchema = z.object({
     .string()
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 1mb')
     .default('1mb'),
+  /**
+   * A request with an `Idempotency-Key` holds the key on a lease its instance renews while it runs;
+   * a lease not renewed this long (the instance died) lets a retry take the key over.
+   */
+  IDEMPOTENCY_LEASE_SECONDS: int(1, 3_600).default(60),
   CORS_ORIGINS: list.default(['*']),
   TRUST_PROXY: bool.default(false),
   /** With TRUST_PROXY, how many proxies of ours add to X-Forwarded-For (the client is the one before them). */

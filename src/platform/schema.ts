@@ -34,6 +34,8 @@ export interface IdempotencyKeysTable {
   status: number | null;
   headers: Record<string, string> | null;
   body: Buffer | null;
+  /** What the first request started that outlives it (a task id): a retry goes on from it. */
+  ref: string | null;
   created_at: Generated<Date>;
   completed_at: Date | null;
 }

@@ -24,6 +24,18 @@ const counterRoutes: Resource = (router, { deps }) => {
     ctx.status = 201;
     ctx.body = { value: r.state.value };
   });
+  // Longer than the lease on its key (one second here): it holds the key only by renewing it.
+  router.post('/test/slow', async (ctx) => {
+    const { counter, by } = Body.parse(ctx.request.body);
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    const r = await commands.handle(counterDecider, `counter-${counter}`, {
+      type: 'Increment',
+      data: { by },
+      metadata: { now: new Date() },
+    });
+    ctx.status = 201;
+    ctx.body = { value: r.state.value };
+  });
   router.post('/test/flaky', (ctx) => {
     flaky++;
     if (flaky === 1) throw new Error('first attempt fails');
@@ -33,7 +45,7 @@ const counterRoutes: Resource = (router, { deps }) => {
 
 let t: TestApp;
 beforeAll(async () => {
-  t = await createTestApp({ resources: [counterRoutes] });
+  t = await createTestApp({ resources: [counterRoutes], config: { IDEMPOTENCY_LEASE_SECONDS: 1 } });
 });
 afterAll(() => t?.close());
 
@@ -139,6 +151,24 @@ describe('Idempotency-Key on POST', () => {
       if (r.status === 201) expect(r.body).toEqual({ value: 1 });
     }
     expect(results.filter((r) => r.status === 201 && !r.headers['idempotent-replayed'])).toHaveLength(1);
+  });
+
+  it('keeps a running request’s key past its lease, which its instance renews: a retry is 409', async () => {
+    const send = () =>
+      t.http
+        .post('/api/v1/test/slow')
+        .set('Idempotency-Key', 'k-slow')
+        .send({ counter: 's', by: 1 })
+        .then((res) => res);
+    const first = send();
+    await new Promise((resolve) => setTimeout(resolve, 1_600));
+    const retry = await send();
+    expect(retry.status).toBe(409);
+    expect((await first).status).toBe(201);
+    const replay = await send();
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    expect(replay.body).toEqual({ value: 1 });
+    expect(await events('s')).toBe(1);
   });
 
   it('runs every POST without a key', async () => {

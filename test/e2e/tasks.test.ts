@@ -10,6 +10,7 @@ import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
 import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
+import { sql } from 'kysely';
 import supertest from 'supertest';
 import { CommandHandler } from '../../src/commands/handler';
 import { createApp } from '../../src/http/app';
@@ -784,6 +785,100 @@ describe('/chat/completions with the official openai client', () => {
     expect(text).toBe(REPLY);
     expect(finish).toBe('stop');
     expect(usage?.completion_tokens).toBe(countTextTokens(REPLY));
+  });
+
+  it('streams a retry with the same Idempotency-Key from the same task, holding and charging nothing more', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const asked = fake.requests.length;
+    const read = async () => {
+      const { data, response } = await client.chat.completions
+        .create(
+          {
+            model: 'fake-model',
+            messages: [{ role: 'user', content: 'Say something.' }],
+            stream: true,
+            stream_options: { include_usage: true },
+          },
+          { headers: { 'Idempotency-Key': 'stream-1' } },
+        )
+        .withResponse();
+      let text = '';
+      let id = '';
+      let usage: OpenAI.CompletionUsage | undefined;
+      for await (const c of data) {
+        id = c.id;
+        text += c.choices[0]?.delta.content ?? '';
+        if (c.usage) usage = c.usage;
+      }
+      return { id, text, usage, replayed: response.headers.get('idempotent-replayed') };
+    };
+    const first = await read();
+    const retry = await read();
+    expect(first).toMatchObject({ text: REPLY, replayed: null });
+    expect(retry).toEqual({ ...first, replayed: 'true' });
+    expect(fake.requests.length).toBe(asked + 1);
+    const cost =
+      creditsFor(first.usage!.prompt_tokens, PROMPT_PRICE) +
+      creditsFor(first.usage!.completion_tokens, COMPLETION_PRICE);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000 - cost,
+      'charged',
+    );
+    const types = (await ledgerEvents(u.id)).map((e) => e.type);
+    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
+    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+  });
+
+  it('goes on from the task of a first attempt whose instance stopped renewing its key, charging once', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ tokenDelayMs: 40 });
+    const send = () =>
+      t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .set('Idempotency-Key', 'slow-1')
+        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Say something.' }] })
+        .then((res) => res);
+    const first = send();
+    const key = () =>
+      t.deps.db.db
+        .selectFrom('idempotency_keys')
+        .select('ref')
+        .where('scope', '=', `user:${u.id}`)
+        .where('key', '=', 'slow-1');
+    // The first attempt has started its task and named it. Its lease then runs out, as when its
+    // instance dies (this one goes on, to show both answers are one task's).
+    const named = await eventually(
+      () => key().executeTakeFirst(),
+      (r) => Boolean(r?.ref),
+      'task named',
+    );
+    await t.deps.db.db
+      .updateTable('idempotency_keys')
+      .set({ created_at: sql<Date>`now() - interval '61 seconds'` })
+      .where('scope', '=', `user:${u.id}`)
+      .where('key', '=', 'slow-1')
+      .execute();
+    const retry = await send();
+    const answered = await first;
+    expect(answered.status).toBe(200);
+    expect(retry.status).toBe(200);
+    expect(retry.body).toMatchObject({
+      id: `chatcmpl-${named!.ref}`,
+      choices: [{ message: { content: REPLY } }],
+      usage: answered.body.usage,
+    });
+    expect(answered.body.id).toBe(retry.body.id);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0,
+      'settled',
+    );
+    const types = (await ledgerEvents(u.id)).map((e) => e.type);
+    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
+    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
   });
 
   it('refuses without a token (401), without credits (402), and bad input (400), as problem+json', async () => {

@@ -15,6 +15,8 @@ export interface TaskState {
   userId: string;
   chatId: string | null;
   model: string;
+  promptTokens: number;
+  maxTokens: number;
   hold: number;
   status: TaskStatus;
   claimed: boolean;
@@ -30,6 +32,8 @@ export const initialTask = (): TaskState => ({
   userId: '',
   chatId: null,
   model: '',
+  promptTokens: 0,
+  maxTokens: 0,
   hold: 0,
   status: 'queued',
   claimed: false,
@@ -112,6 +116,8 @@ export function evolveTask(s: TaskState, e: TaskEvent): TaskState {
       s.userId = e.data.userId;
       s.chatId = e.data.chatId;
       s.model = e.data.model;
+      s.promptTokens = e.data.promptTokens;
+      s.maxTokens = e.data.maxTokens;
       s.hold = e.data.hold;
       s.status = 'running';
       s.createdAt = e.data.createdAt;

@@ -78,7 +78,7 @@ export class LocalTasks {
 export interface StartedTask {
   taskId: string;
   chatId: string | null;
-  model: ModelInfo;
+  modelId: string;
   hold: number;
   promptTokens: number;
   maxTokens: number;
@@ -175,6 +175,22 @@ export class TaskFlow {
   ): Promise<StartedTask> {
     const model = input.model === undefined ? this.deps.models.default() : this.model(input.model);
     return this.start({ ...input, chatId: null, model }, provenance);
+  }
+
+  /**
+   * A task started earlier, as its start answered: for a retry of the request that started it,
+   * which goes on from it instead of starting another. Another user's task is 404.
+   */
+  async resume(taskId: string, userId: string): Promise<StartedTask> {
+    const s = await this.read(taskId, userId);
+    return {
+      taskId,
+      chatId: s.chatId,
+      modelId: s.model,
+      hold: s.hold,
+      promptTokens: s.promptTokens,
+      maxTokens: s.maxTokens,
+    };
   }
 
   /** The task's current state from its stream (no read-model lag); another user's task is 404. */
@@ -397,7 +413,7 @@ export class TaskFlow {
       throw err;
     }
     this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
-    return { taskId, chatId: g.chatId, model: g.model, hold, promptTokens, maxTokens };
+    return { taskId, chatId: g.chatId, modelId: g.model.id, hold, promptTokens, maxTokens };
   }
 
   /** Runs the generation in the background; its outcome is recorded and settled whatever happens. */

@@ -4,15 +4,13 @@ import { sql, type Kysely } from 'kysely';
 import { BadRequest, Conflict, DomainError } from '../../platform/errors';
 import type { Database } from '../../platform/schema';
 import { verifyAccessToken } from '../../platform/tokens';
-import type { AppMiddleware } from '../types';
+import type { AppMiddleware, IdempotentRequest } from '../types';
 import { respondWithError } from './errors';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 const KEY = /^[\x21-\x7e]{1,255}$/;
 /** Response headers that are part of the answer and replayed with it. */
 const REPLAYED_HEADERS = ['content-type', 'location', 'x-event-position', 'retry-after'];
-/** A key whose first request is still unanswered after this long is taken over (its process died). */
-const ABANDONED_AFTER_MS = 60_000;
 
 /** The same key was sent with a different request. */
 export class IdempotencyKeyReused extends DomainError {
@@ -27,7 +25,13 @@ export class IdempotencyKeyReused extends DomainError {
  * true`) with no second effect; the same key with another request is 422; a retry while the first
  * is still running is 409. Keys belong to the caller (the user of a valid token, else everyone
  * anonymous — the request hash covers the whole body, so a replay needs the identical request).
- * Answers of 5xx and streamed answers are not kept: the key is freed so a retry runs again.
+ * Answers of 5xx are not kept: the key is freed so a retry runs again.
+ *
+ * The first request holds the key on a lease its instance renews while it runs; a lease not renewed
+ * for `IDEMPOTENCY_LEASE_SECONDS` (the instance died) lets a retry take the key over. A route whose work
+ * outlives the request (a task) names it through `ctx.state.idempotent`: a retry that takes over,
+ * or one of a streamed answer (which is not kept), goes on from that work instead of starting more.
+ * A streamed answer of a route that named nothing frees the key.
  */
 export function idempotency(): AppMiddleware {
   return async (ctx, next) => {
@@ -43,7 +47,9 @@ export function idempotency(): AppMiddleware {
     const scope = callerScope(ctx.get('Authorization'), ctx.deps.config);
     const hash = requestHash(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
 
-    if (!(await claim(db, scope, key, hash))) {
+    const leaseSeconds = ctx.deps.config.IDEMPOTENCY_LEASE_SECONDS;
+    const claimed = await claim(db, scope, key, hash, leaseSeconds);
+    if (!claimed) {
       const row = await db
         .selectFrom('idempotency_keys')
         .selectAll()
@@ -61,23 +67,58 @@ export function idempotency(): AppMiddleware {
           `The first request with ${IDEMPOTENCY_HEADER} ${key} is still being processed; retry shortly.`,
         );
       }
+      ctx.set('Idempotent-Replayed', 'true');
+      if (row.body === null && row.ref !== null) {
+        // A streamed answer: streamed again from the work it named, which is not done twice.
+        ctx.state.idempotent = { ref: row.ref, remember: async () => undefined };
+        await next();
+        return;
+      }
       ctx.status = row.status;
       for (const [name, value] of Object.entries(row.headers ?? {})) ctx.set(name, value);
-      ctx.set('Idempotent-Replayed', 'true');
       ctx.body = row.body && row.body.length > 0 ? row.body : null;
       if (row.headers?.['content-type']) ctx.type = row.headers['content-type'];
       return;
     }
 
+    let ref = claimed.ref;
+    const idempotent: IdempotentRequest = {
+      ref,
+      async remember(named) {
+        ref = named;
+        await db
+          .updateTable('idempotency_keys')
+          .set({ ref: named })
+          .where('scope', '=', scope)
+          .where('key', '=', key)
+          .execute();
+      },
+    };
+    ctx.state.idempotent = idempotent;
+    // Renewed while the request runs, however long (a completion may take minutes).
+    const renewal = setInterval(() => void renew(db, scope, key), (leaseSeconds * 1000) / 3);
+    renewal.unref();
     try {
       await next();
     } catch (err) {
       // Render the problem here, so that a 4xx answer is kept and replayed like any other.
       respondWithError(ctx, err);
+    } finally {
+      clearInterval(renewal);
     }
     const body = answerBytes(ctx.body);
-    if (ctx.status >= 500 || body === undefined) {
+    if (ctx.status >= 500 || (body === undefined && ref === null)) {
       await free(db, scope, key);
+      return;
+    }
+    if (body === undefined) {
+      // A stream is not kept: a retry streams again from the work it named.
+      await db
+        .updateTable('idempotency_keys')
+        .set({ status: ctx.status, headers: {}, body: null, completed_at: new Date() })
+        .where('scope', '=', scope)
+        .where('key', '=', key)
+        .execute();
       return;
     }
     const headers: Record<string, string> = {};
@@ -94,17 +135,38 @@ export function idempotency(): AppMiddleware {
   };
 }
 
-/** Takes the key for this request: a new key, or one whose first request was abandoned. */
-async function claim(db: Kysely<Database>, scope: string, key: string, hash: string): Promise<boolean> {
-  const res = await sql<{ key: string }>`
+/**
+ * Takes the key for this request: a new key, or one whose first request was abandoned (not renewed
+ * for `leaseSeconds`), with what that request named (`ref`). Null when the key is not free.
+ */
+async function claim(
+  db: Kysely<Database>,
+  scope: string,
+  key: string,
+  hash: string,
+  leaseSeconds: number,
+): Promise<{ ref: string | null } | null> {
+  const res = await sql<{ ref: string | null }>`
     insert into idempotency_keys (scope, key, request_hash)
     values (${scope}, ${key}, ${hash})
     on conflict (scope, key) do update set request_hash = excluded.request_hash, created_at = now()
       where idempotency_keys.status is null
         and idempotency_keys.request_hash = excluded.request_hash
-        and idempotency_keys.created_at < now() - make_interval(secs => ${ABANDONED_AFTER_MS / 1000})
-    returning key`.execute(db);
-  return res.rows.length > 0;
+        and idempotency_keys.created_at < now() - make_interval(secs => ${leaseSeconds})
+    returning ref`.execute(db);
+  return res.rows[0] ?? null;
+}
+
+/** This instance still runs the key's request: not to be taken over. */
+async function renew(db: Kysely<Database>, scope: string, key: string): Promise<void> {
+  await db
+    .updateTable('idempotency_keys')
+    .set({ created_at: sql<Date>`now()` })
+    .where('scope', '=', scope)
+    .where('key', '=', key)
+    .where('status', 'is', null)
+    .execute()
+    .catch(() => undefined); // missed once, it is renewed at the next beat (or taken over)
 }
 
 async function free(db: Kysely<Database>, scope: string, key: string): Promise<void> {

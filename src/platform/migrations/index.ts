@@ -8,6 +8,7 @@ import * as avatars from './0006_avatars';
 import * as holds from './0007_holds';
 import * as chats from './0008_chats';
 import * as tasks from './0009_tasks';
+import * as idempotencyRef from './0010_idempotency_ref';
 
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -20,4 +21,5 @@ export const migrations: Record<string, Migration> = {
   '0007_holds': holds,
   '0008_chats': chats,
   '0009_tasks': tasks,
+  '0010_idempotency_ref': idempotencyRef,
 };
