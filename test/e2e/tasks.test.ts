@@ -414,6 +414,41 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(prompt.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([REPLY]);
   });
 
+  it('finishes, on closing, a task still starting when closing began, before it is closed', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // A second instance, to be closed while the test app goes on.
+    const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
+    const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
+    const other = supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback());
+    const store = t.deps.store;
+    const append = store.append.bind(store);
+    let creating!: () => void;
+    const inCreate = new Promise<void>((resolve) => (creating = resolve));
+    const slowCreate = jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
+      if (events.some((e) => e.type === 'TaskCreated')) {
+        creating();
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+      return append(name, events, expected);
+    });
+    try {
+      const posting = other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      const answered = posting.then((res) => res);
+      await inCreate;
+      await flow.close(5_000);
+      // Closed only once the task that was starting has generated, recorded and settled its reply.
+      const res = await answered;
+      expect(res.status).toBe(201);
+      const id = (res.body as Started).id;
+      const { state } = await commands.read(taskDecider, taskStream(id));
+      expect(state.outcome?.type).toBe('TaskCompleted');
+      expect((await ledgerEvents(u.id)).map((e) => e.type)).toContain('CreditsCaptured');
+    } finally {
+      slowCreate.mockRestore();
+    }
+  });
+
   it('sends heartbeat comments while the model is silent', async () => {
     const u = await newUser();
     fake.setBehaviour({ firstTokenDelayMs: 400 });

@@ -123,6 +123,8 @@ const SYSTEM_ACTOR = 'system:tasks';
  */
 export class TaskFlow {
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  /** Starts past the closing check, not generating yet: closing waits for them too. */
+  private readonly starting = new Set<Promise<unknown>>();
   private readonly subscriber: Redis | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
@@ -317,12 +319,16 @@ export class TaskFlow {
     clearInterval(this.sweeper);
     this.sweeper = undefined;
     await this.sweeping;
-    // Until none is left: a request that was already starting one may add it meanwhile.
+    // Until none is left: a request that was already starting one adds it meanwhile. Were it not
+    // waited for, it would generate on a closed store and leave its task to the sweeper.
     const all = async () => {
-      while (this.running.size > 0) await Promise.all([...this.running.values()].map((r) => r.done));
+      while (this.running.size > 0 || this.starting.size > 0) {
+        await Promise.allSettled([...this.starting, ...[...this.running.values()].map((r) => r.done)]);
+      }
     };
     const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
     if ((await Promise.race([all(), timer])) === 'late') {
+      await Promise.allSettled(this.starting);
       for (const id of this.running.keys()) this.abortLocal(id, 'shutdown');
       await all();
     }
@@ -337,6 +343,16 @@ export class TaskFlow {
 
   private async start(g: Generation, provenance: Provenance): Promise<StartedTask> {
     if (this.closing) throw new DependencyDown('The service is restarting; ask again in a moment.');
+    const started = this.begin(g, provenance);
+    this.starting.add(started);
+    try {
+      return await started;
+    } finally {
+      this.starting.delete(started);
+    }
+  }
+
+  private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
     const promptTokens = countPromptTokens(g.messages);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
