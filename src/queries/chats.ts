@@ -1,8 +1,10 @@
 import type { Kysely } from 'kysely';
 import type { ContentPart } from '../events/chats';
-import { BadRequest } from '../platform/errors';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, newestFirstPage, type Page } from './paging';
+import { encodeCursor, newestFirstPage, wholeNumberCursor, type Page } from './paging';
+
+/** The largest value of a PostgreSQL `integer` (a message's `seq`). */
+const INT4_MAX = 2n ** 31n - 1n;
 import { jsonColumn } from './presets';
 
 /** A chat as API.md shows one. */
@@ -93,14 +95,8 @@ export async function listMessages(
     .selectAll()
     .where('chat_id', '=', opts.chatId)
     .where('visible', '=', true);
-  if (opts.cursor !== undefined) {
-    const values = decodeCursor<unknown[]>(opts.cursor);
-    const seq = values?.[0];
-    if (values?.length !== 1 || typeof seq !== 'number' || !Number.isSafeInteger(seq)) {
-      throw new BadRequest('cursor is not one this list gave out.');
-    }
-    query = query.where('seq', '>', seq);
-  }
+  const after = wholeNumberCursor(opts.cursor, INT4_MAX);
+  if (after !== undefined) query = query.where('seq', '>', Number(after));
   const rows = await query
     .orderBy('seq')
     .limit(opts.limit + 1)

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, type Page } from './paging';
+import { encodeCursor, timeIdCursor, type Page } from './paging';
 
 export type CodeStatus = 'active' | 'used_up' | 'expired' | 'revoked';
 
@@ -44,12 +44,12 @@ export async function listCodes(
   opts: { limit: number; cursor?: string | undefined; status?: CodeStatus | undefined; now: Date },
 ): Promise<Page<CodeView>> {
   let query = db.selectFrom('codes').selectAll();
-  const after = opts.cursor ? decodeCursor<[string, string]>(opts.cursor) : undefined;
+  const after = timeIdCursor(opts.cursor);
   if (after) {
     query = query.where((eb) =>
       eb.or([
-        eb('created_at', '<', new Date(after[0])),
-        eb.and([eb('created_at', '=', new Date(after[0])), eb('code', '>', after[1])]),
+        eb('created_at', '<', after[0]),
+        eb.and([eb('created_at', '=', after[0]), eb('code', '>', after[1])]),
       ]),
     );
   }

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, type Page } from './paging';
+import { encodeCursor, wholeNumberCursor, type Page } from './paging';
 
 export interface CreditHistoryItem {
   id: string;
@@ -30,7 +30,7 @@ export async function creditHistory(
   limit: number,
   cursor: string | undefined,
 ): Promise<Page<CreditHistoryItem>> {
-  const before = cursor ? decodeCursor<[string]>(cursor)?.[0] : undefined;
+  const before = wholeNumberCursor(cursor, 2n ** 63n - 1n);
   let query = db.selectFrom('ledger_entries').selectAll().where('user_id', '=', userId);
   if (before !== undefined) query = query.where('position', '<', before);
   const rows = await query

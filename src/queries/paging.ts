@@ -27,16 +27,39 @@ export function decodeCursor<T extends unknown[]>(cursor: string): T | undefined
   }
 }
 
-/** A newest-first cursor: the last item's creation time and id. Anything else is a 400. */
+const FOREIGN_CURSOR = 'cursor is not one this list gave out.';
+
+/**
+ * A newest-first cursor: the last item's creation time and id (or code). Anything else is a 400,
+ * a time outside the years 1–9999 too: PostgreSQL holds no time much beyond them, and no item of
+ * a list was made outside them.
+ */
 export function timeIdCursor(cursor: string | undefined): [Date, string] | undefined {
   if (cursor === undefined) return undefined;
   const values = decodeCursor<unknown[]>(cursor);
   const [at, id] = values ?? [];
   const when = typeof at === 'string' ? new Date(at) : undefined;
-  if (!when || Number.isNaN(when.getTime()) || typeof id !== 'string' || values?.length !== 2) {
-    throw new BadRequest('cursor is not one this list gave out.');
+  const year = when?.getUTCFullYear() ?? NaN;
+  if (!(year >= 1 && year <= 9999) || typeof id !== 'string' || values?.length !== 2) {
+    throw new BadRequest(FOREIGN_CURSOR);
   }
-  return [when, id];
+  return [when!, id];
+}
+
+/**
+ * A cursor of one whole number from 0 to `max` (a message's sequence, a log position), as its
+ * digits: the column's type bounds it, and a number beyond it would fail the query. Else a 400.
+ */
+export function wholeNumberCursor(cursor: string | undefined, max: bigint): string | undefined {
+  if (cursor === undefined) return undefined;
+  const values = decodeCursor<unknown[]>(cursor);
+  const [n] = values ?? [];
+  const digits =
+    typeof n === 'number' && Number.isSafeInteger(n) ? String(n) : typeof n === 'string' ? n : '';
+  if (values?.length !== 1 || !/^\d{1,19}$/.test(digits) || BigInt(digits) > max) {
+    throw new BadRequest(FOREIGN_CURSOR);
+  }
+  return digits;
 }
 
 /**

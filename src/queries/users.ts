@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Database } from '../platform/schema';
-import { decodeCursor, encodeCursor, type Page } from './paging';
+import { encodeCursor, timeIdCursor, type Page } from './paging';
 
 /** A user as API.md shows one (`GET /users/me`); admins also see `disabled` and the identities. */
 export interface UserView {
@@ -70,12 +70,12 @@ export async function listUsers(
   opts: { limit: number; cursor?: string | undefined; q?: string | undefined; apiBase: string },
 ): Promise<Page<UserView>> {
   let query = db.selectFrom('users').selectAll();
-  const after = opts.cursor ? decodeCursor<[string, string]>(opts.cursor) : undefined;
+  const after = timeIdCursor(opts.cursor);
   if (after) {
     query = query.where((eb) =>
       eb.or([
-        eb('created_at', '<', new Date(after[0])),
-        eb.and([eb('created_at', '=', new Date(after[0])), eb('id', '<', after[1])]),
+        eb('created_at', '<', after[0]),
+        eb.and([eb('created_at', '=', after[0]), eb('id', '<', after[1])]),
       ]),
     );
   }

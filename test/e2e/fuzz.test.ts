@@ -137,6 +137,61 @@ describe('fuzzing every operation of /openapi.json', () => {
     expect([...statuses]).toEqual(expect.arrayContaining([200, 400, 401, 403, 404]));
   }, 180_000);
 
+  it('answers 400 for a cursor no list gave out, on every list', async () => {
+    // Callers of their own: the fuzzing may have signed its callers out.
+    const USER = bearer({ userId: 'cursor-user' });
+    const ADMIN = bearer({ userId: 'cursor-admin', permission: 2 });
+    const preset = await t.http
+      .post('/api/v1/presets')
+      .set('Authorization', USER)
+      .send({ name: 'Cursors', model: 'local-echo', messages: [] });
+    expect(preset.status).toBe(201);
+    const chat = await t.http
+      .post('/api/v1/chats')
+      .set('Authorization', USER)
+      .send({ preset_id: (preset.body as { id: string }).id });
+    expect(chat.status).toBe(201);
+    const lists: [string, string][] = [
+      ['/users', ADMIN],
+      ['/codes', ADMIN],
+      ['/users/me/credits', USER],
+      ['/chats', USER],
+      ['/presets', USER],
+      [`/chats/${(chat.body as { id: string }).id}/messages`, USER],
+    ];
+    const cursor = (values: unknown) => Buffer.from(JSON.stringify(values)).toString('base64url');
+    const forged = [
+      'garbage',
+      cursor({}),
+      cursor([]),
+      cursor(['abc']),
+      cursor([{}]),
+      cursor(['1e3']),
+      cursor([-1]),
+      cursor([-1e15]),
+      cursor(['99999999999999999999']),
+      cursor(['not a date', 'x']),
+      cursor([{}, 1]),
+      cursor(['-100000-01-01T00:00:00.000Z', 'x']),
+      cursor(['+275760-09-13T00:00:00.000Z', 'x']),
+      cursor(['2026-01-01T00:00:00.000Z', 'x', 'y']),
+    ];
+    const answers: string[] = [];
+    for (const [path, auth] of lists) {
+      for (const c of forged) {
+        const res = await t.http.get(`/api/v1${path}`).query({ cursor: c }).set('Authorization', auth);
+        if (res.status !== 400) answers.push(`${path} ${c} → ${res.status}`);
+      }
+    }
+    // Past a message sequence's column (integer), though a log position may go that far.
+    const past = await t.http
+      .get(`/api/v1${lists[5]![0]}`)
+      .query({ cursor: cursor([2 ** 31]) })
+      .set('Authorization', USER);
+    expect(past.status).toBe(400);
+    expect(answers).toEqual([]);
+  });
+
   it('leaves a ledger that verify finds without breach', async () => {
     // At least one real movement besides whatever the fuzzing got through: a sign-up grant.
     const created = await t.http
