@@ -177,6 +177,23 @@ describe('Idempotency-Key on POST', () => {
     expect(await events('f')).toBe(2);
   });
 
+  it('answers 400 for a body nested deeper than any request, with a key or without', async () => {
+    const deep = `{"counter":"h","by":1,"x":${'['.repeat(5_000)}${']'.repeat(5_000)}}`;
+    for (const key of ['k-deep', undefined]) {
+      const req = t.http.post('/api/v1/test/counters').type('json');
+      const res = await (key ? req.set('Idempotency-Key', key) : req).send(deep);
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+      expect(res.body.detail).toMatch(/nested deeper/);
+    }
+    // Nested as deep as a request may be, it is read as usual.
+    const nested = `{"counter":"h","by":1,"x":${'['.repeat(31)}${']'.repeat(31)}}`;
+    expect(await events('h')).toBe(0);
+    const ok = await t.http.post('/api/v1/test/counters').type('json').send(nested);
+    expect(ok.status).toBe(201);
+    expect(await events('h')).toBe(1);
+  });
+
   it('answers 400 for a malformed key', async () => {
     const res = await t.http
       .post('/api/v1/test/counters')

@@ -6,6 +6,8 @@ import { holdsUnstorableText } from '../../platform/text';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
+/** Deeper than any request of this API, and shallow enough for any walk of it to be safe. */
+const MAX_DEPTH = 32;
 const JSON_TYPES = ['application/json', '+json'];
 
 function hasBody(req: IncomingMessage): boolean {
@@ -46,7 +48,11 @@ export function body(limit: string): AppMiddleware {
       }
     }
     await parse(ctx, async () => {
-      if (holdsUnstorableText((ctx.request as { body?: unknown }).body)) {
+      const parsed = (ctx.request as { body?: unknown }).body;
+      if (deeperThan(parsed, MAX_DEPTH)) {
+        throw new BadRequest(`The body is nested deeper than ${MAX_DEPTH} levels.`);
+      }
+      if (holdsUnstorableText(parsed)) {
         throw new BadRequest(
           'The body contains a NUL character (\\u0000) or half of a surrogate pair (\\ud800-\\udfff ' +
             'alone), which text may not hold.',
@@ -55,6 +61,13 @@ export function body(limit: string): AppMiddleware {
       await next();
     });
   };
+}
+
+/** Whether arrays and objects nest deeper than `levels` (looking no deeper than that). */
+function deeperThan(value: unknown, levels: number): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  if (levels === 0) return true;
+  return Object.values(value).some((v) => deeperThan(v, levels - 1));
 }
 
 /**
