@@ -171,6 +171,42 @@ describe('sign-in and sessions', () => {
     }
   });
 
+  it('keeps no token answer under an Idempotency-Key: a spent refresh token sent again is reuse', async () => {
+    const u = await signedIn();
+    const key = `refresh-${crypto.randomUUID()}`;
+    const refresh = (token: string, key?: string) => {
+      const req = t.http.post('/api/v1/session/refresh');
+      return (key ? req.set('Idempotency-Key', key) : req).send({ refresh_token: token });
+    };
+    const first = await refresh(u.refresh, key);
+    expect(first.status).toBe(200);
+    const second = await refresh(first.body.refresh_token as string);
+    expect(second.status).toBe(200);
+    // Whoever holds the spent token and its key gets no token pair back: the reuse ends the session.
+    const replayed = await refresh(u.refresh, key);
+    expect(replayed.status).toBe(401);
+    expect(replayed.headers['idempotent-replayed']).toBeUndefined();
+    expect((await refresh(second.body.refresh_token as string)).status).toBe(401);
+    // What is kept under the key is the refusal, no token.
+    const kept = await t.deps.db.db
+      .selectFrom('idempotency_keys')
+      .select('body')
+      .where('key', '=', key)
+      .execute();
+    expect(kept.map((r) => r.body?.toString())).toEqual([expect.stringContaining('already used')]);
+    // A sign-in's token pair is not kept either: the same request signs in again.
+    const signIn = () =>
+      t.http
+        .post('/api/v1/session/oauth2/token')
+        .set('Idempotency-Key', `sign-in-${key}`)
+        .type('form')
+        .send({ username: u.username, password: u.password });
+    const a = await signIn();
+    const b = await signIn();
+    expect([a.status, b.status]).toEqual([200, 200]);
+    expect(b.body.refresh_token).not.toBe(a.body.refresh_token);
+  });
+
   it('takes the refresh grant at the OAuth2 token endpoint too', async () => {
     const u = await signedIn();
     const res = await t.http

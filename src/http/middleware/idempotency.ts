@@ -25,7 +25,8 @@ export class IdempotencyKeyReused extends DomainError {
  * true`) with no second effect; the same key with another request is 422; a retry while the first
  * is still running is 409. Keys belong to the caller (the user of a valid token, else everyone
  * anonymous — the request hash covers the whole body, so a replay needs the identical request).
- * Answers of 5xx are not kept: the key is freed so a retry runs again.
+ * Answers of 5xx, and answers of secrets (`Cache-Control: no-store`, as token pairs are), are not
+ * kept: the key is freed, so a retry runs again (a spent refresh token sent again is its reuse).
  *
  * The first request holds the key on a lease its instance renews while it runs; a lease not renewed
  * for `IDEMPOTENCY_LEASE_SECONDS` (the instance died) lets a retry take the key over. A route whose work
@@ -107,7 +108,11 @@ export function idempotency(): AppMiddleware {
       clearInterval(renewal);
     }
     const body = answerBytes(ctx.body);
-    if (ctx.status >= 500 || (body === undefined && ref === null)) {
+    // Not kept: a 5xx, so that a retry runs again; an answer of secrets (`no-store`: a token
+    // pair), which a replay would hand to whoever holds the spent request and its key; a stream
+    // of no named work.
+    const secret = /\bno-store\b/.test(ctx.response.get('Cache-Control'));
+    if (ctx.status >= 500 || secret || (body === undefined && ref === null)) {
       await free(db, scope, key);
       return;
     }
