@@ -41,6 +41,12 @@ export const UserEventSchemas = {
     passwordHash: z.string(),
     /** `self` (knew the old one) or `admin` (reset). */
     by: z.enum(['self', 'admin']),
+    /**
+     * Every session started before the change ends, but this one: the session of a user who
+     * changed their own password (null for an admin's reset). Absent on changes recorded before
+     * the user's stream said so; those ended the sessions only through the sessions read model.
+     */
+    keptSessionId: id.nullable().optional(),
     changedAt: at,
   }),
   AvatarChanged: z.object({ userId: id, avatarId: z.string().min(1), changedAt: at }),

@@ -1,5 +1,5 @@
 import type { IdentityDeps, RequestContext } from '../commands/users/identity';
-import { activeSessions } from '../queries/users';
+import { activeSessionIds } from '../queries/users';
 import type { AppDeps, AppState } from './types';
 import type { ParameterizedContext } from 'koa';
 
@@ -14,7 +14,7 @@ export function identityDeps(deps: AppDeps): IdentityDeps {
     config: deps.config,
     guard: deps.sessionGuard,
     projections: deps.projections,
-    activeSessions: async (userId) => (await activeSessions(db, userId, deps.clock.now())).map((s) => s.id),
+    activeSessions: (userId) => activeSessionIds(db, userId, deps.clock.now()),
     logger: deps.logger,
   };
 }

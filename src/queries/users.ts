@@ -102,7 +102,19 @@ export async function listUsers(
   };
 }
 
-/** A user's sessions that are neither revoked nor expired, newest first. */
+/** The ids of all of a user's sessions that are neither revoked nor expired, however many. */
+export async function activeSessionIds(db: Kysely<Database>, userId: string, now: Date): Promise<string[]> {
+  const rows = await db
+    .selectFrom('sessions')
+    .select('id')
+    .where('user_id', '=', userId)
+    .where('revoked_at', 'is', null)
+    .where('expires_at', '>', now)
+    .execute();
+  return rows.map((r) => r.id);
+}
+
+/** A user's sessions that are neither revoked nor expired, newest first (the newest 1000). */
 export async function activeSessions(
   db: Kysely<Database>,
   userId: string,

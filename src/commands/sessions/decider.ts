@@ -9,6 +9,7 @@ export class RefreshRefused extends Unauthorized {}
 export interface SessionState {
   started: boolean;
   userId: string;
+  startedAt: string | null;
   /** Digest of the one live refresh token. */
   current: string | null;
   /** Digests of rotated-out tokens: presenting one again is reuse. */
@@ -20,6 +21,7 @@ export interface SessionState {
 export const initialSession = (): SessionState => ({
   started: false,
   userId: '',
+  startedAt: null,
   current: null,
   spent: new Set(),
   expiresAt: null,
@@ -109,6 +111,7 @@ export function evolveSession(s: SessionState, e: SessionEvent): SessionState {
     case 'SessionStarted':
       s.started = true;
       s.userId = e.data.userId;
+      s.startedAt = e.data.startedAt;
       s.current = e.data.refreshTokenDigest;
       s.expiresAt = e.data.expiresAt;
       return s;

@@ -31,6 +31,11 @@ export interface UserState {
   disabled: boolean;
   avatarId: string | null;
   identities: Map<IdentityProvider, string>;
+  /**
+   * Sessions started before `at` have ended (a password change, the user disabled), whether or
+   * not each was revoked, but `kept`.
+   */
+  sessionsEnded: { at: string; reason: 'password_change' | 'user_disabled'; kept: string | null } | null;
 }
 
 export const initialUser = (): UserState => ({
@@ -44,6 +49,7 @@ export const initialUser = (): UserState => ({
   disabled: false,
   avatarId: null,
   identities: new Map(),
+  sessionsEnded: null,
 });
 
 export type UserCommand =
@@ -61,7 +67,10 @@ export type UserCommand =
       }
     >
   | Command<'ChangeProfile', { userId: string; nickname?: string; email?: string | null }>
-  | Command<'ChangePassword', { userId: string; passwordHash: string; by: 'self' | 'admin' }>
+  | Command<
+      'ChangePassword',
+      { userId: string; passwordHash: string; by: 'self' | 'admin'; keptSessionId: string | null }
+    >
   | Command<'ChangeAvatar', { userId: string; avatarId: string }>
   | Command<'ChangePermission', { userId: string; permission: PermissionLevel }>
   | Command<'DisableUser', { userId: string }>
@@ -133,6 +142,9 @@ export function evolveUser(s: UserState, e: UserEvent): UserState {
       return s;
     case 'PasswordChanged':
       s.passwordHash = e.data.passwordHash;
+      if (e.data.keptSessionId !== undefined) {
+        s.sessionsEnded = { at: e.data.changedAt, reason: 'password_change', kept: e.data.keptSessionId };
+      }
       return s;
     case 'AvatarChanged':
       s.avatarId = e.data.avatarId;
@@ -142,6 +154,7 @@ export function evolveUser(s: UserState, e: UserEvent): UserState {
       return s;
     case 'UserDisabled':
       s.disabled = true;
+      s.sessionsEnded = { at: e.data.disabledAt, reason: 'user_disabled', kept: null };
       return s;
     case 'UserEnabled':
       s.disabled = false;
