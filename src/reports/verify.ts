@@ -47,7 +47,12 @@ export type BreachRule =
   | 'refund_unknown_charge'
   | 'refund_over_charge'
   /** The balances no longer add up to the movements (see VerifyFold). */
-  | 'conservation';
+  | 'conservation'
+  /**
+   * An account's credits, or the sum of all accounts', went past 2^53 − 1: beyond it they are not
+   * counted exactly, here or anywhere, and the other rules cannot be trusted with them.
+   */
+  | 'over_limit';
 
 export interface Breach {
   /** Global position (int64 as a string). */
@@ -197,11 +202,24 @@ export class VerifyFold implements LedgerFold<Verification> {
 
     const posted = postedChange(kind, amount);
     const held = heldChange(kind, amount);
+    const exactBefore = [account.posted, account.held, this.sumPosted, this.sumHeld].every(
+      Number.isSafeInteger,
+    );
     account.posted += posted;
     account.held += held;
     this.sumPosted += posted;
     this.sumHeld += held;
     this.totals[kind]! += amount;
+    if (
+      exactBefore &&
+      ![account.posted, account.held, this.sumPosted, this.sumHeld].every(Number.isSafeInteger)
+    ) {
+      this.breach(
+        e,
+        'over_limit',
+        `credits went past ${Number.MAX_SAFE_INTEGER}, beyond which they are not counted exactly`,
+      );
+    }
     const available = account.posted - account.held;
     if (available < 0 && available < availableBefore) {
       this.breach(e, 'overdraft', `available credits of ${userId} fell to ${available}`);

@@ -66,6 +66,31 @@ describe('credits', () => {
     expect(unknown.status).toBe(404);
   });
 
+  it('refuses (409) a grant or a redemption past the most an account holds, and uses no code for it', async () => {
+    const grant = (amount: number) =>
+      t.http.post('/api/v1/users/rich/credits').set('Authorization', admin).send({ amount, reason: 'lots' });
+    expect((await grant(Number.MAX_SAFE_INTEGER - 10)).status).toBe(201);
+    const over = await grant(11);
+    expect(over.status).toBe(409);
+    expect(over.headers['content-type']).toMatch(/problem\+json/);
+    expect(over.body.detail).toMatch(/past 9007199254740991/);
+    const [code] = (await issue({ amount: 11, max_uses: 1 })).body.codes as string[];
+    const rich = await t.http
+      .post('/api/v1/users/me/credits')
+      .set('Authorization', userToken('rich'))
+      .send({ code });
+    expect(rich.status).toBe(409);
+    // The code's one use is still there for someone else.
+    const poor = await t.http
+      .post('/api/v1/users/me/credits')
+      .set('Authorization', userToken('poor'))
+      .send({ code });
+    expect(poor.status).toBe(200);
+    const last = await grant(10);
+    expect(last.status).toBe(201);
+    expect(last.body.balance_after).toBe(Number.MAX_SAFE_INTEGER);
+  });
+
   it('lets admins grant and adjust, with each entry’s balance after it, paged', async () => {
     const grant = await t.http
       .post('/api/v1/users/dave/credits')

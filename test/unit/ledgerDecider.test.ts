@@ -1,5 +1,7 @@
 import {
+  BalanceLimitReached,
   DirectChargeNotAllowed,
+  MAX_BALANCE,
   HoldNotFound,
   InsufficientCredits,
   RefundExceedsCharge,
@@ -205,5 +207,34 @@ describe('ledger decider', () => {
           },
         },
       ]);
+  });
+
+  it('refuses every credit that would take the balance past what is counted exactly', () => {
+    const full = granted(MAX_BALANCE - 5);
+    const credits: LedgerCommand[] = [
+      cmd('GrantCredits', { userId: u, grantId: 'g2', amount: 6, reason: 'more' }),
+      cmd('RedeemCode', { userId: u, useId: 'use-1', code: 'C', amount: 6 }),
+      cmd('AdjustCredits', { userId: u, adjustmentId: 'a1', amount: 6, reason: 'fix', corrects: null }),
+    ];
+    for (const c of credits)
+      spec.given([full]).when(c).thenThrows(BalanceLimitReached, 'past 9007199254740991');
+    spec
+      .given([full])
+      .when(cmd('GrantCredits', { userId: u, grantId: 'g2', amount: 5, reason: 'more' }))
+      .then([
+        {
+          type: 'CreditsGranted',
+          data: { userId: u, grantId: 'g2', amount: 5, reason: 'more', grantedAt: at },
+        },
+      ]);
+    // A refund too, though it gives back what was charged.
+    const charged: LedgerEvent = {
+      type: 'CreditsCharged',
+      data: { userId: u, chargeId: 'c1', amount: 10, reason: 'call', holdId: null, chargedAt: at },
+    };
+    spec
+      .given([granted(20), charged, { ...granted(MAX_BALANCE - 15, 'g2') }])
+      .when(cmd('RefundCredits', { userId: u, refundId: 'r1', chargeId: 'c1', amount: 6, reason: 'sorry' }))
+      .thenThrows(BalanceLimitReached);
   });
 });

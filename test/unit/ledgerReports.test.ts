@@ -199,6 +199,18 @@ describe('verify', () => {
     expect(v).toMatchObject({ events: 15, accounts: 2, breach_count: 0, truncated: false });
   });
 
+  it('flags credits past 2^53 − 1 once, where they are no longer counted exactly', () => {
+    const log = [
+      grant('u', 'g1', Number.MAX_SAFE_INTEGER, day(1)),
+      grant('u', 'g2', 2, day(2)),
+      grant('u', 'g3', 2, day(3)),
+    ];
+    expect(breaches(log).filter(([rule]) => rule === 'over_limit')).toEqual([['over_limit', log[1]!.id]]);
+    // Each account within it, but not their sum.
+    const two = [grant('a', 'g1', Number.MAX_SAFE_INTEGER - 1, day(1)), grant('b', 'g1', 2, day(2))];
+    expect(breaches(two).filter(([rule]) => rule === 'over_limit')).toEqual([['over_limit', two[1]!.id]]);
+  });
+
   it('flags an overdraft', () => {
     const log = [grant('u', 'g', 100, day(1)), reserve('u', 'h', 80, day(2)), charge('u', 'c', 50, day(3))];
     expect(breaches(log)).toEqual([['overdraft', log[2]!.id]]);

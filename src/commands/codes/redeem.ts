@@ -3,7 +3,7 @@ import { codeStream, type CodeEvent } from '../../events/codes';
 import { ledgerStream } from '../../events/ledger';
 import type { Projector } from '../../projections/types';
 import type { CommandHandler } from '../handler';
-import { available, ledgerDecider } from '../ledger/decider';
+import { available, BalanceLimitReached, ledgerDecider, MAX_BALANCE } from '../ledger/decider';
 import { codeDecider } from './decider';
 
 export interface RedeemResult {
@@ -24,6 +24,14 @@ export async function redeemCode(
   commands: CommandHandler,
   input: { code: string; userId: string; now: Date; requestId?: string | null },
 ): Promise<RedeemResult> {
+  // A use the ledger would refuse to credit (the balance at its limit) is not recorded: its credit
+  // could never land.
+  const [code, ledger] = await Promise.all([
+    commands.read(codeDecider, codeStream(input.code)),
+    commands.read(ledgerDecider, ledgerStream(input.userId)),
+  ]);
+  const amount = code.state.issued?.amount ?? 0;
+  if (ledger.state.posted + amount > MAX_BALANCE) throw new BalanceLimitReached(ledger.state.posted, amount);
   const use = await commands.handle(codeDecider, codeStream(input.code), {
     type: 'UseCode',
     data: { code: input.code, userId: input.userId },

@@ -17,6 +17,21 @@ export class InsufficientCredits extends DomainError {
   }
 }
 
+/**
+ * The most credits an account may hold: beyond it, sums of credits are no longer counted exactly
+ * (JavaScript numbers), and a credit would be lost or made by rounding.
+ */
+export const MAX_BALANCE = Number.MAX_SAFE_INTEGER;
+
+/** A credit that would take the account past `MAX_BALANCE`. */
+export class BalanceLimitReached extends Conflict {
+  constructor(posted: number, amount: number) {
+    super(
+      `${amount} more credits would bring the balance (${posted}) past ${MAX_BALANCE}, the most an account holds.`,
+    );
+  }
+}
+
 export class HoldNotFound extends NotFound {}
 export class ChargeNotFound extends NotFound {}
 export class RefundExceedsCharge extends Conflict {}
@@ -82,6 +97,11 @@ function positive(n: number, what: string): void {
     throw new RangeError(`${what} must be a positive whole number of credits`);
 }
 
+/** Refuses a credit of `amount` that would take the account past `MAX_BALANCE`. */
+function withinLimit(s: Ledger, amount: number): void {
+  if (s.posted + amount > MAX_BALANCE) throw new BalanceLimitReached(s.posted, amount);
+}
+
 /**
  * The ledger's rules. Every command carrying an id of its own (grant, redemption, hold, charge,
  * refund, adjustment) is idempotent on it: the same command again decides nothing, so a process
@@ -93,11 +113,13 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
     case 'GrantCredits': {
       if (s.seen.has(cmd.data.grantId)) return [];
       positive(cmd.data.amount, 'amount');
+      withinLimit(s, cmd.data.amount);
       return [{ type: 'CreditsGranted', data: { ...cmd.data, grantedAt: now } }];
     }
     case 'RedeemCode': {
       if (s.seen.has(cmd.data.useId)) return [];
       positive(cmd.data.amount, 'amount');
+      withinLimit(s, cmd.data.amount);
       return [{ type: 'CodeRedeemed', data: { ...cmd.data, redeemedAt: now } }];
     }
     case 'ReserveCredits': {
@@ -177,6 +199,7 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
           `Only ${refundable} credits of charge ${chargeId} can still be refunded.`,
         );
       }
+      withinLimit(s, amount);
       return [{ type: 'CreditsRefunded', data: { ...cmd.data, refundedAt: now } }];
     }
     case 'AdjustCredits': {
@@ -185,6 +208,7 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
       if (!Number.isSafeInteger(amount) || amount === 0)
         throw new RangeError('amount must be a non-zero whole number');
       if (available(s) + amount < 0) throw new InsufficientCredits(available(s), -amount);
+      if (amount > 0) withinLimit(s, amount);
       return [{ type: 'CreditsAdjusted', data: { ...cmd.data, adjustedAt: now } }];
     }
   }
