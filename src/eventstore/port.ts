@@ -167,10 +167,9 @@ export class WrongExpectedRevision extends Error {
  * rather than a 500 or a stopped read model for whatever was not.
  */
 export class UnstorableText extends BadRequest {
-  constructor() {
-    super(
-      'The request holds a NUL character (\\u0000) or half of a surrogate pair, which text may not hold.',
-    );
+  /** `what`: what holds the text, as the caller knows it ("The body"). */
+  constructor(what = 'Text to be stored') {
+    super(`${what} holds a NUL character (\\u0000) or half of a surrogate pair, which text may not hold.`);
   }
 }
 

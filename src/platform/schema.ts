@@ -36,6 +36,8 @@ export interface IdempotencyKeysTable {
   body: Buffer | null;
   /** What the first request started that outlives it (a task id): a retry goes on from it. */
   ref: string | null;
+  /** The lease of the request holding the key: only it writes the answer. */
+  lease: string | null;
   created_at: Generated<Date>;
   completed_at: Date | null;
 }

@@ -171,6 +171,31 @@ describe('Idempotency-Key on POST', () => {
     expect(await events('s')).toBe(1);
   });
 
+  it('writes nothing to a key taken over while it ran: the taker holds it now', async () => {
+    const key = `k-lost-${crypto.randomUUID()}`;
+    const first = t.http
+      .post('/api/v1/test/slow')
+      .set('Idempotency-Key', key)
+      .send({ counter: 'l', by: 1 })
+      .then((res) => res);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // As a retry does when this instance failed to renew the lease in time: a lease of its own.
+    const row = () =>
+      t.deps.db.db
+        .selectFrom('idempotency_keys')
+        .selectAll()
+        .where('key', '=', key)
+        .executeTakeFirstOrThrow();
+    expect((await row()).lease).toEqual(expect.any(String));
+    await t.deps.db.db
+      .updateTable('idempotency_keys')
+      .set({ lease: 'taken-over' })
+      .where('key', '=', key)
+      .execute();
+    expect((await first).status).toBe(201);
+    expect(await row()).toMatchObject({ lease: 'taken-over', status: null, body: null });
+  });
+
   it('runs every POST without a key', async () => {
     await t.http.post('/api/v1/test/counters').send({ counter: 'f', by: 1 });
     await t.http.post('/api/v1/test/counters').send({ counter: 'f', by: 1 });

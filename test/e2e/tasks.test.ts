@@ -866,6 +866,36 @@ describe('/chat/completions with the official openai client', () => {
     expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
   });
 
+  it('goes on from its task when the first attempt failed (5xx) after starting it, charging once', async () => {
+    const u = await newUser();
+    const asked = fake.requests.length;
+    const send = () =>
+      t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .set('Idempotency-Key', 'fails-once')
+        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Say something.' }] });
+    const outcomeOf = jest.spyOn(t.deps.tasks!, 'outcomeOf').mockRejectedValueOnce(new Error('lost'));
+    try {
+      const failed = await send();
+      expect(failed.status).toBe(500);
+      const retry = await send();
+      expect(retry.status).toBe(200);
+      expect(retry.body.choices[0].message.content).toBe(REPLY);
+    } finally {
+      outcomeOf.mockRestore();
+    }
+    expect(fake.requests.length).toBe(asked + 1);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0,
+      'settled',
+    );
+    const types = (await ledgerEvents(u.id)).map((e) => e.type);
+    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
+    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+  });
+
   it('goes on from the task of a first attempt whose instance stopped renewing its key, charging once', async () => {
     const u = await newUser();
     fake.setBehaviour({ tokenDelayMs: 40 });

@@ -326,11 +326,12 @@ export class TaskFlow {
         await Promise.allSettled([...this.starting, ...[...this.running.values()].map((r) => r.done)]);
       }
     };
-    const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
-    if ((await Promise.race([all(), timer])) === 'late') {
-      await Promise.allSettled(this.starting);
+    const late = () => new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    if ((await Promise.race([all(), late()])) === 'late') {
+      // A start still under way gets one more grace; one that hangs (its database gone) is left.
+      await Promise.race([Promise.allSettled(this.starting), late()]);
       for (const id of this.running.keys()) this.abortLocal(id, 'shutdown');
-      await all();
+      while (this.running.size > 0) await Promise.all([...this.running.values()].map((r) => r.done));
     }
     await this.subscriber?.quit().catch(() => this.subscriber?.disconnect());
   }

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
 import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
+import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
 import type { AppMiddleware } from '../types';
 
@@ -53,10 +54,7 @@ export function body(limit: string): AppMiddleware {
         throw new BadRequest(`The body is nested deeper than ${MAX_DEPTH} levels.`);
       }
       if (holdsUnstorableText(parsed)) {
-        throw new BadRequest(
-          'The body contains a NUL character (\\u0000) or half of a surrogate pair (\\ud800-\\udfff ' +
-            'alone), which text may not hold.',
-        );
+        throw new UnstorableText('The body');
       }
       await next();
     });

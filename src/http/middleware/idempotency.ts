@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { sql, type Kysely } from 'kysely';
 import { BadRequest, Conflict, DomainError } from '../../platform/errors';
@@ -49,7 +49,8 @@ export function idempotency(): AppMiddleware {
     const hash = requestHash(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
 
     const leaseSeconds = ctx.deps.config.IDEMPOTENCY_LEASE_SECONDS;
-    const claimed = await claim(db, scope, key, hash, leaseSeconds);
+    const lease = randomUUID();
+    const claimed = await claim(db, { scope, key, hash, lease, leaseSeconds });
     if (!claimed) {
       const row = await db
         .selectFrom('idempotency_keys')
@@ -68,13 +69,14 @@ export function idempotency(): AppMiddleware {
           `The first request with ${IDEMPOTENCY_HEADER} ${key} is still being processed; retry shortly.`,
         );
       }
-      ctx.set('Idempotent-Replayed', 'true');
       if (row.body === null && row.ref !== null) {
         // A streamed answer: streamed again from the work it named, which is not done twice.
         ctx.state.idempotent = { ref: row.ref, remember: async () => undefined };
         await next();
+        ctx.set('Idempotent-Replayed', 'true');
         return;
       }
+      ctx.set('Idempotent-Replayed', 'true');
       ctx.status = row.status;
       for (const [name, value] of Object.entries(row.headers ?? {})) ctx.set(name, value);
       ctx.body = row.body && row.body.length > 0 ? row.body : null;
@@ -82,22 +84,30 @@ export function idempotency(): AppMiddleware {
       return;
     }
 
+    // Every write below holds while this request holds the lease: one taken over meanwhile (this
+    // instance too slow to renew it) belongs to the request that took it.
+    const held = () =>
+      db
+        .updateTable('idempotency_keys')
+        .where('scope', '=', scope)
+        .where('key', '=', key)
+        .where('lease', '=', lease);
     let ref = claimed.ref;
     const idempotent: IdempotentRequest = {
       ref,
       async remember(named) {
+        await held().set({ ref: named }).execute();
         ref = named;
-        await db
-          .updateTable('idempotency_keys')
-          .set({ ref: named })
-          .where('scope', '=', scope)
-          .where('key', '=', key)
-          .execute();
       },
     };
     ctx.state.idempotent = idempotent;
     // Renewed while the request runs, however long (a completion may take minutes).
-    const renewal = setInterval(() => void renew(db, scope, key), (leaseSeconds * 1000) / 3);
+    const renew = () =>
+      held()
+        .set({ created_at: sql<Date>`now()` })
+        .execute()
+        .catch(() => undefined); // missed once, it is renewed at the next beat (or taken over)
+    const renewal = setInterval(() => void renew(), (leaseSeconds * 1000) / 3);
     renewal.unref();
     try {
       await next();
@@ -108,79 +118,58 @@ export function idempotency(): AppMiddleware {
       clearInterval(renewal);
     }
     const body = answerBytes(ctx.body);
-    // Not kept: a 5xx, so that a retry runs again; an answer of secrets (`no-store`: a token
-    // pair), which a replay would hand to whoever holds the spent request and its key; a stream
-    // of no named work.
+    // Not kept: an answer of secrets (`no-store`: a token pair), which a replay would hand to
+    // whoever holds the spent request and its key; a 5xx or a stream, when no work was named.
     const secret = /\bno-store\b/.test(ctx.response.get('Cache-Control'));
-    if (ctx.status >= 500 || secret || (body === undefined && ref === null)) {
-      await free(db, scope, key);
-      return;
-    }
-    if (body === undefined) {
-      // A stream is not kept: a retry streams again from the work it named.
+    if (secret || (ref === null && (ctx.status >= 500 || body === undefined))) {
       await db
-        .updateTable('idempotency_keys')
-        .set({ status: ctx.status, headers: {}, body: null, completed_at: new Date() })
+        .deleteFrom('idempotency_keys')
         .where('scope', '=', scope)
         .where('key', '=', key)
-        .execute();
+        .where('lease', '=', lease)
+        .execute()
+        .catch(() => undefined); // the database may be what failed; the key is taken over later
       return;
     }
+    if (ctx.status >= 500) {
+      // Work was started and named: its lease given up, so that a retry goes on from it at once.
+      await held()
+        .set({ created_at: sql<Date>`now() - make_interval(secs => ${leaseSeconds})` })
+        .execute()
+        .catch(() => undefined);
+      return;
+    }
+    // A stream is not kept (body null): a retry streams again from the work it named.
     const headers: Record<string, string> = {};
     for (const name of REPLAYED_HEADERS) {
       const value = ctx.response.get(name);
-      if (value) headers[name] = value;
+      if (value && body !== undefined) headers[name] = value;
     }
-    await db
-      .updateTable('idempotency_keys')
-      .set({ status: ctx.status, headers, body, completed_at: new Date() })
-      .where('scope', '=', scope)
-      .where('key', '=', key)
+    await held()
+      .set({ status: ctx.status, headers, body: body ?? null, completed_at: new Date() })
       .execute();
   };
 }
 
 /**
- * Takes the key for this request: a new key, or one whose first request was abandoned (not renewed
- * for `leaseSeconds`), with what that request named (`ref`). Null when the key is not free.
+ * Takes the key for this request under `lease`: a new key, or one whose first request was
+ * abandoned (its lease not renewed for `leaseSeconds`), with what that request named (`ref`).
+ * Null when the key is not free.
  */
 async function claim(
   db: Kysely<Database>,
-  scope: string,
-  key: string,
-  hash: string,
-  leaseSeconds: number,
+  k: { scope: string; key: string; hash: string; lease: string; leaseSeconds: number },
 ): Promise<{ ref: string | null } | null> {
   const res = await sql<{ ref: string | null }>`
-    insert into idempotency_keys (scope, key, request_hash)
-    values (${scope}, ${key}, ${hash})
-    on conflict (scope, key) do update set request_hash = excluded.request_hash, created_at = now()
+    insert into idempotency_keys (scope, key, request_hash, lease)
+    values (${k.scope}, ${k.key}, ${k.hash}, ${k.lease})
+    on conflict (scope, key) do update
+      set request_hash = excluded.request_hash, lease = excluded.lease, created_at = now()
       where idempotency_keys.status is null
         and idempotency_keys.request_hash = excluded.request_hash
-        and idempotency_keys.created_at < now() - make_interval(secs => ${leaseSeconds})
+        and idempotency_keys.created_at < now() - make_interval(secs => ${k.leaseSeconds})
     returning ref`.execute(db);
   return res.rows[0] ?? null;
-}
-
-/** This instance still runs the key's request: not to be taken over. */
-async function renew(db: Kysely<Database>, scope: string, key: string): Promise<void> {
-  await db
-    .updateTable('idempotency_keys')
-    .set({ created_at: sql<Date>`now()` })
-    .where('scope', '=', scope)
-    .where('key', '=', key)
-    .where('status', 'is', null)
-    .execute()
-    .catch(() => undefined); // missed once, it is renewed at the next beat (or taken over)
-}
-
-async function free(db: Kysely<Database>, scope: string, key: string): Promise<void> {
-  await db
-    .deleteFrom('idempotency_keys')
-    .where('scope', '=', scope)
-    .where('key', '=', key)
-    .execute()
-    .catch(() => undefined); // the database may be what failed; the key is taken over later
 }
 
 /** Deletes keys older than `maxAgeMs` (kept 24 hours by the service). */
