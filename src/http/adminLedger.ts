@@ -5,6 +5,7 @@ import { BalanceQuery, StatementQuery, SummaryQuery } from '../reports/params';
 import { ACCOUNTS } from '../reports/folds';
 import { MOVEMENT_TYPES } from '../reports/records';
 import { auth } from './middleware/auth';
+import { consistentRead } from './middleware/consistency';
 import { bearerSecurity, problemResponses } from './openapi';
 import type { AppContext, AuthedState, Resource } from './types';
 import type { ParameterizedContext } from 'koa';
@@ -160,7 +161,7 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
     StatementSchema,
     true,
   );
-  router.get('/admin/ledger/statement', auth(2), async (ctx) => {
+  router.get('/admin/ledger/statement', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
     const q = StatementQuery.parse(ctx.query);
     const statement = await reports.statement(q.user_id, q.from, q.to);
     if (wantsCsv(ctx)) {
@@ -177,7 +178,7 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
     SummarySchema,
     true,
   );
-  router.get('/admin/ledger/summary', auth(2), async (ctx) => {
+  router.get('/admin/ledger/summary', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
     const q = SummaryQuery.parse(ctx.query);
     const summary = await reports.summary(q.from, q.to);
     if (wantsCsv(ctx)) {
@@ -188,7 +189,7 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
   });
 
   register('/admin/ledger/balance', 'A user’s balance as of a time', BalanceQuery, BalanceAtSchema);
-  router.get('/admin/ledger/balance', auth(2), async (ctx) => {
+  router.get('/admin/ledger/balance', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
     const q = BalanceQuery.parse(ctx.query);
     ctx.body = await reports.balanceAt(q.user_id, q.at);
   });
@@ -199,7 +200,7 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
     undefined,
     ReconciliationSchema,
   );
-  router.get('/admin/ledger/reconcile', auth(2), async (ctx) => {
+  router.get('/admin/ledger/reconcile', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
     ctx.body = await reports.reconcile();
   });
 
@@ -209,7 +210,7 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
     undefined,
     VerificationSchema,
   );
-  router.get('/admin/ledger/verify', auth(2), async (ctx) => {
+  router.get('/admin/ledger/verify', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
     ctx.body = await reports.verify();
   });
 };

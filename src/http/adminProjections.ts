@@ -1,7 +1,9 @@
 import { z } from 'zod';
+import { pageOf, PageQuery } from '../queries/paging';
 import { auth } from './middleware/auth';
+import { consistentRead } from './middleware/consistency';
 import { bearerSecurity, problemResponses } from './openapi';
-import type { Resource } from './types';
+import type { AuthedState, Resource } from './types';
 
 const ProjectionStatusSchema = z
   .object({
@@ -30,19 +32,25 @@ export const adminProjections: Resource = (router, { deps, openapi }) => {
     summary: 'Projection checkpoints and lag',
     tags: ['admin'],
     security: bearerSecurity,
+    request: { query: PageQuery },
     responses: {
       200: {
-        description: 'Every projection',
-        content: { 'application/json': { schema: z.object({ items: z.array(ProjectionStatusSchema) }) } },
+        description: 'The projections',
+        content: {
+          'application/json': {
+            schema: z.object({ items: z.array(ProjectionStatusSchema), next_cursor: z.string().nullable() }),
+          },
+        },
       },
-      ...problemResponses(401, 403),
+      ...problemResponses(400, 401, 403),
     },
   });
 
-  router.get('/admin/projections', auth(2), async (ctx) => {
+  router.get('/admin/projections', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
+    const query = PageQuery.parse(ctx.query);
     const statuses = await deps.projections.status();
-    ctx.body = {
-      items: statuses.map((s) => ({
+    ctx.body = pageOf(
+      statuses.map((s) => ({
         name: s.name,
         version: s.version,
         state: s.state,
@@ -52,6 +60,7 @@ export const adminProjections: Resource = (router, { deps, openapi }) => {
         lag: s.lag,
         last_error: s.lastError,
       })),
-    };
+      query,
+    );
   });
 };

@@ -168,11 +168,29 @@ export const credits: Resource = (router, { deps, openapi }) => {
     ctx.body = { codes: issued, batch_id: batchId };
   });
 
+  openapi.registerPath({
+    method: 'get',
+    path: '/codes',
+    summary: 'Redemption codes, newest first, by status',
+    tags: ['admin'],
+    security: bearerSecurity,
+    request: { query: CodeStatusQuery },
+    responses: { 200: { description: '{ items, next_cursor }' }, ...problemResponses(400, 401, 403) },
+  });
   router.get('/codes', auth(2), consistentRead<AuthedState>(['codes']), async (ctx) => {
     const q = CodeStatusQuery.parse(ctx.query);
     ctx.body = await listCodes(db, { limit: q.limit, cursor: q.cursor, status: q.status, now: clock.now() });
   });
 
+  openapi.registerPath({
+    method: 'get',
+    path: '/codes/{code}',
+    summary: 'A redemption code: amount, uses, expiry, status',
+    tags: ['admin'],
+    security: bearerSecurity,
+    request: { params: CodeParam },
+    responses: { 200: { description: 'The code' }, ...problemResponses(401, 403, 404) },
+  });
   router.get('/codes/:code', auth(2), consistentRead<AuthedState>(['codes']), async (ctx) => {
     const { code } = CodeParam.parse(ctx.params);
     const found = await findCode(db, normalise(code), clock.now());
@@ -180,6 +198,15 @@ export const credits: Resource = (router, { deps, openapi }) => {
     ctx.body = found;
   });
 
+  openapi.registerPath({
+    method: 'delete',
+    path: '/codes/{code}',
+    summary: 'Revoke a redemption code: it can no longer be redeemed',
+    tags: ['admin'],
+    security: bearerSecurity,
+    request: { params: CodeParam },
+    responses: { 204: { description: 'Revoked' }, ...problemResponses(401, 403, 404) },
+  });
   router.delete('/codes/:code', auth(2), async (ctx) => {
     const { code } = CodeParam.parse(ctx.params);
     const r = await commands.handle(codeDecider, codeStream(normalise(code)), {

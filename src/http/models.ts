@@ -2,8 +2,10 @@ import { z } from 'zod';
 import { NotFound } from '../platform/errors';
 import type { ModelInfo } from '../platform/llm/types';
 import { auth } from './middleware/auth';
+import { pageOf, PageQuery } from '../queries/paging';
+import { consistentRead } from './middleware/consistency';
 import { bearerSecurity, problemResponses } from './openapi';
-import type { Resource } from './types';
+import type { AuthedState, Resource } from './types';
 
 const ModelView = z
   .object({
@@ -23,14 +25,23 @@ const ModelView = z
     }),
   })
   .meta({ id: 'Model' });
-const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelView) }).meta({ id: 'ModelList' });
+const ModelList = z
+  .object({
+    items: z.array(ModelView).meta({ description: 'This page of models' }),
+    next_cursor: z.string().nullable(),
+    object: z.literal('list'),
+    data: z.array(ModelView).meta({ description: 'Every model, as OpenAI lists them (unpaged)' }),
+  })
+  .meta({ id: 'ModelList' });
 const ModelId = z.object({ id: z.string().min(1).max(200) });
 
 type ModelView = z.infer<typeof ModelView>;
 
 /**
- * The model catalog with prices (API.md, Tasks). Shaped as OpenAI's model list, with our fields
- * added, so an OpenAI SDK pointed at this service can list models as well as complete with them.
+ * The model catalog with prices (API.md, Tasks). A list as every list of the API is (`items`,
+ * `next_cursor`), and as OpenAI's model list (`object`, `data`: every model, since OpenAI's SDKs
+ * do not page it), with our fields added, so an OpenAI SDK pointed at this service can list models
+ * as well as complete with them.
  */
 export const models: Resource = (router, { deps, openapi }) => {
   const catalog = deps.models;
@@ -55,13 +66,15 @@ export const models: Resource = (router, { deps, openapi }) => {
     summary: 'Available models with their prices',
     tags: ['tasks'],
     security: bearerSecurity,
+    request: { query: PageQuery },
     responses: {
-      200: { description: 'Every model', content: { 'application/json': { schema: ModelList } } },
+      200: { description: 'The models', content: { 'application/json': { schema: ModelList } } },
       ...problemResponses(401),
     },
   });
-  router.get('/models', auth(), (ctx) => {
-    ctx.body = { object: 'list', data: catalog.list().map(view) };
+  router.get('/models', auth(), consistentRead<AuthedState>([]), (ctx) => {
+    const all = catalog.list().map(view);
+    ctx.body = { ...pageOf(all, PageQuery.parse(ctx.query)), object: 'list', data: all };
   });
 
   openapi.registerPath({
@@ -76,7 +89,7 @@ export const models: Resource = (router, { deps, openapi }) => {
       ...problemResponses(401, 404),
     },
   });
-  router.get('/models/:id', auth(), (ctx) => {
+  router.get('/models/:id', auth(), consistentRead<AuthedState>([]), (ctx) => {
     const { id } = ModelId.parse(ctx.params);
     const model = catalog.get(id);
     if (!model) throw new NotFound(`No model ${id}.`);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { passwordSignIn, refreshSession, revokeSession, type TokenPair } from '../commands/users/identity';
 import { BadRequest, NotFound } from '../platform/errors';
+import { PageQuery } from '../queries/paging';
 import { activeSessions } from '../queries/users';
 import { identityDeps, requestContext } from './identityDeps';
 import { auth } from './middleware/auth';
@@ -130,11 +131,19 @@ export const sessions: Resource = (router, { deps, openapi }) => {
     summary: 'My active sessions',
     tags: ['sessions'],
     security: bearerSecurity,
-    responses: { 200: { description: 'Active sessions' }, ...problemResponses(401, 504) },
+    request: { query: PageQuery },
+    responses: { 200: { description: 'Active sessions' }, ...problemResponses(400, 401, 504) },
   });
   router.get('/users/me/sessions', auth(), consistentRead<AuthedState>(['sessions']), async (ctx) => {
     const { id, sessionId } = ctx.state.user;
-    ctx.body = { items: await activeSessions(db, id, deps.clock.now(), sessionId), next_cursor: null };
+    const { limit, cursor } = PageQuery.parse(ctx.query);
+    ctx.body = await activeSessions(db, {
+      userId: id,
+      now: deps.clock.now(),
+      currentSessionId: sessionId,
+      limit,
+      cursor,
+    });
   });
 
   openapi.registerPath({

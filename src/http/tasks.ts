@@ -7,6 +7,7 @@ import { DomainError } from '../platform/errors';
 import type { ChatMessageInput } from '../platform/llm/types';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
+import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
 import { openSse } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
@@ -138,6 +139,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         provenanceOf(ctx),
       ),
     );
+    setEventPosition(ctx, t.position);
     ctx.status = 201;
     ctx.set('Location', `${API_BASE}/tasks/${t.taskId}`);
     ctx.body = {
@@ -160,7 +162,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     request: { params: TaskId },
     responses: { 200: { description: 'The task' }, ...problemResponses(401, 404) },
   });
-  router.get('/tasks/:id', auth(), async (ctx) => {
+  router.get('/tasks/:id', auth(), consistentRead<AuthedState>([]), async (ctx) => {
     const { id } = TaskId.parse(ctx.params);
     ctx.body = taskView(await flowOf().read(id, ctx.state.user.id));
   });
@@ -174,7 +176,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     request: { params: TaskId },
     responses: { 200: { description: 'text/event-stream' }, ...problemResponses(401, 404, 409) },
   });
-  router.get('/tasks/:id/stream', auth(), async (ctx) => {
+  router.get('/tasks/:id/stream', auth(), consistentRead<AuthedState>([]), async (ctx) => {
     const { id } = TaskId.parse(ctx.params);
     const flow = flowOf();
     const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
@@ -208,7 +210,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   });
   router.post('/tasks/:id/cancel', auth(), async (ctx) => {
     const { id } = TaskId.parse(ctx.params);
-    await flowOf().cancel(id, ctx.state.user.id, provenanceOf(ctx));
+    setEventPosition(ctx, await flowOf().cancel(id, ctx.state.user.id, provenanceOf(ctx)));
     ctx.status = 202;
     ctx.body = { id, status: 'cancelling' };
   });
@@ -250,6 +252,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         provenanceOf(ctx),
       ),
     );
+    setEventPosition(ctx, t.position);
     const id = `chatcmpl-${t.taskId}`;
     const created = Math.floor(Date.now() / 1000);
     const model = t.modelId;

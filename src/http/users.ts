@@ -235,8 +235,10 @@ export const users: Resource = (router, { deps, openapi }) => {
       },
     });
   }
-  router.get('/users/me/avatar', auth(), (ctx) => sendAvatar(ctx, ctx.state.user.id));
-  router.get('/users/:id/avatar', auth(), async (ctx) => {
+  router.get('/users/me/avatar', auth(), consistentRead<AuthedState>([]), (ctx) =>
+    sendAvatar(ctx, ctx.state.user.id),
+  );
+  router.get('/users/:id/avatar', auth(), consistentRead<AuthedState>([]), async (ctx) => {
     const { id } = UserId.parse(ctx.params);
     // Another user's avatar is indistinguishable from none (admins may see any).
     if (id !== ctx.state.user.id && ctx.state.user.permission < 2) throw new NotFound('No avatar.');

@@ -91,3 +91,10 @@ export async function newestFirstPage<
       rows.length > opts.limit && last ? encodeCursor([last.created_at.toISOString(), last.id]) : null,
   };
 }
+
+/** One page of a short list held in memory (the models, the read models), by offset. */
+export function pageOf<T>(all: readonly T[], opts: { limit: number; cursor?: string | undefined }): Page<T> {
+  const from = Number(wholeNumberCursor(opts.cursor, BigInt(all.length)) ?? 0);
+  const to = from + opts.limit;
+  return { items: all.slice(from, to), next_cursor: to < all.length ? encodeCursor([to]) : null };
+}

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Database } from '../platform/schema';
-import { encodeCursor, timeIdCursor, type Page } from './paging';
+import { encodeCursor, newestFirstPage, timeIdCursor, type Page } from './paging';
 
 /** A user as API.md shows one (`GET /users/me`); admins also see `disabled` and the identities. */
 export interface UserView {
@@ -114,23 +114,18 @@ export async function activeSessionIds(db: Kysely<Database>, userId: string, now
   return rows.map((r) => r.id);
 }
 
-/** A user's sessions that are neither revoked nor expired, newest first (the newest 1000). */
+/** A page of a user's sessions that are neither revoked nor expired, newest first. */
 export async function activeSessions(
   db: Kysely<Database>,
-  userId: string,
-  now: Date,
-  currentSessionId?: string,
-): Promise<SessionView[]> {
-  const rows = await db
+  opts: { userId: string; now: Date; currentSessionId?: string; limit: number; cursor?: string | undefined },
+): Promise<Page<SessionView>> {
+  const query = db
     .selectFrom('sessions')
     .selectAll()
-    .where('user_id', '=', userId)
+    .where('user_id', '=', opts.userId)
     .where('revoked_at', 'is', null)
-    .where('expires_at', '>', now)
-    .orderBy('created_at', 'desc')
-    .limit(1000)
-    .execute();
-  return rows.map((r) => ({
+    .where('expires_at', '>', opts.now);
+  return newestFirstPage(query, opts, (r) => ({
     id: r.id,
     method: r.method,
     user_agent: r.user_agent,
@@ -138,6 +133,6 @@ export async function activeSessions(
     created_at: r.created_at.toISOString(),
     last_used_at: r.last_used_at.toISOString(),
     expires_at: r.expires_at.toISOString(),
-    current: r.id === currentSessionId,
+    current: r.id === opts.currentSessionId,
   }));
 }

@@ -91,6 +91,12 @@ describe('credits', () => {
     expect(last.body.balance_after).toBe(Number.MAX_SAFE_INTEGER);
   });
 
+  it('documents every code route in /openapi.json', async () => {
+    const { paths } = (await t.http.get('/openapi.json')).body as { paths: Record<string, object> };
+    expect(Object.keys(paths['/codes'] ?? {}).sort()).toEqual(['get', 'post']);
+    expect(Object.keys(paths['/codes/{code}'] ?? {}).sort()).toEqual(['delete', 'get']);
+  });
+
   it('lets admins grant and adjust, with each entry’s balance after it, paged', async () => {
     const grant = await t.http
       .post('/api/v1/users/dave/credits')

@@ -250,6 +250,14 @@ describe('sign-in and sessions', () => {
     expect(list.body.items).toHaveLength(2);
     const items = list.body.items as { id: string; current: boolean }[];
     expect(items.find((s) => s.current)?.id).toBe(sessionOf(u.access));
+    // Paged as every list is: newest first.
+    const page = (query: Record<string, string | number>) =>
+      t.http.get('/api/v1/users/me/sessions').query(query).set('Authorization', u.auth);
+    const first = await page({ limit: 1 });
+    expect(first.body.items.map((s: { id: string }) => s.id)).toEqual([otherSession]);
+    const second = await page({ limit: 1, cursor: first.body.next_cursor as string });
+    expect(second.body).toMatchObject({ items: [{ id: sessionOf(u.access) }], next_cursor: null });
+    expect((await page({ limit: 0 })).status).toBe(400);
 
     const stranger = await signedIn();
     const foreign = await t.http

@@ -43,6 +43,8 @@ describe('GET /models with nothing configured', () => {
           prices: { prompt: 10_000, completion: 20_000 },
         },
       ],
+      items: res.body.data,
+      next_cursor: null,
     });
   });
 
@@ -153,6 +155,21 @@ describe('GET /models with a configured catalog', () => {
       }),
     ]);
     expect(JSON.stringify(res.body)).not.toContain('sk-e2e-not-a-real-key');
+  });
+
+  it('pages the models as every list does (items, next_cursor), while data keeps them all', async () => {
+    const first = await app.get(`${API}/models?limit=1`).set('Authorization', bearer());
+    expect(first.status).toBe(200);
+    expect(first.body.items.map((m: { id: string }) => m.id)).toEqual(['Qwen/Qwen2.5-7B-Instruct']);
+    expect(first.body.data).toHaveLength(2);
+    const second = await app
+      .get(`${API}/models`)
+      .query({ limit: 1, cursor: first.body.next_cursor as string })
+      .set('Authorization', bearer());
+    expect(second.body.items.map((m: { id: string }) => m.id)).toEqual(['deepseek-chat']);
+    expect(second.body.next_cursor).toBeNull();
+    expect((await app.get(`${API}/models?limit=0`).set('Authorization', bearer())).status).toBe(400);
+    expect((await app.get(`${API}/models?cursor=garbage`).set('Authorization', bearer())).status).toBe(400);
   });
 
   it('answers a model whose id has a slash, encoded in the path', async () => {

@@ -350,6 +350,32 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     await startTask(u.auth, chatId);
   });
 
+  it('answers each task command with X-Event-Position, and each task read honours X-Consistent-After', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 50 });
+    const created = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+    expect(created.status).toBe(201);
+    const position = created.headers['x-event-position'] as string;
+    expect(position).toMatch(/^\d+$/);
+    const id = (created.body as Started).id;
+    const read = (after: string) =>
+      t.http.get(`${API}/tasks/${id}`).set('Authorization', u.auth).set('X-Consistent-After', after);
+    expect((await read(position)).status).toBe(200);
+    expect((await read('abc')).status).toBe(400);
+    const cancelled = await t.http.post(`${API}/tasks/${id}/cancel`).set('Authorization', u.auth);
+    expect(cancelled.status).toBe(202);
+    expect(BigInt(cancelled.headers['x-event-position'] as string)).toBeGreaterThan(BigInt(position));
+    expect((await read(String(BigInt(position) + 1_000_000n))).status).toBe(504);
+    await finished(u.auth, id);
+    const completion = await t.http
+      .post(`${API}/chat/completions`)
+      .set('Authorization', u.auth)
+      .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
+    expect(completion.status).toBe(200);
+    expect(completion.headers['x-event-position']).toMatch(/^\d+$/);
+  });
+
   it('answers 402 when available credits do not cover the hold, and holds nothing', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

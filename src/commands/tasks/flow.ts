@@ -82,6 +82,8 @@ export interface StartedTask {
   hold: number;
   promptTokens: number;
   maxTokens: number;
+  /** The task's creation in the log, for `X-Event-Position`. */
+  position: bigint;
 }
 
 /** What a reply is generated from, once the chat (or the completion request) is read. */
@@ -184,8 +186,10 @@ export class TaskFlow {
    * which goes on from it instead of starting another. Another user's task is 404.
    */
   async resume(taskId: string, userId: string): Promise<StartedTask> {
-    const s = await this.read(taskId, userId);
+    const { state: s, position } = await this.deps.commands.read(taskDecider, taskStream(taskId));
+    if (!s.created || s.userId !== userId) throw new TaskNotFound(`No task ${taskId}.`);
     return {
+      position,
       taskId,
       chatId: s.chatId,
       modelId: s.model,
@@ -226,13 +230,15 @@ export class TaskFlow {
   }
 
   /** Asks for the task to stop: recorded, then its generation (on whichever instance) is aborted. */
-  async cancel(taskId: string, userId: string, provenance: Provenance): Promise<void> {
-    await this.handle(taskId, 'RequestCancel', { taskId, userId }, provenance);
+  /** Asks a task to stop; answers the position of the request (or of the task, when already asked). */
+  async cancel(taskId: string, userId: string, provenance: Provenance): Promise<bigint> {
+    const { position } = await this.handle(taskId, 'RequestCancel', { taskId, userId }, provenance);
     if (!this.abortLocal(taskId, 'cancel') && this.deps.redis) {
       await this.deps.redis.publish(CANCEL_CHANNEL, taskId).catch((err: unknown) => {
         this.deps.logger.warn({ err, taskId }, 'task cancel not published; the task runs to its end');
       });
     }
+    return position;
   }
 
   /**
@@ -382,6 +388,7 @@ export class TaskFlow {
           })
         : undefined,
     ]);
+    let created: { position: bigint };
     try {
       // The chat's refusal (409) says more than the user's (429).
       for (const r of [taken[1], taken[0]]) if (r.status === 'rejected') throw r.reason;
@@ -396,7 +403,7 @@ export class TaskFlow {
           metadata: { ...provenance, correlationId: taskId },
         });
       }
-      await this.deps.commands.handle(
+      created = await this.deps.commands.handle(
         taskDecider,
         taskStream(taskId),
         {
@@ -430,7 +437,15 @@ export class TaskFlow {
       throw err;
     }
     this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
-    return { taskId, chatId: g.chatId, modelId: g.model.id, hold, promptTokens, maxTokens };
+    return {
+      taskId,
+      chatId: g.chatId,
+      modelId: g.model.id,
+      hold,
+      promptTokens,
+      maxTokens,
+      position: created.position,
+    };
   }
 
   /** Runs the generation in the background; its outcome is recorded and settled whatever happens. */

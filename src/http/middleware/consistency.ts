@@ -11,6 +11,8 @@ const MAX_POSITION = 2n ** 63n - 1n;
  * Read-your-writes for a GET: with `X-Consistent-After: <position>` (from a command's
  * `X-Event-Position`), waits until every named projection has applied that position, or answers
  * 504 after CONSISTENCY_TIMEOUT_MS. Without the header, reads whatever the projections have.
+ * With no projection named (a read of the event store itself: a task, a ledger report), it waits
+ * only for that position to be stored.
  */
 export function consistentRead<State extends AppState = AppState>(
   projectionNames: readonly string[],
