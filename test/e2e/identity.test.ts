@@ -254,7 +254,7 @@ describe('sign-in and sessions', () => {
     const page = (query: Record<string, string | number>) =>
       t.http.get('/api/v1/users/me/sessions').query(query).set('Authorization', u.auth);
     const first = await page({ limit: 1 });
-    expect(first.body.items.map((s: { id: string }) => s.id)).toEqual([otherSession]);
+    expect((first.body.items as { id: string }[]).map((s) => s.id)).toEqual([otherSession]);
     const second = await page({ limit: 1, cursor: first.body.next_cursor as string });
     expect(second.body).toMatchObject({ items: [{ id: sessionOf(u.access) }], next_cursor: null });
     expect((await page({ limit: 0 })).status).toBe(400);

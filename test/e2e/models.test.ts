@@ -160,13 +160,13 @@ describe('GET /models with a configured catalog', () => {
   it('pages the models as every list does (items, next_cursor), while data keeps them all', async () => {
     const first = await app.get(`${API}/models?limit=1`).set('Authorization', bearer());
     expect(first.status).toBe(200);
-    expect(first.body.items.map((m: { id: string }) => m.id)).toEqual(['Qwen/Qwen2.5-7B-Instruct']);
+    expect((first.body.items as { id: string }[]).map((m) => m.id)).toEqual(['Qwen/Qwen2.5-7B-Instruct']);
     expect(first.body.data).toHaveLength(2);
     const second = await app
       .get(`${API}/models`)
       .query({ limit: 1, cursor: first.body.next_cursor as string })
       .set('Authorization', bearer());
-    expect(second.body.items.map((m: { id: string }) => m.id)).toEqual(['deepseek-chat']);
+    expect((second.body.items as { id: string }[]).map((m) => m.id)).toEqual(['deepseek-chat']);
     expect(second.body.next_cursor).toBeNull();
     expect((await app.get(`${API}/models?limit=0`).set('Authorization', bearer())).status).toBe(400);
     expect((await app.get(`${API}/models?cursor=garbage`).set('Authorization', bearer())).status).toBe(400);
