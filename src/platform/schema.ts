@@ -38,6 +38,8 @@ export interface IdempotencyKeysTable {
   ref: string | null;
   /** The lease of the request holding the key: only it writes the answer. */
   lease: string | null;
+  /** The answer holds secrets and is sealed with a key drawn from the request. */
+  sealed: Generated<boolean>;
   created_at: Generated<Date>;
   completed_at: Date | null;
 }

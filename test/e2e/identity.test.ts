@@ -175,40 +175,40 @@ describe('sign-in and sessions', () => {
     }
   });
 
-  it('keeps no token answer under an Idempotency-Key: a spent refresh token sent again is reuse', async () => {
+  it('gives a token answer again to the same request with its key, kept sealed, and reuse is still caught', async () => {
     const u = await signedIn();
     const key = `refresh-${crypto.randomUUID()}`;
-    const refresh = (token: string, key?: string) => {
+    const refresh = (token: string, withKey = true) => {
       const req = t.http.post('/api/v1/session/refresh');
-      return (key ? req.set('Idempotency-Key', key) : req).send({ refresh_token: token });
+      return (withKey ? req.set('Idempotency-Key', key) : req).send({ refresh_token: token });
     };
-    const first = await refresh(u.refresh, key);
+    const first = await refresh(u.refresh);
     expect(first.status).toBe(200);
-    const second = await refresh(first.body.refresh_token as string);
-    expect(second.status).toBe(200);
-    // Whoever holds the spent token and its key gets no token pair back: the reuse ends the session.
-    const replayed = await refresh(u.refresh, key);
-    expect(replayed.status).toBe(401);
-    expect(replayed.headers['idempotent-replayed']).toBeUndefined();
-    expect((await refresh(second.body.refresh_token as string)).status).toBe(401);
-    // What is kept under the key is the refusal, no token.
+    // The client did not hear the answer and asks again: the same pair, not a reuse.
+    const again = await refresh(u.refresh);
+    expect(again.status).toBe(200);
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(again.headers['cache-control']).toBe('no-store');
+    expect(again.body).toEqual(first.body);
+    // No token is stored as is.
     const kept = await t.deps.db.db
       .selectFrom('idempotency_keys')
-      .select('body')
+      .select(['body', 'sealed'])
       .where('key', '=', key)
-      .execute();
-    expect(kept.map((r) => r.body?.toString())).toEqual([expect.stringContaining('already used')]);
-    // A sign-in's token pair is not kept either: the same request signs in again.
-    const signIn = () =>
-      t.http
-        .post('/api/v1/session/oauth2/token')
-        .set('Idempotency-Key', `sign-in-${key}`)
-        .type('form')
-        .send({ username: u.username, password: u.password });
-    const a = await signIn();
-    const b = await signIn();
-    expect([a.status, b.status]).toEqual([200, 200]);
-    expect(b.body.refresh_token).not.toBe(a.body.refresh_token);
+      .executeTakeFirstOrThrow();
+    expect(kept.sealed).toBe(true);
+    const stored = kept.body!.toString('latin1');
+    for (const token of [first.body.refresh_token as string, first.body.access_token as string]) {
+      expect(stored).not.toContain(token);
+    }
+    // A sealed answer that does not open (the service's secret changed) is not given out.
+    const broken = Buffer.from(kept.body!);
+    broken[broken.length - 1]! ^= 1;
+    await t.deps.db.db.updateTable('idempotency_keys').set({ body: broken }).where('key', '=', key).execute();
+    expect((await refresh(u.refresh)).status).toBe(409);
+    // The spent token without the key is reuse, as ever: the session ends.
+    expect((await refresh(u.refresh, false)).status).toBe(401);
+    expect((await refresh(first.body.refresh_token as string, false)).status).toBe(401);
   });
 
   it('takes the refresh grant at the OAuth2 token endpoint too', async () => {

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { sql, type Kysely } from 'kysely';
 import { BadRequest, Conflict, DomainError } from '../../platform/errors';
@@ -10,7 +10,7 @@ import { respondWithError } from './errors';
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 const KEY = /^[\x21-\x7e]{1,255}$/;
 /** Response headers that are part of the answer and replayed with it. */
-const REPLAYED_HEADERS = ['content-type', 'location', 'x-event-position', 'retry-after'];
+const REPLAYED_HEADERS = ['content-type', 'location', 'x-event-position', 'retry-after', 'cache-control'];
 
 /** The same key was sent with a different request. */
 export class IdempotencyKeyReused extends DomainError {
@@ -25,8 +25,8 @@ export class IdempotencyKeyReused extends DomainError {
  * true`) with no second effect; the same key with another request is 422; a retry while the first
  * is still running is 409. Keys belong to the caller (the user of a valid token, else everyone
  * anonymous — the request hash covers the whole body, so a replay needs the identical request).
- * Answers of 5xx, and answers of secrets (`Cache-Control: no-store`, as token pairs are), are not
- * kept: the key is freed, so a retry runs again (a spent refresh token sent again is its reuse).
+ * Answers of 5xx are not kept: the key is freed so a retry runs again. Answers of secrets
+ * (`Cache-Control: no-store`: token pairs) are kept sealed, opened only by the same request.
  *
  * The first request holds the key on a lease its instance renews while it runs; a lease not renewed
  * for `IDEMPOTENCY_LEASE_SECONDS` (the instance died) lets a retry take the key over. A route whose work
@@ -46,7 +46,9 @@ export function idempotency(): AppMiddleware {
     }
     const db = ctx.deps.db.db;
     const scope = callerScope(ctx.get('Authorization'), ctx.deps.config);
-    const hash = requestHash(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
+    const request = requestText(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
+    const hash = createHash('sha256').update(request).digest('hex');
+    const secrets = sealer(request, ctx.deps.config.JWT_SECRET);
 
     const leaseSeconds = ctx.deps.config.IDEMPOTENCY_LEASE_SECONDS;
     const lease = randomUUID();
@@ -76,10 +78,16 @@ export function idempotency(): AppMiddleware {
         ctx.set('Idempotent-Replayed', 'true');
         return;
       }
+      const answer = row.sealed && row.body ? secrets.open(row.body) : row.body;
+      if (answer === undefined) {
+        throw new Conflict(
+          `The answer to ${IDEMPOTENCY_HEADER} ${key} can no longer be given again; send the request with a new key.`,
+        );
+      }
       ctx.set('Idempotent-Replayed', 'true');
       ctx.status = row.status;
       for (const [name, value] of Object.entries(row.headers ?? {})) ctx.set(name, value);
-      ctx.body = row.body && row.body.length > 0 ? row.body : null;
+      ctx.body = answer && answer.length > 0 ? answer : null;
       if (row.headers?.['content-type']) ctx.type = row.headers['content-type'];
       return;
     }
@@ -118,10 +126,8 @@ export function idempotency(): AppMiddleware {
       clearInterval(renewal);
     }
     const body = answerBytes(ctx.body);
-    // Not kept: an answer of secrets (`no-store`: a token pair), which a replay would hand to
-    // whoever holds the spent request and its key; a 5xx or a stream, when no work was named.
-    const secret = /\bno-store\b/.test(ctx.response.get('Cache-Control'));
-    if (secret || (ref === null && (ctx.status >= 500 || body === undefined))) {
+    // Not kept: a 5xx or a stream, when no work was named.
+    if (ref === null && (ctx.status >= 500 || body === undefined)) {
       await db
         .deleteFrom('idempotency_keys')
         .where('scope', '=', scope)
@@ -145,8 +151,16 @@ export function idempotency(): AppMiddleware {
       const value = ctx.response.get(name);
       if (value && body !== undefined) headers[name] = value;
     }
+    // An answer of secrets (`no-store`: a token pair) is kept sealed: a token is never stored as is.
+    const sealed = body !== undefined && /\bno-store\b/.test(ctx.response.get('Cache-Control'));
     await held()
-      .set({ status: ctx.status, headers, body: body ?? null, completed_at: new Date() })
+      .set({
+        status: ctx.status,
+        headers,
+        body: sealed ? secrets.seal(body) : (body ?? null),
+        sealed,
+        completed_at: new Date(),
+      })
       .execute();
   };
 }
@@ -194,10 +208,38 @@ function callerScope(
   }
 }
 
-function requestHash(method: string, path: string, query: string, body: unknown): string {
-  return createHash('sha256')
-    .update(JSON.stringify([method, path, query, canonical(body)]))
-    .digest('hex');
+/** The request as one text: its hash names it, and it opens an answer sealed for it. */
+function requestText(method: string, path: string, query: string, body: unknown): string {
+  return JSON.stringify([method, path, query, canonical(body)]);
+}
+
+/**
+ * Seals and opens an answer of secrets (a token pair) with a key drawn from the request itself and
+ * the service's secret: the stored row alone (its request hash included) opens nothing; the same
+ * request again, on this service, does.
+ */
+function sealer(request: string, serviceSecret: string | undefined) {
+  const key = createHash('sha256')
+    .update(['idempotent answer', serviceSecret ?? '', request].join('\u0000'))
+    .digest();
+  return {
+    seal(plain: Buffer): Buffer {
+      const iv = randomBytes(12);
+      const cipher = createCipheriv('aes-256-gcm', key, iv);
+      const sealed = Buffer.concat([cipher.update(plain), cipher.final()]);
+      return Buffer.concat([iv, cipher.getAuthTag(), sealed]);
+    },
+    /** The answer, or undefined when it does not open (the service's secret changed). */
+    open(stored: Buffer): Buffer | undefined {
+      try {
+        const decipher = createDecipheriv('aes-256-gcm', key, stored.subarray(0, 12));
+        decipher.setAuthTag(stored.subarray(12, 28));
+        return Buffer.concat([decipher.update(stored.subarray(28)), decipher.final()]);
+      } catch {
+        return undefined;
+      }
+    },
+  };
 }
 
 /** JSON with object keys sorted, so the same body sent with keys in another order is the same request. */
