@@ -532,31 +532,63 @@ export async function rebuildProjection(
       if (!next) break;
       batch = await next;
     }
-    const position = batch.next;
-    await db.transaction().execute(async (trx) => {
-      await trx
-        .insertInto('projection_checkpoints')
-        .values({ name: projector.name, version: projector.version, txid: '0', position: '0' })
-        .onConflict((oc) => oc.column('name').doNothing())
-        .execute();
-      // Holding the checkpoint row keeps the live runner from committing a batch into the old tables.
-      await lockCheckpoint(trx, projector.name);
-      for (const table of projector.tables) {
-        await sql`drop table ${sql.id('public', table)}`.execute(trx);
-        await sql`alter table ${sql.id(schema, table)} set schema public`.execute(trx);
+    let position = batch.next;
+    /** Applies to the new tables what the log holds after `position`, up to `to`. */
+    const catchUp = async (to: LogPosition) => {
+      for (let from = position; compareLogPositions(from, to) < 0;) {
+        const more = await store.readAll({ from, maxCount: batchSize, filter: { eventTypes: types } });
+        const events = more.events.filter((e) => compareLogPositions(e.logPosition, to) <= 0);
+        if (events.length > 0) {
+          await db.transaction().execute(async (trx) => {
+            await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
+            await projector.apply(trx, events);
+          });
+          processed += events.length;
+        }
+        if (events.length < more.events.length || more.caughtUp) break;
+        from = more.next;
       }
-      await sql`drop schema ${sql.id(schema)}`.execute(trx);
-      await trx
-        .updateTable('projection_checkpoints')
-        .set({
-          version: projector.version,
-          txid: String(position.txid),
-          position: String(position.position),
-          updated_at: new Date(),
-        })
+      position = to;
+    };
+    // A live runner (this process's or another's) may have applied events past the rebuild's last
+    // read to the old tables: the new ones take them too before the swap, and the checkpoint stays
+    // where it was, so that no runner goes on from a checkpoint its tables are behind.
+    for (let swapped = false; !swapped;) {
+      const saved = await db
+        .selectFrom('projection_checkpoints')
+        .select(['txid', 'position'])
         .where('name', '=', projector.name)
-        .execute();
-    });
+        .executeTakeFirst();
+      const live = saved && { txid: BigInt(saved.txid), position: BigInt(saved.position) };
+      if (live && compareLogPositions(live, position) > 0) await catchUp(live);
+      swapped = await db.transaction().execute(async (trx) => {
+        await trx
+          .insertInto('projection_checkpoints')
+          .values({ name: projector.name, version: projector.version, txid: '0', position: '0' })
+          .onConflict((oc) => oc.column('name').doNothing())
+          .execute();
+        // Holding the checkpoint row keeps the live runner from committing a batch into the old tables.
+        const locked = await lockCheckpoint(trx, projector.name);
+        // Moved on since it was read: catch up once more (the log is read outside this transaction).
+        if (locked && compareLogPositions(locked.position, position) > 0) return false;
+        for (const table of projector.tables) {
+          await sql`drop table ${sql.id('public', table)}`.execute(trx);
+          await sql`alter table ${sql.id(schema, table)} set schema public`.execute(trx);
+        }
+        await sql`drop schema ${sql.id(schema)}`.execute(trx);
+        await trx
+          .updateTable('projection_checkpoints')
+          .set({
+            version: projector.version,
+            txid: String(position.txid),
+            position: String(position.position),
+            updated_at: new Date(),
+          })
+          .where('name', '=', projector.name)
+          .execute();
+        return true;
+      });
+    }
     logger.info({ projection: projector.name, events: processed }, 'projection rebuilt and swapped in');
   } finally {
     await handle.locks.release(lockKey).catch(() => undefined);

@@ -249,6 +249,38 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(Number(schemas.rows[0]!.n)).toBe(0);
   });
 
+  it('swaps in tables that hold what a live runner elsewhere applied after the rebuild’s last read', async () => {
+    const e = engine();
+    await e.start();
+    let last = await handler.handle(counterDecider, 'counter-r0', increment(1));
+    for (let i = 0; i < 30; i++)
+      last = await handler.handle(counterDecider, `counter-r${i % 3}`, increment(1));
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
+    // A rebuild run from elsewhere (the CLI): right after its last read, the service takes an event
+    // and applies it to the tables about to be swapped out.
+    let late: bigint | undefined;
+    const cliStore: EventStore = {
+      ...store,
+      async readAll(options) {
+        const batch = await store.readAll(options);
+        if (batch.caughtUp && late === undefined) {
+          late = (await handler.handle(counterDecider, 'counter-late', increment(5))).position;
+          expect(await e.waitFor(['counters'], late, 30_000)).toBe(true);
+        }
+        return batch;
+      },
+    };
+    await engine([counterProjector()], t.db, cliStore).rebuild('counters');
+    expect(late).toBeDefined();
+    // Read-your-writes of the late event holds: the swapped-in table has it, nothing else appended.
+    expect(await e.waitFor(['counters'], late!, 1_000)).toBe(true);
+    expect(await counterRows(t.db.db)).toContainEqual({ stream_name: 'counter-late', value: 5, events: 1 });
+    // And the service goes on from there.
+    last = await handler.handle(counterDecider, 'counter-late', increment(1));
+    expect(await e.waitFor(['counters'], last.position, 30_000)).toBe(true);
+    expect(await counterRows(t.db.db)).toContainEqual({ stream_name: 'counter-late', value: 6, events: 2 });
+  });
+
   it('rebuilds at start when the projector version changed', async () => {
     const v1 = engine([counterProjector(1)]);
     await v1.start();
