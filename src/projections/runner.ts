@@ -115,7 +115,9 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
               filter: { eventTypes: p.eventTypes },
               limit: LAG_COUNT_CAP,
             }),
-            lastError: runner.lastError,
+            // The runner here knows best while it runs; else the table says what the one running
+            // elsewhere (or before) met.
+            lastError: started && runner.state !== 'standby' ? runner.lastError : (row?.last_error ?? null),
           };
         }),
       );
@@ -245,6 +247,16 @@ class Runner {
         this.state = 'failed';
         this.lastError = err instanceof Error ? err.message : String(err);
         this.logger.error({ err }, 'projection failed; retrying');
+        // For every instance to see, not only this one (the database may be what failed).
+        await this.handle.db
+          .updateTable('projection_checkpoints')
+          .set({
+            last_error: this.lastError.slice(0, 2_000),
+            failing_since: sql`coalesce(failing_since, now())`,
+          })
+          .where('name', '=', this.projector.name)
+          .execute()
+          .catch(() => undefined);
         await this.releaseLock();
         await this.pause(backoff);
         backoff = Math.min(backoff * 2, 5_000);
@@ -348,7 +360,13 @@ class Runner {
   ): Promise<void> {
     const moved = await db
       .updateTable('projection_checkpoints')
-      .set({ txid: String(next.txid), position: String(next.position), updated_at: new Date() })
+      .set({
+        txid: String(next.txid),
+        position: String(next.position),
+        updated_at: new Date(),
+        last_error: null,
+        failing_since: null,
+      })
       .where('name', '=', this.projector.name)
       .where('txid', '=', String(expected.txid))
       .where('position', '=', String(expected.position))

@@ -164,9 +164,16 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     await until(async () => (await e.status())[0]!.state === 'failed');
     expect(await counterRows(t.db.db)).toEqual([]);
     expect((await e.status())[0]).toMatchObject({ lastError: 'read model write failed', lag: 1 });
+    // Seen from elsewhere too (another instance, the CLI), which runs nothing of it.
+    const elsewhere = createProjectionEngine({ db: t.db, store, logger, projectors: [flaky], batchSize: 50 });
+    expect((await elsewhere.status())[0]).toMatchObject({
+      state: 'stopped',
+      lastError: 'read model write failed',
+    });
     failing = false;
     expect(await e.waitFor(['counters'], r.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-f', value: 7, events: 1 }]);
+    expect((await elsewhere.status())[0]).toMatchObject({ lastError: null, lag: 0 });
   });
 
   it('restarts from its checkpoint after a stop and applies nothing twice', async () => {

@@ -9,6 +9,7 @@ import * as holds from './0007_holds';
 import * as chats from './0008_chats';
 import * as tasks from './0009_tasks';
 import * as idempotencyRef from './0010_idempotency_ref';
+import * as projectionErrors from './0011_projection_errors';
 
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -22,4 +23,5 @@ export const migrations: Record<string, Migration> = {
   '0008_chats': chats,
   '0009_tasks': tasks,
   '0010_idempotency_ref': idempotencyRef,
+  '0011_projection_errors': projectionErrors,
 };
