@@ -3,8 +3,10 @@ import { z } from 'zod';
 import { codeDecider } from '../commands/codes/decider';
 import { redeemCode } from '../commands/codes/redeem';
 import { ledgerDecider } from '../commands/ledger/decider';
+import { userDecider } from '../commands/users/decider';
 import { codeStream } from '../events/codes';
 import { ledgerStream } from '../events/ledger';
+import { userStream } from '../events/users';
 import { NotFound } from '../platform/errors';
 import { findCode, listCodes } from '../queries/codes';
 import { balanceOf, creditHistory } from '../queries/credits';
@@ -98,11 +100,18 @@ export const credits: Resource = (router, { deps, openapi }) => {
     tags: ['admin'],
     security: bearerSecurity,
     request: { params: UserId, body: { content: { 'application/json': { schema: GrantBody } } } },
-    responses: { 201: { description: 'The ledger entry' }, ...problemResponses(400, 401, 402, 403) },
+    responses: {
+      201: { description: 'The ledger entry' },
+      ...problemResponses(400, 401, 402, 403, 404, 409),
+    },
   });
   router.post('/users/:id/credits', auth(2), async (ctx) => {
     const { id: userId } = UserId.parse(ctx.params);
     const { amount, reason } = GrantBody.parse(ctx.request.body);
+    // Credits for nobody would count as issued, and an admin's typo would go unnoticed.
+    if (!(await commands.read(userDecider, userStream(userId))).state.registered) {
+      throw new NotFound('No such user.');
+    }
     const metadata = { now: clock.now(), actorId: ctx.state.user.id, requestId: ctx.state.requestId };
     const movementId = ids.next();
     const result = await commands.handle(

@@ -1,6 +1,6 @@
 import { allResources } from '../../src/http/resources';
 import { allProjectors } from '../../src/projections';
-import { createTestApp, type TestApp } from '../support/app';
+import { createTestApp, registeredUser, type TestApp } from '../support/app';
 import { bearer } from '../support/tokens';
 
 let t: TestApp;
@@ -11,6 +11,7 @@ const tomorrow = new Date(Date.now() + 3_600_000).toISOString();
 
 beforeAll(async () => {
   t = await createTestApp({ resources: [...allResources], projectors: allProjectors });
+  for (const user of ['dora', 'emil']) await registeredUser(t, user);
   for (const [user, amount] of [
     ['dora', 100],
     ['dora', -30],

@@ -1,11 +1,12 @@
 import { allResources } from '../../src/http/resources';
 import { allProjectors } from '../../src/projections';
-import { createTestApp, type TestApp } from '../support/app';
+import { createTestApp, registeredUser, type TestApp } from '../support/app';
 import { mintToken } from '../support/tokens';
 
 let t: TestApp;
 beforeAll(async () => {
   t = await createTestApp({ resources: [...allResources], projectors: allProjectors });
+  for (const user of ['dave', 'rich']) await registeredUser(t, user);
 });
 afterAll(() => t?.close());
 
@@ -114,6 +115,12 @@ describe('credits', () => {
       .set('Authorization', admin)
       .send({ amount: -71, reason: 'too much' });
     expect(overdraw.status).toBe(402);
+    const nobody = await t.http
+      .post('/api/v1/users/nobody/credits')
+      .set('Authorization', admin)
+      .send({ amount: 100, reason: 'a typo' });
+    expect(nobody.status).toBe(404);
+    expect(nobody.headers['content-type']).toMatch(/problem\+json/);
 
     const dave = userToken('dave');
     const page1 = await t.http

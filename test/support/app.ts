@@ -9,6 +9,8 @@ import { testConfig, type Config } from '../../src/platform/config';
 import { openDatabase } from '../../src/platform/db';
 import { createLedgerCommands } from '../../src/commands/ledger/credits';
 import { LocalTasks, TaskFlow } from '../../src/commands/tasks/flow';
+import { userDecider } from '../../src/commands/users/decider';
+import { userStream } from '../../src/events/users';
 import { createModelCatalog } from '../../src/platform/llm/catalog';
 import {
   createMemoryTaskBuffer,
@@ -149,5 +151,25 @@ export function taskFlowOf(
     config,
     redis: deps.redis,
     ...(localTasks ? { localTasks } : {}),
+  });
+}
+
+/**
+ * A registered user of a chosen id (no password, no sign-up grant), for tests that act on a user
+ * by a readable id and sign in with a minted token.
+ */
+export async function registeredUser(t: Pick<TestApp, 'deps'>, userId: string): Promise<void> {
+  await t.deps.commands.handle(userDecider, userStream(userId), {
+    type: 'RegisterUser',
+    data: {
+      userId,
+      username: `u_${userId.replace(/[^A-Za-z0-9_]/g, '_')}`.slice(0, 32),
+      email: null,
+      nickname: userId,
+      passwordHash: null,
+      permission: 0,
+      method: 'password',
+    },
+    metadata: { now: new Date() },
   });
 }
