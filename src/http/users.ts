@@ -9,7 +9,7 @@ import {
   setDisabled,
 } from '../commands/users/identity';
 import { userStream } from '../events/users';
-import { Conflict, NotFound } from '../platform/errors';
+import { Conflict, ConsistencyTimeout, NotFound } from '../platform/errors';
 import { findUser, listUsers, type UserView } from '../queries/users';
 import { PageQuery } from '../queries/paging';
 import { identityDeps, requestContext } from './identityDeps';
@@ -282,7 +282,7 @@ export const users: Resource = (router, { deps, openapi }) => {
     tags: ['admin'],
     security: bearerSecurity,
     request: { params: UserId, body: { content: { 'application/json': { schema: AdminPatch } } } },
-    responses: { 200: { description: 'The user' }, ...problemResponses(400, 401, 403, 404, 409) },
+    responses: { 200: { description: 'The user' }, ...problemResponses(400, 401, 403, 404, 409, 504) },
   });
   router.patch('/users/:id', auth(2), async (ctx) => {
     const { id } = UserId.parse(ctx.params);
@@ -303,10 +303,17 @@ export const users: Resource = (router, { deps, openapi }) => {
     }
     if (body.disabled !== undefined) position = await setDisabled(identity, id, body.disabled, rc);
     setEventPosition(ctx, position);
-    await deps.projections.waitFor(['users'], position, deps.config.CONSISTENCY_TIMEOUT_MS);
+    const caughtUp = await deps.projections.waitFor(['users'], position, deps.config.CONSISTENCY_TIMEOUT_MS);
     deps.sessionGuard?.forgetUser(id);
     const found = await findUser(db, id, API_BASE);
-    if (!found) throw new NotFound('No such user.');
+    if (!found) {
+      // The user exists (the stream says so): only the view of them is late.
+      throw caughtUp
+        ? new NotFound('No such user.')
+        : new ConsistencyTimeout(
+            'The change is made; the users read model has not caught up to show it yet.',
+          );
+    }
     ctx.body = found;
   });
 
