@@ -305,15 +305,14 @@ export const users: Resource = (router, { deps, openapi }) => {
     setEventPosition(ctx, position);
     const caughtUp = await deps.projections.waitFor(['users'], position, deps.config.CONSISTENCY_TIMEOUT_MS);
     deps.sessionGuard?.forgetUser(id);
-    const found = await findUser(db, id, API_BASE);
-    if (!found) {
-      // The user exists (the stream says so): only the view of them is late.
-      throw caughtUp
-        ? new NotFound('No such user.')
-        : new ConsistencyTimeout(
-            'The change is made; the users read model has not caught up to show it yet.',
-          );
+    // The change is made (the stream says so); only the view of it may be late.
+    if (!caughtUp) {
+      throw new ConsistencyTimeout(
+        'The change is made; the users read model has not caught up to show it yet.',
+      );
     }
+    const found = await findUser(db, id, API_BASE);
+    if (!found) throw new NotFound('No such user.');
     ctx.body = found;
   });
 

@@ -27,7 +27,6 @@ export interface ProjectionCheckpointsTable {
   updated_at: ColumnType<Date, Date | string | undefined, Date | string>;
   /** Why the read model last failed, until a batch goes through again. */
   last_error: string | null;
-  failing_since: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 }
 
 export interface IdempotencyKeysTable {

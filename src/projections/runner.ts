@@ -250,10 +250,7 @@ class Runner {
         // For every instance to see, not only this one (the database may be what failed).
         await this.handle.db
           .updateTable('projection_checkpoints')
-          .set({
-            last_error: this.lastError.slice(0, 2_000),
-            failing_since: sql`coalesce(failing_since, now())`,
-          })
+          .set({ last_error: this.lastError.slice(0, 2_000) })
           .where('name', '=', this.projector.name)
           .execute()
           .catch(() => undefined);
@@ -287,6 +284,7 @@ class Runner {
   private follow(from: LogPosition): Promise<unknown> {
     return new Promise<unknown>((resolve) => {
       let failure: unknown;
+      let cleared = false;
       const sub = this.store.subscribe(
         {
           onEvents: async (events, next) => {
@@ -294,8 +292,21 @@ class Runner {
             if (events.length > 0) this.options.onApplied?.(this.projector.name, events.length);
             this.lastError = null;
           },
-          // Idle (the subscription looks again every second or so): save progress left unsaved.
-          onCaughtUp: () => this.saveProgress(false),
+          // Idle (the subscription looks again every second or so): save progress left unsaved,
+          // and, the first time, clear an error kept from before (this runner's or another's).
+          onCaughtUp: async () => {
+            if (!cleared) {
+              cleared = true;
+              this.lastError = null;
+              await this.handle.db
+                .updateTable('projection_checkpoints')
+                .set({ last_error: null })
+                .where('name', '=', this.projector.name)
+                .where('last_error', 'is not', null)
+                .execute();
+            }
+            await this.saveProgress(false);
+          },
           onError: (err) => {
             failure = err;
           },
@@ -365,7 +376,6 @@ class Runner {
         position: String(next.position),
         updated_at: new Date(),
         last_error: null,
-        failing_since: null,
       })
       .where('name', '=', this.projector.name)
       .where('txid', '=', String(expected.txid))
@@ -501,8 +511,10 @@ async function lockCheckpoint(
 /**
  * Builds the projection's tables anew beside the live ones (same structure, in a schema of their
  * own) from the start of the log, then swaps them in one transaction. The live runner keeps
- * serving from the old tables meanwhile; the swap sets the checkpoint to where the rebuild got to,
- * so the live runner, finding its checkpoint moved, resumes from there on the new tables.
+ * serving from the old tables meanwhile. Before the swap the new tables catch up to its checkpoint
+ * if it got past the rebuild; the swap then leaves the checkpoint there, or sets it to where the
+ * rebuild got to, and a live runner finding its checkpoint moved resumes from there on the new
+ * tables.
  */
 export async function rebuildProjection(
   handle: Db,
@@ -601,6 +613,8 @@ export async function rebuildProjection(
             txid: String(position.txid),
             position: String(position.position),
             updated_at: new Date(),
+            // Built anew from the log: whatever failed before is behind it.
+            last_error: null,
           })
           .where('name', '=', projector.name)
           .execute();

@@ -174,6 +174,24 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(await e.waitFor(['counters'], r.position, 30_000)).toBe(true);
     expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-f', value: 7, events: 1 }]);
     expect((await elsewhere.status())[0]).toMatchObject({ lastError: null, lag: 0 });
+    // An error kept from before (a runner that died failing) is cleared once one runs well again,
+    // with nothing to apply, and by a rebuild.
+    await e.stop();
+    const setError = () =>
+      t.db.db
+        .updateTable('projection_checkpoints')
+        .set({ last_error: 'old bug' })
+        .where('name', '=', 'counters')
+        .execute();
+    await setError();
+    expect((await elsewhere.status())[0]!.lastError).toBe('old bug');
+    const again = engine([flaky]);
+    await again.start();
+    await until(async () => (await elsewhere.status())[0]!.lastError === null);
+    expect((await again.status())[0]).toMatchObject({ state: 'running', lastError: null });
+    await setError();
+    await again.rebuild('counters');
+    expect((await elsewhere.status())[0]!.lastError).toBeNull();
   });
 
   it('restarts from its checkpoint after a stop and applies nothing twice', async () => {

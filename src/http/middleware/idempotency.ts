@@ -26,7 +26,8 @@ export class IdempotencyKeyReused extends DomainError {
  * is still running is 409. Keys belong to the caller (the user of a valid token, else everyone
  * anonymous — the request hash covers the whole body, so a replay needs the identical request).
  * Answers of 5xx are not kept: the key is freed so a retry runs again. Answers of secrets
- * (`Cache-Control: no-store`: token pairs) are kept sealed, opened only by the same request.
+ * (`Cache-Control: no-store`: token pairs) are kept sealed, opened only by the same request, and
+ * only for `IDEMPOTENCY_LEASE_SECONDS` after they were given: then it is 409.
  *
  * The first request holds the key on a lease its instance renews while it runs; a lease not renewed
  * for `IDEMPOTENCY_LEASE_SECONDS` (the instance died) lets a retry take the key over. A route whose work
@@ -78,7 +79,10 @@ export function idempotency(): AppMiddleware {
         ctx.set('Idempotent-Replayed', 'true');
         return;
       }
-      const answer = row.sealed && row.body ? secrets.open(row.body) : row.body;
+      // Tokens are given again only as long as a retry of a lost answer would come: past that, to
+      // whoever holds the spent request and its key, they are a gift.
+      const fresh = (row.completed_at?.getTime() ?? 0) > Date.now() - leaseSeconds * 1000;
+      const answer = row.sealed && row.body ? (fresh ? secrets.open(row.body) : undefined) : row.body;
       if (answer === undefined) {
         throw new Conflict(
           `The answer to ${IDEMPOTENCY_HEADER} ${key} can no longer be given again; send the request with a new key.`,

@@ -5,10 +5,9 @@ import { sql, type Kysely } from 'kysely';
  * instance and the CLI see a read model stuck on an event, not only the instance retrying it.
  */
 export async function up(db: Kysely<unknown>): Promise<void> {
-  await sql`alter table projection_checkpoints add column last_error text,
-    add column failing_since timestamptz`.execute(db);
+  await sql`alter table projection_checkpoints add column last_error text`.execute(db);
 }
 
 export async function down(db: Kysely<unknown>): Promise<void> {
-  await sql`alter table projection_checkpoints drop column last_error, drop column failing_since`.execute(db);
+  await sql`alter table projection_checkpoints drop column last_error`.execute(db);
 }
