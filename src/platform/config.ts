@@ -85,7 +85,8 @@ export const ConfigSchema = z.object({
     .default('1mb'),
   /**
    * A request with an `Idempotency-Key` holds the key on a lease its instance renews while it runs;
-   * a lease not renewed this long (the instance died) lets a retry take the key over.
+   * a lease not renewed this long (the instance died) lets a retry take the key over. A token answer
+   * is given again to a retry for this long too, and no longer.
    */
   IDEMPOTENCY_LEASE_SECONDS: int(1, 3_600).default(60),
   CORS_ORIGINS: list.default(['*']),
