@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
+import type { NewEvent } from '../../src/eventstore/port';
 import { taskStream } from '../../src/events/tasks';
 import { ledgerStream } from '../../src/events/ledger';
 import { allResources } from '../../src/http/resources';
@@ -241,6 +242,30 @@ async function ledgerEvents(userId: string) {
   return out;
 }
 
+/** A second instance on the test app's store, with a command handler of its own: nothing it does waits on the app's. */
+function secondInstance() {
+  const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
+  const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
+  return {
+    commands,
+    flow,
+    http: supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback()),
+  };
+}
+
+/** Makes each append `slow` picks wait 300 ms (`onSlow` told first); restore the spy when done. */
+function slowAppends(slow: (name: string, events: readonly NewEvent[]) => boolean, onSlow?: () => void) {
+  const store = t.deps.store;
+  const append = store.append.bind(store);
+  return jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
+    if (slow(name, events)) {
+      onSlow?.();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    return append(name, events, expected);
+  });
+}
+
 const creditsFor = (tokens: number, price: number) => Math.ceil((tokens * price) / 1_000_000);
 
 describe('tasks, end to end against an OpenAI-compatible provider', () => {
@@ -410,18 +435,10 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
-    // A second instance, with its own command handler: nothing it does waits on this one's.
-    const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
-    const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
-    const other = supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback());
+    const { flow, http: other } = secondInstance();
     // This instance writes the reply to the chat slowly: a task asked of the other meanwhile must
     // be refused (409), not generated from a history that lacks the reply.
-    const store = t.deps.store;
-    const append = store.append.bind(store);
-    const slowChat = jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
-      if (name === `chat-${chatId}`) await new Promise((resolve) => setTimeout(resolve, 300));
-      return append(name, events, expected);
-    });
+    const slowChat = slowAppends((name) => name === `chat-${chatId}`);
     let next: Started | undefined;
     try {
       await startTask(u.auth, chatId);
@@ -444,20 +461,13 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
     // A second instance, to be closed while the test app goes on.
-    const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
-    const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
-    const other = supertest(createApp({ ...t.deps, commands, tasks: flow }, [...allResources]).callback());
-    const store = t.deps.store;
-    const append = store.append.bind(store);
+    const { commands, flow, http: other } = secondInstance();
     let creating!: () => void;
     const inCreate = new Promise<void>((resolve) => (creating = resolve));
-    const slowCreate = jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
-      if (events.some((e) => e.type === 'TaskCreated')) {
-        creating();
-        await new Promise((resolve) => setTimeout(resolve, 300));
-      }
-      return append(name, events, expected);
-    });
+    const slowCreate = slowAppends(
+      (_name, events) => events.some((e) => e.type === 'TaskCreated'),
+      () => creating(),
+    );
     try {
       const posting = other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
       const answered = posting.then((res) => res);
