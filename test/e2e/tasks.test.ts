@@ -266,6 +266,18 @@ function slowAppends(slow: (name: string, events: readonly NewEvent[]) => boolea
   });
 }
 
+/** The user's one task settled: one hold, captured once, none left open. */
+async function expectChargedOnce(u: { id: string; auth: string }): Promise<void> {
+  await eventually(
+    () => credits(u.auth),
+    (c) => c.held === 0,
+    'settled',
+  );
+  const types = (await ledgerEvents(u.id)).map((e) => e.type);
+  expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
+  expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+}
+
 const creditsFor = (tokens: number, price: number) => Math.ceil((tokens * price) / 1_000_000);
 
 describe('tasks, end to end against an OpenAI-compatible provider', () => {
@@ -897,9 +909,7 @@ describe('/chat/completions with the official openai client', () => {
       (c) => c.held === 0 && c.balance === 1000 - cost,
       'charged',
     );
-    const types = (await ledgerEvents(u.id)).map((e) => e.type);
-    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
-    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+    await expectChargedOnce(u);
   });
 
   it('goes on from its task when the first attempt failed (5xx) after starting it, charging once', async () => {
@@ -922,14 +932,7 @@ describe('/chat/completions with the official openai client', () => {
       outcomeOf.mockRestore();
     }
     expect(fake.requests.length).toBe(asked + 1);
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0,
-      'settled',
-    );
-    const types = (await ledgerEvents(u.id)).map((e) => e.type);
-    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
-    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+    await expectChargedOnce(u);
   });
 
   it('goes on from the task of a first attempt whose instance stopped renewing its key, charging once', async () => {
@@ -972,14 +975,7 @@ describe('/chat/completions with the official openai client', () => {
       usage: answered.body.usage,
     });
     expect(answered.body.id).toBe(retry.body.id);
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0,
-      'settled',
-    );
-    const types = (await ledgerEvents(u.id)).map((e) => e.type);
-    expect(types.filter((x) => x === 'CreditsReserved')).toHaveLength(1);
-    expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
+    await expectChargedOnce(u);
   });
 
   it('refuses without a token (401), without credits (402), and bad input (400), as problem+json', async () => {
