@@ -45,6 +45,7 @@ const ENTRY_TYPES: Record<LedgerEvent['type'], string> = {
  * Balances (posted, held) and the history of balance movements with the balance after each. One
  * projector owns both tables, so an entry's balance_after is the balance row it changed. A row
  * changes only for an event newer than the one it has seen: replaying a batch changes nothing.
+ * A batch is written in one statement, however many events and users it holds.
  */
 export const ledgerProjector: Projector = {
   name: 'ledger',
@@ -52,37 +53,56 @@ export const ledgerProjector: Projector = {
   eventTypes: LEDGER_EVENT_TYPES,
   tables: ['balances', 'ledger_entries'],
   async apply(trx, events) {
+    const rows = [];
+    const latest = new Map<string, bigint>();
     for (const recorded of events) {
       const e = { type: recorded.type, data: recorded.data } as LedgerEvent;
-      const { posted, held, entry } = effect(e);
       const userId = e.data.userId;
-      const position = String(recorded.position);
-      const res = await sql<{ posted: string }>`
+      // Not newer than an earlier event of its user: one by one, the row would have seen it already.
+      if (recorded.position <= (latest.get(userId) ?? -1n)) continue;
+      latest.set(userId, recorded.position);
+      const { posted, held, entry } = effect(e);
+      rows.push({
+        i: rows.length,
+        id: recorded.id,
+        user_id: userId,
+        position: String(recorded.position),
+        posted: String(posted),
+        held: String(held),
+        type: entry ? ENTRY_TYPES[e.type] : null,
+        reason: entry?.reason ?? null,
+        ref: entry?.ref ?? null,
+        created_at: recorded.recordedAt,
+      });
+    }
+    if (rows.length === 0) return;
+    // The balance rows are read in the statement that writes them: this runner is their only writer.
+    await sql`
+      with ev as (
+        select * from json_to_recordset(${JSON.stringify(rows)}::json) as x(
+          i int, id uuid, user_id text, position bigint, posted bigint, held bigint,
+          type text, reason text, ref text, created_at timestamptz)
+      ),
+      -- The events newer than their row, each with the balance right after it.
+      applied as (
+        select ev.*,
+          coalesce(b.posted, 0) + sum(ev.posted) over (partition by ev.user_id order by ev.i) as balance_after
+        from ev left join balances b on b.user_id = ev.user_id
+        where b.last_position is null or ev.position > b.last_position
+      ),
+      moved as (
         insert into balances (user_id, posted, held, last_position)
-        values (${userId}, ${posted}, ${held}, ${position})
+        select user_id, sum(posted), sum(held), max(position) from applied group by user_id
         on conflict (user_id) do update set
           posted = balances.posted + excluded.posted,
           held = balances.held + excluded.held,
           last_position = excluded.last_position
         where balances.last_position < excluded.last_position
-        returning posted`.execute(trx);
-      const after = res.rows[0];
-      if (!after || !entry) continue; // seen before, or not a balance movement
-      await trx
-        .insertInto('ledger_entries')
-        .values({
-          id: recorded.id,
-          user_id: userId,
-          position,
-          type: ENTRY_TYPES[e.type],
-          amount: String(posted),
-          balance_after: after.posted,
-          reason: entry.reason,
-          ref: entry.ref,
-          created_at: recorded.recordedAt,
-        })
-        .onConflict((oc) => oc.column('id').doNothing())
-        .execute();
-    }
+      )
+      insert into ledger_entries (id, user_id, position, type, amount, balance_after, reason, ref, created_at)
+      select id, user_id, position, type, posted, balance_after, reason, ref, created_at
+      from applied
+      where type is not null
+      on conflict (id) do nothing`.execute(trx);
   },
 };
