@@ -1,6 +1,8 @@
-import { sql, type Selectable } from 'kysely';
+import { sql, type Kysely, type Selectable } from 'kysely';
 import { CHAT_EVENT_TYPES, type ChatEvent, type ChatMessage } from '../events/chats';
-import type { ChatsTable } from '../platform/schema';
+import type { ChatsTable, Database } from '../platform/schema';
+import type { RecordedEvent } from '../eventstore/port';
+import { jsonChunks, pgTimestamp, pgTimestampOrNull } from './json';
 import type { Projector } from './types';
 
 const messageRow = (chatId: string, m: ChatMessage) => ({
@@ -12,38 +14,41 @@ const messageRow = (chatId: string, m: ChatMessage) => ({
   visible: m.visible,
   status: m.status,
   task_id: m.taskId,
-  created_at: new Date(m.sentAt),
+  created_at: pgTimestamp(new Date(m.sentAt)),
 });
 
-/** What the events after ChatStarted change of the chat's row, folded in log order. */
-interface Changes {
-  first_position: string;
-  last_position: string;
-  title: string | null;
-  deleted: boolean;
-  updated_at: Date;
-  last_message_at: Date | null;
+/** A chat's events in one batch, in log order, ChatStarted aside. */
+interface ChatFold {
+  /** The first ChatStarted: its row and the preset's messages it copies, if the chat has no row. */
+  started: { row: Selectable<ChatsTable>; opening: ChatMessage[]; position: bigint } | null;
+  /** The other events, for a row already there; each applies only if newer than the row. */
+  later: RecordedEvent[];
+  last: bigint;
 }
 
-/**
- * A chat's events in one batch: the row its ChatStarted inserts, with the later events folded in,
- * and the later events' changes for a row that is already there. Messages are those a delete later
- * in the batch leaves standing.
- */
-interface ChatFold {
-  started: Selectable<ChatsTable> | null;
-  /** The preset's messages ChatStarted copies, inserted only with the row it inserts. */
-  opening: ChatMessage[];
-  changes: Changes | null;
-  sent: ChatMessage[];
-  last: bigint;
+const eventTime = (e: Exclude<ChatEvent, { type: 'ChatStarted' }>) =>
+  new Date(
+    e.type === 'ChatRenamed' ? e.data.renamedAt : e.type === 'ChatDeleted' ? e.data.deletedAt : e.data.sentAt,
+  );
+
+/** `first`, and the messages of `later` sent after `after`, less those a delete after them removes. */
+function standing(later: readonly RecordedEvent[], after: bigint, first: ChatMessage[] = []): ChatMessage[] {
+  let kept = [...first];
+  for (const recorded of later) {
+    if (recorded.position <= after) continue;
+    const e = { type: recorded.type, data: recorded.data } as ChatEvent;
+    if (e.type === 'ChatDeleted') kept = [];
+    if (e.type === 'MessageSent') kept.push(e.data);
+  }
+  return kept;
 }
 
 /**
  * Chats and their messages. Every event of a chat first moves the chat row's `last_position`; an
  * event the row has already seen changes nothing, so its message is not inserted again either —
  * not even after the chat was deleted and its messages removed. A batch is folded per chat and
- * written in two statements, however many events it has.
+ * written in two statements (more only for messages of hundreds of megabytes), with the result of
+ * applying its events one by one.
  */
 export const chatsProjector: Projector = {
   name: 'chats',
@@ -54,18 +59,33 @@ export const chatsProjector: Projector = {
     const folds = new Map<string, ChatFold>();
     for (const recorded of events) {
       const e = { type: recorded.type, data: recorded.data } as ChatEvent;
-      const position = String(recorded.position);
       let fold = folds.get(e.data.chatId);
       // Not newer than an earlier event of its chat: one by one, the row would have seen it already.
       if (fold && recorded.position <= fold.last) continue;
-      fold ??= { started: null, opening: [], changes: null, sent: [], last: recorded.position };
+      fold ??= { started: null, later: [], last: recorded.position };
       folds.set(e.data.chatId, fold);
       fold.last = recorded.position;
-      if (e.type === 'ChatStarted') {
-        // Inserted only if the chat has no row yet; a row already there keeps what it has.
-        const d = e.data;
-        const at = new Date(d.startedAt);
-        fold.started = {
+      if (e.type !== 'ChatStarted') {
+        fold.later.push(recorded);
+        const row = fold.started?.row;
+        if (!row) continue;
+        // The row inserted takes the events after its ChatStarted (those before it found no row).
+        const at = eventTime(e);
+        row.last_position = String(recorded.position);
+        row.updated_at = at;
+        if (e.type === 'ChatRenamed') row.title = e.data.title;
+        if (e.type === 'ChatDeleted') row.deleted = true;
+        if (e.type === 'MessageSent') row.last_message_at = at;
+        continue;
+      }
+      // A second one changes nothing, as its insert would not.
+      if (fold.started) continue;
+      const d = e.data;
+      const at = new Date(d.startedAt);
+      fold.started = {
+        position: recorded.position,
+        opening: d.messages,
+        row: {
           id: d.chatId,
           owner_id: d.ownerId,
           title: d.title,
@@ -76,87 +96,113 @@ export const chatsProjector: Projector = {
           created_at: at,
           updated_at: at,
           last_message_at: d.messages.length > 0 ? at : null,
-          last_position: position,
-        };
-        fold.opening = d.messages;
-        continue;
-      }
-      const at = new Date(
-        e.type === 'ChatRenamed'
-          ? e.data.renamedAt
-          : e.type === 'ChatDeleted'
-            ? e.data.deletedAt
-            : e.data.sentAt,
-      );
-      const changes = (fold.changes ??= {
-        first_position: position,
-        last_position: position,
-        title: null,
-        deleted: false,
-        updated_at: at,
-        last_message_at: null,
-      });
-      changes.last_position = position;
-      changes.updated_at = at;
-      if (e.type === 'ChatRenamed') changes.title = e.data.title;
-      if (e.type === 'ChatDeleted') {
-        changes.deleted = true;
-        fold.opening = [];
-        fold.sent = [];
-      }
-      if (e.type === 'MessageSent') {
-        changes.last_message_at = at;
-        fold.sent.push(e.data);
-      }
-      if (fold.started) {
-        fold.started.last_position = position;
-        fold.started.updated_at = at;
-        if (e.type === 'ChatRenamed') fold.started.title = e.data.title;
-        if (e.type === 'ChatDeleted') fold.started.deleted = true;
-        if (e.type === 'MessageSent') fold.started.last_message_at = at;
-      }
+          last_position: String(recorded.position),
+        },
+      };
     }
-    const started = [...folds.values()].flatMap((f) => (f.started ? [f.started] : []));
-    const changed = [...folds.entries()].flatMap(([id, f]) => (f.changes ? [{ id, ...f.changes }] : []));
-    // The insert and the update see the table as it was before the statement: a chat started in
-    // this batch is inserted whole, and the update changes only rows from earlier batches. Its guard
-    // is the first change's position: the checkpoint moves with the rows, so a row has seen either
-    // none of a batch's events or all of them.
-    const written = await sql<{ id: string; started: boolean }>`
-      with started as (
-        insert into chats
-        select * from json_populate_recordset(null::chats, ${JSON.stringify(started)}::json)
-        on conflict (id) do nothing
-        returning id
-      ),
-      changed as (
-        update chats set
-          title = coalesce(u.title, chats.title),
-          deleted = chats.deleted or u.deleted,
-          updated_at = u.updated_at,
-          last_message_at = coalesce(u.last_message_at, chats.last_message_at),
-          last_position = u.last_position
-        from json_to_recordset(${JSON.stringify(changed)}::json) as u(
-          id text, first_position bigint, last_position bigint, title text, deleted boolean,
-          updated_at timestamptz, last_message_at timestamptz)
-        where chats.id = u.id and chats.last_position < u.first_position
-        returning chats.id, u.deleted
-      ),
-      -- The history stays in the event log; the read model keeps no copy of a deleted chat.
-      purged as (
-        delete from chat_messages where chat_id in (select id from changed where deleted)
-      )
-      select id, true as started from started
-      union all select id, false from changed`.execute(trx);
-    // Messages go with the rows written (not with events the rows had seen), after the purge.
-    const messages = written.rows.flatMap(({ id, started }) => {
-      const f = folds.get(id)!;
-      return [...(started ? f.opening : []), ...f.sent].map((m) => messageRow(id, m));
+    const started = [...folds.values()].flatMap(({ started: s }) =>
+      s
+        ? [
+            {
+              ...s.row,
+              created_at: pgTimestamp(s.row.created_at),
+              updated_at: pgTimestamp(s.row.updated_at),
+              last_message_at: pgTimestampOrNull(s.row.last_message_at),
+            },
+          ]
+        : [],
+    );
+    // Per kind of change, its newest value and the position it came at.
+    const changed = [...folds.entries()].flatMap(([id, f]) => {
+      if (f.later.length === 0) return [];
+      const u = {
+        id,
+        last_position: '',
+        updated_at: '',
+        title: null as string | null,
+        title_position: null as string | null,
+        deleted_position: null as string | null,
+        last_message_at: null as string | null,
+        last_message_position: null as string | null,
+      };
+      for (const recorded of f.later) {
+        const e = { type: recorded.type, data: recorded.data } as Exclude<ChatEvent, { type: 'ChatStarted' }>;
+        const position = String(recorded.position);
+        u.last_position = position;
+        u.updated_at = pgTimestamp(eventTime(e));
+        if (e.type === 'ChatRenamed') Object.assign(u, { title: e.data.title, title_position: position });
+        if (e.type === 'ChatDeleted') u.deleted_position = position;
+        if (e.type === 'MessageSent') {
+          Object.assign(u, { last_message_at: u.updated_at, last_message_position: position });
+        }
+      }
+      return [u];
     });
-    if (messages.length === 0) return;
-    await sql`
-      insert into chat_messages
-      select * from json_populate_recordset(null::chat_messages, ${JSON.stringify(messages)}::json)
-      on conflict (id) do nothing`.execute(trx);
+    // A chat started in this batch is inserted whole; the update then finds its row at the batch's
+    // last position and leaves it. One statement, unless a batch is hundreds of megabytes.
+    const startedChunks = jsonChunks(started);
+    const changedChunks = jsonChunks(changed);
+    const written: Written[] = [];
+    for (let i = 0; i < Math.max(startedChunks.length, changedChunks.length); i++) {
+      written.push(...(await writeChats(trx, startedChunks[i] ?? '[]', changedChunks[i] ?? '[]')));
+    }
+    // Messages go with the rows written (not with events the rows had seen), after the purge.
+    const messages = written.flatMap(({ id, started: inserted, before }) => {
+      const f = folds.get(id)!;
+      const kept = inserted
+        ? standing(f.later, f.started!.position, f.started!.opening)
+        : standing(f.later, BigInt(before!));
+      return kept.map((m) => messageRow(id, m));
+    });
+    for (const chunk of jsonChunks(messages)) {
+      await sql`
+        insert into chat_messages
+        select * from json_populate_recordset(null::chat_messages, ${chunk}::json)
+        on conflict (id) do nothing`.execute(trx);
+    }
   },
 };
+
+/** A chat row written: inserted, or updated from the position it had seen (`before`). */
+interface Written {
+  id: string;
+  started: boolean;
+  before: string | null;
+}
+
+/**
+ * Inserts the chats of `started` (rows), applies `changed` (folded changes) and removes the messages
+ * of chats deleted; both JSON arrays. `old` is the row before the update: each change applies only
+ * if newer than it.
+ */
+async function writeChats(trx: Kysely<Database>, started: string, changed: string): Promise<Written[]> {
+  const written = await sql<Written>`
+    with started as (
+      insert into chats
+      select * from json_populate_recordset(null::chats, ${started}::json)
+      on conflict (id) do nothing
+      returning id
+    ),
+    changed as (
+      update chats set
+        title = case when u.title_position > old.last_position then u.title else old.title end,
+        deleted = old.deleted or coalesce(u.deleted_position > old.last_position, false),
+        updated_at = u.updated_at,
+        last_message_at = case when u.last_message_position > old.last_position
+          then u.last_message_at else old.last_message_at end,
+        last_position = u.last_position
+      from json_to_recordset(${changed}::json) as u(
+        id text, last_position bigint, updated_at timestamptz, title text, title_position bigint,
+        deleted_position bigint, last_message_at timestamptz, last_message_position bigint),
+        chats old
+      where chats.id = u.id and old.id = u.id and old.last_position < u.last_position
+      returning chats.id, old.last_position as before, coalesce(u.deleted_position > old.last_position, false) as purge
+    ),
+    -- The history stays in the event log; the read model keeps no copy of a deleted chat.
+    purged as (
+      delete from chat_messages where chat_id in (select id from changed where purge)
+    )
+    select id, true as started, null::text as before from started
+    union all select id, false, before::text from changed`.execute(trx);
+  return written.rows;
+}

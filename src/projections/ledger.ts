@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import { LEDGER_EVENT_TYPES, type LedgerEvent } from '../events/ledger';
+import { pgTimestamp } from './json';
 import type { Projector } from './types';
 
 /** What an event does to the balance (posted) and to the open holds, and whether it is a history entry. */
@@ -72,7 +73,7 @@ export const ledgerProjector: Projector = {
         type: entry ? ENTRY_TYPES[e.type] : null,
         reason: entry?.reason ?? null,
         ref: entry?.ref ?? null,
-        created_at: recorded.recordedAt,
+        created_at: pgTimestamp(recorded.recordedAt),
       });
     }
     if (rows.length === 0) return;

@@ -255,6 +255,47 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
       expect(row).toMatchObject({ model: 'gpt-4o-mini', hold: '500', claimed: true });
       expect(row!.last_position).toBe(String(claimed.position));
     });
+    it('applies only what is newer than the row when a batch overlaps what the row has seen', async () => {
+      const start = created('t6');
+      const claim = task('t6', 'TaskStreamClaimed', { claimedAt: at(2) });
+      const done = outcome('t6', 'TaskCompleted', { usageSource: 'provider', completedAt: at(5) });
+      await apply(tasksProjector, [start, claim]);
+      await apply(tasksProjector, [start, claim, done]);
+      const overlapped = await rows();
+      expect(overlapped.map((r) => [r.status, r.claimed, r.last_position])).toEqual([
+        ['succeeded', true, String(done.position)],
+      ]);
+      await oneByOne(tasksProjector, [start, claim, done]);
+      expect(await rows()).toEqual(overlapped);
+    });
+
+    it('keeps the first of two TaskCreated in one batch, and takes what follows it', async () => {
+      const first = created('t7');
+      const batch = [
+        first,
+        task('t7', 'TaskStreamClaimed', { claimedAt: at(2) }),
+        task('t7', 'TaskCreated', { ...first.data, hold: 1 }),
+      ];
+      await apply(tasksProjector, batch);
+      const together = await rows();
+      expect(together.map((r) => [r.hold, r.claimed, r.last_position])).toEqual([
+        ['500', true, String(batch[1]!.position)],
+      ]);
+      await oneByOne(tasksProjector, batch);
+      expect(await rows()).toEqual(together);
+    });
+
+    it('stores timestamps at the edges of what an event may carry (year 0, past 9999)', async () => {
+      const edge = task('t8', 'TaskCreated', {
+        ...created('t8').data,
+        createdAt: '0000-01-01T00:00:00Z',
+        deadlineAt: '9999-12-31T23:59:59-05:00',
+      });
+      await apply(tasksProjector, [edge]);
+      const [row] = await rows();
+      expect(row!.created_at.getTime()).toBe(Date.parse('0000-01-01T00:00:00Z'));
+      expect(row!.deadline_at.getTime()).toBe(Date.parse('9999-12-31T23:59:59-05:00'));
+    });
   });
 
   describe('chats', () => {
@@ -373,6 +414,40 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
       expect(after.messages.map((m) => m.id)).toEqual(['c5-3']);
       await oneByOne(chatsProjector, [start, ...batch]);
       expect(await rows()).toEqual(after);
+    });
+
+    it('adds nothing for events before a ChatStarted in its batch, and keeps the first of two', async () => {
+      const other = { ...started('c6').data, title: 'Second', messages: [message('c6-other', 0, 'system')] };
+      const batch = [sent('c6', 2), started('c6'), chat('c6', 'ChatStarted', other), sent('c6', 3)];
+      await apply(chatsProjector, batch);
+      const together = await rows();
+      expect(together.chats.map((c) => c.title)).toEqual(['New chat']);
+      expect(together.messages.map((m) => m.id)).toEqual(['c6-0', 'c6-1', 'c6-3']);
+      await oneByOne(chatsProjector, batch);
+      expect(await rows()).toEqual(together);
+    });
+
+    it('applies only what is newer than the row when a batch overlaps what the row has seen', async () => {
+      const all = [started('c7'), sent('c7', 2), renamed('c7', 'Later'), sent('c7', 3)];
+      await apply(chatsProjector, all.slice(0, 2));
+      await apply(chatsProjector, all);
+      const overlapped = await rows();
+      expect(overlapped.chats.map((c) => [c.title, c.last_position])).toEqual([
+        ['Later', String(all[3]!.position)],
+      ]);
+      expect(overlapped.messages.map((m) => m.id)).toEqual(['c7-0', 'c7-1', 'c7-2', 'c7-3']);
+      await oneByOne(chatsProjector, all);
+      expect(await rows()).toEqual(overlapped);
+    });
+
+    it('stores timestamps at the edges of what an event may carry (year 0, past 9999)', async () => {
+      const start = chat('c8', 'ChatStarted', { ...started('c8').data, startedAt: '0000-06-01T00:00:00Z' });
+      const late = chat('c8', 'MessageSent', { ...message('c8-2', 2), sentAt: '9999-12-31T23:59:59-05:00' });
+      await apply(chatsProjector, [start, late]);
+      const { chats, messages } = await rows();
+      expect(chats[0]!.created_at.getTime()).toBe(Date.parse('0000-06-01T00:00:00Z'));
+      expect(chats[0]!.last_message_at!.getTime()).toBe(Date.parse('9999-12-31T23:59:59-05:00'));
+      expect(messages.at(-1)!.created_at.getTime()).toBe(Date.parse('9999-12-31T23:59:59-05:00'));
     });
   });
 });
