@@ -4,6 +4,7 @@ import type {
   ChatCompletionMessageParam,
 } from 'openai/resources/chat/completions';
 import type { Logger } from '../logger';
+import { undiciFetch } from './undiciFetch';
 import {
   LlmAborted,
   ProviderError,
@@ -51,6 +52,7 @@ export function createOpenAIProvider(options: OpenAIProviderOptions): LlmProvide
     webhookSecret: null,
     maxRetries: 0,
     timeout: options.idleTimeoutMs,
+    fetch: undiciFetch(),
     ...(options.headers ? { defaultHeaders: options.headers } : {}),
     ...(options.logger ? { logger: options.logger.child({ provider: options.id }) } : {}),
     logLevel: 'warn',
