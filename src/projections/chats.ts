@@ -43,6 +43,31 @@ function standing(later: readonly RecordedEvent[], after: bigint, first: ChatMes
   return kept;
 }
 
+/** What the events of `later` after `after` change: per kind, its newest value and its position. */
+function changesAfter(later: readonly RecordedEvent[], after: bigint) {
+  const c = {
+    last_position: null as string | null,
+    updated_at: null as string | null,
+    title: null as string | null,
+    title_position: null as string | null,
+    deleted_position: null as string | null,
+    last_message_at: null as string | null,
+    last_message_position: null as string | null,
+  };
+  for (const recorded of later) {
+    if (recorded.position <= after) continue;
+    const e = { type: recorded.type, data: recorded.data } as Exclude<ChatEvent, { type: 'ChatStarted' }>;
+    const position = String(recorded.position);
+    c.last_position = position;
+    c.updated_at = pgTimestamp(eventTime(e));
+    if (e.type === 'ChatRenamed') Object.assign(c, { title: e.data.title, title_position: position });
+    if (e.type === 'ChatDeleted') c.deleted_position = position;
+    if (e.type === 'MessageSent')
+      Object.assign(c, { last_message_at: c.updated_at, last_message_position: position });
+  }
+  return c;
+}
+
 /**
  * Chats and their messages. Every event of a chat first moves the chat row's `last_position`; an
  * event the row has already seen changes nothing, so its message is not inserted again either —
@@ -67,15 +92,6 @@ export const chatsProjector: Projector = {
       fold.last = recorded.position;
       if (e.type !== 'ChatStarted') {
         fold.later.push(recorded);
-        const row = fold.started?.row;
-        if (!row) continue;
-        // The row inserted takes the events after its ChatStarted (those before it found no row).
-        const at = eventTime(e);
-        row.last_position = String(recorded.position);
-        row.updated_at = at;
-        if (e.type === 'ChatRenamed') row.title = e.data.title;
-        if (e.type === 'ChatDeleted') row.deleted = true;
-        if (e.type === 'MessageSent') row.last_message_at = at;
         continue;
       }
       // A second one changes nothing, as its insert would not.
@@ -100,44 +116,26 @@ export const chatsProjector: Projector = {
         },
       };
     }
-    const started = [...folds.values()].flatMap(({ started: s }) =>
-      s
-        ? [
-            {
-              ...s.row,
-              created_at: pgTimestamp(s.row.created_at),
-              updated_at: pgTimestamp(s.row.updated_at),
-              last_message_at: pgTimestampOrNull(s.row.last_message_at),
-            },
-          ]
-        : [],
-    );
-    // Per kind of change, its newest value and the position it came at.
-    const changed = [...folds.entries()].flatMap(([id, f]) => {
-      if (f.later.length === 0) return [];
-      const u = {
-        id,
-        last_position: '',
-        updated_at: '',
-        title: null as string | null,
-        title_position: null as string | null,
-        deleted_position: null as string | null,
-        last_message_at: null as string | null,
-        last_message_position: null as string | null,
-      };
-      for (const recorded of f.later) {
-        const e = { type: recorded.type, data: recorded.data } as Exclude<ChatEvent, { type: 'ChatStarted' }>;
-        const position = String(recorded.position);
-        u.last_position = position;
-        u.updated_at = pgTimestamp(eventTime(e));
-        if (e.type === 'ChatRenamed') Object.assign(u, { title: e.data.title, title_position: position });
-        if (e.type === 'ChatDeleted') u.deleted_position = position;
-        if (e.type === 'MessageSent') {
-          Object.assign(u, { last_message_at: u.updated_at, last_message_position: position });
-        }
-      }
-      return [u];
+    const started = [...folds.values()].flatMap(({ started: s, later }) => {
+      if (!s) return [];
+      // The row inserted takes the events after its ChatStarted (those before it found no row).
+      const c = changesAfter(later, s.position);
+      const row = s.row;
+      return [
+        {
+          ...row,
+          title: c.title ?? row.title,
+          deleted: c.deleted_position !== null,
+          created_at: pgTimestamp(row.created_at),
+          updated_at: c.updated_at ?? pgTimestamp(row.updated_at),
+          last_message_at: c.last_message_at ?? pgTimestampOrNull(row.last_message_at),
+          last_position: c.last_position ?? row.last_position,
+        },
+      ];
     });
+    const changed = [...folds.entries()].flatMap(([id, f]) =>
+      f.later.length > 0 ? [{ id, ...changesAfter(f.later, -1n) }] : [],
+    );
     // A chat started in this batch is inserted whole; the update then finds its row at the batch's
     // last position and leaves it. One statement, unless a batch is hundreds of megabytes.
     const startedChunks = jsonChunks(started);
