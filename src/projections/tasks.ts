@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { TaskEvent, TaskOutcome } from '../events/tasks';
 import type { Database, TasksTable } from '../platform/schema';
+import type { RecordedEvent } from '../eventstore/port';
 import { jsonChunks, pgTimestamp, pgTimestampOrNull } from './json';
 import type { Projector } from './types';
 
@@ -23,29 +24,33 @@ function outcomeColumns(e: TaskOutcome) {
   };
 }
 
-type Outcome = ReturnType<typeof outcomeColumns>;
-
-/**
- * What a batch's events after TaskCreated change of a row already there, each kind with the position
- * of its last event: a row takes only the changes newer than the event it has seen.
- */
-interface Changes {
-  last_position: string;
-  claimed_position: string | null;
-  outcome_position: string | null;
-  outcome: Outcome | null;
-}
-
 /** A task's events in one batch, in log order, TaskCreated aside. */
 interface TaskFold {
   /** The first TaskCreated, whose row is inserted if the task has none. */
   created: { row: TasksTable; position: bigint } | null;
-  changes: Changes | null;
+  /** The other events, for a row already there; each applies only if newer than the row. */
+  later: RecordedEvent[];
   last: bigint;
 }
 
 const isOutcome = (e: TaskEvent): e is TaskOutcome =>
   e.type === 'TaskCompleted' || e.type === 'TaskFailed' || e.type === 'TaskCancelled';
+
+/** What the events of `later` after `after` change: per kind, its newest value and its position. */
+function changesAfter(later: readonly RecordedEvent[], after: bigint) {
+  let last_position: string | null = null;
+  let claimed_position: string | null = null;
+  let outcome_position: string | null = null;
+  let outcome: ReturnType<typeof outcomeColumns> | null = null;
+  for (const recorded of later) {
+    if (recorded.position <= after) continue;
+    const e = { type: recorded.type, data: recorded.data } as TaskEvent;
+    last_position = String(recorded.position);
+    if (e.type === 'TaskStreamClaimed') claimed_position = last_position;
+    if (isOutcome(e)) [outcome, outcome_position] = [outcomeColumns(e), last_position];
+  }
+  return { last_position, claimed_position, outcome_position, outcome };
+}
 
 /**
  * Tasks as `GET /tasks/{id}` shows them, and the open ones the sweeper checks against their deadline.
@@ -72,70 +77,55 @@ export const tasksProjector: Projector = {
       let fold = folds.get(e.data.taskId);
       // Not newer than an earlier event of its task: one by one, the row would have seen it already.
       if (fold && recorded.position <= fold.last) continue;
-      fold ??= { created: null, changes: null, last: recorded.position };
+      fold ??= { created: null, later: [], last: recorded.position };
       folds.set(e.data.taskId, fold);
       fold.last = recorded.position;
-      if (e.type === 'TaskCreated') {
-        // A second one changes nothing, as its insert would not.
-        fold.created ??= {
-          position: recorded.position,
-          row: {
-            id: e.data.taskId,
-            user_id: e.data.userId,
-            chat_id: e.data.chatId,
-            model: e.data.model,
-            status: 'running',
-            hold: String(e.data.hold),
-            prompt_tokens: e.data.promptTokens,
-            completion_tokens: 0,
-            cost: null,
-            message_id: null,
-            error: null,
-            claimed: false,
-            created_at: new Date(e.data.createdAt),
-            deadline_at: new Date(e.data.deadlineAt),
-            finished_at: null,
-            last_position: position,
-          },
-        };
+      if (e.type !== 'TaskCreated') {
+        fold.later.push(recorded);
         continue;
       }
-      const changes = (fold.changes ??= {
-        last_position: position,
-        claimed_position: null,
-        outcome_position: null,
-        outcome: null,
-      });
-      changes.last_position = position;
-      const outcome = isOutcome(e) ? outcomeColumns(e) : null;
-      if (e.type === 'TaskStreamClaimed') changes.claimed_position = position;
-      if (outcome) {
-        changes.outcome = outcome;
-        changes.outcome_position = position;
-      }
-      // The row inserted takes the events after its TaskCreated (those before it found no row).
-      const row = fold.created?.row;
-      if (row) {
-        row.last_position = position;
-        if (e.type === 'TaskStreamClaimed') row.claimed = true;
-        if (outcome) Object.assign(row, outcome);
-      }
+      // A second one changes nothing, as its insert would not.
+      fold.created ??= {
+        position: recorded.position,
+        row: {
+          id: e.data.taskId,
+          user_id: e.data.userId,
+          chat_id: e.data.chatId,
+          model: e.data.model,
+          status: 'running',
+          hold: String(e.data.hold),
+          prompt_tokens: e.data.promptTokens,
+          completion_tokens: 0,
+          cost: null,
+          message_id: null,
+          error: null,
+          claimed: false,
+          created_at: new Date(e.data.createdAt),
+          deadline_at: new Date(e.data.deadlineAt),
+          finished_at: null,
+          last_position: position,
+        },
+      };
     }
-    const created = [...folds.values()].flatMap(({ created: c }) =>
-      c
-        ? [
-            {
-              ...c.row,
-              created_at: pgTimestamp(c.row.created_at),
-              deadline_at: pgTimestamp(c.row.deadline_at),
-              finished_at: pgTimestampOrNull(c.row.finished_at),
-            },
-          ]
-        : [],
-    );
+    const created = [...folds.values()].flatMap(({ created: c, later }) => {
+      if (!c) return [];
+      // The row inserted takes the events after its TaskCreated (those before it found no row).
+      const { last_position, claimed_position, outcome } = changesAfter(later, c.position);
+      const row = { ...c.row, ...outcome };
+      return [
+        {
+          ...row,
+          claimed: claimed_position !== null,
+          created_at: pgTimestamp(row.created_at),
+          deadline_at: pgTimestamp(row.deadline_at),
+          finished_at: pgTimestampOrNull(row.finished_at),
+          last_position: last_position ?? row.last_position,
+        },
+      ];
+    });
     const changed = [...folds.entries()].flatMap(([id, f]) => {
-      if (!f.changes) return [];
-      const { outcome, ...changes } = f.changes;
+      if (f.later.length === 0) return [];
+      const { outcome, ...changes } = changesAfter(f.later, -1n);
       return [{ id, ...changes, ...outcome, finished_at: pgTimestampOrNull(outcome?.finished_at ?? null) }];
     });
     // A task created in this batch is inserted whole; the update then finds its row at the batch's
