@@ -35,6 +35,28 @@ async function startServer() {
           setTimeout(() => res.socket?.destroy(), 20);
           return;
         }
+        case '/bytes':
+          // Bytes past ASCII in headers, as some gateways send them.
+          res.setHeader('x-note', Buffer.from('模型 ok', 'utf8').toString('latin1'));
+          res.setHeader('x-odd', '\u00e9');
+          res.end('ok');
+          return;
+        case '/untrailed':
+          res.writeHead(200, { 'content-encoding': 'gzip' });
+          res.end(zlib.gzipSync('whole reply').subarray(0, -8));
+          return;
+        case '/raw-deflate':
+          res.writeHead(200, { 'content-encoding': 'deflate' });
+          res.end(zlib.deflateRawSync('raw deflate'));
+          return;
+        case '/deflate':
+          res.writeHead(200, { 'content-encoding': 'deflate' });
+          res.end(zlib.deflateSync('zlib deflate'));
+          return;
+        case '/layers':
+          res.writeHead(200, { 'content-encoding': 'gzip, gzip, gzip, gzip, gzip, gzip' });
+          res.write('never read');
+          return; // never ends: the refusal must close it
         case '/cookies':
           res.setHeader('set-cookie', ['a=1', 'b=2']);
           res.end('ok');
@@ -93,6 +115,24 @@ describe('the fetch the OpenAI SDK is given (undici request)', () => {
     expect(res.headers.get('content-encoding')).toBeNull();
     const cut = await f(`${s.base}/cut`);
     await expect(cut.text()).rejects.toThrow();
+  });
+
+  it('gives header bytes as fetch does (Latin-1), and leaves no connection open when it refuses a body', async () => {
+    const res = await f(`${s.base}/bytes`);
+    const fetched = await fetch(`${s.base}/bytes`);
+    expect(res.headers.get('x-note')).toBe(fetched.headers.get('x-note'));
+    expect(res.headers.get('x-odd')).toBe(fetched.headers.get('x-odd'));
+    expect(await res.text()).toBe('ok');
+    const before = s.closedEarly();
+    await expect(f(`${s.base}/layers`)).rejects.toThrow(/content-encodings/);
+    for (let i = 0; i < 100 && s.closedEarly() === before; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(s.closedEarly()).toBe(before + 1);
+  });
+
+  it('reads a gzip body without its trailer, and deflate raw or zlib-wrapped, as fetch does', async () => {
+    expect(await (await f(`${s.base}/untrailed`)).text()).toBe('whole reply');
+    expect(await (await f(`${s.base}/raw-deflate`)).text()).toBe('raw deflate');
+    expect(await (await f(`${s.base}/deflate`)).text()).toBe('zlib deflate');
   });
 
   it('keeps repeated headers, answers 204 without a body, and follows a redirect with the body', async () => {
