@@ -54,7 +54,7 @@ const byteString = (value: string) => Buffer.from(value, 'utf8').toString('latin
  * form, a stream) goes to the global `fetch`. It asks for no compression, so a streamed reply is
  * not held back in a compressor upstream, but decodes one a server sends anyway.
  */
-export function undiciFetch(dispatcher?: Dispatcher): typeof fetch {
+export function undiciFetch(): typeof fetch {
   return async (input, init = {}) => {
     const body = init.body;
     if (
@@ -69,7 +69,6 @@ export function undiciFetch(dispatcher?: Dispatcher): typeof fetch {
       body: body ?? null,
       signal: init.signal ?? undefined,
       maxRedirections: init.redirect === 'manual' || init.redirect === 'error' ? 0 : MAX_REDIRECTIONS,
-      ...(dispatcher ? { dispatcher } : {}),
     });
     try {
       return toResponse(res, init.method);
