@@ -1,8 +1,9 @@
-import { sql, type Kysely, type Selectable } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { CHAT_EVENT_TYPES, type ChatEvent, type ChatMessage } from '../events/chats';
-import type { ChatsTable, Database } from '../platform/schema';
+import type { Database } from '../platform/schema';
 import type { RecordedEvent } from '../eventstore/port';
-import { jsonChunks, pgTimestamp, pgTimestampOrNull } from './json';
+import { groupByKey } from './batch';
+import { jsonChunkPairs, jsonChunks, pgTimestamp } from './json';
 import type { Projector } from './types';
 
 const messageRow = (chatId: string, m: ChatMessage) => ({
@@ -16,15 +17,6 @@ const messageRow = (chatId: string, m: ChatMessage) => ({
   task_id: m.taskId,
   created_at: pgTimestamp(new Date(m.sentAt)),
 });
-
-/** A chat's events in one batch, in log order, ChatStarted aside. */
-interface ChatFold {
-  /** The first ChatStarted: its row and the preset's messages it copies, if the chat has no row. */
-  started: { row: Selectable<ChatsTable>; opening: ChatMessage[]; position: bigint } | null;
-  /** The other events, for a row already there; each applies only if newer than the row. */
-  later: RecordedEvent[];
-  last: bigint;
-}
 
 const eventTime = (e: Exclude<ChatEvent, { type: 'ChatStarted' }>) =>
   new Date(
@@ -68,6 +60,29 @@ function changesAfter(later: readonly RecordedEvent[], after: bigint) {
   return c;
 }
 
+const startedData = (start: RecordedEvent) =>
+  start.data as Extract<ChatEvent, { type: 'ChatStarted' }>['data'];
+
+/** The row a ChatStarted inserts, with the events after it (those before it found no row). */
+function startedRow(start: RecordedEvent, later: readonly RecordedEvent[]) {
+  const d = startedData(start);
+  const at = pgTimestamp(new Date(d.startedAt));
+  const c = changesAfter(later, start.position);
+  return {
+    id: d.chatId,
+    owner_id: d.ownerId,
+    title: c.title ?? d.title,
+    preset_id: d.presetId,
+    model: d.model,
+    parameters: d.parameters,
+    deleted: c.deleted_position !== null,
+    created_at: at,
+    updated_at: c.updated_at ?? at,
+    last_message_at: c.last_message_at ?? (d.messages.length > 0 ? at : null),
+    last_position: c.last_position ?? String(start.position),
+  };
+}
+
 /**
  * Chats and their messages. Every event of a chat first moves the chat row's `last_position`; an
  * event the row has already seen changes nothing, so its message is not inserted again either —
@@ -81,75 +96,23 @@ export const chatsProjector: Projector = {
   eventTypes: CHAT_EVENT_TYPES,
   tables: ['chats', 'chat_messages'],
   async apply(trx, events) {
-    const folds = new Map<string, ChatFold>();
-    for (const recorded of events) {
-      const e = { type: recorded.type, data: recorded.data } as ChatEvent;
-      let fold = folds.get(e.data.chatId);
-      // Not newer than an earlier event of its chat: one by one, the row would have seen it already.
-      if (fold && recorded.position <= fold.last) continue;
-      fold ??= { started: null, later: [], last: recorded.position };
-      folds.set(e.data.chatId, fold);
-      fold.last = recorded.position;
-      if (e.type !== 'ChatStarted') {
-        fold.later.push(recorded);
-        continue;
-      }
-      // A second one changes nothing, as its insert would not.
-      if (fold.started) continue;
-      const d = e.data;
-      const at = new Date(d.startedAt);
-      fold.started = {
-        position: recorded.position,
-        opening: d.messages,
-        row: {
-          id: d.chatId,
-          owner_id: d.ownerId,
-          title: d.title,
-          preset_id: d.presetId,
-          model: d.model,
-          parameters: d.parameters,
-          deleted: false,
-          created_at: at,
-          updated_at: at,
-          last_message_at: d.messages.length > 0 ? at : null,
-          last_position: String(recorded.position),
-        },
-      };
-    }
-    const started = [...folds.values()].flatMap(({ started: s, later }) => {
-      if (!s) return [];
-      // The row inserted takes the events after its ChatStarted (those before it found no row).
-      const c = changesAfter(later, s.position);
-      const row = s.row;
-      return [
-        {
-          ...row,
-          title: c.title ?? row.title,
-          deleted: c.deleted_position !== null,
-          created_at: pgTimestamp(row.created_at),
-          updated_at: c.updated_at ?? pgTimestamp(row.updated_at),
-          last_message_at: c.last_message_at ?? pgTimestampOrNull(row.last_message_at),
-          last_position: c.last_position ?? row.last_position,
-        },
-      ];
-    });
-    const changed = [...folds.entries()].flatMap(([id, f]) =>
-      f.later.length > 0 ? [{ id, ...changesAfter(f.later, -1n) }] : [],
+    const chats = groupByKey(events, (e) => (e.data as { chatId: string }).chatId, 'ChatStarted');
+    const started = [...chats.values()].flatMap(({ start, later }) =>
+      start ? [startedRow(start, later)] : [],
+    );
+    const changed = [...chats.entries()].flatMap(([id, { later }]) =>
+      later.length > 0 ? [{ id, ...changesAfter(later, -1n) }] : [],
     );
     // A chat started in this batch is inserted whole; the update then finds its row at the batch's
-    // last position and leaves it. One statement, unless a batch is hundreds of megabytes.
-    const startedChunks = jsonChunks(started);
-    const changedChunks = jsonChunks(changed);
+    // last position and leaves it.
     const written: Written[] = [];
-    for (let i = 0; i < Math.max(startedChunks.length, changedChunks.length); i++) {
-      written.push(...(await writeChats(trx, startedChunks[i] ?? '[]', changedChunks[i] ?? '[]')));
-    }
+    for (const [s, u] of jsonChunkPairs(started, changed)) written.push(...(await writeChats(trx, s, u)));
     // Messages go with the rows written (not with events the rows had seen), after the purge.
     const messages = written.flatMap(({ id, started: inserted, before }) => {
-      const f = folds.get(id)!;
+      const { start, later } = chats.get(id)!;
       const kept = inserted
-        ? standing(f.later, f.started!.position, f.started!.opening)
-        : standing(f.later, BigInt(before!));
+        ? standing(later, start!.position, startedData(start!).messages)
+        : standing(later, BigInt(before!));
       return kept.map((m) => messageRow(id, m));
     });
     for (const chunk of jsonChunks(messages)) {

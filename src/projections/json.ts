@@ -36,3 +36,13 @@ export function jsonChunks(rows: readonly unknown[], maxChars = 16 * 2 ** 20): s
   if (parts.length > 0) chunks.push(`[${parts.join(',')}]`);
   return chunks;
 }
+
+/**
+ * Two lists of rows as pairs of JSON arrays for statements that take one of each (`'[]'` where one
+ * list has run out): one pair, unless the rows pass `jsonChunks`' size.
+ */
+export function jsonChunkPairs(a: readonly unknown[], b: readonly unknown[]): [string, string][] {
+  const as = jsonChunks(a);
+  const bs = jsonChunks(b);
+  return Array.from({ length: Math.max(as.length, bs.length) }, (_, i) => [as[i] ?? '[]', bs[i] ?? '[]']);
+}

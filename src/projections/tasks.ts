@@ -2,7 +2,8 @@ import { sql, type Kysely } from 'kysely';
 import type { TaskEvent, TaskOutcome } from '../events/tasks';
 import type { Database, TasksTable } from '../platform/schema';
 import type { RecordedEvent } from '../eventstore/port';
-import { jsonChunks, pgTimestamp, pgTimestampOrNull } from './json';
+import { groupByKey } from './batch';
+import { jsonChunkPairs, pgTimestamp, pgTimestampOrNull } from './json';
 import type { Projector } from './types';
 
 /** What an outcome sets on the task's row. */
@@ -22,15 +23,6 @@ function outcomeColumns(e: TaskOutcome) {
     error: e.type === 'TaskFailed' ? e.data.reason : null,
     finished_at: new Date(finishedAt),
   };
-}
-
-/** A task's events in one batch, in log order, TaskCreated aside. */
-interface TaskFold {
-  /** The first TaskCreated, whose row is inserted if the task has none. */
-  created: { row: TasksTable; position: bigint } | null;
-  /** The other events, for a row already there; each applies only if newer than the row. */
-  later: RecordedEvent[];
-  last: bigint;
 }
 
 const isOutcome = (e: TaskEvent): e is TaskOutcome =>
@@ -70,74 +62,52 @@ export const tasksProjector: Projector = {
   ],
   tables: ['tasks'],
   async apply(trx, events) {
-    const folds = new Map<string, TaskFold>();
-    for (const recorded of events) {
-      const e = { type: recorded.type, data: recorded.data } as TaskEvent;
-      const position = String(recorded.position);
-      let fold = folds.get(e.data.taskId);
-      // Not newer than an earlier event of its task: one by one, the row would have seen it already.
-      if (fold && recorded.position <= fold.last) continue;
-      fold ??= { created: null, later: [], last: recorded.position };
-      folds.set(e.data.taskId, fold);
-      fold.last = recorded.position;
-      if (e.type !== 'TaskCreated') {
-        fold.later.push(recorded);
-        continue;
-      }
-      // A second one changes nothing, as its insert would not.
-      fold.created ??= {
-        position: recorded.position,
-        row: {
-          id: e.data.taskId,
-          user_id: e.data.userId,
-          chat_id: e.data.chatId,
-          model: e.data.model,
-          status: 'running',
-          hold: String(e.data.hold),
-          prompt_tokens: e.data.promptTokens,
-          completion_tokens: 0,
-          cost: null,
-          message_id: null,
-          error: null,
-          claimed: false,
-          created_at: new Date(e.data.createdAt),
-          deadline_at: new Date(e.data.deadlineAt),
-          finished_at: null,
-          last_position: position,
-        },
-      };
-    }
-    const created = [...folds.values()].flatMap(({ created: c, later }) => {
-      if (!c) return [];
-      // The row inserted takes the events after its TaskCreated (those before it found no row).
-      const { last_position, claimed_position, outcome } = changesAfter(later, c.position);
-      const row = { ...c.row, ...outcome };
-      return [
-        {
-          ...row,
-          claimed: claimed_position !== null,
-          created_at: pgTimestamp(row.created_at),
-          deadline_at: pgTimestamp(row.deadline_at),
-          finished_at: pgTimestampOrNull(row.finished_at),
-          last_position: last_position ?? row.last_position,
-        },
-      ];
-    });
-    const changed = [...folds.entries()].flatMap(([id, f]) => {
-      if (f.later.length === 0) return [];
-      const { outcome, ...changes } = changesAfter(f.later, -1n);
+    const tasks = groupByKey(events, (e) => (e.data as { taskId: string }).taskId, 'TaskCreated');
+    const created = [...tasks.values()].flatMap(({ start, later }) =>
+      start ? [createdRow(start, later)] : [],
+    );
+    const changed = [...tasks.entries()].flatMap(([id, { later }]) => {
+      if (later.length === 0) return [];
+      const { outcome, ...changes } = changesAfter(later, -1n);
       return [{ id, ...changes, ...outcome, finished_at: pgTimestampOrNull(outcome?.finished_at ?? null) }];
     });
     // A task created in this batch is inserted whole; the update then finds its row at the batch's
     // last position and leaves it. In the update, `tasks.*` is the row before it, so each change
-    // applies only if newer than the row. One statement, unless a batch is hundreds of megabytes.
-    const createdChunks = jsonChunks(created);
-    const changedChunks = jsonChunks(changed);
-    for (let i = 0; i < Math.max(createdChunks.length, changedChunks.length); i++) {
-      await writeTasks(trx, createdChunks[i] ?? '[]', changedChunks[i] ?? '[]');
-    }
+    // applies only if newer than the row.
+    for (const [c, u] of jsonChunkPairs(created, changed)) await writeTasks(trx, c, u);
   },
 };
+
+/** The row a TaskCreated inserts, with the events after it (those before it found no row). */
+function createdRow(start: RecordedEvent, later: readonly RecordedEvent[]) {
+  const d = start.data as Extract<TaskEvent, { type: 'TaskCreated' }>['data'];
+  const { last_position, claimed_position, outcome } = changesAfter(later, start.position);
+  const row: TasksTable = {
+    id: d.taskId,
+    user_id: d.userId,
+    chat_id: d.chatId,
+    model: d.model,
+    status: 'running',
+    hold: String(d.hold),
+    prompt_tokens: d.promptTokens,
+    completion_tokens: 0,
+    cost: null,
+    message_id: null,
+    error: null,
+    claimed: claimed_position !== null,
+    created_at: new Date(d.createdAt),
+    deadline_at: new Date(d.deadlineAt),
+    finished_at: null,
+    last_position: last_position ?? String(start.position),
+    ...outcome,
+  };
+  return {
+    ...row,
+    created_at: pgTimestamp(row.created_at),
+    deadline_at: pgTimestamp(row.deadline_at),
+    finished_at: pgTimestampOrNull(row.finished_at),
+  };
+}
 
 /** Inserts the tasks of `created` (rows) and applies `changed` (folded changes), both JSON arrays. */
 async function writeTasks(trx: Kysely<Database>, created: string, changed: string): Promise<void> {

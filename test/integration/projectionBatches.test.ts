@@ -51,6 +51,24 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
     for (const e of events) await apply(projector, [e]);
   }
 
+  /**
+   * `batch` applied again, whole and then as each of `parts`, leaves what `read` gives as `expected`;
+   * so does applying it one event per batch from empty tables.
+   */
+  async function expectReplaysTo(
+    projector: Projector,
+    batch: RecordedEvent[],
+    parts: RecordedEvent[][],
+    read: () => Promise<unknown>,
+    expected: unknown,
+  ) {
+    await apply(projector, batch);
+    for (const part of parts) await apply(projector, part);
+    expect(await read()).toEqual(expected);
+    await oneByOne(projector, batch);
+    expect(await read()).toEqual(expected);
+  }
+
   describe('ledger', () => {
     const ledger = (userId: string, type: string, data: Record<string, unknown>) =>
       recorded(`ledger-${userId}`, type, { userId, ...data });
@@ -125,14 +143,8 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
         { user_id: 'bob', posted: '30', held: '5', last_position: String(batch[6]!.position) },
       ]);
 
-      // The same batch again, whole or in part: nothing changes.
-      await apply(ledgerProjector, batch);
-      await apply(ledgerProjector, batch.slice(2));
-      expect(await rows()).toEqual(once);
-
-      // One by one from empty tables: the same rows.
-      await oneByOne(ledgerProjector, batch);
-      expect(await rows()).toEqual(once);
+      // The same batch again, whole or in part: nothing changes; one by one: the same rows.
+      await expectReplaysTo(ledgerProjector, batch, [batch.slice(2)], rows, once);
     });
 
     it('goes on from the balance rows earlier batches left, for users old and new', async () => {
@@ -237,12 +249,7 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
       await t.db.db.deleteFrom('tasks').execute();
       await apply(tasksProjector, batch);
       expect(await rows()).toEqual(split);
-      await apply(tasksProjector, batch);
-      await apply(tasksProjector, batch.slice(3));
-      await apply(tasksProjector, batch.slice(0, 5));
-      expect(await rows()).toEqual(split);
-      await oneByOne(tasksProjector, batch);
-      expect(await rows()).toEqual(split);
+      await expectReplaysTo(tasksProjector, batch, [batch.slice(3), batch.slice(0, 5)], rows, split);
     });
 
     it('keeps the first TaskCreated’s row when another one comes for the same task', async () => {
@@ -377,11 +384,7 @@ describe.each(testDatabases())('projector batches on %s', (kind) => {
       expect(once.messages[2]!.content).toEqual([{ type: 'text', text: 'c2-2' }]);
 
       // Again, whole or from its middle: the deleted chat's messages do not come back.
-      await apply(chatsProjector, batch);
-      await apply(chatsProjector, batch.slice(4));
-      expect(await rows()).toEqual(once);
-      await oneByOne(chatsProjector, batch);
-      expect(await rows()).toEqual(once);
+      await expectReplaysTo(chatsProjector, batch, [batch.slice(4)], rows, once);
     });
 
     it('removes the messages of earlier batches on delete, and a replay after it brings none back', async () => {
