@@ -83,6 +83,8 @@ export function createProjectionEngine(options: ProjectionEngineOptions): Runnin
     async waitFor(names, position, timeoutMs) {
       const deadline = Date.now() + timeoutMs;
       for (const name of names) projector(name);
+      // Position 0 is the start of the log, before any event: every read model has it.
+      if (position === 0n) return true;
       let target = await store.locate(position);
       while (!target && Date.now() < deadline) {
         await sleep(POLL_MS);

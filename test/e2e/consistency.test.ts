@@ -72,6 +72,11 @@ describe('X-Consistent-After', () => {
     expect(res.body.applied).toContain(String(position));
   });
 
+  it('reads at once for position 0, the start of the log, which no event has', async () => {
+    const res = await t.http.get('/api/v1/test/read').set('X-Consistent-After', '0');
+    expect(res.status).toBe(200);
+  });
+
   it('answers 504 when the projection does not get there in time', async () => {
     const position = await ping();
     const res = await t.http

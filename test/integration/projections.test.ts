@@ -144,6 +144,8 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     const r = await handler.handle(counterDecider, 'counter-x', increment(1));
     expect(await e.waitFor(['counters'], r.position, 200)).toBe(false);
     expect(await e.waitFor(['counters'], 999_999n, 100)).toBe(false);
+    // Position 0, before every event, is reached by a projection that has applied nothing.
+    expect(await e.waitFor(['counters'], 0n, 100)).toBe(true);
     await expect(e.waitFor(['nope'], r.position, 100)).rejects.toThrow(/unknown projection/);
   });
 
