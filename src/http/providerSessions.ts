@@ -12,6 +12,7 @@ import { ProviderNotConfigured } from '../platform/identity/providerHttp';
 import { createSmsCodeStore } from '../platform/identity/smsCodes';
 import type { RateLimits } from '../platform/rateLimits';
 import { identityDeps, requestContext } from './identityDeps';
+import { setEventPosition } from './middleware/consistency';
 import { clientIp, limit } from './middleware/rateLimit';
 import { problemResponses } from './openapi';
 import { sendTokens, TokenResponse } from './sessions';
@@ -118,6 +119,9 @@ export const providerSessions: Resource = (router, { deps, openapi }) => {
     if (wait > 0) throw new CodeResendTooSoon(wait);
     await ctx.rateLimits.consume('sms_phone', phone);
     await requestSmsCode(deps, codes, providers.sms, phone);
+    // A code is kept outside the event log: this command writes no event, and a read after it
+    // has nothing to wait for (position 0, the start of the log).
+    setEventPosition(ctx, 0n);
     ctx.status = 202;
     ctx.body = { expires_in: config.SMS_CODE_TTL_SECONDS, resend_in: config.SMS_CODE_RESEND_SECONDS };
   });
