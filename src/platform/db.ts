@@ -174,16 +174,25 @@ class SessionClient implements SessionLocks {
 
   async listen(channel: string, onNotify: (payload?: string) => void): Promise<() => Promise<void>> {
     let set = this.channels.get(channel);
-    if (!set) {
-      set = new Set();
-      this.channels.set(channel, set);
-      const client = this.client;
-      if (client) await client.query(`LISTEN ${quoteIdent(channel)}`);
-      else await this.connection().catch(() => this.reconnectSoon());
-    }
+    const first = !set;
+    set ??= new Set();
+    this.channels.set(channel, set);
+    // Kept from here on, whatever the LISTEN below meets: each reconnect listens to every channel.
     set.add(onNotify);
+    const client = this.client;
+    if (first && client) {
+      await client.query(`LISTEN ${quoteIdent(channel)}`).catch((err: unknown) => {
+        // The connection died under the LISTEN before it said so: start it over.
+        this.logger.warn({ err, channel }, 'LISTEN failed; reconnecting');
+        this.drop(client);
+        client.end().catch(() => undefined);
+      });
+    } else if (first) {
+      await this.connection().catch(() => this.reconnectSoon());
+    }
+    const listeners = set;
     return async () => {
-      set.delete(onNotify);
+      listeners.delete(onNotify);
     };
   }
 
