@@ -246,18 +246,18 @@ class Runner {
           ? failure
           : new Error(`subscription failed: ${JSON.stringify(failure)}`);
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        this.state = 'failed';
+        this.lastError = err instanceof Error ? err.message : String(err);
         this.logger.error({ err }, 'projection failed; retrying');
-        // For every instance to see, not only this one (the database may be what failed). Written
-        // before this runner says it failed, so that whoever sees that here also sees it there.
+        // For every instance to see, not only this one (the database may be what failed). This
+        // runner says it failed at once, before the write, which a database that is gone can hold
+        // up; elsewhere sees it once written.
         await this.handle.db
           .updateTable('projection_checkpoints')
-          .set({ last_error: message.slice(0, 2_000) })
+          .set({ last_error: this.lastError.slice(0, 2_000) })
           .where('name', '=', this.projector.name)
           .execute()
           .catch(() => undefined);
-        this.state = 'failed';
-        this.lastError = message;
         await this.releaseLock();
         await this.pause(backoff);
         backoff = Math.min(backoff * 2, 5_000);
