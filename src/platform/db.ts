@@ -173,9 +173,8 @@ class SessionClient implements SessionLocks {
   }
 
   async listen(channel: string, onNotify: (payload?: string) => void): Promise<() => Promise<void>> {
-    let set = this.channels.get(channel);
-    const first = !set;
-    set ??= new Set();
+    const first = !this.channels.has(channel);
+    const set = this.channels.get(channel) ?? new Set<(payload?: string) => void>();
     this.channels.set(channel, set);
     // Kept from here on, whatever the LISTEN below meets: each reconnect listens to every channel.
     set.add(onNotify);
@@ -190,9 +189,8 @@ class SessionClient implements SessionLocks {
     } else if (first) {
       await this.connection().catch(() => this.reconnectSoon());
     }
-    const listeners = set;
     return async () => {
-      listeners.delete(onNotify);
+      set.delete(onNotify);
     };
   }
 
