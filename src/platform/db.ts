@@ -52,7 +52,14 @@ export interface OpenOptions {
 
 /** Opens the database the configuration names: PostgreSQL when DATABASE_URL is set, else PGlite. */
 export async function openDatabase(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Db> {
-  if (config.DATABASE_URL) return openServer(config.DATABASE_URL, config.DATABASE_POOL_SIZE, logger);
+  if (config.DATABASE_URL) {
+    return openServer(
+      config.DATABASE_URL,
+      config.DATABASE_POOL_SIZE,
+      config.DATABASE_CONNECT_TIMEOUT_MS,
+      logger,
+    );
+  }
   return openEmbedded(config, logger, options);
 }
 
@@ -61,11 +68,12 @@ export async function openDatabase(config: Config, logger: Logger, options: Open
  * protocol; else the data directory itself, when no service holds it.
  */
 export async function openDatabaseForCli(config: Config, logger: Logger): Promise<Db> {
-  if (config.DATABASE_URL) return openServer(config.DATABASE_URL, 4, logger);
+  if (config.DATABASE_URL)
+    return openServer(config.DATABASE_URL, 4, config.DATABASE_CONNECT_TIMEOUT_MS, logger);
   const running = await runningEmbeddedServer(config.DATA_DIR);
   if (running) {
     logger.debug({ url: running }, 'using the running service’s embedded database');
-    return openServer(running, 1, logger, { overEmbeddedSocket: true });
+    return openServer(running, 1, config.DATABASE_CONNECT_TIMEOUT_MS, logger, { overEmbeddedSocket: true });
   }
   return openEmbedded(config, logger, { serveEmbedded: false });
 }
@@ -73,11 +81,20 @@ export async function openDatabaseForCli(config: Config, logger: Logger): Promis
 async function openServer(
   url: string,
   poolSize: number,
+  connectTimeoutMs: number,
   logger: Logger,
   opts: { overEmbeddedSocket?: boolean } = {},
 ): Promise<Db> {
   // int8 stays a string from pg (its default); callers convert to bigint.
-  const pool = new pg.Pool({ connectionString: url, max: poolSize, idleTimeoutMillis: 30_000 });
+  // A server that does not answer (gone from the network, not refusing) fails a query after
+  // connectTimeoutMs instead of holding it for as long as TCP tries; so does a wait that long for
+  // a free connection.
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    idleTimeoutMillis: 30_000,
+    connectionTimeoutMillis: connectTimeoutMs,
+  });
   pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   // The pool hears a client's 'error' only while the client is idle. A connection that dies while
   // checked out (kysely holds one through a query or a transaction) emits 'error' to nobody, which
@@ -86,7 +103,7 @@ async function openServer(
     client.on('error', (err) => logger.debug({ err }, 'database connection failed in use'));
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const sessionClient = new SessionClient(url, logger);
+  const sessionClient = new SessionClient(url, connectTimeoutMs, logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
   return {
     kind: 'postgres',
@@ -122,13 +139,17 @@ class SessionClient implements SessionLocks {
 
   constructor(
     private readonly url: string,
+    private readonly connectTimeoutMs: number,
     private readonly logger: Logger,
   ) {}
 
   private async connection(): Promise<pg.Client> {
     if (this.client) return this.client;
     this.connecting ??= (async () => {
-      const client = new pg.Client({ connectionString: this.url });
+      const client = new pg.Client({
+        connectionString: this.url,
+        connectionTimeoutMillis: this.connectTimeoutMs,
+      });
       client.on('error', (err) => {
         this.logger.warn({ err }, 'database session connection failed');
         this.drop(client);

@@ -1,9 +1,13 @@
+import { createServer, type Server, type Socket } from 'node:net';
 import pg from 'pg';
 import supertest from 'supertest';
 import { z } from 'zod';
 import { WrongExpectedRevision } from '../../src/eventstore/port';
 import { createApp } from '../../src/http/app';
 import { setEventPosition } from '../../src/http/middleware/consistency';
+import { testConfig } from '../../src/platform/config';
+import { openDatabase } from '../../src/platform/db';
+import { createLogger } from '../../src/platform/logger';
 import type { Resource } from '../../src/http/types';
 import { InsufficientCreditsForTest } from './fixtures';
 import { createTestApp, type TestApp } from '../support/app';
@@ -36,6 +40,27 @@ const testRoutes: Resource = (router) => {
       await pool.end();
     }
   });
+  // A server that takes the connection and never answers, as one gone from the network would not
+  // refuse it: the first query waits out the connect timeout, the second its wait for a free
+  // connection of a pool of one; a lock, the connect timeout of the session connection.
+  router.get('/test/silent-database/:which', async (ctx) => {
+    const db = await openDatabase(
+      testConfig({
+        DATABASE_URL: `postgres://postgres@127.0.0.1:${silentPort()}/none`,
+        DATABASE_POOL_SIZE: 1,
+        DATABASE_CONNECT_TIMEOUT_MS: 200,
+      }),
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      if (ctx.params.which === 'lock') await db.locks.tryAcquire('silent');
+      const [first, second] = await Promise.allSettled([db.query('select 1', []), db.query('select 2', [])]);
+      const failure = ctx.params.which === 'first' ? first : second;
+      if (failure.status === 'rejected') throw failure.reason;
+    } finally {
+      await db.close();
+    }
+  });
   router.get('/test/domain', () => {
     throw new InsufficientCreditsForTest(10, 25);
   });
@@ -50,10 +75,24 @@ const testRoutes: Resource = (router) => {
 };
 
 let t: TestApp;
+let silent: Server;
+const held = new Set<Socket>();
+let accepted = 0;
+const silentPort = () => (silent.address() as { port: number }).port;
 beforeAll(async () => {
+  silent = createServer((socket) => {
+    accepted++;
+    held.add(socket);
+    socket.on('close', () => held.delete(socket));
+  });
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   t = await createTestApp({ resources: [testRoutes], config: { BODY_LIMIT: '1kb' } });
 });
-afterAll(() => t?.close());
+afterAll(async () => {
+  for (const socket of held) socket.destroy();
+  await new Promise((resolve) => silent?.close(resolve));
+  await t?.close();
+});
 
 function expectProblem(
   res: { status: number; headers: Record<string, string>; body: Record<string, unknown> },
@@ -173,6 +212,17 @@ describe('problem+json errors', () => {
     expect(res.headers['retry-after']).toBe('5');
     expect(JSON.stringify(res.body)).not.toMatch(/127\.0\.0\.1|ECONNREFUSED/);
   });
+
+  it.each(['first', 'second', 'lock'])(
+    'answers 503, not 500 or a hang, when the database does not answer (%s)',
+    async (which) => {
+      const before = accepted;
+      const res = await t.http.get(`/api/v1/test/silent-database/${which}`);
+      expectProblem(res, 503);
+      expect(res.body.type).toBe('/problems/dependency-unavailable');
+      expect(accepted).toBeGreaterThan(before); // it did reach the silent server
+    },
+  );
 
   it('answers a DomainError with its status, type, title and extensions', async () => {
     const res = await t.http.get('/api/v1/test/domain');
