@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http';
 import { z } from 'zod';
 import { WrongExpectedRevision } from '../eventstore/port';
-import { DomainError } from '../platform/errors';
+import { DomainError, isConnectionFailure } from '../platform/errors';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 
@@ -44,36 +44,6 @@ interface HttpErrorLike extends Error {
   type?: string;
   headers?: Record<string, unknown>;
   limit?: number;
-}
-
-/** Socket errors, and PostgreSQL's connection-exception (08…) and shutdown (57P0…) classes. */
-const CONNECTION_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'ENOTFOUND',
-  '57P01',
-  '57P02',
-  '57P03',
-]);
-
-/**
- * What pg and its pool say when the server dropped the connection or did not answer in time: a
- * client's own connect timeout, the pool's (connecting, or waiting for a free connection).
- */
-const CONNECTION_MESSAGES =
-  /Connection terminated|connection timeout|^timeout expired$|timeout exceeded when trying to connect|Client has encountered a connection error/i;
-
-/** The database (or another backing service) is unreachable: 503, not 500. */
-function isConnectionFailure(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e && depth < 3; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true;
-    const message = (e as { message?: unknown }).message;
-    if (typeof message === 'string' && CONNECTION_MESSAGES.test(message)) return true;
-  }
-  return false;
 }
 
 function isHttpError(err: unknown): err is HttpErrorLike {

@@ -7,6 +7,7 @@ import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from 'kysely';
 import pg from 'pg';
 import type { Config } from './config';
+import { isConnectionFailure } from './errors';
 import type { Logger } from './logger';
 import type { Database } from './schema';
 import { Mutex } from './mutex';
@@ -85,15 +86,22 @@ async function openServer(
   logger: Logger,
   opts: { overEmbeddedSocket?: boolean } = {},
 ): Promise<Db> {
+  // A connection attempt to a server that does not answer (gone from the network, not refusing)
+  // fails after connectTimeoutMs instead of lasting as long as TCP retries. Only the attempt: a
+  // wait for a free connection of the pool is load, and waits. Over the service's embedded socket
+  // even the attempt waits its turn behind the service's transactions, so it has no bound.
+  const connectionTimeoutMillis = opts.overEmbeddedSocket ? 0 : connectTimeoutMs;
+  class BoundedClient extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super({ ...config, connectionTimeoutMillis });
+    }
+  }
   // int8 stays a string from pg (its default); callers convert to bigint.
-  // A server that does not answer (gone from the network, not refusing) fails a query after
-  // connectTimeoutMs instead of holding it for as long as TCP tries; so does a wait that long for
-  // a free connection.
   const pool = new pg.Pool({
     connectionString: url,
     max: poolSize,
     idleTimeoutMillis: 30_000,
-    connectionTimeoutMillis: connectTimeoutMs,
+    Client: BoundedClient,
   });
   pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   // The pool hears a client's 'error' only while the client is idle. A connection that dies while
@@ -103,7 +111,7 @@ async function openServer(
     client.on('error', (err) => logger.debug({ err }, 'database connection failed in use'));
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const sessionClient = new SessionClient(url, connectTimeoutMs, logger);
+  const sessionClient = new SessionClient(url, connectionTimeoutMillis, logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
   return {
     kind: 'postgres',
@@ -201,12 +209,19 @@ class SessionClient implements SessionLocks {
     set.add(onNotify);
     const client = this.client;
     if (first && client) {
-      await client.query(`LISTEN ${quoteIdent(channel)}`).catch((err: unknown) => {
-        // The connection died under the LISTEN before it said so: start it over.
+      try {
+        await client.query(`LISTEN ${quoteIdent(channel)}`);
+      } catch (err) {
+        if (this.closed || !isConnectionFailure(err)) {
+          set.delete(onNotify);
+          if (set.size === 0) this.channels.delete(channel);
+          throw err;
+        }
+        // The connection died under the LISTEN before it said so: start it over, which listens again.
         this.logger.warn({ err, channel }, 'LISTEN failed; reconnecting');
         this.drop(client);
         client.end().catch(() => undefined);
-      });
+      }
     } else if (first) {
       await this.connection().catch(() => this.reconnectSoon());
     }

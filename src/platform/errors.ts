@@ -100,3 +100,30 @@ export class RateLimited extends DomainError {
     this.headers = { 'Retry-After': String(retryAfterSeconds) };
   }
 }
+
+/** Socket errors, and PostgreSQL's connection-exception (08…) and shutdown (57P0…) classes. */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  '57P01',
+  '57P02',
+  '57P03',
+]);
+
+/** What pg says when the server dropped the connection, or did not answer a connection attempt in time. */
+const CONNECTION_MESSAGES =
+  /Connection terminated|connection timeout|^timeout expired$|Client has encountered a connection error/i;
+
+/** The database (or another backing service) is unreachable: 503, not 500. */
+export function isConnectionFailure(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 3; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true;
+    const message = (e as { message?: unknown }).message;
+    if (typeof message === 'string' && CONNECTION_MESSAGES.test(message)) return true;
+  }
+  return false;
+}

@@ -41,8 +41,8 @@ const testRoutes: Resource = (router) => {
     }
   });
   // A server that takes the connection and never answers, as one gone from the network would not
-  // refuse it: the first query waits out the connect timeout, the second its wait for a free
-  // connection of a pool of one; a lock, the connect timeout of the session connection.
+  // refuse it: the first query waits out its connection attempt; the second waits for the pool's
+  // one connection, then makes its own attempt; a lock waits out the session connection's attempt.
   router.get('/test/silent-database/:which', async (ctx) => {
     const db = await openDatabase(
       testConfig({

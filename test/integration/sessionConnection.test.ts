@@ -1,10 +1,12 @@
 import { sql } from 'kysely';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { openDatabase } from '../../src/platform/db';
+import { createLogger } from '../../src/platform/logger';
 import { openTestDatabase, type TestDatabase } from '../support/databases';
 
-// The server's one long-lived connection per process, for LISTEN and the advisory locks.
 const onServer = process.env.DATABASE_URL ? describe : describe.skip;
 
+// The server's one long-lived connection per process, for LISTEN and the advisory locks.
 onServer('the session connection on postgres', () => {
   let t: TestDatabase;
   beforeEach(async () => {
@@ -53,5 +55,27 @@ onServer('the session connection on postgres', () => {
     expect(await t.db.locks.tryAcquire('held')).toBe(true);
     await killSession();
     await heard('session_test', got);
+  });
+});
+
+onServer('the pool on postgres', () => {
+  it('bounds a connection attempt, not a wait for a free connection, which is load', async () => {
+    const t = await openTestDatabase('postgres');
+    const db = await openDatabase(
+      { ...t.config, DATABASE_POOL_SIZE: 1, DATABASE_CONNECT_TIMEOUT_MS: 200 },
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      // The one connection is busy for well over the connect timeout; the second query waits for it.
+      const [slow, quick] = await Promise.allSettled([
+        db.query('select pg_sleep(0.6)', []),
+        db.query<{ n: number }>('select 2 as n', []),
+      ]);
+      expect(slow.status).toBe('fulfilled');
+      expect(quick).toEqual({ status: 'fulfilled', value: [{ n: 2 }] });
+    } finally {
+      await db.close();
+      await t.close();
+    }
   });
 });
