@@ -86,8 +86,8 @@ async function openServer(
   logger: Logger,
   opts: { overEmbeddedSocket?: boolean } = {},
 ): Promise<Db> {
-  // A connection attempt to a server that does not answer (gone from the network, not refusing)
-  // fails after connectTimeoutMs instead of lasting as long as TCP retries. Only the attempt: a
+  // Every connection here, the pool's and the session's: an attempt to a server that does not
+  // answer (gone from the network, not refusing) fails after connectTimeoutMs instead of lasting as long as TCP retries. Only the attempt: a
   // wait for a free connection of the pool is load, and waits. Over the service's embedded socket
   // even the attempt waits its turn behind the service's transactions, so it has no bound.
   const connectionTimeoutMillis = opts.overEmbeddedSocket ? 0 : connectTimeoutMs;
@@ -111,7 +111,7 @@ async function openServer(
     client.on('error', (err) => logger.debug({ err }, 'database connection failed in use'));
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const sessionClient = new SessionClient(url, connectionTimeoutMillis, logger);
+  const sessionClient = new SessionClient(() => new BoundedClient({ connectionString: url }), logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
   return {
     kind: 'postgres',
@@ -146,18 +146,14 @@ class SessionClient implements SessionLocks {
   private readonly mutex = new Mutex();
 
   constructor(
-    private readonly url: string,
-    private readonly connectTimeoutMs: number,
+    private readonly newClient: () => pg.Client,
     private readonly logger: Logger,
   ) {}
 
   private async connection(): Promise<pg.Client> {
     if (this.client) return this.client;
     this.connecting ??= (async () => {
-      const client = new pg.Client({
-        connectionString: this.url,
-        connectionTimeoutMillis: this.connectTimeoutMs,
-      });
+      const client = this.newClient();
       client.on('error', (err) => {
         this.logger.warn({ err }, 'database session connection failed');
         this.drop(client);
