@@ -43,6 +43,8 @@ export interface PostgresEventStoreOptions {
   maxAppendsInFlight?: number;
   /** Called after every append with its duration in seconds (metrics). */
   onAppend?: (seconds: number, events: number) => void;
+  /** How long an idle subscriber waits for a signal before polling anyway; 1 s unless set. */
+  idlePollMs?: number;
 }
 
 const MAX_BIGINT = 2n ** 63n - 1n;
@@ -186,6 +188,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
   // Names this store in its notifications: its own appends wake its subscribers directly, so the
   // echo of its own NOTIFY would only wake them again for nothing.
   const origin = randomUUID();
+  const idlePollMs = options.idlePollMs ?? IDLE_POLL_MS;
   const notifier = new DebouncedNotify(db, origin, options.logger);
   let unlisten: Promise<() => Promise<void>> | undefined;
   const ensureListening = () => {
@@ -389,7 +392,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         if (!batch.caughtUp) continue;
         await handler.onCaughtUp?.(position);
         if (stopped) break;
-        await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : IDLE_POLL_MS, (w) => (wake = w));
+        await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : idlePollMs, (w) => (wake = w));
         // Let the appends of the next few milliseconds join this read: under load every subscriber
         // then reads a batch per interval instead of running a query per append.
         if (!stopped && !blocked) await new Promise<void>((resolve) => setTimeout(resolve, COALESCE_MS));
