@@ -95,6 +95,10 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     const answered: number[] = [];
     const whole: number[] = [];
     for (let i = 0; i < samples; i++) direct.push(await directFirstToken(fakeUrl));
+    // The floor of what a task can add: a task is two requests (POST, then its stream), and an
+    // HTTP round trip to the service that touches nothing (GET /health) is part of each.
+    const bare: number[] = [];
+    for (let i = 0; i < samples; i++) bare.push(await roundTrip(`http://127.0.0.1:${port}/health`));
     for (let i = 0; i < samples; i++) {
       const r = await runTask(base, users[i % STREAMS]!);
       through.push(r.firstTokenMs);
@@ -108,7 +112,7 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       await new Promise((resolve) => setTimeout(resolve, IDLE_PAUSE_MS));
       idle.push((await runTask(base, u)).firstTokenMs);
     }
-    for (const a of [direct, through, answered, idle, whole]) a.sort((x, y) => x - y);
+    for (const a of [direct, through, answered, idle, whole, bare]) a.sort((x, y) => x - y);
     // What the service adds: its times less the fake's typical one. Both percentiles subtract the
     // median, since the fake's slowest answers are hiccups of their own: p99 less p99 once reported
     // a p99 below the p50.
@@ -120,6 +124,11 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       `tasks (${db}): first token p50 ${median(through)} ms from the POST, which was answered at ` +
         `${median(answered)} ms; straight to the fake ${median(direct)} ms; the task done (reply ` +
         `saved, charged, slots freed) at ${median(whole)} ms`,
+    );
+    ctx.note(
+      `tasks (${db}): an HTTP round trip to the service doing nothing (GET /health) p50 ${median(bare)} ms; ` +
+        `the two of a task less the fake's answer: ${(2 * percentile(bare, 50) - percentile(direct, 50)).toFixed(1)} ms ` +
+        `added before any database work`,
     );
     ctx.figures.push({
       suite: 'tasks',
@@ -333,6 +342,13 @@ async function runTask(
     doneMs: performance.now() - t0,
     done: text.includes('event: done'),
   };
+}
+
+/** One request answered in full, timed as a task's requests are (fetch, body read). */
+async function roundTrip(url: string): Promise<number> {
+  const t0 = performance.now();
+  await (await fetch(url)).text();
+  return performance.now() - t0;
 }
 
 /** One streaming request straight to the fake, up to its first content chunk. */
