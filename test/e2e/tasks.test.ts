@@ -357,6 +357,60 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded' });
   });
 
+  it('charges no more output than was asked for, however the provider or the tokenizer counts', async () => {
+    const u = await newUser();
+    /** A completion of at most 5 output tokens, answered with the settled ledger's movements. */
+    const complete = async () => {
+      const before = (await ledgerEvents(u.id)).length;
+      const res = await t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .send({
+          model: 'fake-model',
+          max_tokens: 5,
+          messages: [{ role: 'user', content: 'Say something.' }],
+        });
+      expect(res.status).toBe(200);
+      await eventually(
+        () => credits(u.auth),
+        (c) => c.held === 0,
+        'settled',
+      );
+      const usage = (res.body as { usage: { prompt_tokens: number; completion_tokens: number } }).usage;
+      const moved = (await ledgerEvents(u.id)).slice(before);
+      const sum = (type: string) =>
+        moved.filter((e) => e.type === type).reduce((n, e) => n + (e.data.amount as number), 0);
+      return {
+        usage,
+        reserved: sum('CreditsReserved'),
+        paid: sum('CreditsCaptured') + sum('CreditsCharged'),
+      };
+    };
+
+    // The provider reports far more output than it was asked for.
+    fake.setBehaviour({ usage: { prompt_tokens: 12, completion_tokens: 1_000_000 } });
+    const reported = await complete();
+    expect(reported.usage).toMatchObject({ prompt_tokens: 12, completion_tokens: 5 });
+    expect(reported.paid).toBe(creditsFor(12, PROMPT_PRICE) + creditsFor(5, COMPLETION_PRICE));
+
+    // No usage, and the reply counts past 5 tokens with our tokenizer (another model's tokens).
+    fake.setBehaviour({ usage: undefined, omitUsage: true });
+    expect(countTextTokens(REPLY)).toBeGreaterThan(5);
+    const counted = await complete();
+    expect(counted.usage.completion_tokens).toBe(5);
+    expect(counted.paid).toBeLessThanOrEqual(counted.reserved);
+
+    // Counts whose cost is past any whole number of credits: settled within the limits, not stuck.
+    fake.setBehaviour({
+      omitUsage: false,
+      usage: { prompt_tokens: Number.MAX_SAFE_INTEGER - 1, completion_tokens: Number.MAX_SAFE_INTEGER - 1 },
+    });
+    const absurd = await complete();
+    expect(absurd.usage).toMatchObject({ prompt_tokens: 8192, completion_tokens: 5 });
+    expect(absurd.paid).toBe(creditsFor(8192, PROMPT_PRICE) + creditsFor(5, COMPLETION_PRICE));
+    expect((await credits(u.auth)).balance).toBe(1000 - reported.paid - counted.paid - absurd.paid);
+  });
+
   it('saves and charges a reply holding NUL or half a surrogate pair, which the database cannot store as sent', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

@@ -531,10 +531,29 @@ export class TaskFlow {
       logger.warn({ taskId, usage: reported }, 'provider usage is not a count; counted with the tokenizer');
       reported = null;
     }
-    const usage = {
+    const counted = {
       promptTokens: completed && reported ? reported.prompt_tokens : promptTokens,
       completionTokens: completed && reported ? reported.completion_tokens : countTextTokens(text),
     };
+    // Charged at most for what the hold was sized for on the output side: the model was asked for
+    // `maxTokens`, and more (a provider miscounting, or our tokenizer counting another model's text
+    // higher) is not the user's to pay. No prompt is longer than the model's context window.
+    const usage = {
+      promptTokens: Math.min(counted.promptTokens, g.model.contextLength),
+      completionTokens: Math.min(counted.completionTokens, maxTokens),
+    };
+    if (usage.promptTokens !== counted.promptTokens || usage.completionTokens !== counted.completionTokens) {
+      logger.warn(
+        {
+          taskId,
+          counted,
+          maxTokens,
+          contextLength: g.model.contextLength,
+          source: reported ? 'provider' : 'tokenizer',
+        },
+        'usage past what the model was asked for; charged up to the limits',
+      );
+    }
     // Nothing generated, nothing owed: a provider that failed at once, or a cancel before any text.
     const owed = completed || text.length > 0;
     const cost = owed
