@@ -121,6 +121,57 @@ describe('ledger decider', () => {
       .then([{ type: 'HoldExpired', data: { userId: u, holdId: 't1', amount: 10, expiredAt: later } }]);
   });
 
+  it('charges a capture that comes after its hold expired, once, from what is available', () => {
+    const expired: LedgerEvent = {
+      type: 'HoldExpired',
+      data: { userId: u, holdId: 't1', amount: 50, expiredAt: later },
+    };
+    const capture = (cost: number, excess: 'forgive' | 'charge_available' = 'charge_available') =>
+      cmd('CaptureCredits', { userId: u, holdId: 't1', cost, excess });
+    const late = (amount: number): LedgerEvent => ({
+      type: 'CreditsCharged',
+      data: {
+        userId: u,
+        chargeId: 't1:late',
+        amount,
+        reason: 'capture after the hold expired',
+        holdId: 't1',
+        chargedAt: at,
+      },
+    });
+    spec
+      .given([granted(100), reserved('t1', 50), expired])
+      .when(capture(30))
+      .then([late(30)]);
+    // Once: the same capture again decides nothing.
+    spec
+      .given([granted(100), reserved('t1', 50), expired, late(30)])
+      .when(capture(30))
+      .then([]);
+    // Past the hold: the excess policy decides, and never below zero.
+    spec
+      .given([granted(100), reserved('t1', 50), expired])
+      .when(capture(80, 'forgive'))
+      .then([late(50)]);
+    spec
+      .given([granted(100), reserved('t1', 50), expired, reserved('t2', 70)])
+      .when(capture(80))
+      .then([late(30)]);
+    spec
+      .given([granted(100), reserved('t1', 50), expired])
+      .when(capture(0))
+      .then([]);
+    // Captured or released before: the capture is only repeated, and decides nothing.
+    spec
+      .given([
+        granted(100),
+        reserved('t1', 50),
+        { type: 'CreditsReleased', data: { userId: u, holdId: 't1', amount: 50, releasedAt: at } },
+      ])
+      .when(capture(30))
+      .then([]);
+  });
+
   it('refuses to release or capture an unknown hold', () => {
     spec
       .given([granted(10)])

@@ -49,6 +49,8 @@ export interface Ledger {
   holds: Map<string, Hold>;
   /** Holds captured, released or expired: a hold resolves once. */
   resolved: Set<string>;
+  /** Holds that expired, with their amounts: a capture arriving after is charged, not dropped. */
+  expired: Map<string, number>;
   /** Captures (by hold id) and direct charges, with what has been refunded of them. */
   charges: Map<string, { amount: number; refunded: number }>;
   /** Ids of grants, redemptions, adjustments and refunds already applied: their commands are idempotent. */
@@ -60,6 +62,7 @@ export const initialLedger = (): Ledger => ({
   held: 0,
   holds: new Map(),
   resolved: new Set(),
+  expired: new Map(),
   charges: new Map(),
   seen: new Set(),
 });
@@ -91,6 +94,36 @@ export type LedgerCommand =
       'AdjustCredits',
       { userId: string; adjustmentId: string; amount: number; reason: string; corrects: string | null }
     >;
+
+function wholeCost(cost: number): void {
+  if (!Number.isSafeInteger(cost) || cost < 0) throw new RangeError('cost must be a whole number of credits');
+}
+
+/**
+ * A capture of a hold already resolved. Captured or released, it decides nothing (the capture is
+ * idempotent). Expired (its capture came past the hold's expiry: a settlement delayed by an outage),
+ * what was used is still owed: charged once, from what is available, up to the hold under the
+ * `forgive` policy, and never below zero.
+ */
+function lateCapture(
+  { holdId, cost, excess, userId }: { holdId: string; cost: number; excess: ExcessPolicy; userId: string },
+  s: Ledger,
+  now: string,
+): LedgerEvent[] {
+  const expiredAmount = s.expired.get(holdId);
+  const chargeId = `${holdId}:late`;
+  if (expiredAmount === undefined || s.charges.has(chargeId)) return [];
+  wholeCost(cost);
+  const owed = excess === 'charge_available' ? cost : Math.min(cost, expiredAmount);
+  const amount = Math.min(owed, available(s));
+  if (amount <= 0) return [];
+  return [
+    {
+      type: 'CreditsCharged',
+      data: { userId, chargeId, amount, reason: 'capture after the hold expired', holdId, chargedAt: now },
+    },
+  ];
+}
 
 function positive(n: number, what: string): void {
   if (!Number.isSafeInteger(n) || n <= 0)
@@ -131,11 +164,10 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
     }
     case 'CaptureCredits': {
       const { holdId, cost, excess, userId } = cmd.data;
-      if (s.resolved.has(holdId)) return [];
+      if (s.resolved.has(holdId)) return lateCapture(cmd.data, s, now);
       const hold = s.holds.get(holdId);
       if (!hold) throw new HoldNotFound(`No hold ${holdId}.`);
-      if (!Number.isSafeInteger(cost) || cost < 0)
-        throw new RangeError('cost must be a whole number of credits');
+      wholeCost(cost);
       const captured = Math.min(cost, hold.amount);
       const rest = hold.amount - captured;
       const events: LedgerEvent[] = [];
@@ -237,8 +269,11 @@ export function evolveLedger(s: Ledger, e: LedgerEvent): Ledger {
       s.charges.set(e.data.holdId, { amount: e.data.amount, refunded: 0 });
       break;
     case 'CreditsReleased':
+      closeHold(s, e.data.holdId);
+      break;
     case 'HoldExpired':
       closeHold(s, e.data.holdId);
+      s.expired.set(e.data.holdId, e.data.amount);
       break;
     case 'CreditsCharged':
       s.posted -= e.data.amount;
