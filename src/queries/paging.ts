@@ -1,6 +1,7 @@
 import { sql, type SelectQueryBuilder } from 'kysely';
 import { z } from 'zod';
 import { BadRequest } from '../platform/errors';
+import { holdsUnstorableText } from '../platform/text';
 
 /** API.md lists: `{ items, next_cursor }`, `limit` 1–100 (default 20), an opaque `cursor`. */
 export interface Page<T> {
@@ -17,11 +18,14 @@ export function encodeCursor(values: unknown[]): string {
   return Buffer.from(JSON.stringify(values)).toString('base64url');
 }
 
-/** The cursor's values, or undefined for a cursor we did not make. */
+/**
+ * The cursor's values, or undefined for a cursor we did not make: one holding text no row holds
+ * (NUL, half a surrogate pair) too, which the database would refuse to compare.
+ */
 export function decodeCursor<T extends unknown[]>(cursor: string): T | undefined {
   try {
     const values: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-    return Array.isArray(values) ? (values as T) : undefined;
+    return Array.isArray(values) && !holdsUnstorableText(values) ? (values as T) : undefined;
   } catch {
     return undefined;
   }

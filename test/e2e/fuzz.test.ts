@@ -176,6 +176,10 @@ describe('fuzzing every operation of /openapi.json', () => {
       cursor(['-100000-01-01T00:00:00.000Z', 'x']),
       cursor(['+275760-09-13T00:00:00.000Z', 'x']),
       cursor(['2026-01-01T00:00:00.000Z', 'x', 'y']),
+      // Text no row holds, which the database refuses to compare.
+      cursor(['2020-01-01T00:00:00Z', '\u0000']),
+      cursor(['2020-01-01T00:00:00Z', 'a\ud800']),
+      cursor(['\u0000']),
     ];
     const answers: string[] = [];
     for (const [path, auth] of lists) {
