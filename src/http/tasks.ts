@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { chunkOf, type StartedTask, type TaskFlow } from '../commands/tasks/flow';
-import type { TaskState } from '../commands/tasks/decider';
+import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider';
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
 import { DomainError } from '../platform/errors';
@@ -179,6 +179,17 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   router.get('/tasks/:id/stream', auth(), consistentRead<AuthedState>([]), async (ctx) => {
     const { id } = TaskId.parse(ctx.params);
     const flow = flowOf();
+    if (ctx.method === 'HEAD') {
+      // What a GET would answer, without claiming the stream: a HEAD must not use up the one read.
+      const state = await flow.read(id, ctx.state.user.id);
+      if (state.claimed) throw new StreamAlreadyClaimed();
+      ctx.status = 200;
+      ctx.set({
+        'Content-Type': 'text/event-stream; charset=utf-8',
+        'Cache-Control': 'no-cache, no-transform',
+      });
+      return;
+    }
     const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
     const sse = openSse(ctx, heartbeatMs);
     const task = {

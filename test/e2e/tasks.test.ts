@@ -563,6 +563,22 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(parseSse(res.text).at(-1)!.event).toBe('done');
   });
 
+  it('answers a HEAD on a stream as a GET would, without using up its one read', async () => {
+    const u = await newUser();
+    const other = await newUser();
+    const started = await startTask(u.auth, await newChat(u.auth));
+    const head = (auth: string) =>
+      t.http.head(`${API}/tasks/${started.id}/stream`).set('Authorization', auth);
+    const first = await head(u.auth);
+    expect(first.status).toBe(200);
+    expect(first.headers['content-type']).toMatch(/^text\/event-stream/);
+    expect((await head(other.auth)).status).toBe(404);
+    const read = await stream(u.auth, started.id);
+    expect(read.status).toBe(200);
+    expect(read.events.at(-1)!.event).toBe('done');
+    expect((await head(u.auth)).status).toBe(409);
+  });
+
   it('lets exactly one of 50 parallel stream calls stream; the rest get 409', async () => {
     const u = await newUser();
     fake.setBehaviour({ tokenDelayMs: 5 });

@@ -7,6 +7,9 @@ export type TaskStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancel
 export class TaskNotFound extends NotFound {}
 export class StreamAlreadyClaimed extends Conflict {
   override readonly type = '/problems/stream-claimed';
+  constructor() {
+    super('This task’s stream is already being (or was) read.');
+  }
 }
 
 export interface TaskState {
@@ -86,7 +89,7 @@ export function decideTask(cmd: TaskCommand, s: TaskState): TaskEvent[] {
   switch (cmd.type) {
     case 'ClaimStream':
       if (cmd.data.userId !== s.userId) throw new TaskNotFound('No such task.');
-      if (s.claimed) throw new StreamAlreadyClaimed('This task’s stream is already being (or was) read.');
+      if (s.claimed) throw new StreamAlreadyClaimed();
       return [{ type: 'TaskStreamClaimed', data: { taskId: s.taskId, claimedAt: now } }];
     case 'RequestCancel':
       if (cmd.data.userId !== s.userId) throw new TaskNotFound('No such task.');
