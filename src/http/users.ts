@@ -212,6 +212,8 @@ export const users: Resource = (router, { deps, openapi }) => {
     ctx.type = 'image/jpeg';
     ctx.set('Cache-Control', 'private, max-age=300');
     ctx.set('ETag', `"${state.avatarId}"`);
+    // Koa tells freshness only of a 2xx (or 304) answer; until a body is set, the status is 404.
+    ctx.status = 200;
     if (ctx.fresh) {
       ctx.status = 304;
       return;

@@ -64,6 +64,13 @@ describe('avatars', () => {
       expect(get.headers['content-type']).toBe('image/jpeg');
       const meta = await sharp(get.body as Buffer).metadata();
       expect([meta.format, meta.width, meta.height]).toEqual(['jpeg', 128, 128]);
+      // A client holding this avatar is told so (304), and one holding another gets it again.
+      const etag = get.headers.etag as string;
+      expect(etag).toMatch(/^".+"$/);
+      const again = await t.http.get(path).set('Authorization', u.auth).set('If-None-Match', etag);
+      expect(again.status).toBe(304);
+      const other = await t.http.get(path).set('Authorization', u.auth).set('If-None-Match', '"old"');
+      expect(other.status).toBe(200);
     }
   });
 
