@@ -1065,4 +1065,51 @@ describe('/chat/completions with the official openai client', () => {
     expect(bad.status).toBe(400);
     expect(bad.type).toBe('application/problem+json');
   });
+
+  it('tells the SDK what went wrong in OpenAI’s error object, beside the problem', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const anonymous = new OpenAI({ apiKey: 'not-a-token', baseURL: baseUrl, maxRetries: 0 });
+    const say = [{ role: 'user' as const, content: 'x' }];
+    const cases: [Promise<unknown>, Record<string, unknown>][] = [
+      [
+        anonymous.chat.completions.create({ model: 'fake-model', messages: say }),
+        { status: 401, code: 'invalid_api_key', type: 'invalid_request_error' },
+      ],
+      [
+        client.chat.completions.create({ model: 'fake-luxury', messages: say }),
+        { status: 402, code: 'insufficient_quota', type: 'insufficient_quota' },
+      ],
+      [
+        client.chat.completions.create({ model: 'no-such-model', messages: say }),
+        { status: 400, code: 'model_not_found' },
+      ],
+      [client.models.retrieve('no-such-model'), { status: 404, code: 'model_not_found' }],
+      [
+        client.chat.completions.create({ model: 'fake-model', messages: say, temperature: 9 }),
+        { status: 400, type: 'invalid_request_error', param: 'temperature' },
+      ],
+    ];
+    for (const [call, expected] of cases) {
+      const err = (await call.then(
+        () => null,
+        (e: unknown) => e,
+      )) as { status: number; message: string } & Record<string, unknown>;
+      expect(err).toMatchObject(expected);
+      // The problem's detail, not "… status code (no body)".
+      expect(err.message).not.toMatch(/no body/);
+      expect(err.message.length).toBeGreaterThan(String(err.status).length + 5);
+    }
+    // The problem itself is as API.md has it.
+    const raw = await t.http
+      .post(`${API}/chat/completions`)
+      .set('Authorization', u.auth)
+      .send({ model: 'fake-luxury', messages: say });
+    expect(raw.type).toBe('application/problem+json');
+    expect(raw.body).toMatchObject({
+      type: '/problems/insufficient-credits',
+      status: 402,
+      error: { type: 'insufficient_quota', code: 'insufficient_quota', message: raw.body.detail },
+    });
+  });
 });

@@ -123,6 +123,11 @@ const SYSTEM_ACTOR = 'system:tasks';
  * A crash before step 3 leaves a hold that expires and slots that count as stale after a task's
  * longest life; a crash during 4 leaves a task the sweeper fails past its deadline.
  */
+/** A model the catalog does not offer. */
+export class UnknownModel extends BadRequest {
+  override readonly type = '/problems/unknown-model';
+}
+
 export class TaskFlow {
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   /** Starts past the closing check, not generating yet: closing waits for them too. */
@@ -344,7 +349,7 @@ export class TaskFlow {
 
   private model(id: string): ModelInfo {
     const model = this.deps.models.get(id);
-    if (!model) throw new BadRequest(`No model ${id}; GET /models lists those offered.`);
+    if (!model) throw new UnknownModel(`No model ${id}; GET /models lists those offered.`);
     return model;
   }
 

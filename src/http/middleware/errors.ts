@@ -1,3 +1,4 @@
+import { isOpenAiRoute, openAiError } from '../openaiErrors';
 import { classify, PROBLEM_CONTENT_TYPE, statusProblem, type Problem } from '../problem';
 import type { AppMiddleware } from '../types';
 
@@ -55,7 +56,12 @@ type AppContextLike = Parameters<AppMiddleware>[0];
 
 function sendProblem(ctx: AppContextLike, problem: Problem): void {
   ctx.status = problem.status;
-  ctx.body = { ...problem, instance: ctx.path, request_id: ctx.state.requestId };
+  ctx.body = {
+    ...problem,
+    instance: ctx.path,
+    request_id: ctx.state.requestId,
+    ...(isOpenAiRoute(ctx.path) ? { error: openAiError(problem, ctx.path) } : {}),
+  };
   ctx.type = PROBLEM_CONTENT_TYPE;
 }
 

@@ -1,0 +1,48 @@
+import { API_BASE } from './openapi';
+import type { Problem } from './problem';
+
+const COMPLETIONS = `${API_BASE}/chat/completions`;
+const MODELS = `${API_BASE}/models`;
+
+/** The routes OpenAI's clients call: their errors carry OpenAI's `error` member too. */
+export function isOpenAiRoute(path: string): boolean {
+  return path === COMPLETIONS || path === MODELS || path.startsWith(`${MODELS}/`);
+}
+
+/**
+ * OpenAI's error object for a problem (`{message, type, param, code}`), which OpenAI's SDKs read
+ * for their error's message and code: without it they say only "400 status code (no body)". It is
+ * added beside the problem's members, which stay as API.md has them.
+ */
+export function openAiError(
+  problem: Problem,
+  path: string,
+): { message: string; type: string; param: string | null; code: string | null } {
+  const errors = Array.isArray(problem.errors) ? (problem.errors as { path?: unknown }[]) : [];
+  const param = typeof errors[0]?.path === 'string' && errors[0].path !== '' ? errors[0].path : null;
+  const [type, code] = kindOf(problem, path);
+  return { message: problem.detail, type, param, code };
+}
+
+function kindOf(problem: Problem, path: string): [type: string, code: string | null] {
+  switch (problem.status) {
+    case 400:
+      if (problem.type === '/problems/unknown-model') return ['invalid_request_error', 'model_not_found'];
+      if (problem.type === '/problems/prompt-too-long') {
+        return ['invalid_request_error', 'context_length_exceeded'];
+      }
+      return ['invalid_request_error', null];
+    case 401:
+      return ['invalid_request_error', 'invalid_api_key'];
+    case 402:
+      return ['insufficient_quota', 'insufficient_quota'];
+    case 404:
+      return ['invalid_request_error', path.startsWith(`${MODELS}/`) ? 'model_not_found' : null];
+    case 429:
+      return ['rate_limit_error', 'rate_limit_exceeded'];
+    case 502:
+      return ['server_error', 'generation_failed'];
+    default:
+      return [problem.status >= 500 ? 'server_error' : 'invalid_request_error', null];
+  }
+}
