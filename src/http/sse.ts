@@ -40,6 +40,7 @@ export function openSse(ctx: ParameterizedContext, heartbeatMs: number): SseStre
     if (!abort.signal.aborted) abort.abort();
   };
   ctx.res.on('close', close);
+  if (ctx.req.socket.destroyed) close(); // the client left before its stream opened
   function write(text: string) {
     if (abort.signal.aborted) return;
     last = Date.now();

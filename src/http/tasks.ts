@@ -3,7 +3,7 @@ import { chunkOf, type StartedTask, type TaskFlow } from '../commands/tasks/flow
 import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider';
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
-import { DomainError } from '../platform/errors';
+import { Conflict, DomainError } from '../platform/errors';
 import type { ChatMessageInput } from '../platform/llm/types';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
@@ -267,8 +267,29 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const id = `chatcmpl-${t.taskId}`;
     const created = Math.floor(Date.now() / 1000);
     const model = t.modelId;
+    // A completion is kept nowhere but in its answer: once its client has gone, generating on would
+    // only charge for text nobody gets, and hold a slot (the Stop button, an SDK's timeout). It is
+    // cancelled, and charged for what was generated. Under an Idempotency-Key it goes on, for the
+    // retry that will take it up.
+    const leftBehind = () => {
+      if (ctx.state.idempotent) return;
+      flow.cancel(t.taskId, ctx.state.user.id, provenanceOf(ctx)).catch((err: unknown) => {
+        // Finished meanwhile (409), or not recorded now: it runs to its end and is charged.
+        if (!(err instanceof Conflict)) ctx.log.warn({ err, taskId: t.taskId }, 'completion not cancelled');
+      });
+    };
     if (!body.stream) {
-      const outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
+      const gone = () => {
+        if (!ctx.res.writableEnded) leftBehind();
+      };
+      ctx.res.once('close', gone);
+      if (ctx.req.socket.destroyed) gone(); // gone before the task had started
+      let outcome: TaskOutcome;
+      try {
+        outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
+      } finally {
+        ctx.res.off('close', gone);
+      }
       if (outcome.type !== 'TaskCompleted') {
         throw new GenerationFailed(
           outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
@@ -301,8 +322,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       settle: (outcome: TaskOutcome) => flow.settle(outcome, null),
     };
     chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
-    // The client may leave; the generation goes on and is charged either way.
+    let ended = false;
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
+      if (c.kind !== 'delta') ended = true;
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
       } else if (c.kind === 'error') {
@@ -314,6 +336,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       }
     })
       .then(() => {
+        if (sse.signal.aborted && !ended) leftBehind();
         sse.send(null, '[DONE]');
         sse.end();
       })

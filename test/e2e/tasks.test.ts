@@ -1066,6 +1066,84 @@ describe('/chat/completions with the official openai client', () => {
     expect(bad.type).toBe('application/problem+json');
   });
 
+  it('stops a completion whose client left, charging what was generated, unless a retry may take it up', async () => {
+    fake.setBehaviour({ tokenDelayMs: 50 });
+    const full = countTextTokens(REPLY);
+    const say = [{ role: 'user' as const, content: 'Say something.' }];
+    /** The task of the user's one hold, once it ended, with its settlement done. */
+    const ended = async (u: { id: string; auth: string }) => {
+      const reserved = await eventually(
+        () => ledgerEvents(u.id),
+        (es) => es.some((e) => e.type === 'CreditsReserved'),
+        'held',
+      );
+      const taskId = reserved.find((e) => e.type === 'CreditsReserved')!.data.holdId as string;
+      const view = await finished(u.auth, taskId);
+      await eventually(
+        () => credits(u.auth),
+        (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
+        'settled',
+      );
+      return view;
+    };
+
+    // Streamed, and the SDK's stream aborted after the first words (the Stop button).
+    const a = await newUser();
+    const client = new OpenAI({ apiKey: a.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const stop = new AbortController();
+    const stream = await client.chat.completions.create(
+      { model: 'fake-model', messages: say, stream: true },
+      { signal: stop.signal },
+    );
+    // The SDK ends the loop (or throws) once aborted; either way the client has left.
+    await (async () => {
+      for await (const c of stream) if (c.choices[0]?.delta.content) stop.abort();
+    })().catch(() => undefined);
+    const streamed = await ended(a);
+    expect(streamed.status).toBe('cancelled');
+    expect(streamed.usage!.completion_tokens).toBeLessThan(full);
+
+    // Not streamed, and the connection closed while the reply was being generated (a timeout).
+    const b = await newUser();
+    const gone = () =>
+      new Promise<void>((resolve) => {
+        const req = http.request(`${baseUrl}/chat/completions`, {
+          method: 'POST',
+          headers: { Authorization: b.auth, 'content-type': 'application/json' },
+        });
+        req.on('error', () => resolve());
+        req.end(JSON.stringify({ model: 'fake-model', messages: say }));
+        setTimeout(() => {
+          req.destroy();
+          resolve();
+        }, 150);
+      });
+    await gone();
+    const waited = await ended(b);
+    expect(waited.status).toBe('cancelled');
+    expect(waited.usage!.completion_tokens).toBeLessThan(full);
+
+    // Under an Idempotency-Key it goes on, whole, for the retry.
+    const c = await newUser();
+    await new Promise<void>((resolve) => {
+      const req = http.request(`${baseUrl}/chat/completions`, {
+        method: 'POST',
+        headers: { Authorization: c.auth, 'content-type': 'application/json', 'Idempotency-Key': 'stay-1' },
+      });
+      req.on('error', () => resolve());
+      req.end(JSON.stringify({ model: 'fake-model', messages: say, stream: true }));
+      req.on('response', (res) =>
+        res.once('data', () => {
+          req.destroy();
+          resolve();
+        }),
+      );
+    });
+    const kept = await ended(c);
+    expect(kept.status).toBe('succeeded');
+    expect(kept.usage!.completion_tokens).toBe(full);
+  });
+
   it('tells the SDK what went wrong in OpenAI’s error object, beside the problem', async () => {
     const u = await newUser();
     const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
