@@ -24,14 +24,28 @@ const CompletionPart = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('image_url'),
     image_url: z.object({
-      url: z
-        .string()
-        .max(2048)
-        .regex(/^https?:\/\//i, 'must be an http(s) URL'),
+      // A link, or the picture itself as a data URL (how apps send an upload), which the body limit
+      // bounds: a completion's messages go upstream and are stored nowhere.
+      url: z.union(
+        [
+          z
+            .string()
+            .max(2048)
+            .regex(/^https?:\/\//i),
+          z.string().regex(/^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+={0,2}$/),
+        ],
+        { error: 'must be an http(s) URL, or a data: URL of a PNG, JPEG, GIF or WebP image in base64' },
+      ),
+      detail: z.enum(['auto', 'low', 'high']).optional(),
     }),
   }),
 ]);
-/** OpenAI's request, the parts we serve: unknown fields are ignored, as OpenAI-compatible servers do. */
+const TEXT_ONLY = 'not supported here: replies are text only';
+/**
+ * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do,
+ * except those asking for what a text reply cannot give (tool calls, JSON output, log
+ * probabilities): a client relying on one hears a 400 rather than getting a plain reply.
+ */
 const CompletionBody = z
   .object({
     model: z.string().min(1).max(200).optional(),
@@ -39,12 +53,22 @@ const CompletionBody = z
       .array(
         z.object({
           // `developer` is OpenAI's newer name for `system`.
-          role: z.enum(['system', 'developer', 'user', 'assistant']),
+          role: z.enum(['system', 'developer', 'user', 'assistant'], {
+            error: `must be system, developer, user or assistant (tool messages are ${TEXT_ONLY})`,
+          }),
           content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]),
         }),
       )
       .min(1)
       .max(MAX_COMPLETION_MESSAGES),
+    tools: z.array(z.unknown()).max(0, `tools are ${TEXT_ONLY}`).nullish(),
+    functions: z.array(z.unknown()).max(0, `functions are ${TEXT_ONLY}`).nullish(),
+    tool_choice: z.enum(['none', 'auto'], { error: `tool calls are ${TEXT_ONLY}` }).nullish(),
+    function_call: z.enum(['none', 'auto'], { error: `function calls are ${TEXT_ONLY}` }).nullish(),
+    response_format: z
+      .object({ type: z.literal('text', { error: `only text replies are offered; ${TEXT_ONLY}` }) })
+      .nullish(),
+    logprobs: z.literal(false, { error: 'log probabilities are not offered' }).nullish(),
     stream: z.boolean().default(false),
     stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
     max_tokens: z.number().int().min(1).nullish(),

@@ -12,6 +12,7 @@ import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
 import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
 import { sql } from 'kysely';
+import sharp from 'sharp';
 import supertest from 'supertest';
 import { CommandHandler } from '../../src/commands/handler';
 import { createApp } from '../../src/http/app';
@@ -1142,6 +1143,95 @@ describe('/chat/completions with the official openai client', () => {
     const kept = await ended(c);
     expect(kept.status).toBe('succeeded');
     expect(kept.usage!.completion_tokens).toBe(full);
+  });
+
+  it('refuses what a text reply cannot give (tools, JSON output, log probabilities), and takes images as data URLs', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const say = [{ role: 'user' as const, content: 'What is the weather?' }];
+    const tool = {
+      type: 'function' as const,
+      function: { name: 'weather', parameters: { type: 'object', properties: {} } },
+    };
+    const refused: [Record<string, unknown>, string][] = [
+      [{ tools: [tool] }, 'tools'],
+      [{ tool_choice: 'required' }, 'tool_choice'],
+      [{ tool_choice: { type: 'function', function: { name: 'weather' } } }, 'tool_choice'],
+      [{ response_format: { type: 'json_object' } }, 'response_format.type'],
+      [{ logprobs: true }, 'logprobs'],
+      [
+        {
+          messages: [
+            ...say,
+            { role: 'assistant', content: 'Looking.' },
+            { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+          ],
+        },
+        'messages.2.role',
+      ],
+    ];
+    const before = fake.requests.length;
+    for (const [extra, param] of refused) {
+      const err = (await client.chat.completions
+        .create({ model: 'fake-model', messages: say, ...extra } as never)
+        .then(
+          () => null,
+          (e: unknown) => e,
+        )) as { status: number; param: string; message: string };
+      expect(err).toMatchObject({ status: 400, param });
+      expect(err.message).toMatch(/not supported|not offered|text only/);
+    }
+    expect(fake.requests.length).toBe(before); // nothing was asked of the model
+    expect((await credits(u.auth)).balance).toBe(1000);
+
+    // What asks for nothing more than text passes.
+    const plain = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: say,
+      tools: [],
+      tool_choice: 'none',
+      response_format: { type: 'text' },
+      logprobs: false,
+    });
+    expect(plain.choices[0]!.message.content).toBe(REPLY);
+
+    // An uploaded picture, as apps send it: a data URL, passed upstream as sent, its detail too.
+    const picture = `data:image/png;base64,${(
+      await sharp({ create: { width: 2, height: 2, channels: 3, background: '#f00' } })
+        .png()
+        .toBuffer()
+    ).toString('base64')}`;
+    const seen = await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'What is this?' },
+            { type: 'image_url', image_url: { url: picture, detail: 'low' } },
+          ],
+        },
+      ],
+    });
+    expect(seen.choices[0]!.message.content).toBe(REPLY);
+    const sent = fake.requests.at(-1)!.body.messages as unknown as { content: unknown }[];
+    expect(sent.at(-1)!.content).toEqual([
+      { type: 'text', text: 'What is this?' },
+      { type: 'image_url', image_url: { url: picture, detail: 'low' } },
+    ]);
+    const notImage = await t.http
+      .post(`${API}/chat/completions`)
+      .set('Authorization', u.auth)
+      .send({
+        model: 'fake-model',
+        messages: [
+          {
+            role: 'user',
+            content: [{ type: 'image_url', image_url: { url: 'data:text/html;base64,PGI+' } }],
+          },
+        ],
+      });
+    expect(notImage.status).toBe(400);
   });
 
   it('tells the SDK what went wrong in OpenAI’s error object, beside the problem', async () => {

@@ -5,7 +5,8 @@
  */
 
 export type ChatContentPart =
-  { type: 'text'; text: string } | { type: 'image_url'; image_url: { url: string } };
+  | { type: 'text'; text: string }
+  | { type: 'image_url'; image_url: { url: string; detail?: 'auto' | 'low' | 'high' | undefined } };
 
 /** A chat message in the OpenAI wire shape, as it is sent upstream. */
 export interface ChatMessageInput {
