@@ -1,8 +1,10 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type Koa from 'koa';
 import type { Config } from '../platform/config';
 import type { Logger } from '../platform/logger';
+import { PROBLEM_CONTENT_TYPE, statusProblem } from './problem';
 
 export interface HttpServer {
   /** The port listened on (useful with PORT=0). */
@@ -17,6 +19,31 @@ export interface HttpServer {
 
 const IDLE_SWEEP_MS = 50;
 
+/**
+ * A request Node's parser refused (headers too large, a malformed request line, two lengths...)
+ * never reaches the app: it is answered here, as problem+json like every other error, and the
+ * connection closed (what follows on it cannot be read).
+ */
+function answerUnparsable(err: NodeJS.ErrnoException & { bytesParsed?: number }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const status =
+    err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const detail =
+    status === 431
+      ? 'The request headers are too large.'
+      : status === 408
+        ? 'The request did not arrive in time.'
+        : 'The request is not well-formed HTTP.';
+  const body = JSON.stringify(statusProblem(status, detail));
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
 /** Listens on HOST:PORT with the app. */
 export async function startHttpServer(
   app: Pick<Koa, 'callback'>,
@@ -25,6 +52,7 @@ export async function startHttpServer(
 ): Promise<HttpServer> {
   const handle = app.callback();
   const server = http.createServer((req, res) => void handle(req, res));
+  server.on('clientError', answerUnparsable);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.PORT, config.HOST, () => {

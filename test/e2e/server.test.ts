@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { startHttpServer, type HttpServer } from '../../src/http/server';
 import type { Resource } from '../../src/http/types';
 import { createApp } from '../../src/http/app';
@@ -64,6 +65,33 @@ describe('startHttpServer', () => {
     expect(Date.now() - started).toBeLessThan(2_000);
     await expect(get(port, '/health')).rejects.toThrow(/ECONNREFUSED/);
     agent.destroy();
+  });
+
+  it('answers a request its HTTP parser refuses as problem+json, and closes the connection', async () => {
+    server = await startHttpServer(t.app, { ...t.deps.config, HOST: '127.0.0.1', PORT: 0 }, t.deps.logger);
+    const { port } = server;
+    const raw = (request: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = net.connect(port, '127.0.0.1', () => socket.end(request));
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (c: string) => (text += c));
+        socket.on('close', () => resolve(text));
+        socket.on('error', reject);
+      });
+    const answers = [
+      [await raw(`GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`), 431],
+      [await raw('GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab'), 400],
+      [await raw('NOT HTTP AT ALL\r\n\r\n'), 400],
+    ] as const;
+    for (const [text, status] of answers) {
+      const [head, body] = text.split('\r\n\r\n');
+      expect(head).toMatch(new RegExp(`^HTTP/1.1 ${status} `));
+      expect(head).toMatch(/content-type: application\/problem\+json/i);
+      expect(JSON.parse(body!)).toMatchObject({ status, type: expect.stringMatching(/^\/problems\//) });
+    }
+    // The server goes on serving.
+    expect((await get(port, '/health')).status).toBe(200);
   });
 
   it('destroys requests still running at SHUTDOWN_TIMEOUT_MS', async () => {
