@@ -187,13 +187,16 @@ describe('problem+json errors', () => {
     expect(res.body.type).toBe('/problems/unsupported-media-type');
   });
 
-  it('accepts form-encoded bodies (OAuth2 password grant)', async () => {
-    const res = await t.http
-      .post('/api/v1/test/form')
-      .type('form')
-      .send({ username: 'ann', password: 'pw', grant_type: 'password' });
-    expect(res.status).toBe(200);
-    expect(res.body).toEqual({ received: { username: 'ann', password: 'pw', grant_type: 'password' } });
+  it('takes a form-encoded body only on the OAuth2 token endpoint (the password grant), else 415', async () => {
+    const grant = { username: 'ann', password: 'pw', grant_type: 'password' };
+    const token = await t.http.post('/api/v1/session/oauth2/token').type('form').send(grant);
+    expect(token.status).not.toBe(415); // parsed, and refused for the unknown user
+    expect([400, 401, 404]).toContain(token.status);
+    const elsewhere = await t.http.post('/api/v1/test/form').type('form').send(grant);
+    expectProblem(elsewhere, 415);
+    const json = await t.http.post('/api/v1/test/form').send(grant);
+    expect(json.status).toBe(200);
+    expect(json.body).toEqual({ received: grant });
   });
 
   it('answers 500 for an unexpected error without leaking anything internal', async () => {

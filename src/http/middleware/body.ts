@@ -4,12 +4,15 @@ import type { Context } from 'koa';
 import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
 import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
+import { TOKEN_URL } from '../openapi';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
 /** Deeper than any request of this API, and shallow enough for any walk of it to be safe. */
 const MAX_DEPTH = 32;
 const JSON_TYPES = ['application/json', '+json'];
+/** The one route that takes a form: OAuth2's token endpoint, where the password grant is form-encoded. */
+const FORM_ROUTES = new Set([TOKEN_URL]);
 
 function hasBody(req: IncomingMessage): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
@@ -18,7 +21,7 @@ function hasBody(req: IncomingMessage): boolean {
 }
 
 /**
- * Parses JSON and form bodies (form for the OAuth2 password grant) up to `limit` (413 beyond it,
+ * Parses JSON bodies, and form bodies on the OAuth2 token endpoint, up to `limit` (413 beyond it,
  * 400 for malformed JSON). A POST/PUT/PATCH body of any other type is 415, except multipart,
  * which is left unread for the routes that take files (`readFile` in multipart.ts); a route that
  * reads `ctx.request.body` of a multipart request answers 415.
@@ -43,7 +46,7 @@ export function body(limit: string): AppMiddleware {
         await next();
         return;
       }
-      if (!ctx.is([...JSON_TYPES, 'urlencoded'])) {
+      if (!ctx.is(FORM_ROUTES.has(ctx.path) ? [...JSON_TYPES, 'urlencoded'] : JSON_TYPES)) {
         const type = ctx.get('Content-Type').slice(0, 100) || 'none';
         ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
       }
