@@ -32,10 +32,10 @@ const Password = z.string().min(8, 'must be at least 8 characters').max(256);
 const Email = z.string().trim().max(254).pipe(z.email());
 
 const RegisterBody = z
-  .object({ username: Username, password: Password, email: Email.optional() })
+  .strictObject({ username: Username, password: Password, email: Email.optional() })
   .meta({ id: 'Register' });
 const ProfileBody = z
-  .object({
+  .strictObject({
     nickname: z.string().trim().min(1).max(64).optional(),
     email: Email.nullable().optional(),
   })

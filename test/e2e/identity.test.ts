@@ -104,6 +104,8 @@ describe('sign-up', () => {
       { username: 'has space', password: 'long enough' },
       { username: uniqueName(), password: 'short' },
       { username: uniqueName(), password: 'long enough', email: 'not-an-email' },
+      // A field the API does not know, as on every other route: a typo is not silently dropped.
+      { username: uniqueName(), password: 'long enough', emial: 'ann@example.com' },
     ]) {
       const res = await t.http.post('/api/v1/users').send(body);
       expect(res.status).toBe(400);
