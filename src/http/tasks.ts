@@ -87,6 +87,14 @@ class GenerationFailed extends DomainError {
   readonly status = 502;
   readonly type = '/problems/generation-failed';
   readonly title = 'The model did not complete the reply';
+  /** Response headers (the errors middleware sets them). */
+  readonly headers: Record<string, string>;
+  constructor(detail: string, charged: boolean) {
+    super(detail);
+    // What was generated before the failure is charged: an SDK retrying on its own would charge
+    // it again for every attempt, so it is told not to (OpenAI's SDKs heed `x-should-retry`).
+    this.headers = charged ? { 'x-should-retry': 'false' } : {};
+  }
 }
 
 /** How often a stream with no news checks whether its task ended elsewhere (another instance, no Redis). */
@@ -317,6 +325,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       if (outcome.type !== 'TaskCompleted') {
         throw new GenerationFailed(
           outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
+          outcome.data.cost > 0,
         );
       }
       const usage = outcome.data.usage;

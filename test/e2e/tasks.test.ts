@@ -983,6 +983,23 @@ describe('/chat/completions with the official openai client', () => {
     await expectChargedOnce(u);
   });
 
+  it('tells an SDK not to retry a failed completion it was charged for, so a retry does not charge again', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl }); // retries on 5xx
+    fake.setBehaviour({ dropAfterTokens: 3 });
+    const asked = fake.requests.length;
+    const err = (await client.chat.completions
+      .create({ model: 'fake-model', messages: [{ role: 'user', content: 'Say something.' }] })
+      .then(
+        () => null,
+        (e: unknown) => e,
+      )) as { status: number; headers: Headers };
+    expect(err.status).toBe(502);
+    expect(err.headers.get('x-should-retry')).toBe('false');
+    expect(fake.requests.length).toBe(asked + 1);
+    await expectChargedOnce(u);
+  });
+
   it('goes on from its task when the first attempt failed (5xx) after starting it, charging once', async () => {
     const u = await newUser();
     const asked = fake.requests.length;
