@@ -475,7 +475,9 @@ export class TaskFlow {
         // Whoever reads the stream is not left waiting.
         this.deps.buffer.append(taskId, {
           kind: 'error',
-          detail: 'The reply could not be saved; the task will be failed and its hold released.',
+          // Recorded, its outcome is settled by the reactor (a reply charged as generated); not
+          // recorded, the sweeper fails it and releases its hold. The reader learns which from the task.
+          detail: 'The reply could not be settled here; the service settles it shortly (see the task).',
         });
       })
       .finally(() => {
