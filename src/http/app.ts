@@ -28,6 +28,9 @@ const EXPOSED_HEADERS = [
   'Retry-After',
   'WWW-Authenticate',
   'Location',
+  'Idempotent-Replayed',
+  // OpenAI's SDKs read it to decide on a retry (a charged failed completion says false).
+  'x-should-retry',
 ];
 
 /**

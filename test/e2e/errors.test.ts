@@ -267,6 +267,9 @@ describe('CORS and security headers', () => {
     const simple = await t.http.post('/api/v1/test/command').set('Origin', 'https://app.example');
     expect(simple.headers['access-control-expose-headers']).toContain('X-Event-Position');
     expect(simple.headers['access-control-expose-headers']).toContain('X-Consistent-After');
+    // An OpenAI SDK in a browser reads these to decide on a retry.
+    expect(simple.headers['access-control-expose-headers']).toContain('x-should-retry');
+    expect(simple.headers['access-control-expose-headers']).toContain('Idempotent-Replayed');
   });
 
   it('keeps CORS headers on problem responses', async () => {
