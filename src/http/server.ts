@@ -19,24 +19,27 @@ export interface HttpServer {
 
 const IDLE_SWEEP_MS = 50;
 
+/** The parser's refusals Node answers with another status than 400, as it does. */
+const UNPARSABLE: Record<string, [number, string]> = {
+  HPE_HEADER_OVERFLOW: [431, 'The request headers are too large.'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'The chunk extensions are too large.'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'The request did not arrive in time.'],
+};
+
 /**
  * A request Node's parser refused (headers too large, a malformed request line, two lengths...)
  * never reaches the app: it is answered here, as problem+json like every other error, and the
  * connection closed (what follows on it cannot be read).
  */
-function answerUnparsable(err: NodeJS.ErrnoException & { bytesParsed?: number }, socket: Duplex): void {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
+function answerUnparsable(err: NodeJS.ErrnoException, socket: Duplex): void {
+  // As Node does: an answer only where no response of this connection has begun (a pipelined bad
+  // request behind a stream would land inside its body); otherwise the connection is dropped.
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
     socket.destroy();
     return;
   }
-  const status =
-    err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-  const detail =
-    status === 431
-      ? 'The request headers are too large.'
-      : status === 408
-        ? 'The request did not arrive in time.'
-        : 'The request is not well-formed HTTP.';
+  const [status, detail] = UNPARSABLE[err.code ?? ''] ?? [400, 'The request is not well-formed HTTP.'];
   const body = JSON.stringify(statusProblem(status, detail));
   socket.end(
     `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\n` +

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
+import { PassThrough } from 'node:stream';
 import { startHttpServer, type HttpServer } from '../../src/http/server';
 import type { Resource } from '../../src/http/types';
 import { createApp } from '../../src/http/app';
@@ -9,6 +10,13 @@ const slowRoutes: Resource = (router) => {
   router.get('/test/slow', async (ctx) => {
     await new Promise((r) => setTimeout(r, 400));
     ctx.body = { done: true };
+  });
+  router.get('/test/stream', async (ctx) => {
+    const body = new PassThrough();
+    ctx.type = 'text/plain';
+    ctx.body = body;
+    body.write('first\n');
+    setTimeout(() => body.end('last\n'), 300).unref();
   });
   router.get('/test/forever', async (ctx) => {
     await new Promise((r) => setTimeout(r, 60_000).unref());
@@ -92,6 +100,24 @@ describe('startHttpServer', () => {
     }
     // The server goes on serving.
     expect((await get(port, '/health')).status).toBe(200);
+
+    // A bad request pipelined behind a response already streaming is not answered inside its
+    // body: the connection is dropped, as Node does.
+    const behind = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1', () =>
+        socket.write('GET /api/v1/test/stream HTTP/1.1\r\nHost: x\r\n\r\n'),
+      );
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (c: string) => {
+        if (!text.includes('first') && (text + c).includes('first')) socket.write('BOGUS\r\n\r\n');
+        text += c;
+      });
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(behind).toMatch(/^HTTP\/1.1 200 /);
+    expect(behind).not.toMatch(/HTTP\/1.1 400/);
   });
 
   it('destroys requests still running at SHUTDOWN_TIMEOUT_MS', async () => {
