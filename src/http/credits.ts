@@ -16,9 +16,9 @@ import { consistentRead, setEventPosition } from './middleware/consistency';
 import { bearerSecurity, problemResponses } from './openapi';
 import type { AuthedState, Resource } from './types';
 
-const RedeemBody = z.object({ code: z.string().trim().min(1).max(64) }).meta({ id: 'RedeemCode' });
+const RedeemBody = z.strictObject({ code: z.string().trim().min(1).max(64) }).meta({ id: 'RedeemCode' });
 const GrantBody = z
-  .object({
+  .strictObject({
     amount: z
       .number()
       .int()
@@ -27,7 +27,7 @@ const GrantBody = z
   })
   .meta({ id: 'GrantCredits', description: 'Positive grants credits; negative is an adjustment.' });
 const IssueBody = z
-  .object({
+  .strictObject({
     amount: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
     count: z.number().int().min(1).max(1000).default(1),
     max_uses: z.number().int().min(1).max(1_000_000).default(1),

@@ -42,16 +42,16 @@ const ProfileBody = z
   .refine((b) => b.nickname !== undefined || b.email !== undefined, 'give nickname or email')
   .meta({ id: 'ChangeProfile' });
 const PasswordBody = z
-  .object({ old_password: z.string().min(1).max(256), new_password: Password })
+  .strictObject({ old_password: z.string().min(1).max(256), new_password: Password })
   .meta({ id: 'ChangePassword' });
 const AdminPatch = z
-  .object({
+  .strictObject({
     permission: z.union([z.literal(0), z.literal(1), z.literal(2)]).optional(),
     disabled: z.boolean().optional(),
   })
   .refine((b) => b.permission !== undefined || b.disabled !== undefined, 'give permission or disabled')
   .meta({ id: 'AdminChangeUser' });
-const AdminPassword = z.object({ new_password: Password }).meta({ id: 'ResetPassword' });
+const AdminPassword = z.strictObject({ new_password: Password }).meta({ id: 'ResetPassword' });
 const UserId = z.object({ id: z.string().min(1).max(100) });
 const UserList = PageQuery.extend({ q: z.string().trim().max(64).optional() });
 

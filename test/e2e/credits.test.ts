@@ -199,5 +199,16 @@ describe('credits', () => {
       .set('Authorization', admin)
       .send({ amount: 0, reason: 'r' });
     expect(zero.status).toBe(400);
+    // A misspelt field is refused, not dropped: codes meant to expire would never expire.
+    const misspelt = await t.http
+      .post('/api/v1/codes')
+      .set('Authorization', admin)
+      .send({ amount: 5, expiresAt: '2030-01-01T00:00:00Z' });
+    expect(misspelt.status).toBe(400);
+    const patch = await t.http
+      .patch('/api/v1/users/x')
+      .set('Authorization', admin)
+      .send({ permission: 1, disable: true });
+    expect(patch.status).toBe(400);
   });
 });
