@@ -1,4 +1,4 @@
-import { API_BASE } from './openapi';
+import { API_BASE, routedPath } from './openapi';
 import type { Problem } from './problem';
 
 const COMPLETIONS = `${API_BASE}/chat/completions`;
@@ -6,7 +6,8 @@ const MODELS = `${API_BASE}/models`;
 
 /** The routes OpenAI's clients call: their errors carry OpenAI's `error` member too. */
 export function isOpenAiRoute(path: string): boolean {
-  return path === COMPLETIONS || path === MODELS || path.startsWith(`${MODELS}/`);
+  const routed = routedPath(path);
+  return routed === COMPLETIONS || routed === MODELS || routed.startsWith(`${MODELS}/`);
 }
 
 /**
@@ -37,7 +38,7 @@ function kindOf(problem: Problem, path: string): [type: string, code: string | n
     case 402:
       return ['insufficient_quota', 'insufficient_quota'];
     case 404:
-      return ['invalid_request_error', path.startsWith(`${MODELS}/`) ? 'model_not_found' : null];
+      return ['invalid_request_error', routedPath(path).startsWith(`${MODELS}/`) ? 'model_not_found' : null];
     case 429:
       return ['rate_limit_error', 'rate_limit_exceeded'];
     case 502:

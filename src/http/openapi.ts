@@ -16,6 +16,12 @@ extendZodWithOpenApi(z);
 export const API_BASE = '/api/v1';
 export const TOKEN_URL = `${API_BASE}/session/oauth2/token`;
 
+/**
+ * A request path as the router matches it (case and a trailing slash ignored), for middleware
+ * that treats a route apart before routing: compare it with a path in lower case.
+ */
+export const routedPath = (path: string): string => path.toLowerCase().replace(/(.)\/+$/, '$1');
+
 /** For `registerPath({ security })` on routes behind `auth()`. */
 export const bearerSecurity = [{ bearerAuth: [] }, { oauth2: [] }];
 

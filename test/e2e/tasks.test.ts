@@ -1285,6 +1285,10 @@ describe('/chat/completions with the official openai client', () => {
       expect(err.message).not.toMatch(/no body/);
       expect(err.message.length).toBeGreaterThan(String(err.status).length + 5);
     }
+    // On the path as the router matches it too.
+    const slashed = await t.http.post(`${API}/chat/completions/`).send({ messages: say });
+    expect(slashed.status).toBe(401);
+    expect(slashed.body.error).toMatchObject({ code: 'invalid_api_key' });
     // The problem itself is as API.md has it.
     const raw = await t.http
       .post(`${API}/chat/completions`)

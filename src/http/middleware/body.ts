@@ -4,7 +4,7 @@ import type { Context } from 'koa';
 import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
 import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
-import { TOKEN_URL } from '../openapi';
+import { routedPath, TOKEN_URL } from '../openapi';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -12,7 +12,7 @@ const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
 const MAX_DEPTH = 32;
 const JSON_TYPES = ['application/json', '+json'];
 /** The one route that takes a form: OAuth2's token endpoint, where the password grant is form-encoded. */
-const FORM_ROUTES = new Set([TOKEN_URL]);
+const FORM_ROUTES = new Set([TOKEN_URL.toLowerCase()]);
 
 function hasBody(req: IncomingMessage): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
@@ -46,7 +46,7 @@ export function body(limit: string): AppMiddleware {
         await next();
         return;
       }
-      if (!ctx.is(FORM_ROUTES.has(ctx.path) ? [...JSON_TYPES, 'urlencoded'] : JSON_TYPES)) {
+      if (!ctx.is(FORM_ROUTES.has(routedPath(ctx.path)) ? [...JSON_TYPES, 'urlencoded'] : JSON_TYPES)) {
         const type = ctx.get('Content-Type').slice(0, 100) || 'none';
         ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
       }
