@@ -1123,20 +1123,20 @@ describe('/chat/completions with the official openai client', () => {
 
     // Not streamed, and the connection closed while the reply was being generated (a timeout).
     const b = await newUser();
-    const gone = () =>
-      new Promise<void>((resolve) => {
-        const req = http.request(`${baseUrl}/chat/completions`, {
-          method: 'POST',
-          headers: { Authorization: b.auth, 'content-type': 'application/json' },
-        });
-        req.on('error', () => resolve());
-        req.end(JSON.stringify({ model: 'fake-model', messages: say }));
-        setTimeout(() => {
-          req.destroy();
-          resolve();
-        }, 150);
-      });
-    await gone();
+    const asked = fake.requests.length;
+    const req = http.request(`${baseUrl}/chat/completions`, {
+      method: 'POST',
+      headers: { Authorization: b.auth, 'content-type': 'application/json' },
+    });
+    req.on('error', () => undefined);
+    req.end(JSON.stringify({ model: 'fake-model', messages: say }));
+    // Gone once the model has been asked, while it is still answering (a reply takes a second).
+    await eventually(
+      () => Promise.resolve(fake.requests.length),
+      (n) => n > asked,
+      'the model asked',
+    );
+    req.destroy();
     const waited = await ended(b);
     expect(waited.status).toBe('cancelled');
     expect(waited.usage!.completion_tokens).toBeLessThan(full);
