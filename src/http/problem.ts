@@ -88,7 +88,8 @@ export function classify(err: unknown): Classified {
         detail: err.message,
       },
       headers,
-      unexpected: err.status >= 500 && err.status !== 503 && err.status !== 504,
+      // 502, 503 and 504 are what an upstream or a dependency did (logged as warnings), not a fault here.
+      unexpected: err.status >= 500 && ![502, 503, 504].includes(err.status),
     };
   }
 
