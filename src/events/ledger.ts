@@ -33,7 +33,7 @@ export const LedgerEventSchemas = {
     chargeId: id,
     amount: credits,
     reason: z.string().min(1),
-    /** The hold whose cost it exceeds, for an excess charge. */
+    /** The hold it settles beyond: its excess (`{holdId}:excess`), or a capture after it expired (`{holdId}:late`). */
     holdId: id.nullable(),
     chargedAt: at,
   }),

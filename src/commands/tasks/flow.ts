@@ -107,13 +107,19 @@ const HOLD_MARGIN_MS = 5 * 60_000;
 const CANCEL_CHANNEL = 'tasks:cancel';
 const SYSTEM_ACTOR = 'system:tasks';
 
+/** A model the catalog does not offer. */
+export class UnknownModel extends BadRequest {
+  override readonly type = '/problems/unknown-model';
+}
+
 /**
  * The life of a task, from `POST /tasks` to its settlement:
  *
  * 1. take a slot of the user (TASKS_MAX_RUNNING_PER_USER at once, else 429) and of the chat (one
  *    reply at a time, else 409), both appends at an expected revision;
  * 2. hold the prompt + maximum output at the model's prices (402 when not available);
- * 3. record TaskCreated, and generate at once, in this process, whatever happens to the request;
+ * 3. record TaskCreated, and generate at once, in this process, whatever happens to the request
+ *    (a `/chat/completions` whose client leaves is cancelled by its route: its reply is kept nowhere);
  * 4. deltas go to the task buffer, which the stream endpoint reads;
  * 5. the outcome (completed, failed, cancelled — the first recorded wins) carries the text and the
  *    usage; settling it saves the reply, captures the hold at the actual cost and releases the rest,
@@ -123,11 +129,6 @@ const SYSTEM_ACTOR = 'system:tasks';
  * A crash before step 3 leaves a hold that expires and slots that count as stale after a task's
  * longest life; a crash during 4 leaves a task the sweeper fails past its deadline.
  */
-/** A model the catalog does not offer. */
-export class UnknownModel extends BadRequest {
-  override readonly type = '/problems/unknown-model';
-}
-
 export class TaskFlow {
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   /** Starts past the closing check, not generating yet: closing waits for them too. */
