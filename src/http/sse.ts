@@ -1,6 +1,13 @@
 import { PassThrough } from 'node:stream';
 import type { ParameterizedContext } from 'koa';
 
+/** What an event stream's response says of itself (a HEAD on it answers the same). */
+export const SSE_HEADERS = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  'Cache-Control': 'no-cache, no-transform',
+  'X-Accel-Buffering': 'no',
+};
+
 /** An open Server-Sent Events response. */
 export interface SseStream {
   /** Aborts when the client goes away (or the stream is ended). */
@@ -20,12 +27,7 @@ export function openSse(ctx: ParameterizedContext, heartbeatMs: number): SseStre
   ctx.req.socket.setTimeout(0);
   ctx.req.socket.setNoDelay(true);
   ctx.status = 200;
-  ctx.set({
-    'Content-Type': 'text/event-stream; charset=utf-8',
-    'Cache-Control': 'no-cache, no-transform',
-    Connection: 'keep-alive',
-    'X-Accel-Buffering': 'no',
-  });
+  ctx.set({ ...SSE_HEADERS, Connection: 'keep-alive' });
   ctx.body = body;
   let last = Date.now();
   const heartbeat = setInterval(

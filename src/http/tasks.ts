@@ -9,7 +9,7 @@ import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
-import { openSse } from './sse';
+import { openSse, SSE_HEADERS } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
 
 const TaskId = z.object({ id: z.string().min(1).max(100) });
@@ -216,10 +216,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       const state = await flow.read(id, ctx.state.user.id);
       if (state.claimed) throw new StreamAlreadyClaimed();
       ctx.status = 200;
-      ctx.set({
-        'Content-Type': 'text/event-stream; charset=utf-8',
-        'Cache-Control': 'no-cache, no-transform',
-      });
+      ctx.set(SSE_HEADERS);
       return;
     }
     const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
