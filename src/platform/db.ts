@@ -87,9 +87,10 @@ async function openServer(
   opts: { overEmbeddedSocket?: boolean } = {},
 ): Promise<Db> {
   // Every connection here, the pool's and the session's: an attempt to a server that does not
-  // answer (gone from the network, not refusing) fails after connectTimeoutMs instead of lasting as long as TCP retries. Only the attempt: a
-  // wait for a free connection of the pool is load, and waits. Over the service's embedded socket
-  // even the attempt waits its turn behind the service's transactions, so it has no bound.
+  // answer (gone from the network, not refusing) fails after connectTimeoutMs instead of lasting
+  // as long as TCP retries. Only the attempt: a wait for a free connection of the pool is load,
+  // and waits. Over the service's embedded socket even the attempt waits its turn behind the
+  // service's transactions, so it has no bound.
   const connectionTimeoutMillis = opts.overEmbeddedSocket ? 0 : connectTimeoutMs;
   class BoundedClient extends pg.Client {
     constructor(config?: pg.ClientConfig) {
