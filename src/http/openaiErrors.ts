@@ -4,6 +4,9 @@ import type { Problem } from './problem';
 const COMPLETIONS = `${API_BASE}/chat/completions`;
 const MODELS = `${API_BASE}/models`;
 
+/** A reply the model did not complete, as OpenAI's error object says it (an answer's or a stream's). */
+export const GENERATION_FAILED = { type: 'server_error', code: 'generation_failed' } as const;
+
 /** The routes OpenAI's clients call: their errors carry OpenAI's `error` member too. */
 export function isOpenAiRoute(path: string): boolean {
   const routed = routedPath(path);
@@ -42,7 +45,7 @@ function kindOf(problem: Problem, path: string): [type: string, code: string | n
     case 429:
       return ['rate_limit_error', 'rate_limit_exceeded'];
     case 502:
-      return ['server_error', 'generation_failed'];
+      return [GENERATION_FAILED.type, GENERATION_FAILED.code];
     default:
       return [problem.status >= 500 ? 'server_error' : 'invalid_request_error', null];
   }

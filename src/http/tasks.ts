@@ -9,6 +9,7 @@ import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
+import { GENERATION_FAILED } from './openaiErrors';
 import { openSse, SSE_HEADERS } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
 
@@ -358,7 +359,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
       } else if (c.kind === 'error') {
-        sse.send(null, { error: { message: c.detail, type: 'server_error', code: 'generation_failed' } });
+        sse.send(null, { error: { message: c.detail, ...GENERATION_FAILED } });
       } else {
         const finish = c.usage.completion_tokens >= t.maxTokens ? 'length' : 'stop';
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
