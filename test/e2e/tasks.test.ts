@@ -279,6 +279,15 @@ async function expectChargedOnce(u: { id: string; auth: string }): Promise<void>
   expect(types.filter((x) => x === 'CreditsCaptured')).toHaveLength(1);
 }
 
+/** What `call` was rejected with (an SDK's error); a call that succeeds fails the test. */
+const failureOf = <E>(call: Promise<unknown>): Promise<E> =>
+  call.then(
+    () => {
+      throw new Error('expected the call to fail');
+    },
+    (e: unknown) => e as E,
+  );
+
 const creditsFor = (tokens: number, price: number) => Math.ceil((tokens * price) / 1_000_000);
 
 describe('tasks, end to end against an OpenAI-compatible provider', () => {
@@ -988,12 +997,12 @@ describe('/chat/completions with the official openai client', () => {
     const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl }); // retries on 5xx
     fake.setBehaviour({ dropAfterTokens: 3 });
     const asked = fake.requests.length;
-    const err = (await client.chat.completions
-      .create({ model: 'fake-model', messages: [{ role: 'user', content: 'Say something.' }] })
-      .then(
-        () => null,
-        (e: unknown) => e,
-      )) as { status: number; headers: Headers };
+    const err = await failureOf<{ status: number; headers: Headers }>(
+      client.chat.completions.create({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'Say something.' }],
+      }),
+    );
     expect(err.status).toBe(502);
     expect(err.headers.get('x-should-retry')).toBe('false');
     expect(fake.requests.length).toBe(asked + 1);
@@ -1189,12 +1198,9 @@ describe('/chat/completions with the official openai client', () => {
     ];
     const before = fake.requests.length;
     for (const [extra, param] of refused) {
-      const err = (await client.chat.completions
-        .create({ model: 'fake-model', messages: say, ...extra } as never)
-        .then(
-          () => null,
-          (e: unknown) => e,
-        )) as { status: number; param: string; message: string };
+      const err = await failureOf<{ status: number; param: string; message: string }>(
+        client.chat.completions.create({ model: 'fake-model', messages: say, ...extra } as never),
+      );
       expect(err).toMatchObject({ status: 400, param });
       expect(err.message).toMatch(/not supported|not offered|text only/);
     }
@@ -1276,10 +1282,7 @@ describe('/chat/completions with the official openai client', () => {
       ],
     ];
     for (const [call, expected] of cases) {
-      const err = (await call.then(
-        () => null,
-        (e: unknown) => e,
-      )) as { status: number; message: string } & Record<string, unknown>;
+      const err = await failureOf<{ status: number; message: string } & Record<string, unknown>>(call);
       expect(err).toMatchObject(expected);
       // The problem's detail, not "… status code (no body)".
       expect(err.message).not.toMatch(/no body/);
