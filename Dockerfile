@@ -21,4 +21,4 @@ USER node
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8000) + '/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-CMD ["node", "--import", "tsx", "src/cli/serve.ts"]
+CMD ["node", "--max-semi-space-size=32", "--import", "tsx", "src/cli/serve.ts"]

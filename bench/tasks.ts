@@ -67,7 +67,9 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     TASKS_MAX_RUNNING_PER_USER: '1000',
     SIGNUP_CREDITS: '100000000',
   });
+  // As `npm start` runs it.
   const serveArgs = [
+    '--max-semi-space-size=32',
     ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_CPU_PROF] : []),
     '--import',
     'tsx',
