@@ -31,13 +31,14 @@ const terminal = (c: TaskChunk) => c.kind !== 'delta';
 /** In process: one instance serves both the generation and its stream. Finished buffers are kept a while. */
 export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskBuffer {
   const keepMs = options.keepMs ?? 10 * 60_000;
-  const buffers = new Map<string, { chunks: TaskChunk[]; timer?: NodeJS.Timeout }>();
+  // `ended`: the terminal chunk is in (a reply of thousands of deltas is not scanned per append).
+  const buffers = new Map<string, { chunks: TaskChunk[]; ended: boolean; timer?: NodeJS.Timeout }>();
   const events = new EventEmitter();
   events.setMaxListeners(0);
 
   const bufferOf = (taskId: string) => {
     let b = buffers.get(taskId);
-    if (!b) buffers.set(taskId, (b = { chunks: [] }));
+    if (!b) buffers.set(taskId, (b = { chunks: [], ended: false }));
     return b;
   };
 
@@ -45,9 +46,10 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskB
     open() {},
     append(taskId, chunk) {
       const b = bufferOf(taskId);
-      if (b.chunks.some(terminal)) return;
+      if (b.ended) return;
       b.chunks.push(chunk);
       if (terminal(chunk)) {
+        b.ended = true;
         b.timer = setTimeout(() => buffers.delete(taskId), keepMs);
         b.timer.unref();
       }
