@@ -221,6 +221,31 @@ describe('OpenAI-compatible provider against the fake server', () => {
     await Promise.all(fake.requests.map((r) => r.closed));
     expect(fake.requests.map((r) => r.closedByClient)).toEqual([true, true]);
   });
+
+  it('times the silences of the provider only: a steady reply longer than the idle timeout, or a slow reader, is not cut', async () => {
+    fake.setBehaviour({ tokenDelayMs: 40 });
+    const started = performance.now();
+    const steady = await collect(providerFor({ idleTimeoutMs: 150 }));
+    expect(steady.error).toBeUndefined();
+    expect(steady.deltas.join('')).toBe(REPLY);
+    expect(performance.now() - started).toBeGreaterThan(450); // three idle timeouts, and more
+
+    fake.setBehaviour({ tokenDelayMs: 0 });
+    const deltas: string[] = [];
+    for await (const item of providerFor({ idleTimeoutMs: 150 }).stream({
+      model,
+      messages,
+      params: { max_tokens: 256 },
+      signal: new AbortController().signal,
+    })) {
+      if ('delta' in item) {
+        deltas.push(item.delta);
+        // The reader holds each of the first two deltas past the timeout: its time, not the provider's.
+        if (deltas.length <= 2) await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
+    expect(deltas.join('')).toBe(REPLY);
+  });
 });
 
 describe('a configured catalog', () => {

@@ -66,13 +66,22 @@ async function* streamCompletion(
   req: StreamRequest,
 ): AsyncGenerator<StreamItem> {
   if (req.signal.aborted) throw new LlmAborted();
-  // One signal for the SDK: the caller's abort, or our idle timer.
+  // One signal for the SDK: the caller's abort, or our idle timer. The timer is lazy: a chunk only
+  // notes its time, and the timer, when it fires, looks how long the provider has been silent
+  // (not two timers set and cleared per chunk, hundreds per reply).
   const idle = new AbortController();
   const signal = AbortSignal.any([req.signal, idle.signal]);
   let timer: NodeJS.Timeout | undefined;
+  /** Since when the provider has sent nothing; null while our reader holds a delta (its time is not the provider's). */
+  let silentSince: number | null = null;
+  const check = () => {
+    const quiet = silentSince === null ? 0 : performance.now() - silentSince;
+    if (quiet >= options.idleTimeoutMs) idle.abort();
+    else timer = setTimeout(check, options.idleTimeoutMs - quiet);
+  };
   const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => idle.abort(), options.idleTimeoutMs);
+    silentSince = performance.now();
+    timer ??= setTimeout(check, options.idleTimeoutMs);
   };
   let afterOutput = false;
   let finished = false;
@@ -104,7 +113,7 @@ async function* streamCompletion(
       if (delta) {
         afterOutput = true;
         // The wait is the provider's only: a slow reader of this iterable is no silent provider.
-        clearTimeout(timer);
+        silentSince = null;
         yield { delta };
         arm();
       }
