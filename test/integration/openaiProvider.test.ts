@@ -246,6 +246,23 @@ describe('OpenAI-compatible provider against the fake server', () => {
     }
     expect(deltas.join('')).toBe(REPLY);
   });
+
+  it('keeps no timer going for a reader that takes a delta and never asks for more', async () => {
+    const reader = providerFor({ idleTimeoutMs: 50 })
+      .stream({ model, messages, params: { max_tokens: 256 }, signal: new AbortController().signal })
+      [Symbol.asyncIterator]();
+    expect(await reader.next()).toMatchObject({ done: false, value: { delta: expect.any(String) } });
+    // Timers of the idle timeout's length set while the reader holds the delta (a timer that
+    // re-arms itself would set one every 50 ms).
+    const setTimeoutSpy = jest.spyOn(globalThis, 'setTimeout');
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(setTimeoutSpy.mock.calls.filter(([, ms]) => typeof ms === 'number' && ms <= 50)).toEqual([]);
+    } finally {
+      setTimeoutSpy.mockRestore();
+      await reader.return?.(undefined);
+    }
+  });
 });
 
 describe('a configured catalog', () => {

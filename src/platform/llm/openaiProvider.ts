@@ -75,7 +75,12 @@ async function* streamCompletion(
   /** Since when the provider has sent nothing; null while our reader holds a delta (its time is not the provider's). */
   let silentSince: number | null = null;
   const check = () => {
-    const quiet = silentSince === null ? 0 : performance.now() - silentSince;
+    // The reader holds a delta: no timer until it asks for the next (an abandoned reader keeps none).
+    if (silentSince === null) {
+      timer = undefined;
+      return;
+    }
+    const quiet = performance.now() - silentSince;
     if (quiet >= options.idleTimeoutMs) idle.abort();
     else timer = setTimeout(check, options.idleTimeoutMs - quiet);
   };
