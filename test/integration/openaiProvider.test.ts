@@ -247,6 +247,34 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(deltas.join('')).toBe(REPLY);
   });
 
+  it('times the silence again once a reader that held a delta past the timeout asks for more', async () => {
+    // One delta, then a second only after a second: the reader holds the first past the timeout,
+    // and the provider's silence after that is cut.
+    fake.setBehaviour({ tokenDelayMs: 1_000 });
+    const started = performance.now();
+    let error: unknown;
+    const deltas: string[] = [];
+    try {
+      for await (const item of providerFor({ idleTimeoutMs: 150 }).stream({
+        model,
+        messages,
+        params: { max_tokens: 256 },
+        signal: new AbortController().signal,
+      })) {
+        if ('delta' in item) {
+          deltas.push(item.delta);
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      }
+    } catch (err) {
+      error = err;
+    }
+    expect(deltas).toHaveLength(1);
+    expect(error).toMatchObject({ name: 'ProviderError', afterOutput: true });
+    expect((error as Error).message).toMatch(/no data for 150 ms/);
+    expect(performance.now() - started).toBeLessThan(900); // cut, not waited out to the next delta
+  });
+
   it('keeps no timer going for a reader that takes a delta and never asks for more', async () => {
     const reader = providerFor({ idleTimeoutMs: 50 })
       .stream({ model, messages, params: { max_tokens: 256 }, signal: new AbortController().signal })

@@ -81,8 +81,8 @@ async function* streamCompletion(
       return;
     }
     const quiet = performance.now() - silentSince;
-    if (quiet >= options.idleTimeoutMs) idle.abort();
-    else timer = setTimeout(check, options.idleTimeoutMs - quiet);
+    timer = quiet >= options.idleTimeoutMs ? undefined : setTimeout(check, options.idleTimeoutMs - quiet);
+    if (!timer) idle.abort();
   };
   const arm = () => {
     silentSince = performance.now();
