@@ -204,7 +204,7 @@ function expectCommandDuringOutage(reply: Reply): void {
   expectUnavailable(reply);
 }
 
-/** `node --import tsx src/cli/serve.ts`, as the crash test runs it (`npm start` adds a heap size), on the cluster. */
+/** `node --import tsx src/cli/serve.ts`, as the crash test runs it (`npm start` adds V8's semi-space size), on the cluster. */
 async function startService(
   databaseUrl: string,
   eventstoreUrl: string,
