@@ -50,9 +50,12 @@ interface Outcome {
   error: unknown;
 }
 
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
 async function collect(
   provider: LlmProvider,
-  options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => void } = {},
+  /** `onDelta` is awaited: a reader that takes its time with each delta. */
+  options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => unknown } = {},
 ): Promise<Outcome> {
   const out: Outcome = { deltas: [], usage: undefined, error: undefined };
   try {
@@ -65,7 +68,7 @@ async function collect(
     for await (const item of stream) {
       if ('delta' in item) {
         out.deltas.push(item.delta);
-        options.onDelta?.(out.deltas.length);
+        await options.onDelta?.(out.deltas.length);
       } else out.usage = item.usage;
     }
   } catch (err) {
@@ -231,20 +234,12 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(performance.now() - started).toBeGreaterThan(450); // three idle timeouts, and more
 
     fake.setBehaviour({ tokenDelayMs: 0 });
-    const deltas: string[] = [];
-    for await (const item of providerFor({ idleTimeoutMs: 150 }).stream({
-      model,
-      messages,
-      params: { max_tokens: 256 },
-      signal: new AbortController().signal,
-    })) {
-      if ('delta' in item) {
-        deltas.push(item.delta);
-        // The reader holds each of the first two deltas past the timeout: its time, not the provider's.
-        if (deltas.length <= 2) await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-    }
-    expect(deltas.join('')).toBe(REPLY);
+    // The reader holds each of the first two deltas past the timeout: its time, not the provider's.
+    const slow = await collect(providerFor({ idleTimeoutMs: 150 }), {
+      onDelta: (n) => (n <= 2 ? sleep(200) : undefined),
+    });
+    expect(slow.error).toBeUndefined();
+    expect(slow.deltas.join('')).toBe(REPLY);
   });
 
   it('times the silence again once a reader that held a delta past the timeout asks for more', async () => {
@@ -252,26 +247,10 @@ describe('OpenAI-compatible provider against the fake server', () => {
     // and the provider's silence after that is cut.
     fake.setBehaviour({ tokenDelayMs: 1_000 });
     const started = performance.now();
-    let error: unknown;
-    const deltas: string[] = [];
-    try {
-      for await (const item of providerFor({ idleTimeoutMs: 150 }).stream({
-        model,
-        messages,
-        params: { max_tokens: 256 },
-        signal: new AbortController().signal,
-      })) {
-        if ('delta' in item) {
-          deltas.push(item.delta);
-          await new Promise((resolve) => setTimeout(resolve, 200));
-        }
-      }
-    } catch (err) {
-      error = err;
-    }
-    expect(deltas).toHaveLength(1);
-    expect(error).toMatchObject({ name: 'ProviderError', afterOutput: true });
-    expect((error as Error).message).toMatch(/no data for 150 ms/);
+    const held = await collect(providerFor({ idleTimeoutMs: 150 }), { onDelta: () => sleep(200) });
+    expect(held.deltas).toHaveLength(1);
+    expect(held.error).toMatchObject({ name: 'ProviderError', afterOutput: true });
+    expect((held.error as Error).message).toMatch(/no data for 150 ms/);
     expect(performance.now() - started).toBeLessThan(900); // cut, not waited out to the next delta
   });
 
@@ -284,7 +263,7 @@ describe('OpenAI-compatible provider against the fake server', () => {
     // re-arms itself would set one every 50 ms).
     const setTimeoutSpy = jest.spyOn(globalThis, 'setTimeout');
     try {
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      await sleep(300);
       expect(setTimeoutSpy.mock.calls.filter(([, ms]) => typeof ms === 'number' && ms <= 50)).toEqual([]);
     } finally {
       setTimeoutSpy.mockRestore();
