@@ -378,7 +378,7 @@ async function roundTrip(url: string): Promise<number> {
   return performance.now() - t0;
 }
 
-/** One streaming request straight to the fake, up to its first content chunk. */
+/** One streaming request straight to the fake, timed up to its first content chunk. */
 async function directFirstToken(fakeUrl: string): Promise<number> {
   const t0 = performance.now();
   const res = await send(`${fakeUrl}/chat/completions`, {

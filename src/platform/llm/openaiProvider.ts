@@ -81,8 +81,12 @@ async function* streamCompletion(
       return;
     }
     const quiet = performance.now() - silentSince;
-    timer = quiet >= options.idleTimeoutMs ? undefined : setTimeout(check, options.idleTimeoutMs - quiet);
-    if (!timer) idle.abort();
+    if (quiet < options.idleTimeoutMs) {
+      timer = setTimeout(check, options.idleTimeoutMs - quiet);
+      return;
+    }
+    timer = undefined;
+    idle.abort();
   };
   const arm = () => {
     silentSince = performance.now();
