@@ -355,10 +355,12 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
     let ended = false;
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
-      if (c.kind !== 'delta') ended = true;
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
-      } else if (c.kind === 'error') {
+        return;
+      }
+      ended = true;
+      if (c.kind === 'error') {
         sse.send(null, { error: { message: c.detail, ...GENERATION_FAILED } });
       } else {
         const finish = c.usage.completion_tokens >= t.maxTokens ? 'length' : 'stop';
