@@ -17,6 +17,7 @@ import supertest from 'supertest';
 import { CommandHandler } from '../../src/commands/handler';
 import { createApp } from '../../src/http/app';
 import { uuidV7Ids } from '../../src/platform/clock';
+import { DependencyDown } from '../../src/platform/errors';
 import { createTestApp, taskFlowOf, type TestApp } from '../support/app';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
@@ -559,6 +560,36 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     } finally {
       slowCreate.mockRestore();
     }
+  });
+
+  it('gives back the hold and the slots, and asks no model, when the task cannot be recorded', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    const asked = fake.requests.length;
+    const append = t.deps.store.append.bind(t.deps.store);
+    const failCreate = jest
+      .spyOn(t.deps.store, 'append')
+      .mockImplementation(async (name, events, expected) => {
+        if (events.some((e) => e.type === 'TaskCreated')) throw new DependencyDown('The database is away.');
+        return append(name, events, expected);
+      });
+    let res: supertest.Response;
+    try {
+      res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+    } finally {
+      failCreate.mockRestore();
+    }
+    expect(res.status).toBe(503);
+    expect(res.type).toBe('application/problem+json');
+    expect(fake.requests).toHaveLength(asked);
+    // The hold taken for it is released at once, and no task stream was written.
+    const ledger = await ledgerEvents(u.id);
+    expect(ledger.map((e) => e.type)).toEqual(['CreditsGranted', 'CreditsReserved', 'CreditsReleased']);
+    expect(await t.deps.store.readStream(taskStream(String(ledger[1]!.data.holdId)))).toEqual([]);
+    // Both slots are free again: the chat takes its next task at once.
+    const next = await startTask(u.auth, chatId);
+    await stream(u.auth, next.id);
+    await finished(u.auth, next.id);
   });
 
   it('sends heartbeat comments while the model is silent', async () => {
