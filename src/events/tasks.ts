@@ -39,6 +39,11 @@ export const TaskEventSchemas = {
     cost: z.number().int().min(0),
     /** How usage was counted: the provider's report, or our tokenizer when it sent none. */
     usageSource: z.enum(['provider', 'tokenizer']),
+    /**
+     * Why the reply ended, as the provider said (OpenAI's `finish_reason`); absent when it said
+     * nothing a text reply can have, and in events recorded before it was kept.
+     */
+    finishReason: z.enum(['stop', 'length', 'content_filter']).optional(),
     completedAt: at,
   }),
   TaskFailed: z.object({

@@ -4,7 +4,7 @@ import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider'
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
 import { Conflict, DomainError } from '../platform/errors';
-import type { ChatMessageInput } from '../platform/llm/types';
+import type { ChatMessageInput, FinishReason } from '../platform/llm/types';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
@@ -336,7 +336,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
           {
             index: 0,
             message: { role: 'assistant', content: outcome.data.content, refusal: null },
-            finish_reason: usage.completionTokens >= t.maxTokens ? 'length' : 'stop',
+            finish_reason: finishReasonOf(outcome.data.finishReason, usage.completionTokens, t.maxTokens),
             logprobs: null,
           },
         ],
@@ -363,7 +363,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       if (c.kind === 'error') {
         sse.send(null, { error: { message: c.detail, ...GENERATION_FAILED } });
       } else {
-        const finish = c.usage.completion_tokens >= t.maxTokens ? 'length' : 'stop';
+        const finish = finishReasonOf(c.finishReason, c.usage.completion_tokens, t.maxTokens);
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
         if (includeUsage) chunk([], { usage: withTotal(c.usage) });
       }
@@ -379,6 +379,14 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       });
   });
 };
+
+/**
+ * OpenAI's `finish_reason`: the provider's; else, for a provider that gave none we pass on (and
+ * replies recorded before it was kept), `length` when the reply used all the output it was allowed.
+ */
+function finishReasonOf(said: FinishReason | null | undefined, completionTokens: number, maxTokens: number) {
+  return said ?? (completionTokens >= maxTokens ? 'length' : 'stop');
+}
 
 function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {
   return { ...u, total_tokens: u.prompt_tokens + u.completion_tokens };

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
+import type { FinishReason } from './llm/types';
 import type { Logger } from './logger';
 
 /** One piece of a task's output, as the SSE stream sends it. */
@@ -10,6 +11,8 @@ export type TaskChunk =
       messageId: string | null;
       usage: { prompt_tokens: number; completion_tokens: number };
       cost: number;
+      /** The provider's word on why the reply ended, when it gave one (absent from older buffers). */
+      finishReason?: FinishReason | null;
     }
   | { kind: 'error'; detail: string };
 

@@ -91,6 +91,7 @@ afterEach(() =>
     hang: false,
     usage: undefined,
     pieces: undefined,
+    finishReason: undefined,
   }),
 );
 
@@ -979,6 +980,39 @@ describe('/chat/completions with the official openai client', () => {
     expect(text).toBe(REPLY);
     expect(finish).toBe('stop');
     expect(usage?.completion_tokens).toBe(countTextTokens(REPLY));
+  });
+
+  it('passes on why the provider ended the reply, streamed or not, and records it with the task', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const ask = { model: 'fake-model', messages: [{ role: 'user' as const, content: 'Say something.' }] };
+    const recorded = async (completionId: string) => {
+      const events = await t.deps.store.readStream(taskStream(completionId.replace(/^chatcmpl-/, '')));
+      return (events.find((e) => e.type === 'TaskCompleted')?.data as { finishReason?: string }).finishReason;
+    };
+    // A filter upstream ended it, though the output limit was far: the caller hears the provider's word.
+    fake.setBehaviour({ finishReason: 'content_filter' });
+    const filtered = await client.chat.completions.create(ask);
+    expect(filtered.choices[0]!.finish_reason).toBe('content_filter');
+    expect(await recorded(filtered.id)).toBe('content_filter');
+    const chunks = await client.chat.completions.create({ ...ask, stream: true });
+    let id = '';
+    const finishes: (string | null)[] = [];
+    for await (const c of chunks) {
+      id = c.id;
+      finishes.push(c.choices[0]?.finish_reason ?? null);
+    }
+    expect(finishes.filter((f) => f !== null)).toEqual(['content_filter']);
+    expect(await recorded(id)).toBe('content_filter');
+    // A finish reason a text reply cannot have is not passed on: the usage against the limit decides.
+    fake.setBehaviour({ finishReason: 'tool_calls' });
+    const other = await client.chat.completions.create(ask);
+    expect(other.choices[0]!.finish_reason).toBe('stop');
+    expect(await recorded(other.id)).toBeUndefined();
+    fake.setBehaviour({ finishReason: undefined });
+    const cut = await client.chat.completions.create({ ...ask, max_tokens: 3 });
+    expect(cut.choices[0]!.finish_reason).toBe('length');
+    expect(await recorded(cut.id)).toBe('length');
   });
 
   it('streams a retry with the same Idempotency-Key from the same task, holding and charging nothing more', async () => {

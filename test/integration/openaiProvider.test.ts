@@ -10,6 +10,7 @@ import {
   LlmAborted,
   ProviderError,
   type ChatMessageInput,
+  type FinishReason,
   type LlmProvider,
   type ModelInfo,
   type Usage,
@@ -46,6 +47,7 @@ const providerFor = (overrides: Partial<Parameters<typeof createOpenAIProvider>[
 
 interface Outcome {
   deltas: string[];
+  finish: FinishReason | undefined;
   usage: Usage | undefined;
   error: unknown;
 }
@@ -57,7 +59,7 @@ async function collect(
   /** `onDelta` is awaited: a reader that takes its time with each delta. */
   options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => unknown } = {},
 ): Promise<Outcome> {
-  const out: Outcome = { deltas: [], usage: undefined, error: undefined };
+  const out: Outcome = { deltas: [], finish: undefined, usage: undefined, error: undefined };
   try {
     const stream = provider.stream({
       model,
@@ -69,6 +71,9 @@ async function collect(
       if ('delta' in item) {
         out.deltas.push(item.delta);
         await options.onDelta?.(out.deltas.length);
+      } else if ('finish' in item) {
+        expect(out.usage).toBeUndefined(); // the usage comes last
+        out.finish = item.finish;
       } else out.usage = item.usage;
     }
   } catch (err) {
@@ -78,10 +83,11 @@ async function collect(
 }
 
 describe('OpenAI-compatible provider against the fake server', () => {
-  it('streams the deltas in order, then the usage the provider reported', async () => {
+  it('streams the deltas in order, then why the reply ended and the usage the provider reported', async () => {
     const out = await collect(providerFor());
     expect(out.error).toBeUndefined();
     expect(out.deltas.join('')).toBe(REPLY);
+    expect(out.finish).toBe('stop');
     expect(out.deltas).toEqual(tokenPieces(REPLY).filter((p) => p !== ''));
     expect(out.usage).toEqual({
       prompt_tokens: countPromptTokens(messages),
@@ -106,6 +112,20 @@ describe('OpenAI-compatible provider against the fake server', () => {
     await collect(providerFor({ maxTokensParam: 'max_completion_tokens' }), { maxTokens: 3 });
     expect(fake.requests[0]?.body.max_completion_tokens).toBe(3);
     expect(fake.requests[0]?.body).not.toHaveProperty('max_tokens');
+  });
+
+  it('passes on the finish reasons a text reply can have, and no other', async () => {
+    expect((await collect(providerFor(), { maxTokens: 3 })).finish).toBe('length');
+    fake.setBehaviour({ finishReason: 'content_filter' });
+    const filtered = await collect(providerFor());
+    expect(filtered.error).toBeUndefined();
+    expect(filtered.finish).toBe('content_filter');
+    fake.setBehaviour({ finishReason: 'tool_calls' });
+    const other = await collect(providerFor());
+    expect(other.error).toBeUndefined();
+    expect(other.deltas.join('')).toBe(REPLY);
+    expect(other.finish).toBeUndefined();
+    expect(other.usage).toBeDefined();
   });
 
   it('yields no usage when the provider sends none', async () => {

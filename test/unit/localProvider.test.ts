@@ -33,7 +33,8 @@ async function run(
   }
   const deltas = items.flatMap((i) => ('delta' in i ? [i.delta] : []));
   const usage = items.flatMap((i) => ('usage' in i ? [i.usage] : []));
-  return { text: deltas.join(''), deltas, usage, error, last: items.at(-1) };
+  const finish = items.flatMap((i) => ('finish' in i ? [i.finish] : []));
+  return { text: deltas.join(''), deltas, finish, usage, error, last: items.at(-1) };
 }
 
 describe('local provider', () => {
@@ -62,6 +63,12 @@ describe('local provider', () => {
     const out = await run(conversation, { maxTokens: 5 });
     expect(out.text).toBe(tokenPieces(localReply(conversation)).slice(0, 5).join(''));
     expect(out.usage[0]?.completion_tokens).toBe(5);
+    expect(out.finish).toEqual(['length']);
+    // A reply that fits says so, exactly at its length too.
+    const whole = tokenPieces(localReply(conversation)).length;
+    expect((await run(conversation)).finish).toEqual(['stop']);
+    expect((await run(conversation, { maxTokens: whole })).finish).toEqual(['stop']);
+    expect((await run(conversation, { maxTokens: whole - 1 })).finish).toEqual(['length']);
   });
 
   it('mentions images and handles a conversation without a user message', async () => {

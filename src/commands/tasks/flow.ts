@@ -17,6 +17,7 @@ import {
   isAbortError,
   ProviderError,
   type ChatMessageInput,
+  type FinishReason,
   type GenerationParams,
   type ModelCatalog,
   type ModelInfo,
@@ -513,6 +514,7 @@ export class TaskFlow {
       buffer.append(taskId, { kind: 'delta', content: delta });
     };
     let reported: Usage | null = null;
+    let finish: FinishReason | null = null;
     let failure: string | null = null;
     try {
       const stream = provider.stream({
@@ -523,6 +525,7 @@ export class TaskFlow {
       });
       for await (const item of stream) {
         if ('usage' in item) reported = item.usage;
+        else if ('finish' in item) finish = item.finish;
         else if (item.delta) add(storable.push(item.delta));
       }
     } catch (err) {
@@ -580,6 +583,7 @@ export class TaskFlow {
       recorded = await this.record(taskId, 'CompleteTask', {
         ...common,
         usageSource: reported ? 'provider' : 'tokenizer',
+        ...(finish ? { finishReason: finish } : {}),
       });
     } else if (why === 'cancel') {
       recorded = await this.record(taskId, 'CancelTask', common);
@@ -772,6 +776,7 @@ export function chunkOf(outcome: TaskOutcome) {
       messageId: d.messageId,
       usage: { prompt_tokens: d.usage.promptTokens, completion_tokens: d.usage.completionTokens },
       cost: d.cost,
+      finishReason: outcome.data.finishReason ?? null,
     };
   }
   return {

@@ -28,7 +28,8 @@ async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator
   const { signal } = req;
   throwIfAborted(signal);
   const promptTokens = countPromptTokens(req.messages);
-  const pieces = tokenPieces(localReply(req.messages)).slice(0, Math.max(0, req.params.max_tokens));
+  const whole = tokenPieces(localReply(req.messages));
+  const pieces = whole.slice(0, Math.max(0, req.params.max_tokens));
   let completionTokens = 0;
   for (const piece of pieces) {
     if (delayMs > 0) await sleep(delayMs, undefined, { signal }).catch(() => throwIfAborted(signal));
@@ -36,6 +37,7 @@ async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator
     completionTokens++;
     if (piece !== '') yield { delta: piece };
   }
+  yield { finish: pieces.length < whole.length ? 'length' : 'stop' };
   yield { usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens } };
 }
 

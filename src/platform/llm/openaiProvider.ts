@@ -8,6 +8,7 @@ import { undiciFetch } from './undiciFetch';
 import {
   LlmAborted,
   ProviderError,
+  type FinishReason,
   type GenerationParams,
   type LlmProvider,
   type StreamItem,
@@ -31,6 +32,16 @@ export interface OpenAIProviderOptions {
   headers?: Record<string, string> | undefined;
   logger?: Logger | undefined;
 }
+
+/**
+ * A provider's `finish_reason`s that a text reply can have, as passed on. Others (a tool call the
+ * model made unasked, a server's own word) are not: the caller then says `stop` or `length` itself.
+ */
+const FINISH_REASONS = new Map<string, FinishReason>([
+  ['stop', 'stop'],
+  ['length', 'length'],
+  ['content_filter', 'content_filter'],
+]);
 
 /** HTTP statuses worth another attempt: timeouts, conflicts, rate limits, server trouble. */
 const RETRYABLE_STATUS = (status: number) =>
@@ -94,6 +105,7 @@ async function* streamCompletion(
   };
   let afterOutput = false;
   let finished = false;
+  let finish: FinishReason | undefined;
   let usage: Usage | undefined;
   const failure = (message: string, retryable: boolean, extra: { status?: number; cause?: unknown } = {}) =>
     new ProviderError(`${options.id}: ${message}`, {
@@ -117,7 +129,10 @@ async function* streamCompletion(
         };
       }
       const choice = chunk.choices[0];
-      if (choice?.finish_reason) finished = true;
+      if (choice?.finish_reason) {
+        finished = true;
+        finish = FINISH_REASONS.get(choice.finish_reason);
+      }
       const delta = choice?.delta?.content;
       if (delta) {
         afterOutput = true;
@@ -138,6 +153,7 @@ async function* streamCompletion(
   if (req.signal.aborted) throw new LlmAborted();
   if (idle.signal.aborted) throw failure(`no data for ${options.idleTimeoutMs} ms`, true);
   if (!finished) throw failure('the stream ended before the model finished its reply', true);
+  if (finish) yield { finish };
   if (usage) yield { usage };
 }
 

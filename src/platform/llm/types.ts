@@ -49,8 +49,14 @@ export interface ModelInfo {
   local: boolean;
 }
 
-/** One item of a reply: a piece of text, or (last, when the provider reports it) the usage. */
-export type StreamItem = { delta: string } | { usage: Usage };
+/** Why a reply ended, as OpenAI's `finish_reason` says it: its natural end or a stop sequence, the output limit, a filter. */
+export type FinishReason = 'stop' | 'length' | 'content_filter';
+
+/**
+ * One item of a reply: a piece of text; then, when the provider says them, why it ended and the
+ * usage (last).
+ */
+export type StreamItem = { delta: string } | { finish: FinishReason } | { usage: Usage };
 
 export interface StreamRequest {
   model: ModelInfo;

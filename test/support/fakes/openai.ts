@@ -31,6 +31,8 @@ export interface FakeBehaviour {
   fail?: { status: number; times?: number; message?: string; retryAfterSeconds?: number } | undefined;
   /** `true`: never answer. `'after-headers'`: send the headers (and role chunk), then nothing. */
   hang: boolean | 'after-headers';
+  /** `finish_reason` to end with instead of `stop` (or `length` when cut at the request's maximum). */
+  finishReason?: string | undefined;
   /** Usage to report instead of the counted one. */
   usage?: { prompt_tokens?: number; completion_tokens?: number } | undefined;
 }
@@ -288,7 +290,7 @@ function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
   return {
     pieces: tokens.filter((p) => p !== ''),
     tokens: tokens.length,
-    finishReason: cut ? 'length' : 'stop',
+    finishReason: b.finishReason ?? (cut ? 'length' : 'stop'),
   };
 }
 
