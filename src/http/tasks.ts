@@ -381,10 +381,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
 };
 
 /**
- * OpenAI's `finish_reason`: the provider's; else, for a provider that gave none we pass on (and
+ * OpenAI's `finish_reason`: the provider's, when it gave one that is passed on. Otherwise (and for
  * replies recorded before it was kept), `length` when the reply used all the output it was allowed.
  */
-function finishReasonOf(said: FinishReason | null | undefined, completionTokens: number, maxTokens: number) {
+function finishReasonOf(said: FinishReason | undefined, completionTokens: number, maxTokens: number) {
   return said ?? (completionTokens >= maxTokens ? 'length' : 'stop');
 }
 

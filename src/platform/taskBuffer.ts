@@ -12,7 +12,7 @@ export type TaskChunk =
       usage: { prompt_tokens: number; completion_tokens: number };
       cost: number;
       /** The provider's word on why the reply ended, when it gave one (absent from older buffers). */
-      finishReason?: FinishReason | null;
+      finishReason?: FinishReason;
     }
   | { kind: 'error'; detail: string };
 

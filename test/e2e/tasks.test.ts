@@ -1013,6 +1013,16 @@ describe('/chat/completions with the official openai client', () => {
     const cut = await client.chat.completions.create({ ...ask, max_tokens: 3 });
     expect(cut.choices[0]!.finish_reason).toBe('length');
     expect(await recorded(cut.id)).toBe('length');
+    // The provider's word wins over the usage either way: a limit of its own short of ours…
+    fake.setBehaviour({ finishReason: 'length' });
+    const ownLimit = await client.chat.completions.create(ask);
+    expect(ownLimit.usage!.completion_tokens).toBeLessThan(100);
+    expect(ownLimit.choices[0]!.finish_reason).toBe('length');
+    // …and a natural end counted past ours (charged up to ours).
+    fake.setBehaviour({ finishReason: 'stop', usage: { completion_tokens: 5_000 } });
+    const overCounted = await client.chat.completions.create(ask);
+    expect(overCounted.usage!.completion_tokens).toBe(100);
+    expect(overCounted.choices[0]!.finish_reason).toBe('stop');
   });
 
   it('streams a retry with the same Idempotency-Key from the same task, holding and charging nothing more', async () => {

@@ -49,6 +49,8 @@ interface Outcome {
   deltas: string[];
   finish: FinishReason | undefined;
   usage: Usage | undefined;
+  /** What each item was, in order. */
+  kinds: ('delta' | 'finish' | 'usage')[];
   error: unknown;
 }
 
@@ -59,7 +61,7 @@ async function collect(
   /** `onDelta` is awaited: a reader that takes its time with each delta. */
   options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => unknown } = {},
 ): Promise<Outcome> {
-  const out: Outcome = { deltas: [], finish: undefined, usage: undefined, error: undefined };
+  const out: Outcome = { deltas: [], finish: undefined, usage: undefined, kinds: [], error: undefined };
   try {
     const stream = provider.stream({
       model,
@@ -69,12 +71,16 @@ async function collect(
     });
     for await (const item of stream) {
       if ('delta' in item) {
+        out.kinds.push('delta');
         out.deltas.push(item.delta);
         await options.onDelta?.(out.deltas.length);
       } else if ('finish' in item) {
-        expect(out.usage).toBeUndefined(); // the usage comes last
+        out.kinds.push('finish');
         out.finish = item.finish;
-      } else out.usage = item.usage;
+      } else {
+        out.kinds.push('usage');
+        out.usage = item.usage;
+      }
     }
   } catch (err) {
     out.error = err;
@@ -88,6 +94,7 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(out.error).toBeUndefined();
     expect(out.deltas.join('')).toBe(REPLY);
     expect(out.finish).toBe('stop');
+    expect(out.kinds.slice(-2)).toEqual(['finish', 'usage']);
     expect(out.deltas).toEqual(tokenPieces(REPLY).filter((p) => p !== ''));
     expect(out.usage).toEqual({
       prompt_tokens: countPromptTokens(messages),
@@ -134,6 +141,7 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(out.error).toBeUndefined();
     expect(out.deltas.join('')).toBe(REPLY);
     expect(out.usage).toBeUndefined();
+    expect(out.finish).toBe('stop');
   });
 
   it('fails with a retryable ProviderError on 429, and the retry helper gets the reply on the next attempt', async () => {

@@ -776,7 +776,7 @@ export function chunkOf(outcome: TaskOutcome) {
       messageId: d.messageId,
       usage: { prompt_tokens: d.usage.promptTokens, completion_tokens: d.usage.completionTokens },
       cost: d.cost,
-      finishReason: outcome.data.finishReason ?? null,
+      ...(outcome.data.finishReason ? { finishReason: outcome.data.finishReason } : {}),
     };
   }
   return {

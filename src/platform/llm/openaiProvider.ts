@@ -6,6 +6,7 @@ import type {
 import type { Logger } from '../logger';
 import { undiciFetch } from './undiciFetch';
 import {
+  FINISH_REASONS,
   LlmAborted,
   ProviderError,
   type FinishReason,
@@ -34,14 +35,11 @@ export interface OpenAIProviderOptions {
 }
 
 /**
- * A provider's `finish_reason`s that a text reply can have, as passed on. Others (a tool call the
- * model made unasked, a server's own word) are not: the caller then says `stop` or `length` itself.
+ * Whether a provider's `finish_reason` is one a text reply can have, to be passed on. Others (a tool
+ * call the model made unasked, a server's own word) are not: the caller then says `stop` or `length`.
  */
-const FINISH_REASONS = new Map<string, FinishReason>([
-  ['stop', 'stop'],
-  ['length', 'length'],
-  ['content_filter', 'content_filter'],
-]);
+const isFinishReason = (reason: string): reason is FinishReason =>
+  (FINISH_REASONS as readonly string[]).includes(reason);
 
 /** HTTP statuses worth another attempt: timeouts, conflicts, rate limits, server trouble. */
 const RETRYABLE_STATUS = (status: number) =>
@@ -131,7 +129,7 @@ async function* streamCompletion(
       const choice = chunk.choices[0];
       if (choice?.finish_reason) {
         finished = true;
-        finish = FINISH_REASONS.get(choice.finish_reason);
+        if (isFinishReason(choice.finish_reason)) finish = choice.finish_reason;
       }
       const delta = choice?.delta?.content;
       if (delta) {

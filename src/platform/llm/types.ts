@@ -49,8 +49,12 @@ export interface ModelInfo {
   local: boolean;
 }
 
-/** Why a reply ended, as OpenAI's `finish_reason` says it: its natural end or a stop sequence, the output limit, a filter. */
-export type FinishReason = 'stop' | 'length' | 'content_filter';
+/**
+ * Why a reply ended, as OpenAI's `finish_reason` says it: its natural end or a stop sequence, the
+ * output limit, a filter. The reasons a text reply can have; a tool call's are not among them.
+ */
+export const FINISH_REASONS = ['stop', 'length', 'content_filter'] as const;
+export type FinishReason = (typeof FINISH_REASONS)[number];
 
 /**
  * One item of a reply: a piece of text; then, when the provider says them, why it ended and the
