@@ -142,6 +142,11 @@ export interface EventStore {
   ping(): Promise<void>;
   /** Stores whose subscriptions run on their own connections report those down here (for `/ready`). */
   health?(): { subscriptionsDown: number };
+  /**
+   * Subscribers of a store that gathers appends before reading them read now instead: someone is
+   * waiting for a read model to catch up (read-your-writes).
+   */
+  hurry?(): void;
   close(): Promise<void>;
 }
 

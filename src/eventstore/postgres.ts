@@ -31,8 +31,14 @@ const CHANNEL = 'eventstore_appended';
 const IDLE_POLL_MS = 1_000;
 /** Committed events wait behind an older open transaction: look again this soon. */
 const BLOCKED_POLL_MS = 5;
-/** How long a woken subscriber waits for more appends before it reads (the read models' added lag). */
-const COALESCE_MS = 10;
+/**
+ * How long a woken subscriber waits for more appends before it reads (the read models' added lag).
+ * Under load every subscriber then reads a batch per interval instead of running a query per
+ * append. Longer than a command's few milliseconds, the read models' writes also come after the
+ * commands that woke them rather than among their statements. A reader waiting for a read model
+ * (read-your-writes) cuts the wait short: see `hurry`.
+ */
+const GATHER_MS = 40;
 /** How long head() waits for transactions still open below the newest event. */
 const HEAD_WAIT_MS = 30_000;
 const NOTIFY_INTERVAL_MS = 5;
@@ -45,6 +51,8 @@ export interface PostgresEventStoreOptions {
   onAppend?: (seconds: number, events: number) => void;
   /** How long an idle subscriber waits for a signal before polling anyway; 1 s unless set. */
   idlePollMs?: number;
+  /** How long a woken subscriber waits for more appends before it reads; 40 ms unless set. */
+  gatherMs?: number;
 }
 
 const MAX_BIGINT = 2n ** 63n - 1n;
@@ -185,10 +193,12 @@ function toRecorded(row: EventRow): RecordedEvent {
 export function createPostgresEventStore(handle: Db, options: PostgresEventStoreOptions = {}): EventStore {
   const { db } = handle;
   const signal = new AppendSignal();
+  const gathering = new Gathering();
   // Names this store in its notifications: its own appends wake its subscribers directly, so the
   // echo of its own NOTIFY would only wake them again for nothing.
   const origin = randomUUID();
   const idlePollMs = options.idlePollMs ?? IDLE_POLL_MS;
+  const gatherMs = options.gatherMs ?? GATHER_MS;
   const notifier = new DebouncedNotify(db, origin, options.logger);
   let unlisten: Promise<() => Promise<void>> | undefined;
   const ensureListening = () => {
@@ -393,9 +403,8 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         await handler.onCaughtUp?.(position);
         if (stopped) break;
         await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : idlePollMs, (w) => (wake = w));
-        // Let the appends of the next few milliseconds join this read: under load every subscriber
-        // then reads a batch per interval instead of running a query per append.
-        if (!stopped && !blocked) await new Promise<void>((resolve) => setTimeout(resolve, COALESCE_MS));
+        // Let the appends of the next few milliseconds join this read.
+        if (!stopped && !blocked) await gathering.wait(gatherMs, (w) => (wake = w));
       }
     })().catch((err: unknown) => {
       handler.onError?.(err);
@@ -488,6 +497,10 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     async ping() {
       await sql`select 1`.execute(db);
     },
+    hurry() {
+      gathering.hurry();
+    },
+
     async close() {
       notifier.stop();
       const un = await unlisten;
@@ -657,6 +670,28 @@ class AppendSignal {
       this.waiters.add(done);
       exposeWake(done);
     });
+  }
+}
+
+/** The subscribers' waits for more appends to join their next read, which `hurry` ends at once. */
+class Gathering {
+  private readonly waiting = new Set<() => void>();
+
+  wait(ms: number, exposeWake: (wake: () => void) => void): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiting.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiting.add(done);
+      exposeWake(done);
+    });
+  }
+
+  hurry(): void {
+    for (const done of [...this.waiting]) done();
   }
 }
 

@@ -469,6 +469,8 @@ class Runner {
       const left = deadline - Date.now();
       if (left <= 0) return false;
       if (this.state === 'running') {
+        // Its subscription may be gathering appends before it reads: someone waits for it now.
+        this.store.hurry?.();
         await new Promise<void>((resolve) => {
           const done = () => {
             clearTimeout(timer);

@@ -223,6 +223,49 @@ describe.each(testDatabases())('append notifications on %s', (kind) => {
   });
 });
 
+describe.each(testDatabases())('gathering appends on %s', (kind) => {
+  it('reads what woke a subscriber only after more may join it, at once when hurried, and stops while gathering', async () => {
+    const database = await openTestDatabase(kind);
+    // A minute's gathering and idle poll: whatever is read sooner was hurried.
+    const store = createPostgresEventStore(database.db, { idlePollMs: 60_000, gatherMs: 60_000 });
+    const seen: RecordedEvent[] = [];
+    let caughtUp = false;
+    const subscription = store.subscribe({
+      onEvents: async (events) => {
+        seen.push(...events);
+      },
+      onCaughtUp: () => {
+        caughtUp = true;
+      },
+    });
+    const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
+    let stopped = false;
+    try {
+      await until(() => caughtUp);
+      await store.append('gather-1', event(), 'no_stream');
+      await store.append('gather-2', event(), 'no_stream');
+      // On a server, a transaction open anywhere on it (another test's) makes subscribers poll
+      // instead, so the gathering itself is seen on PGlite only.
+      if (kind === 'pglite') {
+        await sleep(300);
+        expect(seen).toHaveLength(0);
+      }
+      store.hurry!();
+      await until(() => seen.length === 2);
+      expect(seen.map((e) => e.streamName)).toEqual(['gather-1', 'gather-2']);
+      // Woken again, it gathers for a minute; stopping does not wait for that.
+      await store.append('gather-3', event(), 'no_stream');
+      await sleep(50);
+      await subscription.stop();
+      stopped = true;
+    } finally {
+      if (!stopped) await subscription.stop();
+      await store.close();
+      await database.close();
+    }
+  });
+});
+
 const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
 
 /** `db`, telling `onRead` the number of rows of each read of the log. */

@@ -139,6 +139,26 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
     expect(await elsewhere.waitFor(['counters'], last, 700)).toBe(true);
   });
 
+  it('hurries a subscription gathering appends: waitFor does not wait for the gathering', async () => {
+    // A minute's gathering and idle poll, far past waitFor's five seconds.
+    const slow = createPostgresEventStore(t.db, { idlePollMs: 60_000, gatherMs: 60_000 });
+    try {
+      const e = engine([counterProjector()], t.db, slow);
+      await e.start();
+      await until(async () => (await e.status())[0]!.state === 'running');
+      const r = await new CommandHandler(slow, { ids: uuidV7Ids }).handle(
+        counterDecider,
+        'counter-h',
+        increment(7),
+      );
+      expect(await e.waitFor(['counters'], r.position, 5_000)).toBe(true);
+      expect(await counterRows(t.db.db)).toEqual([{ stream_name: 'counter-h', value: 7, events: 1 }]);
+      await e.stop();
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('answers false from waitFor when the projection does not get there in time', async () => {
     const e = engine(); // never started
     const r = await handler.handle(counterDecider, 'counter-x', increment(1));
