@@ -193,7 +193,8 @@ function toRecorded(row: EventRow): RecordedEvent {
 export function createPostgresEventStore(handle: Db, options: PostgresEventStoreOptions = {}): EventStore {
   const { db } = handle;
   const signal = new AppendSignal();
-  const gathering = new Gathering();
+  // The subscribers' waits for more appends to join their next read, which `hurry` ends at once.
+  const gathering = new Sleepers();
   // Names this store in its notifications: its own appends wake its subscribers directly, so the
   // echo of its own NOTIFY would only wake them again for nothing.
   const origin = randomUUID();
@@ -404,7 +405,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         if (stopped) break;
         await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : idlePollMs, (w) => (wake = w));
         // Let the appends of the next few milliseconds join this read.
-        if (!stopped && !blocked) await gathering.wait(gatherMs, (w) => (wake = w));
+        if (!stopped && !blocked) await gathering.sleep(gatherMs, (w) => (wake = w));
       }
     })().catch((err: unknown) => {
       handler.onError?.(err);
@@ -498,7 +499,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
       await sql`select 1`.execute(db);
     },
     hurry() {
-      gathering.hurry();
+      gathering.wakeAll();
     },
 
     async close() {
@@ -649,49 +650,38 @@ function isUniqueViolation(err: unknown, constraint: string): boolean {
 /** In-process wake-up for subscribers: a generation counter, so a signal between read and wait is not lost. */
 class AppendSignal {
   generation = 0;
-  private waiters = new Set<() => void>();
+  private readonly sleepers = new Sleepers();
 
   bump(): void {
     this.generation++;
-    const waiters = this.waiters;
-    this.waiters = new Set();
-    for (const w of waiters) w();
+    this.sleepers.wakeAll();
   }
 
   waitBeyond(seen: number, timeoutMs: number, exposeWake: (wake: () => void) => void): Promise<void> {
     if (this.generation !== seen) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      this.waiters.add(done);
-      exposeWake(done);
-    });
+    return this.sleepers.sleep(timeoutMs, exposeWake);
   }
 }
 
-/** The subscribers' waits for more appends to join their next read, which `hurry` ends at once. */
-class Gathering {
-  private readonly waiting = new Set<() => void>();
+/** Sleeps that end early: all at once (`wakeAll`), or each by the wake it hands to `exposeWake`. */
+class Sleepers {
+  private readonly sleeping = new Set<() => void>();
 
-  wait(ms: number, exposeWake: (wake: () => void) => void): Promise<void> {
+  sleep(ms: number, exposeWake: (wake: () => void) => void): Promise<void> {
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
-        this.waiting.delete(done);
+        this.sleeping.delete(done);
         resolve();
       };
       const timer = setTimeout(done, ms);
-      this.waiting.add(done);
+      this.sleeping.add(done);
       exposeWake(done);
     });
   }
 
-  hurry(): void {
-    for (const done of [...this.waiting]) done();
+  wakeAll(): void {
+    for (const done of [...this.sleeping]) done();
   }
 }
 

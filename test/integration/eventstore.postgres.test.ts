@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { uuidv7 } from 'uuidv7';
 import { createPostgresEventStore } from '../../src/eventstore/postgres';
-import { START, type EventFilter, type RecordedEvent } from '../../src/eventstore/port';
+import { START, type EventFilter, type EventStore, type RecordedEvent } from '../../src/eventstore/port';
 import { openDatabase, type Db } from '../../src/platform/db';
 import { createLogger } from '../../src/platform/logger';
 import { openTestDatabase, testDatabases } from '../support/databases';
@@ -175,19 +175,9 @@ describe.each(testDatabases())('append notifications on %s', (kind) => {
     // Polling only after a minute: seen before that, an append was seen through its NOTIFY.
     const store = createPostgresEventStore(counted, { idlePollMs: 60_000 });
     const other = createPostgresEventStore(otherDb);
-    const seen: RecordedEvent[] = [];
-    let caughtUp = false;
-    const subscription = store.subscribe({
-      onEvents: async (events) => {
-        seen.push(...events);
-      },
-      onCaughtUp: () => {
-        caughtUp = true;
-      },
-    });
-    const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
+    const { seen, subscription, caughtUp } = follow(store);
     try {
-      await until(() => caughtUp);
+      await caughtUp;
       // Woken by the other store's NOTIFY: its idle poll is a minute away, and `until` gives up after 10 s.
       await other.append('other-1', event(), 'no_stream');
       await until(() => seen.length === 1);
@@ -228,20 +218,10 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
     const database = await openTestDatabase(kind);
     // A minute's gathering and idle poll: whatever is read sooner was hurried.
     const store = createPostgresEventStore(database.db, { idlePollMs: 60_000, gatherMs: 60_000 });
-    const seen: RecordedEvent[] = [];
-    let caughtUp = false;
-    const subscription = store.subscribe({
-      onEvents: async (events) => {
-        seen.push(...events);
-      },
-      onCaughtUp: () => {
-        caughtUp = true;
-      },
-    });
-    const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
+    const { seen, subscription, caughtUp } = follow(store);
     let stopped = false;
     try {
-      await until(() => caughtUp);
+      await caughtUp;
       await store.append('gather-1', event(), 'no_stream');
       await store.append('gather-2', event(), 'no_stream');
       // On a server, a transaction open anywhere on it (another test's) makes subscribers poll
@@ -267,6 +247,21 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
 });
 
 const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
+const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
+
+/** Subscribes to `store` from the start: what it has seen, and when it first caught up. */
+function follow(store: EventStore) {
+  const seen: RecordedEvent[] = [];
+  let caughtUp!: () => void;
+  const reached = new Promise<void>((resolve) => (caughtUp = resolve));
+  const subscription = store.subscribe({
+    onEvents: async (events) => {
+      seen.push(...events);
+    },
+    onCaughtUp: () => caughtUp(),
+  });
+  return { seen, subscription, caughtUp: reached };
+}
 
 /** `db`, telling `onRead` the number of rows of each read of the log. */
 function watchingReadAll(db: Db, onRead: (rows: number) => void): Db {
