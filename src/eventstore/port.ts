@@ -143,8 +143,8 @@ export interface EventStore {
   /** Stores whose subscriptions run on their own connections report those down here (for `/ready`). */
   health?(): { subscriptionsDown: number };
   /**
-   * Subscribers of a store that gathers appends before reading them read now instead: someone is
-   * waiting for a read model to catch up (read-your-writes).
+   * Subscribers in this process of a store that gathers appends before reading them read now
+   * instead: someone is waiting for a read model to catch up (read-your-writes).
    */
   hurry?(): void;
   close(): Promise<void>;

@@ -35,8 +35,9 @@ const BLOCKED_POLL_MS = 5;
  * How long a woken subscriber waits for more appends before it reads (the read models' added lag).
  * Under load every subscriber then reads a batch per interval instead of running a query per
  * append. Longer than a command's few milliseconds, the read models' writes also come after the
- * commands that woke them rather than among their statements. A reader waiting for a read model
- * (read-your-writes) cuts the wait short: see `hurry`.
+ * commands that woke them rather than among their statements. A reader in this process waiting
+ * for a read model (read-your-writes) cuts the wait short (`hurry`); while such readers keep
+ * coming, the read models read as soon as they are woken, in smaller batches.
  */
 const GATHER_MS = 40;
 /** How long head() waits for transactions still open below the newest event. */
@@ -192,9 +193,10 @@ function toRecorded(row: EventRow): RecordedEvent {
  */
 export function createPostgresEventStore(handle: Db, options: PostgresEventStoreOptions = {}): EventStore {
   const { db } = handle;
-  const signal = new AppendSignal();
-  // The subscribers' waits for more appends to join their next read, which `hurry` ends at once.
-  const gathering = new Sleepers();
+  const signal = new Signal();
+  // Bumped by `hurry`: it ends the subscribers' gathering, or skips the next one of a subscriber
+  // busy when it came (its read may not have held what the waiter wants).
+  const hurries = new Signal();
   // Names this store in its notifications: its own appends wake its subscribers directly, so the
   // echo of its own NOTIFY would only wake them again for nothing.
   const origin = randomUUID();
@@ -390,6 +392,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
       let live = false;
       while (!stopped) {
         const seen = signal.generation;
+        const hurried = hurries.generation;
         const read: PendingRead = live
           ? await readLive(position, batchSize, seen, opts.filter)
           : await readAllWithPending({ ...readOpts, from: position });
@@ -405,7 +408,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         if (stopped) break;
         await signal.waitBeyond(seen, blocked ? BLOCKED_POLL_MS : idlePollMs, (w) => (wake = w));
         // Let the appends of the next few milliseconds join this read.
-        if (!stopped && !blocked) await gathering.sleep(gatherMs, (w) => (wake = w));
+        if (!stopped && !blocked) await hurries.waitBeyond(hurried, gatherMs, (w) => (wake = w));
       }
     })().catch((err: unknown) => {
       handler.onError?.(err);
@@ -499,9 +502,8 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
       await sql`select 1`.execute(db);
     },
     hurry() {
-      gathering.wakeAll();
+      hurries.bump();
     },
-
     async close() {
       notifier.stop();
       const un = await unlisten;
@@ -647,41 +649,32 @@ function isUniqueViolation(err: unknown, constraint: string): boolean {
   return e?.code === '23505' && e.constraint === constraint;
 }
 
-/** In-process wake-up for subscribers: a generation counter, so a signal between read and wait is not lost. */
-class AppendSignal {
+/**
+ * An in-process wake-up with a generation counter: a bump between a reader's look at `generation`
+ * and its wait is not lost (the wait returns at once).
+ */
+class Signal {
   generation = 0;
-  private readonly sleepers = new Sleepers();
+  private readonly sleeping = new Set<() => void>();
 
   bump(): void {
     this.generation++;
-    this.sleepers.wakeAll();
+    for (const done of [...this.sleeping]) done();
   }
 
+  /** Waits up to `timeoutMs` for a bump past `seen`; `exposeWake` gets a wake that ends it sooner. */
   waitBeyond(seen: number, timeoutMs: number, exposeWake: (wake: () => void) => void): Promise<void> {
     if (this.generation !== seen) return Promise.resolve();
-    return this.sleepers.sleep(timeoutMs, exposeWake);
-  }
-}
-
-/** Sleeps that end early: all at once (`wakeAll`), or each by the wake it hands to `exposeWake`. */
-class Sleepers {
-  private readonly sleeping = new Set<() => void>();
-
-  sleep(ms: number, exposeWake: (wake: () => void) => void): Promise<void> {
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
         this.sleeping.delete(done);
         resolve();
       };
-      const timer = setTimeout(done, ms);
+      const timer = setTimeout(done, timeoutMs);
       this.sleeping.add(done);
       exposeWake(done);
     });
-  }
-
-  wakeAll(): void {
-    for (const done of [...this.sleeping]) done();
   }
 }
 

@@ -213,19 +213,21 @@ describe.each(testDatabases())('append notifications on %s', (kind) => {
   });
 });
 
+// A minute's gathering and idle poll: whatever is read sooner was hurried. On a server, a
+// transaction open anywhere on it (another test's) makes subscribers poll instead of gathering,
+// so these tests prove the gathering on PGlite; on a server they only show nothing breaks.
+const gathering = { idlePollMs: 60_000, gatherMs: 60_000 };
+
 describe.each(testDatabases())('gathering appends on %s', (kind) => {
   it('reads what woke a subscriber only after more may join it, at once when hurried, and stops while gathering', async () => {
     const database = await openTestDatabase(kind);
-    // A minute's gathering and idle poll: whatever is read sooner was hurried.
-    const store = createPostgresEventStore(database.db, { idlePollMs: 60_000, gatherMs: 60_000 });
+    const store = createPostgresEventStore(database.db, gathering);
     const { seen, subscription, caughtUp } = follow(store);
     let stopped = false;
     try {
       await caughtUp;
       await store.append('gather-1', event(), 'no_stream');
       await store.append('gather-2', event(), 'no_stream');
-      // On a server, a transaction open anywhere on it (another test's) makes subscribers poll
-      // instead, so the gathering itself is seen on PGlite only.
       if (kind === 'pglite') {
         await sleep(300);
         expect(seen).toHaveLength(0);
@@ -236,10 +238,48 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
       // Woken again, it gathers for a minute; stopping does not wait for that.
       await store.append('gather-3', event(), 'no_stream');
       await sleep(50);
-      await subscription.stop();
+      const stopping = subscription.stop().then(() => 'stopped');
+      expect(await Promise.race([stopping, sleep(5_000, 'still gathering')])).toBe('stopped');
       stopped = true;
     } finally {
       if (!stopped) await subscription.stop();
+      await store.close();
+      await database.close();
+    }
+  });
+
+  it('skips the next gathering of a subscriber that was busy when hurried', async () => {
+    const database = await openTestDatabase(kind);
+    const store = createPostgresEventStore(database.db, gathering);
+    const seen: RecordedEvent[] = [];
+    // While set, the subscriber's handler waits for it: a runner busy writing its batch.
+    let busy: Promise<void> | undefined;
+    let release = () => {};
+    let caughtUp!: () => void;
+    const reached = new Promise<void>((resolve) => (caughtUp = resolve));
+    const subscription = store.subscribe({
+      onEvents: async (events) => {
+        seen.push(...events);
+        await busy;
+      },
+      onCaughtUp: () => caughtUp(),
+    });
+    try {
+      await reached;
+      busy = new Promise((resolve) => (release = resolve));
+      await store.append('busy-1', event(), 'no_stream');
+      store.hurry!();
+      await until(() => seen.length === 1);
+      // Busy with busy-1, it is woken by busy-2 and hurried: no gathering is under way to end.
+      await store.append('busy-2', event(), 'no_stream');
+      store.hurry!();
+      busy = undefined;
+      release();
+      // It reads busy-2 at once, not after gathering for a minute.
+      await until(() => seen.length === 2);
+    } finally {
+      release();
+      await subscription.stop();
       await store.close();
       await database.close();
     }
