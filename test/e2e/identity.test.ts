@@ -42,6 +42,8 @@ async function signedIn(username = uniqueName()) {
     access: res.body.access_token as string,
     refresh: res.body.refresh_token as string,
     auth: `Bearer ${res.body.access_token as string}`,
+    /** The sign-in's event position: at or past everything of this user so far. */
+    position: res.headers['x-event-position'] as string,
   };
 }
 
@@ -449,10 +451,11 @@ describe('admin', () => {
     const admin = `Bearer ${adminLogin.body.access_token as string}`;
     const u = await signedIn();
 
+    // After the user's sign-in, so after its sign-up: the list is consistent with both.
     const list = await t.http
       .get(`/api/v1/users?q=${u.username.slice(0, 12)}&limit=100`)
       .set('Authorization', admin)
-      .set('X-Consistent-After', adminLogin.headers['x-event-position'] as string);
+      .set('X-Consistent-After', u.position);
     expect(list.status).toBe(200);
     expect((list.body.items as { id: string }[]).map((x) => x.id)).toContain(u.id);
     const view = await t.http.get(`/api/v1/users/${u.id}`).set('Authorization', admin);
