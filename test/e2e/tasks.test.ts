@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import type { NewEvent } from '../../src/eventstore/port';
+import { chatStream } from '../../src/events/chats';
 import { taskStream } from '../../src/events/tasks';
 import { ledgerStream } from '../../src/events/ledger';
 import { allResources } from '../../src/http/resources';
@@ -222,20 +223,21 @@ type Credits = {
 };
 const credits = async (auth: string) =>
   (await t.http.get(`${API}/users/me/credits`).set('Authorization', auth)).body as Credits;
+/** A chat's messages as the read model has them: none while the chat itself is not projected yet (404). */
 const messages = async (auth: string, chatId: string) =>
   (
     (await t.http.get(`${API}/chats/${chatId}/messages`).set('Authorization', auth)).body as {
-      items: { id: string; role: string; content: { type: string; text?: string }[] }[];
+      items?: { id: string; role: string; content: { type: string; text?: string }[] }[];
     }
-  ).items;
+  ).items ?? [];
 
 /** The chat's last message, once the chats read model has caught up with `messageId` (if given). */
 const lastMessage = (auth: string, chatId: string, messageId?: string | null) =>
   eventually(
-    async () => (await messages(auth, chatId)).at(-1)!,
-    (m) => (messageId ? m.id === messageId : true),
+    async () => (await messages(auth, chatId)).at(-1),
+    (m) => m !== undefined && (messageId ? m.id === messageId : true),
     `message ${messageId ?? 'last'} projected`,
-  );
+  ).then((m) => m!);
 
 /** The ledger events of a user, from the store (never the read model). */
 async function ledgerEvents(userId: string) {
@@ -420,7 +422,12 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const absurd = await complete();
     expect(absurd.usage).toMatchObject({ prompt_tokens: 8192, completion_tokens: 5 });
     expect(absurd.paid).toBe(creditsFor(8192, PROMPT_PRICE) + creditsFor(5, COMPLETION_PRICE));
-    expect((await credits(u.auth)).balance).toBe(1000 - reported.paid - counted.paid - absurd.paid);
+    const spent = reported.paid + counted.paid + absurd.paid;
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000 - spent,
+      'the three charges projected',
+    );
   });
 
   it('saves and charges a reply holding NUL or half a surrogate pair, which the database cannot store as sent', async () => {
@@ -699,7 +706,9 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       (c) => c.held === 0 && c.available === 1000,
       'hold released',
     );
-    expect((await messages(u.auth, chatId)).at(-1)!.role).toBe('user');
+    // No reply was saved: the chat's last message, as stored, is still the user's.
+    const sent = (await t.deps.store.readStream(chatStream(chatId))).filter((e) => e.type === 'MessageSent');
+    expect((sent.at(-1)!.data as { role: string }).role).toBe('user');
   });
 
   it('streams a task claimed after it ended from its outcome, without settling it a second time', async () => {
@@ -1280,7 +1289,7 @@ describe('/chat/completions with the official openai client', () => {
       expect(err.message).toMatch(/not supported|not offered|text only/);
     }
     expect(fake.requests.length).toBe(before); // nothing was asked of the model
-    expect((await credits(u.auth)).balance).toBe(1000);
+    expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted']); // nor held
 
     // What asks for nothing more than text passes.
     const plain = await client.chat.completions.create({
