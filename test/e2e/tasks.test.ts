@@ -258,16 +258,22 @@ function secondInstance() {
   };
 }
 
-/** Makes each append `slow` picks wait 300 ms (`onSlow` told first); restore the spy when done. */
-function slowAppends(slow: (name: string, events: readonly NewEvent[]) => boolean, onSlow?: () => void) {
+/** Runs `before` ahead of each append (it may wait, or throw instead); restore the spy when done. */
+function interceptAppends(before: (name: string, events: readonly NewEvent[]) => Promise<void>) {
   const store = t.deps.store;
   const append = store.append.bind(store);
   return jest.spyOn(store, 'append').mockImplementation(async (name, events, expected) => {
-    if (slow(name, events)) {
-      onSlow?.();
-      await new Promise((resolve) => setTimeout(resolve, 300));
-    }
+    await before(name, events);
     return append(name, events, expected);
+  });
+}
+
+/** Makes each append `slow` picks wait 300 ms (`onSlow` told first); restore the spy when done. */
+function slowAppends(slow: (name: string, events: readonly NewEvent[]) => boolean, onSlow?: () => void) {
+  return interceptAppends(async (name, events) => {
+    if (!slow(name, events)) return;
+    onSlow?.();
+    await new Promise((resolve) => setTimeout(resolve, 300));
   });
 }
 
@@ -574,13 +580,9 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
     const asked = fake.requests.length;
-    const append = t.deps.store.append.bind(t.deps.store);
-    const failCreate = jest
-      .spyOn(t.deps.store, 'append')
-      .mockImplementation(async (name, events, expected) => {
-        if (events.some((e) => e.type === 'TaskCreated')) throw new DependencyDown('The database is away.');
-        return append(name, events, expected);
-      });
+    const failCreate = interceptAppends(async (_name, events) => {
+      if (events.some((e) => e.type === 'TaskCreated')) throw new DependencyDown('The database is away.');
+    });
     let res: supertest.Response;
     try {
       res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });

@@ -251,21 +251,12 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
   it('skips the next gathering of a subscriber that was busy when hurried', async () => {
     const database = await openTestDatabase(kind);
     const store = createPostgresEventStore(database.db, gathering);
-    const seen: RecordedEvent[] = [];
     // While set, the subscriber's handler waits for it: a runner busy writing its batch.
     let busy: Promise<void> | undefined;
     let release = () => {};
-    let caughtUp!: () => void;
-    const reached = new Promise<void>((resolve) => (caughtUp = resolve));
-    const subscription = store.subscribe({
-      onEvents: async (events) => {
-        seen.push(...events);
-        await busy;
-      },
-      onCaughtUp: () => caughtUp(),
-    });
+    const { seen, subscription, caughtUp } = follow(store, () => busy);
     try {
-      await reached;
+      await caughtUp;
       busy = new Promise((resolve) => (release = resolve));
       await store.append('busy-1', event(), 'no_stream');
       store.hurry!();
@@ -289,14 +280,18 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
 const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
 const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
 
-/** Subscribes to `store` from the start: what it has seen, and when it first caught up. */
-function follow(store: EventStore) {
+/**
+ * Subscribes to `store` from the start: what it has seen, and when it first caught up. Each batch's
+ * handling ends when `handling` (if given) settles, as a runner's ends when its batch is written.
+ */
+function follow(store: EventStore, handling?: () => Promise<void> | undefined) {
   const seen: RecordedEvent[] = [];
   let caughtUp!: () => void;
   const reached = new Promise<void>((resolve) => (caughtUp = resolve));
   const subscription = store.subscribe({
     onEvents: async (events) => {
       seen.push(...events);
+      await handling?.();
     },
     onCaughtUp: () => caughtUp(),
   });
