@@ -41,9 +41,22 @@ export const TaskEventSchemas = {
     usageSource: z.enum(['provider', 'tokenizer']),
     /**
      * Why the reply ended, as the provider said (OpenAI's `finish_reason`); absent when it said
-     * nothing a text reply can have, and in events recorded before it was kept.
+     * nothing passed on, and in events recorded before it was kept.
      */
-    finishReason: z.enum(['stop', 'length', 'content_filter']).optional(),
+    finishReason: z.enum(['stop', 'length', 'content_filter', 'tool_calls']).optional(),
+    /**
+     * The functions the model called, when a completion offered it some (OpenAI's shape; the
+     * arguments are JSON text as the model wrote it). Their tokens are in `usage`.
+     */
+    toolCalls: z
+      .array(
+        z.object({
+          id: z.string(),
+          type: z.literal('function'),
+          function: z.object({ name: z.string(), arguments: z.string() }),
+        }),
+      )
+      .optional(),
     completedAt: at,
   }),
   TaskFailed: z.object({

@@ -4,7 +4,7 @@ import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider'
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
 import { Conflict, DomainError } from '../platform/errors';
-import type { ChatMessageInput, FinishReason } from '../platform/llm/types';
+import type { ChatMessageInput, FinishReason, ToolCallDelta, ToolOptions } from '../platform/llm/types';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
@@ -41,33 +41,70 @@ const CompletionPart = z.discriminatedUnion('type', [
     }),
   }),
 ]);
-const TEXT_ONLY = 'not supported here: replies are text only';
+const MAX_TOOLS = 128;
+const FunctionName = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'must be 1 to 64 letters, digits, underscores or dashes' });
+const ToolCallIn = z.object({
+  id: z.string().min(1).max(200),
+  type: z.literal('function'),
+  function: z.object({ name: FunctionName, arguments: z.string().max(MAX_CONTENT_LENGTH) }),
+});
+const ToolIn = z.object({
+  type: z.literal('function', { error: 'only function tools are offered' }),
+  function: z.object({
+    name: FunctionName,
+    description: z.string().max(10_000).optional(),
+    // A JSON Schema, passed on as it is: the provider judges it.
+    parameters: z.record(z.string(), z.unknown()).optional(),
+    strict: z.boolean().nullish(),
+  }),
+});
+const ToolChoiceIn = z.union([
+  z.enum(['none', 'auto', 'required']),
+  z.object({ type: z.literal('function'), function: z.object({ name: FunctionName }) }),
+]);
+const CompletionMessage = z
+  .object({
+    // `developer` is OpenAI's newer name for `system`.
+    role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]).nullish(),
+    /** The calls an assistant message made; answered by the `tool` messages after it. */
+    tool_calls: z.array(ToolCallIn).min(1).max(MAX_TOOLS).optional(),
+    tool_call_id: z.string().min(1).max(200).optional(),
+  })
+  .superRefine((m, ctx) => {
+    const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+    if (m.role === 'tool' && m.tool_call_id === undefined)
+      issue('tool_call_id', 'a tool message answers a call: its tool_call_id is required');
+    if (m.role !== 'tool' && m.tool_call_id !== undefined)
+      issue('tool_call_id', 'only a tool message answers a call');
+    if (m.role !== 'assistant' && m.tool_calls !== undefined)
+      issue('tool_calls', 'only an assistant message makes calls');
+    if (m.content == null && !(m.role === 'assistant' && m.tool_calls))
+      issue('content', 'is required (only an assistant message with tool_calls may have none)');
+    if (m.role === 'tool' && Array.isArray(m.content) && m.content.some((p) => p.type !== 'text'))
+      issue('content', 'a tool message is text');
+  });
 /**
  * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do,
- * except those asking for what a text reply cannot give (tool calls, JSON output, log
- * probabilities): a client relying on one hears a 400 rather than getting a plain reply.
+ * except those asking for what we cannot give (JSON output, log probabilities, the functions API
+ * that tools replaced): a client relying on one hears a 400 rather than getting a plain reply.
  */
 const CompletionBody = z
   .object({
     model: z.string().min(1).max(200).optional(),
-    messages: z
-      .array(
-        z.object({
-          // `developer` is OpenAI's newer name for `system`.
-          role: z.enum(['system', 'developer', 'user', 'assistant'], {
-            error: `must be system, developer, user or assistant (tool messages are ${TEXT_ONLY})`,
-          }),
-          content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]),
-        }),
-      )
-      .min(1)
-      .max(MAX_COMPLETION_MESSAGES),
-    tools: z.array(z.unknown()).max(0, `tools are ${TEXT_ONLY}`).nullish(),
-    functions: z.array(z.unknown()).max(0, `functions are ${TEXT_ONLY}`).nullish(),
-    tool_choice: z.enum(['none', 'auto'], { error: `tool calls are ${TEXT_ONLY}` }).nullish(),
-    function_call: z.enum(['none', 'auto'], { error: `function calls are ${TEXT_ONLY}` }).nullish(),
+    messages: z.array(CompletionMessage).min(1).max(MAX_COMPLETION_MESSAGES),
+    tools: z.array(ToolIn).max(MAX_TOOLS).nullish(),
+    tool_choice: ToolChoiceIn.nullish(),
+    parallel_tool_calls: z.boolean().nullish(),
+    functions: z.array(z.unknown()).max(0, 'the functions API is not offered: use tools').nullish(),
+    function_call: z
+      .unknown()
+      .refine((v) => v == null, 'the functions API is not offered: use tool_choice')
+      .optional(),
     response_format: z
-      .object({ type: z.literal('text', { error: `only text replies are offered; ${TEXT_ONLY}` }) })
+      .object({ type: z.literal('text', { error: 'only text replies are offered here' }) })
       .nullish(),
     logprobs: z.literal(false, { error: 'log probabilities are not offered' }).nullish(),
     stream: z.boolean().default(false),
@@ -80,6 +117,32 @@ const CompletionBody = z
     frequency_penalty: z.number().min(-2).max(2).nullish(),
     stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullish(),
     n: z.literal(1).nullish(),
+  })
+  .superRefine((b, ctx) => {
+    const offered = b.tools ?? [];
+    const choice = b.tool_choice;
+    // `none` and `auto` without tools ask for a text reply, which is what comes.
+    if (choice === 'required' && offered.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['tool_choice'], message: 'required needs tools to call' });
+    }
+    if (
+      typeof choice === 'object' &&
+      choice !== null &&
+      !offered.some((t) => t.function.name === choice.function.name)
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tool_choice', 'function', 'name'],
+        message: `names no tool of the request: ${choice.function.name}`,
+      });
+    }
+    const names = new Set<string>();
+    offered.forEach((t, i) => {
+      if (names.has(t.function.name)) {
+        ctx.addIssue({ code: 'custom', path: ['tools', i, 'function', 'name'], message: 'is given twice' });
+      }
+      names.add(t.function.name);
+    });
   })
   .meta({ id: 'ChatCompletionRequest' });
 
@@ -230,6 +293,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     };
     void followTask(id, claimed.outcome, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') sse.send('delta', { content: c.content });
+      else if (c.kind === 'tool_call')
+        return; // a chat's task offers no tools: none comes
       else if (c.kind === 'done') sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
       else sse.send('error', { detail: c.detail });
     })
@@ -285,11 +350,21 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     );
     const messages: ChatMessageInput[] = body.messages.map((m) => ({
       role: m.role === 'developer' ? 'system' : m.role,
-      content: m.content,
+      content: m.content ?? null,
+      ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
+      ...(m.tool_call_id !== undefined ? { tool_call_id: m.tool_call_id } : {}),
     }));
+    const tools: ToolOptions | undefined =
+      body.tools && body.tools.length > 0
+        ? {
+            tools: body.tools,
+            ...(body.tool_choice != null ? { choice: body.tool_choice } : {}),
+            ...(body.parallel_tool_calls != null ? { parallel: body.parallel_tool_calls } : {}),
+          }
+        : undefined;
     const t = await startOnce(ctx, (f) =>
       f.startCompletion(
-        { userId: ctx.state.user.id, model: body.model, messages, params },
+        { userId: ctx.state.user.id, model: body.model, messages, params, tools },
         provenanceOf(ctx),
       ),
     );
@@ -327,6 +402,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         );
       }
       const usage = outcome.data.usage;
+      const calls = outcome.data.toolCalls;
       ctx.body = {
         id,
         object: 'chat.completion',
@@ -335,7 +411,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         choices: [
           {
             index: 0,
-            message: { role: 'assistant', content: outcome.data.content, refusal: null },
+            // As OpenAI answers a reply of calls alone: no content.
+            message: calls
+              ? { role: 'assistant', content: outcome.data.content || null, tool_calls: calls, refusal: null }
+              : { role: 'assistant', content: outcome.data.content, refusal: null },
             finish_reason: finishReasonOf(outcome.data.finishReason, usage.completionTokens, t.maxTokens),
             logprobs: null,
           },
@@ -357,6 +436,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
+        return;
+      }
+      if (c.kind === 'tool_call') {
+        chunk([{ index: 0, delta: { tool_calls: [toolCallDelta(c)] }, finish_reason: null, logprobs: null }]);
         return;
       }
       ended = true;
@@ -388,6 +471,15 @@ function finishReasonOf(said: FinishReason | undefined, completionTokens: number
   return said ?? (completionTokens >= maxTokens ? 'length' : 'stop');
 }
 
+/** A streamed piece of a tool call in OpenAI's chunk shape: id, type and name come with its first piece. */
+function toolCallDelta(c: ToolCallDelta) {
+  const fn = {
+    ...(c.name !== undefined ? { name: c.name } : {}),
+    ...(c.arguments !== undefined ? { arguments: c.arguments } : {}),
+  };
+  return { index: c.index, ...(c.id !== undefined ? { id: c.id, type: 'function' } : {}), function: fn };
+}
+
 function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {
   return { ...u, total_tokens: u.prompt_tokens + u.completion_tokens };
 }
@@ -401,25 +493,40 @@ function openAiUsage(outcome: TaskOutcome) {
  * Follows a task's output to its end: what the buffer holds, then what follows, until done or
  * error, each piece to `onChunk`. A task that had already ended (`known`), or that ends where this
  * instance cannot see its buffer, is finished from its outcome event (settled first, so the reply is
- * saved and the chat free before the client hears of the end), skipping the text already sent.
+ * saved and the chat free before the client hears of the end), skipping the text and the pieces of
+ * tool calls already sent.
  */
-async function followTask(
+export async function followTask(
   taskId: string,
   known: TaskOutcome | null,
   buffer: TaskBuffer,
   signal: AbortSignal,
   task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<void> },
   onChunk: (c: TaskChunk) => void,
+  stallCheckMs = STALL_CHECK_MS,
 ): Promise<void> {
   let sent = '';
+  /** Each tool call's arguments sent so far, by index. */
+  const sentCalls = new Map<number, string>();
   const send = (c: TaskChunk) => {
     if (c.kind === 'delta') sent += c.content;
+    if (c.kind === 'tool_call') sentCalls.set(c.index, (sentCalls.get(c.index) ?? '') + (c.arguments ?? ''));
     onChunk(c);
   };
   const finishFrom = async (outcome: TaskOutcome) => {
     await task.settle(outcome);
     const rest = outcome.data.content.startsWith(sent) ? outcome.data.content.slice(sent.length) : '';
     if (rest) send({ kind: 'delta', content: rest });
+    const calls = outcome.type === 'TaskCompleted' ? (outcome.data.toolCalls ?? []) : [];
+    calls.forEach((call, index) => {
+      const args = call.function.arguments;
+      const before = sentCalls.get(index);
+      if (before === undefined) {
+        send({ kind: 'tool_call', index, id: call.id, name: call.function.name, arguments: args });
+      } else if (args.length > before.length && args.startsWith(before)) {
+        send({ kind: 'tool_call', index, arguments: args.slice(before.length) });
+      }
+    });
     send(chunkOf(outcome));
   };
   if (known) return finishFrom(known);
@@ -429,7 +536,7 @@ async function followTask(
     for (;;) {
       let timer: NodeJS.Timeout | undefined;
       const stalled = new Promise<'stalled'>((resolve) => {
-        timer = setTimeout(() => resolve('stalled'), STALL_CHECK_MS);
+        timer = setTimeout(() => resolve('stalled'), stallCheckMs);
       });
       const next = await Promise.race([pending, stalled]);
       clearTimeout(timer);
@@ -441,7 +548,7 @@ async function followTask(
       }
       if (next.done) return;
       send(next.value);
-      if (next.value.kind !== 'delta') return;
+      if (next.value.kind === 'done' || next.value.kind === 'error') return;
       pending = reader.next();
     }
   } finally {

@@ -1,11 +1,13 @@
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
-import type { FinishReason } from './llm/types';
+import type { FinishReason, ToolCallDelta } from './llm/types';
 import type { Logger } from './logger';
 
 /** One piece of a task's output, as the SSE stream sends it. */
 export type TaskChunk =
   | { kind: 'delta'; content: string }
+  /** A piece of a call of a tool the model was offered (completions only). */
+  | ({ kind: 'tool_call' } & ToolCallDelta)
   | {
       kind: 'done';
       messageId: string | null;
@@ -29,7 +31,7 @@ export interface TaskBuffer {
   close(): Promise<void>;
 }
 
-const terminal = (c: TaskChunk) => c.kind !== 'delta';
+const terminal = (c: TaskChunk) => c.kind === 'done' || c.kind === 'error';
 
 /** In process: one instance serves both the generation and its stream. Finished buffers are kept a while. */
 export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskBuffer {

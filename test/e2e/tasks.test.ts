@@ -59,6 +59,15 @@ beforeAll(async () => {
         prompt_price: 1_000_000,
         completion_price: 5_000_000,
       },
+      {
+        id: 'local-echo',
+        provider: 'local',
+        context_length: 8192,
+        default_max_tokens: 100,
+        max_output_tokens: 1000,
+        prompt_price: PROMPT_PRICE,
+        completion_price: COMPLETION_PRICE,
+      },
     ],
   };
   // With Redis, task output goes through Redis Streams and cancels through its pub/sub.
@@ -93,6 +102,7 @@ afterEach(() =>
     usage: undefined,
     pieces: undefined,
     finishReason: undefined,
+    toolCalls: undefined,
   }),
 );
 
@@ -299,6 +309,88 @@ const failureOf = <E>(call: Promise<unknown>): Promise<E> =>
   );
 
 const creditsFor = (tokens: number, price: number) => Math.ceil((tokens * price) / 1_000_000);
+
+interface RecordedCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+/** What the task of a completion recorded (a completion's id is `chatcmpl-` and its task's id). */
+async function recordedTask(completionId: string) {
+  const taskId = completionId.replace(/^chatcmpl-/, '');
+  const events = await t.deps.store.readStream(taskStream(taskId));
+  const created = events.find((e) => e.type === 'TaskCreated')!.data as {
+    promptTokens: number;
+    hold: number;
+  };
+  const completed = events.find((e) => e.type === 'TaskCompleted')?.data as
+    | {
+        content: string;
+        usage: { promptTokens: number; completionTokens: number };
+        cost: number;
+        usageSource: string;
+        finishReason?: string;
+        toolCalls?: RecordedCall[];
+      }
+    | undefined;
+  return { taskId, created, completed };
+}
+
+/** The ledger's movements on one hold, as `[type, amount]`. */
+const holdMovements = async (userId: string, holdId: string) =>
+  (await ledgerEvents(userId)).filter((e) => e.data.holdId === holdId).map((e) => [e.type, e.data.amount]);
+
+interface StreamedCall {
+  id: string | undefined;
+  type: string | undefined;
+  name: string | undefined;
+  arguments: string;
+}
+/**
+ * A streamed completion put together as a client does: its text, its calls by index (id, type and
+ * name from a call's first piece, the arguments from all of them), the chunks of each call, and
+ * whether text or a call came in each chunk, in order.
+ */
+async function readStreamed(chunks: AsyncIterable<OpenAI.ChatCompletionChunk>) {
+  const read = {
+    id: '',
+    text: '',
+    calls: [] as StreamedCall[],
+    chunksPerCall: [] as number[],
+    order: [] as ('text' | 'call')[],
+    finishes: [] as string[],
+    usage: undefined as OpenAI.CompletionUsage | undefined,
+  };
+  for await (const c of chunks) {
+    read.id = c.id;
+    if (c.usage) read.usage = c.usage;
+    const choice = c.choices[0];
+    if (!choice) continue;
+    if (choice.finish_reason) read.finishes.push(choice.finish_reason);
+    if (choice.delta.content) {
+      read.text += choice.delta.content;
+      read.order.push('text');
+    }
+    for (const piece of choice.delta.tool_calls ?? []) {
+      read.order.push('call');
+      const call = read.calls[piece.index];
+      if (call) {
+        // Only a call's first piece names it.
+        expect(piece).toEqual({ index: piece.index, function: { arguments: expect.any(String) } });
+        call.arguments += piece.function!.arguments;
+      } else {
+        read.calls[piece.index] = {
+          id: piece.id,
+          type: piece.type,
+          name: piece.function?.name,
+          arguments: piece.function?.arguments ?? '',
+        };
+      }
+      read.chunksPerCall[piece.index] = (read.chunksPerCall[piece.index] ?? 0) + 1;
+    }
+  }
+  return read;
+}
 
 describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('holds, streams the reply, saves it as a message, captures the actual cost and releases the rest', async () => {
@@ -1015,8 +1107,9 @@ describe('/chat/completions with the official openai client', () => {
     }
     expect(finishes.filter((f) => f !== null)).toEqual(['content_filter']);
     expect(await recorded(id)).toBe('content_filter');
-    // A finish reason a text reply cannot have is not passed on: the usage against the limit decides.
-    fake.setBehaviour({ finishReason: 'tool_calls' });
+    // A finish reason of the functions API, which is not offered, is not passed on: the usage
+    // against the limit decides.
+    fake.setBehaviour({ finishReason: 'function_call' });
     const other = await client.chat.completions.create(ask);
     expect(other.choices[0]!.finish_reason).toBe('stop');
     expect(await recorded(other.id)).toBeUndefined();
@@ -1257,7 +1350,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(kept.usage!.completion_tokens).toBe(full);
   });
 
-  it('refuses what a text reply cannot give (tools, JSON output, log probabilities), and takes images as data URLs', async () => {
+  it('refuses JSON output, log probabilities, the functions API and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
     const u = await newUser();
     const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
     const say = [{ role: 'user' as const, content: 'What is the weather?' }];
@@ -1265,44 +1358,66 @@ describe('/chat/completions with the official openai client', () => {
       type: 'function' as const,
       function: { name: 'weather', parameters: { type: 'object', properties: {} } },
     };
-    const refused: [Record<string, unknown>, string][] = [
-      [{ tools: [tool] }, 'tools'],
-      [{ tool_choice: 'required' }, 'tool_choice'],
-      [{ tool_choice: { type: 'function', function: { name: 'weather' } } }, 'tool_choice'],
-      [{ response_format: { type: 'json_object' } }, 'response_format.type'],
-      [{ logprobs: true }, 'logprobs'],
+    const refused: [Record<string, unknown>, string, RegExp?][] = [
+      [{ response_format: { type: 'json_object' } }, 'response_format.type', /only text/],
+      [{ logprobs: true }, 'logprobs', /not offered/],
+      [{ functions: [tool.function] }, 'functions', /use tools/],
+      [{ function_call: 'auto' }, 'function_call', /use tool_choice/],
+      [
+        {
+          messages: [...say, { role: 'assistant', content: 'Looking.' }, { role: 'tool', content: 'sunny' }],
+        },
+        'messages.2.tool_call_id',
+      ],
+      [{ messages: [{ ...say[0], tool_call_id: 'call_1' }] }, 'messages.0.tool_call_id'],
       [
         {
           messages: [
-            ...say,
-            { role: 'assistant', content: 'Looking.' },
-            { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+            {
+              ...say[0],
+              tool_calls: [
+                { id: 'call_1', type: 'function', function: { name: 'weather', arguments: '{}' } },
+              ],
+            },
           ],
         },
-        'messages.2.role',
+        'messages.0.tool_calls',
       ],
+      [{ messages: [{ role: 'user', content: null }] }, 'messages.0.content'],
+      [{ tool_choice: 'required' }, 'tool_choice'],
+      [
+        { tools: [tool], tool_choice: { type: 'function', function: { name: 'forecast' } } },
+        'tool_choice.function.name',
+      ],
+      [{ tools: [tool, tool] }, 'tools.1.function.name'],
+      [{ tools: [{ type: 'custom', custom: { name: 'grammar' } }] }, 'tools.0.type'],
     ];
     const before = fake.requests.length;
-    for (const [extra, param] of refused) {
+    for (const [extra, param, message] of refused) {
       const err = await failureOf<{ status: number; param: string; message: string }>(
         client.chat.completions.create({ model: 'fake-model', messages: say, ...extra } as never),
       );
       expect(err).toMatchObject({ status: 400, param });
-      expect(err.message).toMatch(/not supported|not offered|text only/);
+      if (message) expect(err.message).toMatch(message);
     }
     expect(fake.requests.length).toBe(before); // nothing was asked of the model
     expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted']); // nor held
 
-    // What asks for nothing more than text passes.
+    // What asks for nothing more than text passes, and no empty tools go upstream.
     const plain = await client.chat.completions.create({
       model: 'fake-model',
       messages: say,
       tools: [],
       tool_choice: 'none',
+      parallel_tool_calls: true,
       response_format: { type: 'text' },
       logprobs: false,
     });
     expect(plain.choices[0]!.message.content).toBe(REPLY);
+    const upstream = fake.requests.at(-1)!.body;
+    expect(upstream).not.toHaveProperty('tools');
+    expect(upstream).not.toHaveProperty('tool_choice');
+    expect(upstream).not.toHaveProperty('parallel_tool_calls');
 
     // An uploaded picture, as apps send it: a data URL, passed upstream as sent, its detail too.
     const picture = `data:image/png;base64,${(
@@ -1388,6 +1503,269 @@ describe('/chat/completions with the official openai client', () => {
       type: '/problems/insufficient-credits',
       status: 402,
       error: { type: 'insufficient_quota', code: 'insufficient_quota', message: raw.body.detail },
+    });
+  });
+
+  describe('with tools', () => {
+    const WEATHER = {
+      type: 'function' as const,
+      function: {
+        name: 'get_weather',
+        description: 'The weather now in a city.',
+        parameters: {
+          type: 'object',
+          properties: { city: { type: 'string' }, unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
+          required: ['city'],
+          additionalProperties: false,
+        },
+        strict: true,
+      },
+    };
+    const CLOCK = {
+      type: 'function' as const,
+      function: {
+        name: 'get_time',
+        parameters: { type: 'object', properties: { zone: { type: 'string' } } },
+      },
+    };
+    const ASK = [{ role: 'user' as const, content: 'What is the weather in Paris?' }];
+    const clientOf = (u: { auth: string }) =>
+      new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const asRecorded = (calls: { id: string; name: string; arguments: string }[]) =>
+      calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } }));
+
+    it('passes tools to the provider as sent, and answers its calls with no content, charging the usage it reports', async () => {
+      const u = await newUser();
+      const call = { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris"}' };
+      fake.setBehaviour({
+        reply: '',
+        toolCalls: [call],
+        usage: { prompt_tokens: 57, completion_tokens: 23 },
+      });
+      const choice = { type: 'function' as const, function: { name: 'get_weather' } };
+      const completion = await clientOf(u).chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        tools: [WEATHER, CLOCK],
+        tool_choice: choice,
+        parallel_tool_calls: false,
+      });
+      const sent = fake.requests.at(-1)!.body;
+      expect(sent.tools).toEqual([WEATHER, CLOCK]);
+      expect(sent.tool_choice).toEqual(choice);
+      expect(sent.parallel_tool_calls).toBe(false);
+
+      expect(completion.choices[0]!.finish_reason).toBe('tool_calls');
+      expect(completion.choices[0]!.message).toEqual({
+        role: 'assistant',
+        content: null,
+        tool_calls: asRecorded([call]),
+        refusal: null,
+      });
+      expect(completion.usage).toMatchObject({ prompt_tokens: 57, completion_tokens: 23, total_tokens: 80 });
+
+      const cost = creditsFor(57, PROMPT_PRICE) + creditsFor(23, COMPLETION_PRICE);
+      const { taskId, created, completed } = await recordedTask(completion.id);
+      expect(completed).toMatchObject({
+        content: '',
+        usage: { promptTokens: 57, completionTokens: 23 },
+        usageSource: 'provider',
+        cost,
+        finishReason: 'tool_calls',
+        toolCalls: asRecorded([call]),
+      });
+      expect(cost).toBeLessThan(created.hold);
+      await eventually(
+        () => credits(u.auth),
+        (c) => c.held === 0 && c.balance === 1000 - cost,
+        'the calls charged',
+      );
+      expect(await holdMovements(u.id, taskId)).toEqual([
+        ['CreditsReserved', created.hold],
+        ['CreditsCaptured', cost],
+        ['CreditsReleased', created.hold - cost],
+      ]);
+    });
+
+    it('streams calls after the text as OpenAI does, each call named in its first chunk, and ends with tool_calls', async () => {
+      const u = await newUser();
+      const calls = [
+        { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris","unit":"celsius"}' },
+        { id: 'call_t1', name: 'get_time', arguments: '{"zone":"Europe/Paris"}' },
+      ];
+      fake.setBehaviour({ reply: 'Let me check.', toolCalls: calls });
+      const read = await readStreamed(
+        await clientOf(u).chat.completions.create({
+          model: 'fake-model',
+          messages: ASK,
+          tools: [WEATHER, CLOCK],
+          parallel_tool_calls: true,
+          stream: true,
+          stream_options: { include_usage: true },
+        }),
+      );
+      expect(fake.requests.at(-1)!.body.parallel_tool_calls).toBe(true);
+      expect(read.text).toBe('Let me check.');
+      expect(read.order.lastIndexOf('text')).toBeGreaterThanOrEqual(0);
+      expect(read.order.indexOf('call')).toBeGreaterThan(read.order.lastIndexOf('text'));
+      expect(read.calls).toEqual(calls.map((c) => ({ ...c, type: 'function' })));
+      // Passed on piece by piece as the provider sent them, not whole at the end.
+      expect(read.chunksPerCall).toEqual(calls.map((c) => 1 + countTextTokens(c.arguments)));
+      expect(read.finishes).toEqual(['tool_calls']);
+      // The provider's count (the fake's: the text's tokens, then a token per chunk of a call).
+      expect(read.usage?.completion_tokens).toBe(
+        countTextTokens('Let me check.') + calls.reduce((n, c) => n + 1 + countTextTokens(c.arguments), 0),
+      );
+      expect((await recordedTask(read.id)).completed).toMatchObject({
+        content: 'Let me check.',
+        finishReason: 'tool_calls',
+        toolCalls: asRecorded(calls),
+      });
+    });
+
+    it('sends calls and their results back to the provider as given, and holds for them and for the tools offered', async () => {
+      const u = await newUser();
+      const client = clientOf(u);
+      const call = { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris"}' };
+      fake.setBehaviour({ reply: '', toolCalls: [call] });
+      const asked = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        tools: [WEATHER],
+      });
+      fake.setBehaviour({ reply: REPLY, toolCalls: undefined });
+      const result = '{"temperature_c":18,"sky":"overcast","wind_kmh":12}';
+      const answered = await client.chat.completions.create({
+        model: 'fake-model',
+        tools: [WEATHER],
+        messages: [
+          ...ASK,
+          asked.choices[0]!.message,
+          { role: 'tool', tool_call_id: call.id, content: result },
+        ],
+      });
+      expect(fake.requests.at(-1)!.body.messages).toEqual([
+        { role: 'user', content: ASK[0]!.content },
+        { role: 'assistant', content: null, tool_calls: asRecorded([call]) },
+        { role: 'tool', tool_call_id: call.id, content: result },
+      ]);
+      expect(answered.choices[0]!.message).toEqual({ role: 'assistant', content: REPLY, refusal: null });
+      expect(answered.choices[0]!.finish_reason).toBe('stop');
+
+      const plain = await client.chat.completions.create({ model: 'fake-model', messages: ASK });
+      const [withoutTools, withTools, withResult] = await Promise.all(
+        [plain, asked, answered].map(async (c) => (await recordedTask(c.id)).created),
+      );
+      // The tools offered are counted, their schemas at least…
+      expect(withTools!.promptTokens - withoutTools!.promptTokens).toBeGreaterThanOrEqual(
+        countTextTokens(JSON.stringify(WEATHER.function.parameters)),
+      );
+      // …and the call and its result sent back.
+      expect(withResult!.promptTokens - withTools!.promptTokens).toBeGreaterThanOrEqual(
+        countTextTokens(call.arguments) + countTextTokens(result),
+      );
+      expect(withTools!.hold).toBeGreaterThan(withoutTools!.hold);
+      expect(withResult!.hold).toBeGreaterThan(withTools!.hold);
+    });
+
+    it('counts calls with the tokenizer when the provider reports no usage, so a call is never free', async () => {
+      const u = await newUser();
+      const call = { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris","unit":"celsius"}' };
+      fake.setBehaviour({ reply: '', toolCalls: [call], omitUsage: true });
+      const completion = await clientOf(u).chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        tools: [WEATHER],
+      });
+      expect(completion.choices[0]!.message.tool_calls).toEqual(asRecorded([call]));
+      const { taskId, created, completed } = await recordedTask(completion.id);
+      expect(completed!.usageSource).toBe('tokenizer');
+      // Nothing but the call was generated: its name and arguments are the output charged.
+      const output = completed!.usage.completionTokens;
+      expect(output).toBeGreaterThanOrEqual(countTextTokens(call.name) + countTextTokens(call.arguments));
+      expect(completion.usage).toMatchObject({
+        prompt_tokens: created.promptTokens,
+        completion_tokens: output,
+      });
+      const cost = creditsFor(created.promptTokens, PROMPT_PRICE) + creditsFor(output, COMPLETION_PRICE);
+      expect(completed!.cost).toBe(cost);
+      await eventually(
+        () => credits(u.auth),
+        (c) => c.held === 0 && c.balance === 1000 - cost,
+        'the call charged',
+      );
+      expect((await holdMovements(u.id, taskId)).filter(([type]) => type === 'CreditsCaptured')).toEqual([
+        ['CreditsCaptured', cost],
+      ]);
+    });
+
+    it('gives each call sent without an id one of its own, the same in the answer and in the record', async () => {
+      const u = await newUser();
+      const client = clientOf(u);
+      const calls = [
+        { name: 'get_weather', arguments: '{"city":"Paris"}' },
+        { name: 'get_time', arguments: '{"zone":"Europe/Paris"}' },
+      ];
+      fake.setBehaviour({ reply: '', toolCalls: calls });
+      const read = await readStreamed(
+        await client.chat.completions.create({
+          model: 'fake-model',
+          messages: ASK,
+          tools: [WEATHER, CLOCK],
+          stream: true,
+        }),
+      );
+      const ids = read.calls.map((c) => c.id);
+      expect(ids).toEqual([expect.stringMatching(/^call_\w+$/), expect.stringMatching(/^call_\w+$/)]);
+      expect(new Set(ids).size).toBe(2);
+      expect(read.calls).toEqual(calls.map((c, i) => ({ ...c, id: ids[i], type: 'function' })));
+      expect((await recordedTask(read.id)).completed!.toolCalls!.map((c) => c.id)).toEqual(ids);
+
+      const answer = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        tools: [WEATHER],
+      });
+      const made = answer.choices[0]!.message.tool_calls!.map((c) => c.id);
+      expect(made).toEqual([expect.stringMatching(/^call_\w+$/), expect.stringMatching(/^call_\w+$/)]);
+      expect(made.filter((id) => ids.includes(id))).toEqual([]);
+      expect((await recordedTask(answer.id)).completed!.toolCalls!.map((c) => c.id)).toEqual(made);
+    });
+
+    it('lets the built-in model, which calls no tools, answer in text when offered some, and refuses to make it call one', async () => {
+      const u = await newUser();
+      const client = clientOf(u);
+      const asked = fake.requests.length;
+      for (const tool_choice of [
+        'required',
+        { type: 'function', function: { name: 'get_weather' } },
+      ] as const) {
+        const err = await failureOf<{ status: number; message: string }>(
+          client.chat.completions.create({
+            model: 'local-echo',
+            messages: ASK,
+            tools: [WEATHER],
+            tool_choice,
+          }),
+        );
+        expect(err.status).toBe(400);
+        expect(err.message).toMatch(/calls no tools/);
+      }
+      expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted']);
+
+      const answer = await client.chat.completions.create({
+        model: 'local-echo',
+        messages: ASK,
+        tools: [WEATHER],
+        tool_choice: 'auto',
+      });
+      expect(answer.choices[0]!.message).toEqual({
+        role: 'assistant',
+        content: expect.stringContaining('You said: “What is the weather in Paris?”'),
+        refusal: null,
+      });
+      expect(answer.choices[0]!.finish_reason).toBe('stop');
+      expect(fake.requests.length).toBe(asked);
     });
   });
 });

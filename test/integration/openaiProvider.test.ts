@@ -13,6 +13,8 @@ import {
   type FinishReason,
   type LlmProvider,
   type ModelInfo,
+  type ToolCallDelta,
+  type ToolOptions,
   type Usage,
 } from '../../src/platform/llm/types';
 import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
@@ -47,10 +49,11 @@ const providerFor = (overrides: Partial<Parameters<typeof createOpenAIProvider>[
 
 interface Outcome {
   deltas: string[];
+  toolCalls: ToolCallDelta[];
   finish: FinishReason | undefined;
   usage: Usage | undefined;
   /** What each item was, in order. */
-  kinds: ('delta' | 'finish' | 'usage')[];
+  kinds: ('delta' | 'toolCall' | 'finish' | 'usage')[];
   error: unknown;
 }
 
@@ -59,14 +62,28 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 async function collect(
   provider: LlmProvider,
   /** `onDelta` is awaited: a reader that takes its time with each delta. */
-  options: { signal?: AbortSignal; maxTokens?: number; onDelta?: (n: number) => unknown } = {},
+  options: {
+    signal?: AbortSignal;
+    maxTokens?: number;
+    onDelta?: (n: number) => unknown;
+    tools?: ToolOptions;
+    messages?: ChatMessageInput[];
+  } = {},
 ): Promise<Outcome> {
-  const out: Outcome = { deltas: [], finish: undefined, usage: undefined, kinds: [], error: undefined };
+  const out: Outcome = {
+    deltas: [],
+    toolCalls: [],
+    finish: undefined,
+    usage: undefined,
+    kinds: [],
+    error: undefined,
+  };
   try {
     const stream = provider.stream({
       model,
-      messages,
+      messages: options.messages ?? messages,
       params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'] },
+      tools: options.tools,
       signal: options.signal ?? new AbortController().signal,
     });
     for await (const item of stream) {
@@ -74,6 +91,9 @@ async function collect(
         out.kinds.push('delta');
         out.deltas.push(item.delta);
         await options.onDelta?.(out.deltas.length);
+      } else if ('toolCall' in item) {
+        out.kinds.push('toolCall');
+        out.toolCalls.push(item.toolCall);
       } else if ('finish' in item) {
         out.kinds.push('finish');
         out.finish = item.finish;
@@ -121,18 +141,101 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(fake.requests[0]?.body).not.toHaveProperty('max_tokens');
   });
 
-  it('passes on the finish reasons a text reply can have, and no other', async () => {
+  it('passes on the finish reasons it knows, and no other', async () => {
     expect((await collect(providerFor(), { maxTokens: 3 })).finish).toBe('length');
     fake.setBehaviour({ finishReason: 'content_filter' });
     const filtered = await collect(providerFor());
     expect(filtered.error).toBeUndefined();
     expect(filtered.finish).toBe('content_filter');
     fake.setBehaviour({ finishReason: 'tool_calls' });
+    expect((await collect(providerFor())).finish).toBe('tool_calls');
+    fake.setBehaviour({ finishReason: 'function_call' });
     const other = await collect(providerFor());
     expect(other.error).toBeUndefined();
     expect(other.deltas.join('')).toBe(REPLY);
     expect(other.finish).toBeUndefined();
     expect(other.usage).toBeDefined();
+  });
+
+  it('offers the tools as asked, and yields the calls piece by piece after the text', async () => {
+    const tools: ToolOptions = {
+      tools: [
+        {
+          type: 'function',
+          function: {
+            name: 'weather',
+            description: 'The weather in a city',
+            parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+          },
+        },
+        { type: 'function', function: { name: 'time' } },
+      ],
+      choice: { type: 'function', function: { name: 'weather' } },
+      parallel: false,
+    };
+    const args = '{"city":"Zürich 🎉"}';
+    fake.setBehaviour({
+      reply: 'Let me look.',
+      toolCalls: [
+        { id: 'call_a', name: 'weather', arguments: args },
+        { id: 'call_b', name: 'time', arguments: '{}' },
+      ],
+    });
+    const out = await collect(providerFor(), { tools });
+    expect(out.error).toBeUndefined();
+    const body = fake.requests[0]!.body;
+    expect(body.tools).toEqual(tools.tools);
+    expect(body.tool_choice).toEqual(tools.choice);
+    expect(body.parallel_tool_calls).toBe(false);
+    expect(out.deltas.join('')).toBe('Let me look.');
+    expect(out.kinds.slice(-2)).toEqual(['finish', 'usage']);
+    expect(out.kinds.indexOf('toolCall')).toBeGreaterThan(out.kinds.lastIndexOf('delta'));
+    expect(out.finish).toBe('tool_calls');
+    const pieces = tokenPieces(args).filter((p) => p !== '');
+    expect(out.toolCalls).toEqual([
+      { index: 0, id: 'call_a', name: 'weather' },
+      ...pieces.map((a) => ({ index: 0, arguments: a })),
+      { index: 1, id: 'call_b', name: 'time' },
+      ...tokenPieces('{}').map((a) => ({ index: 1, arguments: a })),
+    ]);
+  });
+
+  it('offers no tools, and no tool options, when none are given', async () => {
+    await collect(providerFor(), { tools: { tools: [], choice: 'auto', parallel: true } });
+    await collect(providerFor());
+    for (const r of fake.requests) {
+      expect(r.body).not.toHaveProperty('tools');
+      expect(r.body).not.toHaveProperty('tool_choice');
+      expect(r.body).not.toHaveProperty('parallel_tool_calls');
+    }
+  });
+
+  it('sends back the calls of a reply and their answers as they were made', async () => {
+    const conversation: ChatMessageInput[] = [
+      ...messages,
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'weather', arguments: '{}' } }],
+      },
+      { role: 'tool', tool_call_id: 'call_a', content: 'Sunny, 21 °C' },
+    ];
+    const out = await collect(providerFor(), { messages: conversation });
+    expect(out.error).toBeUndefined();
+    expect(fake.requests[0]!.body.messages).toEqual(conversation);
+  });
+
+  it('a connection dropped in a tool call fails without retry, after the pieces that arrived', async () => {
+    fake.setBehaviour({
+      reply: '',
+      toolCalls: [{ id: 'call_a', name: 'weather', arguments: '{"city":"Paris"}' }],
+      dropAfterTokens: 2,
+    });
+    const out = await collect(withRetryBeforeFirstToken(providerFor(), { attempts: 3, baseDelayMs: 1 }));
+    expect(out.deltas).toEqual([]);
+    expect(out.toolCalls).toHaveLength(2);
+    expect(out.error).toMatchObject({ name: 'ProviderError', retryable: false, afterOutput: true });
+    expect(fake.requests).toHaveLength(1);
   });
 
   it('yields no usage when the provider sends none', async () => {

@@ -47,6 +47,23 @@ function contract(
       ]);
     });
 
+    it('carries the pieces of tool calls as they came, and follows on past them to the end', async () => {
+      const id = crypto.randomUUID();
+      const calls: TaskChunk[] = [
+        { kind: 'tool_call', index: 0, id: 'call_a', name: 'weather', arguments: '' },
+        { kind: 'tool_call', index: 0, arguments: '{"city":"Paris"}' },
+        { kind: 'tool_call', index: 1, id: 'call_b', name: 'time', arguments: '{}' },
+      ];
+      b.writer.append(id, { kind: 'delta', content: 'Looking.' });
+      for (const c of calls.slice(0, 2)) b.writer.append(id, c);
+      const reading = collect(b.reader, id);
+      await new Promise((r) => setTimeout(r, 50));
+      b.writer.append(id, calls[2]!);
+      const finished = { ...done, finishReason: 'tool_calls' as const };
+      b.writer.append(id, finished);
+      expect(await reading).toEqual([{ kind: 'delta', content: 'Looking.' }, ...calls, finished]);
+    });
+
     it('keeps nothing after the terminal chunk, and a late reader still gets everything', async () => {
       const id = crypto.randomUUID();
       b.writer.append(id, { kind: 'delta', content: 'a' });

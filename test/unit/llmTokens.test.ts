@@ -3,6 +3,7 @@ import { costOf, creditsFor, holdFor, PromptTooLong, resolveMaxTokens } from '..
 import {
   countPromptTokens,
   countTextTokens,
+  countToolCallTokens,
   REPLY_PRIMING_TOKENS,
   TOKENS_PER_IMAGE,
   TOKENS_PER_MESSAGE,
@@ -50,6 +51,47 @@ describe('token counting', () => {
       },
     ]);
     expect(withImages - text).toBe(2 * TOKENS_PER_IMAGE);
+  });
+
+  it('counts the calls and answers of tools in a chat, and the tools offered', () => {
+    const call = {
+      id: 'call_1',
+      type: 'function' as const,
+      function: { name: 'weather', arguments: '{"city":"Paris"}' },
+    };
+    expect(countToolCallTokens([call])).toBe(
+      TOKENS_PER_MESSAGE + countTextTokens('weather') + countTextTokens('{"city":"Paris"}'),
+    );
+    const asked = [{ role: 'user' as const, content: 'Weather in Paris?' }];
+    const answered = [
+      ...asked,
+      { role: 'assistant' as const, content: null, tool_calls: [call] },
+      { role: 'tool' as const, tool_call_id: 'call_1', content: 'Sunny' },
+    ];
+    expect(countPromptTokens(answered) - countPromptTokens(asked)).toBe(
+      2 * TOKENS_PER_MESSAGE +
+        countTextTokens('assistant') +
+        countToolCallTokens([call]) +
+        countTextTokens('tool') +
+        countTextTokens('call_1') +
+        countTextTokens('Sunny'),
+    );
+    const tools = [
+      {
+        type: 'function' as const,
+        function: {
+          name: 'weather',
+          parameters: { type: 'object', properties: { city: { type: 'string' } } },
+        },
+      },
+    ];
+    expect(countPromptTokens(asked, { tools }) - countPromptTokens(asked)).toBe(
+      countTextTokens(JSON.stringify(tools)),
+    );
+    expect(countPromptTokens(asked, { tools, choice: 'required' }) - countPromptTokens(asked)).toBe(
+      countTextTokens(JSON.stringify(tools)) + countTextTokens('"required"'),
+    );
+    expect(countPromptTokens(asked, { tools: [] })).toBe(countPromptTokens(asked));
   });
 
   it('splits text into one piece per token that join back to the text, whatever the characters', () => {

@@ -1,7 +1,13 @@
 import { LOCAL_ECHO } from '../../src/platform/llm/catalog';
 import { createLocalProvider, localReply } from '../../src/platform/llm/localProvider';
 import { countPromptTokens, countTextTokens, tokenPieces } from '../../src/platform/llm/tokens';
-import { LlmAborted, type ChatMessageInput, type StreamItem, type Usage } from '../../src/platform/llm/types';
+import {
+  LlmAborted,
+  type ChatMessageInput,
+  type StreamItem,
+  type ToolOptions,
+  type Usage,
+} from '../../src/platform/llm/types';
 
 const provider = createLocalProvider({ delayMs: 0 });
 const conversation: ChatMessageInput[] = [
@@ -13,7 +19,13 @@ const conversation: ChatMessageInput[] = [
 
 async function run(
   messages: ChatMessageInput[],
-  options: { maxTokens?: number; signal?: AbortSignal; onDelta?: (n: number) => void; delayMs?: number } = {},
+  options: {
+    maxTokens?: number;
+    signal?: AbortSignal;
+    onDelta?: (n: number) => void;
+    delayMs?: number;
+    tools?: ToolOptions;
+  } = {},
 ) {
   const p = options.delayMs ? createLocalProvider({ delayMs: options.delayMs }) : provider;
   const items: StreamItem[] = [];
@@ -23,6 +35,7 @@ async function run(
       model: LOCAL_ECHO,
       messages,
       params: { max_tokens: options.maxTokens ?? 512 },
+      tools: options.tools,
       signal: options.signal ?? new AbortController().signal,
     })) {
       items.push(item);
@@ -57,6 +70,18 @@ describe('local provider', () => {
       { prompt_tokens: countPromptTokens(conversation), completion_tokens: countTextTokens(reply) },
     ]);
     expect(out.last).toEqual({ usage: out.usage[0] });
+  });
+
+  it('answers in text when offered tools, and counts them in the prompt as a provider bills them', async () => {
+    const tools: ToolOptions = {
+      tools: [{ type: 'function', function: { name: 'weather', parameters: { type: 'object' } } }],
+      choice: 'auto',
+    };
+    const out = await run(conversation, { tools });
+    expect(out.text).toBe(localReply(conversation));
+    expect(out.finish).toEqual(['stop']);
+    expect(out.usage[0]!.prompt_tokens).toBe(countPromptTokens(conversation, tools));
+    expect(out.usage[0]!.prompt_tokens).toBeGreaterThan(countPromptTokens(conversation));
   });
 
   it('stops at max_tokens and counts exactly those', async () => {

@@ -12,7 +12,8 @@ import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
-import { countPromptTokens, countTextTokens } from '../../platform/llm/tokens';
+import { countPromptTokens, countTextTokens, countToolCallTokens } from '../../platform/llm/tokens';
+import { ToolCallAssembly } from '../../platform/llm/toolCalls';
 import {
   isAbortError,
   ProviderError,
@@ -21,6 +22,8 @@ import {
   type GenerationParams,
   type ModelCatalog,
   type ModelInfo,
+  type ToolCallDelta,
+  type ToolOptions,
   type Usage,
 } from '../../platform/llm/types';
 import type { Logger } from '../../platform/logger';
@@ -94,6 +97,8 @@ interface Generation {
   model: ModelInfo;
   messages: ChatMessageInput[];
   params: Omit<GenerationParams, 'max_tokens'> & { max_tokens?: number | undefined };
+  /** Functions offered to the model (completions only). */
+  tools?: ToolOptions | undefined;
 }
 
 /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
@@ -112,6 +117,9 @@ const SYSTEM_ACTOR = 'system:tasks';
 export class UnknownModel extends BadRequest {
   override readonly type = '/problems/unknown-model';
 }
+
+/** A request that makes the model call a tool, to a model that calls none (the built-in one). */
+export class ToolsNotSupported extends BadRequest {}
 
 /**
  * The life of a task, from `POST /tasks` to its settlement:
@@ -181,10 +189,18 @@ export class TaskFlow {
       model?: string | undefined;
       messages: ChatMessageInput[];
       params: Generation['params'];
+      tools?: ToolOptions | undefined;
     },
     provenance: Provenance,
   ): Promise<StartedTask> {
     const model = input.model === undefined ? this.deps.models.default() : this.model(input.model);
+    const choice = input.tools?.choice;
+    // Offered tools, the local model answers in text, as any model may; told to call one, it cannot.
+    if (model.local && input.tools && (choice === 'required' || typeof choice === 'object')) {
+      throw new ToolsNotSupported(
+        `The model ${model.id} calls no tools; tool_choice can only be none or auto.`,
+      );
+    }
     return this.start({ ...input, chatId: null, model }, provenance);
   }
 
@@ -368,7 +384,7 @@ export class TaskFlow {
 
   private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
-    const promptTokens = countPromptTokens(g.messages);
+    const promptTokens = countPromptTokens(g.messages, g.tools);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
     const hold = holdFor(g.model, promptTokens, maxTokens);
     const taskId = ids.next();
@@ -513,6 +529,8 @@ export class TaskFlow {
       text += delta;
       buffer.append(taskId, { kind: 'delta', content: delta });
     };
+    const calls = new ToolCallAssembly(() => `call_${this.deps.ids.next().replaceAll('-', '')}`);
+    const addCall = (piece: ToolCallDelta) => buffer.append(taskId, { kind: 'tool_call', ...piece });
     let reported: Usage | null = null;
     let finish: FinishReason | null = null;
     let failure: string | null = null;
@@ -521,11 +539,13 @@ export class TaskFlow {
         model: g.model,
         messages: g.messages,
         params: { ...g.params, max_tokens: maxTokens },
+        tools: g.tools,
         signal,
       });
       for await (const item of stream) {
         if ('usage' in item) reported = item.usage;
         else if ('finish' in item) finish = item.finish;
+        else if ('toolCall' in item) addCall(calls.push(item.toolCall));
         else if (item.delta) add(storable.push(item.delta));
       }
     } catch (err) {
@@ -535,6 +555,8 @@ export class TaskFlow {
       }
     }
     add(storable.end());
+    for (const piece of calls.end()) addCall(piece);
+    const toolCalls = calls.list();
     const why = signal.aborted ? String(signal.reason) : null;
     const completed = failure === null && why === null;
     // A provider's count is taken only when it is one: anything else is counted here.
@@ -544,7 +566,10 @@ export class TaskFlow {
     }
     const counted = {
       promptTokens: completed && reported ? reported.prompt_tokens : promptTokens,
-      completionTokens: completed && reported ? reported.completion_tokens : countTextTokens(text),
+      completionTokens:
+        completed && reported
+          ? reported.completion_tokens
+          : countTextTokens(text) + countToolCallTokens(toolCalls),
     };
     // Charged at most for what the hold was sized for on the output side: the model was asked for
     // `maxTokens`, and more (a provider miscounting, or our tokenizer counting another model's text
@@ -565,8 +590,8 @@ export class TaskFlow {
         'usage past what the model was asked for; charged up to the limits',
       );
     }
-    // Nothing generated, nothing owed: a provider that failed at once, or a cancel before any text.
-    const owed = completed || text.length > 0;
+    // Nothing generated, nothing owed: a provider that failed at once, or a cancel before any output.
+    const owed = completed || text.length > 0 || toolCalls.length > 0;
     const cost = owed
       ? costOf(g.model, { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens })
       : 0;
@@ -584,6 +609,7 @@ export class TaskFlow {
         ...common,
         usageSource: reported ? 'provider' : 'tokenizer',
         ...(finish ? { finishReason: finish } : {}),
+        ...(toolCalls.length > 0 ? { toolCalls } : {}),
       });
     } else if (why === 'cancel') {
       recorded = await this.record(taskId, 'CancelTask', common);

@@ -16,7 +16,9 @@ export interface LocalProviderOptions {
 /**
  * The built-in model: offline and deterministic, so the whole chat flow (hold, stream, message,
  * capture) works on a fresh machine and in tests. The reply restates the last user message;
- * it streams token by token and reports real token counts, like a provider with usage.
+ * it streams token by token and reports real token counts, like a provider with usage. It calls no
+ * tools: offered some, it answers in text, as a model may (a request that forces a call is refused
+ * before it gets here).
  */
 export function createLocalProvider(options: LocalProviderOptions): LlmProvider {
   return {
@@ -27,7 +29,7 @@ export function createLocalProvider(options: LocalProviderOptions): LlmProvider 
 async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator<StreamItem> {
   const { signal } = req;
   throwIfAborted(signal);
-  const promptTokens = countPromptTokens(req.messages);
+  const promptTokens = countPromptTokens(req.messages, req.tools);
   const whole = tokenPieces(localReply(req.messages));
   const pieces = whole.slice(0, Math.max(0, req.params.max_tokens));
   let completionTokens = 0;
@@ -54,7 +56,7 @@ export function localReply(messages: readonly ChatMessageInput[]): string {
     return 'Hello! I am the built-in local model. Send me a message and I will answer it offline.';
   }
   const parts =
-    typeof last.content === 'string' ? [{ type: 'text' as const, text: last.content }] : last.content;
+    typeof last.content === 'string' ? [{ type: 'text' as const, text: last.content }] : (last.content ?? []);
   const text = parts
     .flatMap((p) => (p.type === 'text' ? [p.text] : []))
     .join(' ')

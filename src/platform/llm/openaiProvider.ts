@@ -2,6 +2,7 @@ import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 
 import type {
   ChatCompletionCreateParamsStreaming,
   ChatCompletionMessageParam,
+  ChatCompletionTool,
 } from 'openai/resources/chat/completions';
 import type { Logger } from '../logger';
 import { undiciFetch } from './undiciFetch';
@@ -14,6 +15,7 @@ import {
   type LlmProvider,
   type StreamItem,
   type StreamRequest,
+  type ToolCallDelta,
   type Usage,
 } from './types';
 
@@ -35,8 +37,8 @@ export interface OpenAIProviderOptions {
 }
 
 /**
- * Whether a provider's `finish_reason` is one a text reply can have, to be passed on. Others (a tool
- * call the model made unasked, a server's own word) are not: the caller then says `stop` or `length`.
+ * Whether a provider's `finish_reason` is one we pass on. Others (the functions API's
+ * `function_call`, a server's own word) are not: the caller then says `stop` or `length`.
  */
 const isFinishReason = (reason: string): reason is FinishReason =>
   (FINISH_REASONS as readonly string[]).includes(reason);
@@ -139,6 +141,17 @@ async function* streamCompletion(
         yield { delta };
         arm();
       }
+      const calls = choice?.delta?.tool_calls;
+      if (calls) {
+        for (const [position, call] of calls.entries()) {
+          const piece = toolCallPiece(call, position);
+          if (!piece) continue;
+          afterOutput = true;
+          silentSince = null;
+          yield { toolCall: piece };
+          arm();
+        }
+      }
     }
   } catch (err) {
     if (req.signal.aborted) throw new LlmAborted();
@@ -153,6 +166,28 @@ async function* streamCompletion(
   if (!finished) throw failure('the stream ended before the model finished its reply', true);
   if (finish) yield { finish };
   if (usage) yield { usage };
+}
+
+/**
+ * A streamed piece of a tool call as a `ToolCallDelta`. A server that sends whole calls without
+ * `index` (some do) numbers them by their place in the chunk. Answers null for a piece with nothing.
+ */
+function toolCallPiece(
+  call: { index?: number; id?: string; function?: { name?: string; arguments?: string } },
+  position: number,
+): ToolCallDelta | null {
+  const index =
+    Number.isSafeInteger(call.index) && (call.index as number) >= 0 ? (call.index as number) : position;
+  const id = typeof call.id === 'string' && call.id !== '' ? call.id : undefined;
+  const name = typeof call.function?.name === 'string' ? call.function.name : undefined;
+  const args = typeof call.function?.arguments === 'string' ? call.function.arguments : undefined;
+  if (id === undefined && !name && !args) return null;
+  return {
+    index,
+    ...(id !== undefined ? { id } : {}),
+    ...(name ? { name } : {}),
+    ...(args ? { arguments: args } : {}),
+  };
 }
 
 function requestBody(
@@ -175,6 +210,13 @@ function requestBody(
     ...(p.presence_penalty !== undefined ? { presence_penalty: p.presence_penalty } : {}),
     ...(p.frequency_penalty !== undefined ? { frequency_penalty: p.frequency_penalty } : {}),
     ...(p.stop !== undefined && p.stop.length > 0 ? { stop: p.stop } : {}),
+    ...(req.tools && req.tools.tools.length > 0
+      ? {
+          tools: req.tools.tools as ChatCompletionTool[],
+          ...(req.tools.choice !== undefined ? { tool_choice: req.tools.choice } : {}),
+          ...(req.tools.parallel !== undefined ? { parallel_tool_calls: req.tools.parallel } : {}),
+        }
+      : {}),
   };
 }
 

@@ -1,5 +1,5 @@
 import { decode, encode } from 'gpt-tokenizer/encoding/o200k_base';
-import type { ChatMessageInput } from './types';
+import type { ChatMessageInput, ToolCall, ToolOptions } from './types';
 
 /**
  * Token counting with a real tokenizer (o200k_base, the encoding of current OpenAI models). Other
@@ -25,17 +25,38 @@ export function countTextTokens(text: string): number {
   return text === '' ? 0 : encodeText(text).length;
 }
 
-/** Tokens of a chat prompt, framing included, as the provider will bill it (approximately). */
-export function countPromptTokens(messages: readonly ChatMessageInput[]): number {
+/**
+ * Tokens of a chat prompt, framing included, as the provider will bill it (approximately): the
+ * messages, the calls and answers of tools in them, and the functions offered, counted as their
+ * JSON (providers render them in a syntax of their own, of about that size; told to call none, the
+ * model is still shown them).
+ */
+export function countPromptTokens(messages: readonly ChatMessageInput[], tools?: ToolOptions): number {
   let total = REPLY_PRIMING_TOKENS;
   for (const m of messages) {
     total += TOKENS_PER_MESSAGE + countTextTokens(m.role);
+    if (m.tool_calls) total += countToolCallTokens(m.tool_calls);
+    if (m.tool_call_id !== undefined) total += countTextTokens(m.tool_call_id);
+    if (m.content === null) continue;
     if (typeof m.content === 'string') {
       total += countTextTokens(m.content);
       continue;
     }
     for (const part of m.content)
       total += part.type === 'text' ? countTextTokens(part.text) : TOKENS_PER_IMAGE;
+  }
+  if (tools && tools.tools.length > 0) {
+    total += countTextTokens(JSON.stringify(tools.tools));
+    if (tools.choice !== undefined) total += countTextTokens(JSON.stringify(tools.choice));
+  }
+  return total;
+}
+
+/** Tokens of the calls a model made: each call's name and arguments, and its framing. */
+export function countToolCallTokens(calls: readonly Pick<ToolCall, 'function'>[]): number {
+  let total = 0;
+  for (const c of calls) {
+    total += TOKENS_PER_MESSAGE + countTextTokens(c.function.name) + countTextTokens(c.function.arguments);
   }
   return total;
 }

@@ -8,10 +8,53 @@ export type ChatContentPart =
   | { type: 'text'; text: string }
   | { type: 'image_url'; image_url: { url: string; detail?: 'auto' | 'low' | 'high' | undefined } };
 
-/** A chat message in the OpenAI wire shape, as it is sent upstream. */
+/** A function the model called, in OpenAI's shape: `arguments` is JSON text, as the model wrote it. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
+/**
+ * A chat message in the OpenAI wire shape, as it is sent upstream. An assistant message may carry
+ * the calls its model made (its content then may be null); a `tool` message answers one of them.
+ */
 export interface ChatMessageInput {
-  role: 'system' | 'user' | 'assistant';
-  content: string | ChatContentPart[];
+  role: 'system' | 'user' | 'assistant' | 'tool';
+  content: string | ChatContentPart[] | null;
+  tool_calls?: ToolCall[] | undefined;
+  tool_call_id?: string | undefined;
+}
+
+/** A function the model may call, in OpenAI's shape (`parameters` is a JSON Schema). */
+export interface ToolDefinition {
+  type: 'function';
+  function: {
+    name: string;
+    description?: string | undefined;
+    parameters?: Record<string, unknown> | undefined;
+    strict?: boolean | null | undefined;
+  };
+}
+
+export type ToolChoice = 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+
+/** The functions offered to the model, and how it may use them (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`). */
+export interface ToolOptions {
+  tools: ToolDefinition[];
+  choice?: ToolChoice | undefined;
+  parallel?: boolean | undefined;
+}
+
+/**
+ * A piece of a tool call as it streams: the first piece of a call has its `id` and `name`, the
+ * next ones more of its `arguments`. `index` tells the calls of one reply apart.
+ */
+export interface ToolCallDelta {
+  index: number;
+  id?: string | undefined;
+  name?: string | undefined;
+  arguments?: string | undefined;
 }
 
 /** Sampling parameters; `max_tokens` is always resolved (see `resolveMaxTokens`) before a call. */
@@ -51,21 +94,24 @@ export interface ModelInfo {
 
 /**
  * Why a reply ended, as OpenAI's `finish_reason` says it: its natural end or a stop sequence, the
- * output limit, a filter. The reasons a text reply can have; a tool call's are not among them.
+ * output limit, a filter, or calls of the tools it was offered.
  */
-export const FINISH_REASONS = ['stop', 'length', 'content_filter'] as const;
+export const FINISH_REASONS = ['stop', 'length', 'content_filter', 'tool_calls'] as const;
 export type FinishReason = (typeof FINISH_REASONS)[number];
 
 /**
- * One item of a reply: a piece of text; then, when the provider says them, why it ended and the
- * usage (last).
+ * One item of a reply: a piece of text or of a tool call; then, when the provider says them, why it
+ * ended and the usage (last).
  */
-export type StreamItem = { delta: string } | { finish: FinishReason } | { usage: Usage };
+export type StreamItem =
+  { delta: string } | { toolCall: ToolCallDelta } | { finish: FinishReason } | { usage: Usage };
 
 export interface StreamRequest {
   model: ModelInfo;
   messages: ChatMessageInput[];
   params: GenerationParams;
+  /** Functions the model may call; none offered when absent. */
+  tools?: ToolOptions | undefined;
   /** Aborting stops the upstream request; the iterable then throws an `LlmAborted`. */
   signal: AbortSignal;
 }

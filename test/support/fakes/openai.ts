@@ -35,6 +35,13 @@ export interface FakeBehaviour {
   finishReason?: string | undefined;
   /** Usage to report instead of the counted one. */
   usage?: { prompt_tokens?: number; completion_tokens?: number } | undefined;
+  /**
+   * Calls of tools to make after the reply's text (`reply: ''` for calls alone), ending with
+   * `tool_calls` unless `finishReason` says otherwise. Streamed as OpenAI does: a call's first
+   * chunk has its index, id (when given here), type and name, the next ones its arguments, a token
+   * (o200k_base) per chunk; each chunk counts as one token, and its name as one more.
+   */
+  toolCalls?: { id?: string; name: string; arguments: string }[] | undefined;
 }
 
 export interface FakeRequest {
@@ -220,12 +227,12 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
 
     const start = Date.now();
     let sent = 0;
-    for (const piece of reply.pieces) {
+    for (const delta of reply.deltas) {
       if (b.dropAfterTokens !== undefined && sent >= b.dropAfterTokens) return drop(res, record);
       const due = start + b.firstTokenDelayMs + sent * b.tokenDelayMs;
       if (due > Date.now()) await sleepUnlessClosed(due - Date.now(), res);
       if (res.destroyed) return;
-      res.write(chunk([choice({ content: piece })]));
+      res.write(chunk([choice(delta)]));
       record.chunksSent = ++sent;
     }
     if (b.dropAfterTokens !== undefined && sent >= b.dropAfterTokens) return drop(res, record);
@@ -243,10 +250,11 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     record: FakeRequest,
   ): Promise<void> {
     const reply = replyFor(body, b);
-    const wait = b.firstTokenDelayMs + reply.pieces.length * b.tokenDelayMs;
+    const wait = b.firstTokenDelayMs + reply.deltas.length * b.tokenDelayMs;
     if (wait > 0) await sleepUnlessClosed(wait, res);
     if (res.destroyed) return;
     markCompleted(record);
+    const text = reply.pieces.join('');
     sendJson(res, 200, {
       id: id(),
       object: 'chat.completion',
@@ -256,7 +264,18 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
       choices: [
         {
           index: 0,
-          message: { role: 'assistant', content: reply.pieces.join(''), refusal: null },
+          message: b.toolCalls
+            ? {
+                role: 'assistant',
+                content: text || null,
+                refusal: null,
+                tool_calls: b.toolCalls.map((c, i) => ({
+                  id: c.id ?? `call_fake${i}`,
+                  type: 'function',
+                  function: { name: c.name, arguments: c.arguments },
+                })),
+              }
+            : { role: 'assistant', content: text, refusal: null },
           logprobs: null,
           finish_reason: reply.finishReason,
         },
@@ -281,16 +300,30 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
   };
 }
 
-/** The reply's token pieces (non-empty ones become chunks), cut at the request's max tokens. */
+/**
+ * The reply's token pieces (non-empty ones become chunks), cut at the request's max tokens, then its
+ * tool calls' chunks; `deltas` are the chunks' deltas, and `tokens` what the usage counts.
+ */
 function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
   const all = b.pieces ?? tokenPieces(b.reply);
   const max = body.max_completion_tokens ?? body.max_tokens;
   const cut = typeof max === 'number' && max >= 0 && max < all.length;
   const tokens = cut ? all.slice(0, max) : all;
+  const pieces = tokens.filter((p) => p !== '');
+  const deltas: object[] = pieces.map((content) => ({ content }));
+  let callTokens = 0;
+  (b.toolCalls ?? []).forEach((call, index) => {
+    const first = { index, ...(call.id ? { id: call.id } : {}), type: 'function' };
+    deltas.push({ tool_calls: [{ ...first, function: { name: call.name, arguments: '' } }] });
+    const args = tokenPieces(call.arguments).filter((p) => p !== '');
+    for (const a of args) deltas.push({ tool_calls: [{ index, function: { arguments: a } }] });
+    callTokens += 1 + args.length;
+  });
   return {
-    pieces: tokens.filter((p) => p !== ''),
-    tokens: tokens.length,
-    finishReason: b.finishReason ?? (cut ? 'length' : 'stop'),
+    pieces,
+    deltas,
+    tokens: tokens.length + callTokens,
+    finishReason: b.finishReason ?? (b.toolCalls ? 'tool_calls' : cut ? 'length' : 'stop'),
   };
 }
 

@@ -1,0 +1,85 @@
+import { initialTask, type TaskState } from '../../src/commands/tasks/decider';
+import type { TaskOutcome } from '../../src/events/tasks';
+import { followTask } from '../../src/http/tasks';
+import { createMemoryTaskBuffer, type TaskChunk } from '../../src/platform/taskBuffer';
+
+const completed: TaskOutcome = {
+  type: 'TaskCompleted',
+  data: {
+    taskId: 't1',
+    userId: 'u1',
+    chatId: null,
+    messageId: null,
+    content: 'Looking.',
+    usage: { promptTokens: 20, completionTokens: 15 },
+    cost: 7,
+    usageSource: 'provider',
+    finishReason: 'tool_calls',
+    toolCalls: [
+      { id: 'call_a', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
+      { id: 'call_b', type: 'function', function: { name: 'time', arguments: '{}' } },
+    ],
+    completedAt: '2026-12-06T12:00:00.000Z',
+  },
+};
+const doneChunk: TaskChunk = {
+  kind: 'done',
+  messageId: null,
+  usage: { prompt_tokens: 20, completion_tokens: 15 },
+  cost: 7,
+  finishReason: 'tool_calls',
+};
+
+/** The task as stored: ended with `completed`, which settling records. */
+function storedTask() {
+  const settled: TaskOutcome[] = [];
+  return {
+    settled,
+    task: {
+      current: (): Promise<TaskState> => Promise.resolve({ ...initialTask(), outcome: completed }),
+      settle: (o: TaskOutcome) => {
+        settled.push(o);
+        return Promise.resolve();
+      },
+    },
+  };
+}
+
+describe('following a task to its end from its outcome', () => {
+  it('gives a task that had ended its text and whole tool calls, settled first', async () => {
+    const { settled, task } = storedTask();
+    const got: TaskChunk[] = [];
+    const buffer = createMemoryTaskBuffer();
+    await followTask('t1', completed, buffer, new AbortController().signal, task, (c) => {
+      expect(settled).toHaveLength(1);
+      got.push(c);
+    });
+    expect(got).toEqual([
+      { kind: 'delta', content: 'Looking.' },
+      { kind: 'tool_call', index: 0, id: 'call_a', name: 'weather', arguments: '{"city":"Paris"}' },
+      { kind: 'tool_call', index: 1, id: 'call_b', name: 'time', arguments: '{}' },
+      doneChunk,
+    ]);
+    await buffer.close();
+  });
+
+  it('goes on, from a buffer that stalls, with only what was not sent yet', async () => {
+    const { task } = storedTask();
+    const buffer = createMemoryTaskBuffer();
+    const sentBefore: TaskChunk[] = [
+      { kind: 'delta', content: 'Looking.' },
+      { kind: 'tool_call', index: 0, id: 'call_a', name: 'weather', arguments: '' },
+      { kind: 'tool_call', index: 0, arguments: '{"city":' },
+    ];
+    for (const c of sentBefore) buffer.append('t1', c);
+    const got: TaskChunk[] = [];
+    await followTask('t1', null, buffer, new AbortController().signal, task, (c) => got.push(c), 20);
+    expect(got).toEqual([
+      ...sentBefore,
+      { kind: 'tool_call', index: 0, arguments: '"Paris"}' },
+      { kind: 'tool_call', index: 1, id: 'call_b', name: 'time', arguments: '{}' },
+      doneChunk,
+    ]);
+    await buffer.close();
+  });
+});
