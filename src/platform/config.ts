@@ -191,6 +191,11 @@ export const ConfigSchema = z.object({
   TASK_TIMEOUT_SECONDS: int(5, 86_400).default(600),
   /** How often the sweeper looks for tasks past their deadline. */
   TASK_SWEEP_INTERVAL_MS: int(100, 3_600_000).default(10_000),
+  /**
+   * How often an instance looks in the task streams of its longer generations for a cancel whose
+   * message never reached it (lost by Redis, or asked of another instance without Redis).
+   */
+  TASK_CANCEL_CHECK_MS: int(100, 600_000).default(5_000),
   /** Replies one user may have generating at once, across instances (more: 429). */
   TASKS_MAX_RUNNING_PER_USER: int(1, 1_000).default(4),
   /** Tasks (and completions) one user may start. */

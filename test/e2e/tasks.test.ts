@@ -217,6 +217,14 @@ type TaskView = {
   message_id: string | null;
   usage: { prompt_tokens: number; completion_tokens: number } | null;
 };
+/** Waits until the fake has sent `n` tokens of the request that came after the first `asked`. */
+const tokensSent = (asked: number, n: number) =>
+  eventually(
+    () => Promise.resolve(fake.requests[asked]?.chunksSent ?? 0),
+    (sent) => sent >= n,
+    `${n} tokens sent`,
+  );
+
 const task = async (auth: string, id: string) =>
   (await t.http.get(`${API}/tasks/${id}`).set('Authorization', auth)).body as TaskView;
 const finished = (auth: string, id: string) =>
@@ -258,9 +266,12 @@ async function ledgerEvents(userId: string) {
 }
 
 /** A second instance on the test app's store, with a command handler of its own: nothing it does waits on the app's. */
-function secondInstance() {
+function secondInstance(config: Partial<TestApp['deps']['config']> = {}) {
   const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
-  const flow = taskFlowOf({ ...t.deps, buffer: t.deps.buffer! }, commands);
+  const flow = taskFlowOf(
+    { ...t.deps, config: { ...t.deps.config, ...config }, buffer: t.deps.buffer! },
+    commands,
+  );
   return {
     commands,
     flow,
@@ -885,13 +896,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('cancels: upstream stopped, what was generated saved and charged, the rest released', async () => {
     const u = await newUser();
     fake.setBehaviour({ tokenDelayMs: 100 });
-    const started = await startTask(u.auth, await newChat(u.auth));
+    const chatId = await newChat(u.auth);
+    const asked = fake.requests.length;
+    const started = await startTask(u.auth, chatId);
     const reading = stream(u.auth, started.id);
-    await eventually(
-      () => Promise.resolve(fake.requests.at(-1)!.chunksSent),
-      (n) => n >= 2,
-      'some tokens',
-    );
+    await tokensSent(asked, 2);
     const cancel = await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth);
     expect(cancel.status).toBe(202);
     const s = await reading;
@@ -909,6 +918,39 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth)).status).toBe(
       409,
     );
+  });
+
+  it('stops a generation whose cancel message never reached its instance, from the cancel in its stream', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // The task generates on another instance, which looks for lost cancels every 200 ms.
+    const { flow, http: other } = secondInstance({ TASK_CANCEL_CHECK_MS: 200 });
+    // The message to it is lost (with Redis; without, this instance has no way to send one).
+    const lost = redis ? jest.spyOn(redis, 'publish').mockResolvedValue(0) : undefined;
+    fake.setBehaviour({ tokenDelayMs: 100 });
+    try {
+      const asked = fake.requests.length;
+      const res = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(res.status).toBe(201);
+      const { id } = res.body as Started;
+      await tokensSent(asked, 2);
+      const cancel = await t.http.post(`${API}/tasks/${id}/cancel`).set('Authorization', u.auth);
+      expect(cancel.status).toBe(202);
+      if (lost) expect(lost).toHaveBeenCalledWith('tasks:cancel', id);
+      await fake.requests.at(-1)!.closed;
+      expect(fake.requests.at(-1)!.closedByClient).toBe(true);
+      const view = await finished(u.auth, id);
+      expect(view.status).toBe('cancelled');
+      expect(view.usage!.completion_tokens).toBeLessThan(countTextTokens(REPLY));
+      await eventually(
+        () => credits(u.auth),
+        (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
+        'settled',
+      );
+    } finally {
+      lost?.mockRestore();
+      await flow.close();
+    }
   });
 
   it('shows nobody else a task or a chat (404)', async () => {

@@ -34,7 +34,11 @@ import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand } from 
 
 export type TaskFlowConfig = Pick<
   Config,
-  'TASK_TIMEOUT_SECONDS' | 'TASKS_MAX_RUNNING_PER_USER' | 'LLM_RETRY_ATTEMPTS' | 'LLM_RETRY_BASE_DELAY_MS'
+  | 'TASK_TIMEOUT_SECONDS'
+  | 'TASKS_MAX_RUNNING_PER_USER'
+  | 'LLM_RETRY_ATTEMPTS'
+  | 'LLM_RETRY_BASE_DELAY_MS'
+  | 'TASK_CANCEL_CHECK_MS'
 >;
 
 export interface TaskFlowDeps {
@@ -139,7 +143,13 @@ export class ToolsNotSupported extends BadRequest {}
  * longest life; a crash during 4 leaves a task the sweeper fails past its deadline.
  */
 export class TaskFlow {
-  private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  private readonly running = new Map<
+    string,
+    { abort: AbortController; done: Promise<void>; startedAt: number }
+  >();
+  /** Looks in the task streams of long generations for a cancel that did not reach this process. */
+  private readonly cancelChecker: NodeJS.Timeout;
+  private checkingCancels = false;
   /** Starts past the closing check, not generating yet: closing waits for them too. */
   private readonly starting = new Set<Promise<unknown>>();
   private readonly subscriber: Redis | undefined;
@@ -152,6 +162,8 @@ export class TaskFlow {
 
   constructor(private readonly deps: TaskFlowDeps) {
     this.graceMs = sweepGraceMs(deps.config.TASK_TIMEOUT_SECONDS * 1000);
+    this.cancelChecker = setInterval(() => void this.checkCancels(), deps.config.TASK_CANCEL_CHECK_MS);
+    this.cancelChecker.unref();
     if (deps.redis) {
       // Queued until connected, and subscribed again by the client after any reconnect.
       this.subscriber = deps.redis.duplicate({ enableOfflineQueue: true });
@@ -346,6 +358,7 @@ export class TaskFlow {
   private async shutdown(graceMs: number): Promise<void> {
     this.closing = true;
     clearInterval(this.sweeper);
+    clearInterval(this.cancelChecker);
     this.sweeper = undefined;
     await this.sweeping;
     // Until none is left: a request that was already starting one adds it meanwhile. Were it not
@@ -502,7 +515,7 @@ export class TaskFlow {
         clearTimeout(timer);
         this.running.delete(taskId);
       });
-    this.running.set(taskId, { abort, done });
+    this.running.set(taskId, { abort, done, startedAt: Date.now() });
     this.deps.localTasks?.add(taskId, done);
   }
 
@@ -686,6 +699,32 @@ export class TaskFlow {
 
   private slot(stream: string, command: SlotCommand) {
     return this.deps.commands.handle(slotsDecider, stream, command);
+  }
+
+  /**
+   * Stops the generations whose task has a cancel recorded, which its message did not bring: Redis
+   * lost it (a reconnect, a publish that failed), or there is no Redis and the cancel was asked of
+   * another instance. Only generations older than one interval are looked at, so a short reply costs
+   * no read, and a long one a read per interval.
+   */
+  private async checkCancels(): Promise<void> {
+    if (this.checkingCancels) return;
+    this.checkingCancels = true;
+    try {
+      const before = Date.now() - this.deps.config.TASK_CANCEL_CHECK_MS;
+      for (const [taskId, run] of [...this.running]) {
+        if (run.startedAt > before || run.abort.signal.aborted) continue;
+        const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
+        if (state.cancelRequested) {
+          this.deps.logger.warn({ taskId }, 'task cancel found in its stream; its message never came');
+          this.abortLocal(taskId, 'cancel');
+        }
+      }
+    } catch (err) {
+      this.deps.logger.warn({ err }, 'task cancels not checked; tried again next time');
+    } finally {
+      this.checkingCancels = false;
+    }
   }
 
   private abortLocal(taskId: string, why: 'cancel' | 'shutdown'): boolean {
