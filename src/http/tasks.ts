@@ -88,8 +88,8 @@ const CompletionMessage = z
   });
 /**
  * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do,
- * except those asking for what we cannot give (JSON output, log probabilities, the functions API
- * that tools replaced): a client relying on one hears a 400 rather than getting a plain reply.
+ * except those asking for what we cannot give (log probabilities, the functions API that tools
+ * replaced): a client relying on one hears a 400 rather than getting a plain reply.
  */
 const CompletionBody = z
   .object({
@@ -104,7 +104,20 @@ const CompletionBody = z
       .refine((v) => v == null, 'the functions API is not offered: use tool_choice')
       .optional(),
     response_format: z
-      .object({ type: z.literal('text', { error: 'only text replies are offered here' }) })
+      .discriminatedUnion('type', [
+        z.object({ type: z.literal('text') }),
+        z.object({ type: z.literal('json_object') }),
+        z.object({
+          type: z.literal('json_schema'),
+          json_schema: z.object({
+            name: FunctionName,
+            description: z.string().max(10_000).optional(),
+            // A JSON Schema, passed on as it is: the provider judges it.
+            schema: z.record(z.string(), z.unknown()).optional(),
+            strict: z.boolean().nullish(),
+          }),
+        }),
+      ])
       .nullish(),
     logprobs: z.literal(false, { error: 'log probabilities are not offered' }).nullish(),
     stream: z.boolean().default(false),
@@ -364,7 +377,15 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         : undefined;
     const t = await startOnce(ctx, (f) =>
       f.startCompletion(
-        { userId: ctx.state.user.id, model: body.model, messages, params, tools },
+        {
+          userId: ctx.state.user.id,
+          model: body.model,
+          messages,
+          params,
+          tools,
+          responseFormat:
+            body.response_format && body.response_format.type !== 'text' ? body.response_format : undefined,
+        },
         provenanceOf(ctx),
       ),
     );

@@ -1392,7 +1392,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(kept.usage!.completion_tokens).toBe(full);
   });
 
-  it('refuses JSON output, log probabilities, the functions API and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
+  it('refuses log probabilities, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
     const u = await newUser();
     const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
     const say = [{ role: 'user' as const, content: 'What is the weather?' }];
@@ -1401,7 +1401,11 @@ describe('/chat/completions with the official openai client', () => {
       function: { name: 'weather', parameters: { type: 'object', properties: {} } },
     };
     const refused: [Record<string, unknown>, string, RegExp?][] = [
-      [{ response_format: { type: 'json_object' } }, 'response_format.type', /only text/],
+      [{ response_format: { type: 'xml' } }, 'response_format.type'],
+      [
+        { response_format: { type: 'json_schema', json_schema: { schema: {} } } },
+        'response_format.json_schema.name',
+      ],
       [{ logprobs: true }, 'logprobs', /not offered/],
       [{ functions: [tool.function] }, 'functions', /use tools/],
       [{ function_call: 'auto' }, 'function_call', /use tool_choice/],
@@ -1808,6 +1812,81 @@ describe('/chat/completions with the official openai client', () => {
       });
       expect(answer.choices[0]!.finish_reason).toBe('stop');
       expect(fake.requests.length).toBe(asked);
+    });
+  });
+
+  describe('with a reply format', () => {
+    const CITY = {
+      type: 'json_schema' as const,
+      json_schema: {
+        name: 'city',
+        description: 'A city and its country.',
+        schema: {
+          type: 'object',
+          properties: { city: { type: 'string' }, country: { type: 'string' } },
+          required: ['city', 'country'],
+          additionalProperties: false,
+        },
+        strict: true,
+      },
+    };
+    const ASK = [{ role: 'user' as const, content: 'Where is the Eiffel Tower?' }];
+
+    it('passes the format to the provider as sent, streamed or not, and holds for its schema', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const json = '{"city":"Paris","country":"France"}';
+      fake.setBehaviour({ reply: json });
+      const shaped = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        response_format: CITY,
+      });
+      expect(fake.requests.at(-1)!.body.response_format).toEqual(CITY);
+      expect(JSON.parse(shaped.choices[0]!.message.content!)).toEqual({ city: 'Paris', country: 'France' });
+
+      let streamed = '';
+      const chunks = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        response_format: { type: 'json_object' },
+        stream: true,
+      });
+      for await (const c of chunks) streamed += c.choices[0]?.delta.content ?? '';
+      expect(fake.requests.at(-1)!.body.response_format).toEqual({ type: 'json_object' });
+      expect(streamed).toBe(json);
+
+      const text = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        response_format: { type: 'text' },
+      });
+      expect(fake.requests.at(-1)!.body).not.toHaveProperty('response_format');
+      const [withSchema, plain] = await Promise.all(
+        [shaped, text].map(async (c) => (await recordedTask(c.id)).created),
+      );
+      expect(withSchema!.promptTokens - plain!.promptTokens).toBeGreaterThanOrEqual(
+        countTextTokens(JSON.stringify(CITY.json_schema.schema)),
+      );
+    });
+
+    it('refuses a JSON reply of the built-in model, which answers in text only, holding nothing', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      for (const response_format of [{ type: 'json_object' as const }, CITY]) {
+        const err = await failureOf<{ status: number; message: string }>(
+          client.chat.completions.create({ model: 'local-echo', messages: ASK, response_format }),
+        );
+        expect(err.status).toBe(400);
+        expect(err.message).toMatch(/text only/);
+      }
+      expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted']);
+      const answer = await client.chat.completions.create({
+        model: 'local-echo',
+        messages: ASK,
+        response_format: { type: 'text' },
+      });
+      expect(answer.choices[0]!.message.content).toContain('Where is the Eiffel Tower?');
     });
   });
 });

@@ -13,6 +13,7 @@ import {
   type FinishReason,
   type LlmProvider,
   type ModelInfo,
+  type ResponseFormat,
   type ToolCallDelta,
   type ToolOptions,
   type Usage,
@@ -67,6 +68,7 @@ async function collect(
     maxTokens?: number;
     onDelta?: (n: number) => unknown;
     tools?: ToolOptions;
+    responseFormat?: ResponseFormat;
     messages?: ChatMessageInput[];
   } = {},
 ): Promise<Outcome> {
@@ -84,6 +86,7 @@ async function collect(
       messages: options.messages ?? messages,
       params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'] },
       tools: options.tools,
+      responseFormat: options.responseFormat,
       signal: options.signal ?? new AbortController().signal,
     });
     for await (const item of stream) {
@@ -198,6 +201,17 @@ describe('OpenAI-compatible provider against the fake server', () => {
       { index: 1, id: 'call_b', name: 'time' },
       ...tokenPieces('{}').map((a) => ({ index: 1, arguments: a })),
     ]);
+  });
+
+  it('asks for the reply format given, and for none when none is', async () => {
+    const format = {
+      type: 'json_schema' as const,
+      json_schema: { name: 'answer', schema: { type: 'object' }, strict: true },
+    };
+    await collect(providerFor(), { responseFormat: format });
+    await collect(providerFor());
+    expect(fake.requests[0]!.body.response_format).toEqual(format);
+    expect(fake.requests[1]!.body).not.toHaveProperty('response_format');
   });
 
   it('offers no tools, and no tool options, when none are given', async () => {

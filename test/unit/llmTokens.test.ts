@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { costOf, creditsFor, holdFor, PromptTooLong, resolveMaxTokens } from '../../src/platform/llm/cost';
 import {
   countPromptTokens,
+  countResponseFormatTokens,
   countTextTokens,
   countToolCallTokens,
   REPLY_PRIMING_TOKENS,
@@ -92,6 +93,16 @@ describe('token counting', () => {
       countTextTokens(JSON.stringify(tools)) + countTextTokens('"required"'),
     );
     expect(countPromptTokens(asked, { tools: [] })).toBe(countPromptTokens(asked));
+  });
+
+  it('counts a reply format as its JSON, and no format as nothing', () => {
+    const format = {
+      type: 'json_schema' as const,
+      json_schema: { name: 'city', schema: { type: 'object' } },
+    };
+    expect(countResponseFormatTokens(format)).toBe(countTextTokens(JSON.stringify(format)));
+    expect(countResponseFormatTokens({ type: 'json_object' })).toBeGreaterThan(0);
+    expect(countResponseFormatTokens(undefined)).toBe(0);
   });
 
   it('splits text into one piece per token that join back to the text, whatever the characters', () => {

@@ -12,7 +12,12 @@ import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
-import { countPromptTokens, countTextTokens, countToolCallTokens } from '../../platform/llm/tokens';
+import {
+  countPromptTokens,
+  countResponseFormatTokens,
+  countTextTokens,
+  countToolCallTokens,
+} from '../../platform/llm/tokens';
 import { ToolCallAssembly } from '../../platform/llm/toolCalls';
 import {
   isAbortError,
@@ -22,6 +27,7 @@ import {
   type GenerationParams,
   type ModelCatalog,
   type ModelInfo,
+  type ResponseFormat,
   type ToolCallDelta,
   type ToolOptions,
   type Usage,
@@ -103,6 +109,8 @@ interface Generation {
   params: Omit<GenerationParams, 'max_tokens'> & { max_tokens?: number | undefined };
   /** Functions offered to the model (completions only). */
   tools?: ToolOptions | undefined;
+  /** JSON output (completions only). */
+  responseFormat?: ResponseFormat | undefined;
 }
 
 /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
@@ -122,8 +130,11 @@ export class UnknownModel extends BadRequest {
   override readonly type = '/problems/unknown-model';
 }
 
-/** A request that makes the model call a tool, to a model that calls none (the built-in one). */
-export class ToolsNotSupported extends BadRequest {}
+/**
+ * A request the built-in model cannot serve: one that makes it call a tool, or asks for JSON. It
+ * answers in text only.
+ */
+export class NotForLocalModel extends BadRequest {}
 
 /**
  * The life of a task, from `POST /tasks` to its settlement:
@@ -202,6 +213,7 @@ export class TaskFlow {
       messages: ChatMessageInput[];
       params: Generation['params'];
       tools?: ToolOptions | undefined;
+      responseFormat?: ResponseFormat | undefined;
     },
     provenance: Provenance,
   ): Promise<StartedTask> {
@@ -209,8 +221,13 @@ export class TaskFlow {
     const choice = input.tools?.choice;
     // Offered tools, the local model answers in text, as any model may; told to call one, it cannot.
     if (model.local && input.tools && (choice === 'required' || typeof choice === 'object')) {
-      throw new ToolsNotSupported(
+      throw new NotForLocalModel(
         `The model ${model.id} calls no tools; tool_choice can only be none or auto.`,
+      );
+    }
+    if (model.local && input.responseFormat) {
+      throw new NotForLocalModel(
+        `The model ${model.id} answers in text only; it cannot follow response_format.`,
       );
     }
     return this.start({ ...input, chatId: null, model }, provenance);
@@ -397,7 +414,7 @@ export class TaskFlow {
 
   private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
-    const promptTokens = countPromptTokens(g.messages, g.tools);
+    const promptTokens = countPromptTokens(g.messages, g.tools) + countResponseFormatTokens(g.responseFormat);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
     const hold = holdFor(g.model, promptTokens, maxTokens);
     const taskId = ids.next();
@@ -553,6 +570,7 @@ export class TaskFlow {
         messages: g.messages,
         params: { ...g.params, max_tokens: maxTokens },
         tools: g.tools,
+        responseFormat: g.responseFormat,
         signal,
       });
       for await (const item of stream) {

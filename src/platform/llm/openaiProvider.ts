@@ -217,6 +217,14 @@ function requestBody(
           ...(req.tools.parallel !== undefined ? { parallel_tool_calls: req.tools.parallel } : {}),
         }
       : {}),
+    // Our shape is the SDK's, read with optional fields that may be undefined (never sent so).
+    ...(req.responseFormat
+      ? {
+          response_format: req.responseFormat as NonNullable<
+            ChatCompletionCreateParamsStreaming['response_format']
+          >,
+        }
+      : {}),
   };
 }
 

@@ -1,5 +1,5 @@
 import { decode, encode } from 'gpt-tokenizer/encoding/o200k_base';
-import type { ChatMessageInput, ToolCall, ToolOptions } from './types';
+import type { ChatMessageInput, ResponseFormat, ToolCall, ToolOptions } from './types';
 
 /**
  * Token counting with a real tokenizer (o200k_base, the encoding of current OpenAI models). Other
@@ -50,6 +50,11 @@ export function countPromptTokens(messages: readonly ChatMessageInput[], tools?:
     if (tools.choice !== undefined) total += countTextTokens(JSON.stringify(tools.choice));
   }
   return total;
+}
+
+/** Tokens of the instructions a JSON reply adds to the prompt: its schema, counted as JSON. */
+export function countResponseFormatTokens(format: ResponseFormat | undefined): number {
+  return format ? countTextTokens(JSON.stringify(format)) : 0;
 }
 
 /** Tokens of the calls a model made: each call's name and arguments, and its framing. */

@@ -47,6 +47,22 @@ export interface ToolOptions {
 }
 
 /**
+ * The shape the reply must take (OpenAI's `response_format`): any JSON object, or JSON that follows
+ * a schema. Plain text needs none.
+ */
+export type ResponseFormat =
+  | { type: 'json_object' }
+  | {
+      type: 'json_schema';
+      json_schema: {
+        name: string;
+        description?: string | undefined;
+        schema?: Record<string, unknown> | undefined;
+        strict?: boolean | null | undefined;
+      };
+    };
+
+/**
  * A piece of a tool call as it streams: the first piece of a call has its `id` and `name`, the
  * next ones more of its `arguments`. `index` tells the calls of one reply apart.
  */
@@ -112,6 +128,8 @@ export interface StreamRequest {
   params: GenerationParams;
   /** Functions the model may call; none offered when absent. */
   tools?: ToolOptions | undefined;
+  /** JSON output; text when absent. */
+  responseFormat?: ResponseFormat | undefined;
   /** Aborting stops the upstream request; the iterable then throws an `LlmAborted`. */
   signal: AbortSignal;
 }
