@@ -5,6 +5,7 @@ import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
 import { Conflict, DomainError } from '../platform/errors';
 import type { ChatMessageInput, FinishReason, ToolCallDelta, ToolOptions } from '../platform/llm/types';
+import { MAX_TOOL_CALL_ID } from '../platform/llm/toolCalls';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
@@ -45,20 +46,26 @@ const MAX_TOOLS = 128;
 const FunctionName = z
   .string()
   .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'must be 1 to 64 letters, digits, underscores or dashes' });
+/** A call a model made, sent back: as the model named it (which a provider may not have checked). */
 const ToolCallIn = z.object({
-  id: z.string().min(1).max(200),
+  id: z.string().min(1).max(MAX_TOOL_CALL_ID),
   type: z.literal('function'),
-  function: z.object({ name: FunctionName, arguments: z.string().max(MAX_CONTENT_LENGTH) }),
+  function: z.object({
+    name: z.string().max(MAX_CONTENT_LENGTH),
+    arguments: z.string().max(MAX_CONTENT_LENGTH),
+  }),
 });
+// A JSON Schema, passed on as it is: the provider judges it.
+const JsonSchema = z.record(z.string(), z.unknown()).optional();
+/** What a function and a reply format both have: a name, what it is for, and a strict flag. */
+const described = {
+  name: FunctionName,
+  description: z.string().max(10_000).optional(),
+  strict: z.boolean().nullish(),
+};
 const ToolIn = z.object({
   type: z.literal('function', { error: 'only function tools are offered' }),
-  function: z.object({
-    name: FunctionName,
-    description: z.string().max(10_000).optional(),
-    // A JSON Schema, passed on as it is: the provider judges it.
-    parameters: z.record(z.string(), z.unknown()).optional(),
-    strict: z.boolean().nullish(),
-  }),
+  function: z.object({ ...described, parameters: JsonSchema }),
 });
 const ToolChoiceIn = z.union([
   z.enum(['none', 'auto', 'required']),
@@ -71,7 +78,7 @@ const CompletionMessage = z
     content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]).nullish(),
     /** The calls an assistant message made; answered by the `tool` messages after it. */
     tool_calls: z.array(ToolCallIn).min(1).max(MAX_TOOLS).optional(),
-    tool_call_id: z.string().min(1).max(200).optional(),
+    tool_call_id: z.string().min(1).max(MAX_TOOL_CALL_ID).optional(),
   })
   .superRefine((m, ctx) => {
     const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
@@ -99,23 +106,17 @@ const CompletionBody = z
     tool_choice: ToolChoiceIn.nullish(),
     parallel_tool_calls: z.boolean().nullish(),
     functions: z.array(z.unknown()).max(0, 'the functions API is not offered: use tools').nullish(),
+    // Saying to call none, or leaving it to a model offered none, asks for nothing but text.
     function_call: z
-      .unknown()
-      .refine((v) => v == null, 'the functions API is not offered: use tool_choice')
-      .optional(),
+      .enum(['none', 'auto'], { error: 'the functions API is not offered: use tool_choice' })
+      .nullish(),
     response_format: z
       .discriminatedUnion('type', [
         z.object({ type: z.literal('text') }),
         z.object({ type: z.literal('json_object') }),
         z.object({
           type: z.literal('json_schema'),
-          json_schema: z.object({
-            name: FunctionName,
-            description: z.string().max(10_000).optional(),
-            // A JSON Schema, passed on as it is: the provider judges it.
-            schema: z.record(z.string(), z.unknown()).optional(),
-            strict: z.boolean().nullish(),
-          }),
+          json_schema: z.object({ ...described, schema: JsonSchema }),
         }),
       ])
       .nullish(),
@@ -436,7 +437,12 @@ export const tasks: Resource = (router, { deps, openapi }) => {
             message: calls
               ? { role: 'assistant', content: outcome.data.content || null, tool_calls: calls, refusal: null }
               : { role: 'assistant', content: outcome.data.content, refusal: null },
-            finish_reason: finishReasonOf(outcome.data.finishReason, usage.completionTokens, t.maxTokens),
+            finish_reason: finishReasonOf(
+              outcome.data.finishReason,
+              usage.completionTokens,
+              t.maxTokens,
+              !!calls,
+            ),
             logprobs: null,
           },
         ],
@@ -454,12 +460,14 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     };
     chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
     let ended = false;
+    let called = false;
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
         return;
       }
       if (c.kind === 'tool_call') {
+        called = true;
         chunk([{ index: 0, delta: { tool_calls: [toolCallDelta(c)] }, finish_reason: null, logprobs: null }]);
         return;
       }
@@ -467,7 +475,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       if (c.kind === 'error') {
         sse.send(null, { error: { message: c.detail, ...GENERATION_FAILED } });
       } else {
-        const finish = finishReasonOf(c.finishReason, c.usage.completion_tokens, t.maxTokens);
+        const finish = finishReasonOf(c.finishReason, c.usage.completion_tokens, t.maxTokens, called);
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
         if (includeUsage) chunk([], { usage: withTotal(c.usage) });
       }
@@ -487,9 +495,17 @@ export const tasks: Resource = (router, { deps, openapi }) => {
 /**
  * OpenAI's `finish_reason`: the provider's, when it gave one that is passed on. Otherwise (and for
  * replies recorded before it was kept), `length` when the reply used all the output it was allowed.
+ * A reply that called tools says `tool_calls` where it would say `stop`, as OpenAI does: some
+ * servers end such a reply with `stop`, or nothing, and agent loops go by this reason.
  */
-function finishReasonOf(said: FinishReason | undefined, completionTokens: number, maxTokens: number) {
-  return said ?? (completionTokens >= maxTokens ? 'length' : 'stop');
+function finishReasonOf(
+  said: FinishReason | undefined,
+  completionTokens: number,
+  maxTokens: number,
+  calledTools: boolean,
+): FinishReason {
+  const reason = said ?? (completionTokens >= maxTokens ? 'length' : 'stop');
+  return calledTools && reason === 'stop' ? 'tool_calls' : reason;
 }
 
 /** A streamed piece of a tool call in OpenAI's chunk shape: id, type and name come with its first piece. */

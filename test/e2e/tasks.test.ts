@@ -905,8 +905,8 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(cancel.status).toBe(202);
     const s = await reading;
     expect(s.events.at(-1)).toMatchObject({ event: 'error' });
-    await fake.requests.at(-1)!.closed;
-    expect(fake.requests.at(-1)!.closedByClient).toBe(true);
+    await fake.requests[asked]!.closed;
+    expect(fake.requests[asked]!.closedByClient).toBe(true);
     const view = await finished(u.auth, started.id);
     expect(view.status).toBe('cancelled');
     await eventually(
@@ -937,8 +937,8 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       const cancel = await t.http.post(`${API}/tasks/${id}/cancel`).set('Authorization', u.auth);
       expect(cancel.status).toBe(202);
       if (lost) expect(lost).toHaveBeenCalledWith('tasks:cancel', id);
-      await fake.requests.at(-1)!.closed;
-      expect(fake.requests.at(-1)!.closedByClient).toBe(true);
+      await fake.requests[asked]!.closed;
+      expect(fake.requests[asked]!.closedByClient).toBe(true);
       const view = await finished(u.auth, id);
       expect(view.status).toBe('cancelled');
       expect(view.usage!.completion_tokens).toBeLessThan(countTextTokens(REPLY));
@@ -1408,7 +1408,7 @@ describe('/chat/completions with the official openai client', () => {
       ],
       [{ logprobs: true }, 'logprobs', /not offered/],
       [{ functions: [tool.function] }, 'functions', /use tools/],
-      [{ function_call: 'auto' }, 'function_call', /use tool_choice/],
+      [{ function_call: { name: 'weather' } }, 'function_call', /use tool_choice/],
       [
         {
           messages: [...say, { role: 'assistant', content: 'Looking.' }, { role: 'tool', content: 'sunny' }],
@@ -1455,6 +1455,7 @@ describe('/chat/completions with the official openai client', () => {
       messages: say,
       tools: [],
       tool_choice: 'none',
+      function_call: 'none',
       parallel_tool_calls: true,
       response_format: { type: 'text' },
       logprobs: false,
@@ -1667,6 +1668,62 @@ describe('/chat/completions with the official openai client', () => {
         finishReason: 'tool_calls',
         toolCalls: asRecorded(calls),
       });
+      // The SDK's own reader puts the same reply together.
+      const final = await clientOf(u)
+        .chat.completions.stream({ model: 'fake-model', messages: ASK, tools: [WEATHER, CLOCK] })
+        .finalChatCompletion();
+      expect(final.choices[0]!.message).toMatchObject({
+        content: 'Let me check.',
+        tool_calls: asRecorded(calls),
+      });
+      expect(final.choices[0]!.finish_reason).toBe('tool_calls');
+    });
+
+    it('says tool_calls for a reply of calls that its provider ended with stop, or with no reason it passes on', async () => {
+      const u = await newUser();
+      const call = { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris"}' };
+      const ask = { model: 'fake-model', messages: ASK, tools: [WEATHER] };
+      for (const finishReason of ['stop', 'function_call']) {
+        fake.setBehaviour({ reply: '', toolCalls: [call], finishReason });
+        const whole = await clientOf(u).chat.completions.create(ask);
+        expect(whole.choices[0]!.finish_reason).toBe('tool_calls');
+        const read = await readStreamed(await clientOf(u).chat.completions.create({ ...ask, stream: true }));
+        expect(read.finishes).toEqual(['tool_calls']);
+      }
+      // A call cut at the output limit says so.
+      fake.setBehaviour({ finishReason: 'length' });
+      expect((await clientOf(u).chat.completions.create(ask)).choices[0]!.finish_reason).toBe('length');
+    });
+
+    it('charges the pieces of calls a reply made before its provider failed, and releases the rest', async () => {
+      const u = await newUser();
+      const call = { id: 'call_w1', name: 'get_weather', arguments: '{"city":"Paris","unit":"celsius"}' };
+      fake.setBehaviour({ reply: '', toolCalls: [call], dropAfterTokens: 4 });
+      const asked = fake.requests.length;
+      const err = await failureOf<{ status: number; headers: Headers }>(
+        clientOf(u).chat.completions.create({ model: 'fake-model', messages: ASK, tools: [WEATHER] }),
+      );
+      expect(err.status).toBe(502);
+      expect(fake.requests.length).toBe(asked + 1); // after output, never retried
+      const failed = (
+        await t.deps.store.readStream(
+          taskStream(
+            (await ledgerEvents(u.id)).find((e) => e.type === 'CreditsReserved')!.data.holdId as string,
+          ),
+        )
+      ).find((e) => e.type === 'TaskFailed')!.data as {
+        taskId: string;
+        cost: number;
+        usage: { completionTokens: number };
+      };
+      expect(failed.usage.completionTokens).toBeGreaterThan(0);
+      expect(failed.cost).toBeGreaterThan(0);
+      const movements = await holdMovements(u.id, failed.taskId);
+      expect(movements).toEqual([
+        ['CreditsReserved', expect.any(Number)],
+        ['CreditsCaptured', failed.cost],
+        ['CreditsReleased', (movements[0]![1] as number) - failed.cost],
+      ]);
     });
 
     it('sends calls and their results back to the provider as given, and holds for them and for the tools offered', async () => {
@@ -1681,6 +1738,20 @@ describe('/chat/completions with the official openai client', () => {
       });
       fake.setBehaviour({ reply: REPLY, toolCalls: undefined });
       const result = '{"temperature_c":18,"sky":"overcast","wind_kmh":12}';
+      // A call is sent back as its model named it, which a provider may not have checked.
+      const odd = {
+        id: 'call_odd',
+        type: 'function' as const,
+        function: { name: 'functions.get weather', arguments: '' },
+      };
+      await client.chat.completions.create({
+        model: 'fake-model',
+        messages: [
+          ...ASK,
+          { role: 'assistant', content: null, tool_calls: [odd] },
+          { role: 'tool', tool_call_id: 'call_odd', content: '?' },
+        ],
+      });
       const answered = await client.chat.completions.create({
         model: 'fake-model',
         tools: [WEATHER],

@@ -1,4 +1,4 @@
-import { ToolCallAssembly } from '../../src/platform/llm/toolCalls';
+import { MAX_TOOL_CALL_ID, ToolCallAssembly } from '../../src/platform/llm/toolCalls';
 
 const ids = () => {
   let n = 0;
@@ -26,8 +26,8 @@ describe('tool calls put together from their pieces', () => {
 
   it('numbers the calls 0, 1, 2… whatever the provider numbered them', () => {
     const calls = new ToolCallAssembly(ids());
-    expect(calls.push({ index: 3, id: 'call_x', name: 'a' }).index).toBe(0);
-    expect(calls.push({ index: 7, id: 'call_y', name: 'b' }).index).toBe(1);
+    expect(calls.push({ index: 3, id: 'call_x', name: 'a' })!.index).toBe(0);
+    expect(calls.push({ index: 7, id: 'call_y', name: 'b' })!.index).toBe(1);
     expect(calls.push({ index: 3, arguments: '{}' })).toEqual({ index: 0, arguments: '{}' });
     expect(calls.list().map((c) => [c.id, c.function.arguments])).toEqual([
       ['call_x', '{}'],
@@ -44,16 +44,59 @@ describe('tool calls put together from their pieces', () => {
       arguments: '',
     });
     expect(calls.push({ index: 0, arguments: '{}' })).toEqual({ index: 0, arguments: '{}' });
-    expect(calls.push({ index: 1, id: '', name: 'time' }).id).toBe('call_made2');
+    expect(calls.push({ index: 1, id: '', name: 'time' })!.id).toBe('call_made2');
     expect(calls.list().map((c) => c.id)).toEqual(['call_made1', 'call_made2']);
+  });
+
+  it('takes whole calls sent one per chunk at one index, or with no index, as separate calls', () => {
+    const calls = new ToolCallAssembly(ids());
+    expect(calls.push({ index: 0, id: 'call_a', name: 'weather', arguments: '{"city":"Paris"}' })).toEqual({
+      index: 0,
+      id: 'call_a',
+      name: 'weather',
+      arguments: '{"city":"Paris"}',
+    });
+    expect(calls.push({ index: 0, id: 'call_b', name: 'time', arguments: '{}' })).toEqual({
+      index: 1,
+      id: 'call_b',
+      name: 'time',
+      arguments: '{}',
+    });
+    expect(calls.list().map((c) => [c.id, c.function.name, c.function.arguments])).toEqual([
+      ['call_a', 'weather', '{"city":"Paris"}'],
+      ['call_b', 'time', '{}'],
+    ]);
+  });
+
+  it('names a call once when every piece repeats its id and name, and passes on nothing for a piece with nothing new', () => {
+    const calls = new ToolCallAssembly(ids());
+    calls.push({ index: 0, id: 'call_a', name: 'weather', arguments: '{"city":' });
+    expect(calls.push({ index: 0, id: 'call_a', name: 'weather', arguments: '"Paris"}' })).toEqual({
+      index: 0,
+      arguments: '"Paris"}',
+    });
+    expect(calls.push({ index: 0, id: 'call_a', name: 'weather' })).toBeNull();
+    expect(calls.push({ index: 0, id: 'call_a' })).toBeNull();
+    expect(calls.list()).toEqual([
+      { id: 'call_a', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
+    ]);
+  });
+
+  it('gives a call whose id is too long to be sent back one of its own', () => {
+    const calls = new ToolCallAssembly(ids());
+    const long = `call_${'x'.repeat(MAX_TOOL_CALL_ID)}`;
+    expect(calls.push({ index: 0, id: long, name: 'weather' })!.id).toBe('call_made1');
+    // Its next pieces, which repeat the long id, still belong to it.
+    expect(calls.push({ index: 0, id: long, arguments: '{}' })).toEqual({ index: 0, arguments: '{}' });
+    expect(calls.list().map((c) => [c.id, c.function.arguments])).toEqual([['call_made1', '{}']]);
   });
 
   it('makes what it passes on storable: no NUL, and a surrogate pair split between pieces kept whole', () => {
     const calls = new ToolCallAssembly(ids());
     const pair = '🎉';
     calls.push({ index: 0, id: 'call_a', name: 'say\u0000it' });
-    const first = calls.push({ index: 0, arguments: `{"x":"\u0000${pair[0]}` });
-    const second = calls.push({ index: 0, arguments: `${pair[1]}"}` });
+    const first = calls.push({ index: 0, arguments: `{"x":"\u0000${pair[0]}` })!;
+    const second = calls.push({ index: 0, arguments: `${pair[1]}"}` })!;
     expect(first.arguments).not.toContain('\u0000');
     expect(first.arguments!.endsWith(pair[0]!)).toBe(false);
     expect(second.arguments!.startsWith(pair)).toBe(true);

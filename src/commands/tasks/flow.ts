@@ -160,7 +160,8 @@ export class TaskFlow {
   >();
   /** Looks in the task streams of long generations for a cancel that did not reach this process. */
   private readonly cancelChecker: NodeJS.Timeout;
-  private checkingCancels = false;
+  /** The check under way, if any: closing waits for it, and a check never overlaps the last. */
+  private checkingCancels: Promise<void> | undefined;
   /** Starts past the closing check, not generating yet: closing waits for them too. */
   private readonly starting = new Set<Promise<unknown>>();
   private readonly subscriber: Redis | undefined;
@@ -173,7 +174,10 @@ export class TaskFlow {
 
   constructor(private readonly deps: TaskFlowDeps) {
     this.graceMs = sweepGraceMs(deps.config.TASK_TIMEOUT_SECONDS * 1000);
-    this.cancelChecker = setInterval(() => void this.checkCancels(), deps.config.TASK_CANCEL_CHECK_MS);
+    // Every instance that generates checks its own generations, so this starts with the flow.
+    this.cancelChecker = setInterval(() => {
+      this.checkingCancels ??= this.checkCancels().finally(() => (this.checkingCancels = undefined));
+    }, deps.config.TASK_CANCEL_CHECK_MS);
     this.cancelChecker.unref();
     if (deps.redis) {
       // Queued until connected, and subscribed again by the client after any reconnect.
@@ -376,6 +380,7 @@ export class TaskFlow {
     this.closing = true;
     clearInterval(this.sweeper);
     clearInterval(this.cancelChecker);
+    await this.checkingCancels;
     this.sweeper = undefined;
     await this.sweeping;
     // Until none is left: a request that was already starting one adds it meanwhile. Were it not
@@ -560,7 +565,9 @@ export class TaskFlow {
       buffer.append(taskId, { kind: 'delta', content: delta });
     };
     const calls = new ToolCallAssembly(() => `call_${this.deps.ids.next().replaceAll('-', '')}`);
-    const addCall = (piece: ToolCallDelta) => buffer.append(taskId, { kind: 'tool_call', ...piece });
+    const addCall = (piece: ToolCallDelta | null) => {
+      if (piece) buffer.append(taskId, { kind: 'tool_call', ...piece });
+    };
     let reported: Usage | null = null;
     let finish: FinishReason | null = null;
     let failure: string | null = null;
@@ -726,22 +733,18 @@ export class TaskFlow {
    * no read, and a long one a read per interval.
    */
   private async checkCancels(): Promise<void> {
-    if (this.checkingCancels) return;
-    this.checkingCancels = true;
-    try {
-      const before = Date.now() - this.deps.config.TASK_CANCEL_CHECK_MS;
-      for (const [taskId, run] of [...this.running]) {
-        if (run.startedAt > before || run.abort.signal.aborted) continue;
+    const before = Date.now() - this.deps.config.TASK_CANCEL_CHECK_MS;
+    for (const [taskId, run] of [...this.running]) {
+      if (run.startedAt > before || run.abort.signal.aborted || this.closing) continue;
+      try {
         const { state } = await this.deps.commands.read(taskDecider, taskStream(taskId));
         if (state.cancelRequested) {
           this.deps.logger.warn({ taskId }, 'task cancel found in its stream; its message never came');
           this.abortLocal(taskId, 'cancel');
         }
+      } catch (err) {
+        this.deps.logger.warn({ err, taskId }, 'task cancel not checked; tried again next time');
       }
-    } catch (err) {
-      this.deps.logger.warn({ err }, 'task cancels not checked; tried again next time');
-    } finally {
-      this.checkingCancels = false;
     }
   }
 

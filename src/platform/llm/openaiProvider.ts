@@ -178,13 +178,13 @@ function toolCallPiece(
 ): ToolCallDelta | null {
   const index =
     Number.isSafeInteger(call.index) && (call.index as number) >= 0 ? (call.index as number) : position;
-  const id = typeof call.id === 'string' && call.id !== '' ? call.id : undefined;
+  const id = typeof call.id === 'string' ? call.id : undefined;
   const name = typeof call.function?.name === 'string' ? call.function.name : undefined;
   const args = typeof call.function?.arguments === 'string' ? call.function.arguments : undefined;
-  if (id === undefined && !name && !args) return null;
+  if (!id && !name && !args) return null;
   return {
     index,
-    ...(id !== undefined ? { id } : {}),
+    ...(id ? { id } : {}),
     ...(name ? { name } : {}),
     ...(args ? { arguments: args } : {}),
   };

@@ -1,41 +1,67 @@
 import { storableText, StorableTextStream } from '../text';
 import type { ToolCall, ToolCallDelta } from './types';
 
+/** Longest id of a call we pass on; a client sends it back, and we take back no longer one. */
+export const MAX_TOOL_CALL_ID = 200;
+
+interface Entry {
+  index: number;
+  /** The id the provider gave it, if any: its next pieces may repeat it. */
+  providerId: string | undefined;
+  call: ToolCall;
+  args: StorableTextStream;
+}
+
 /**
- * The tool calls of one reply, put together from their streamed pieces. Each piece is made
- * storable as it passes (a model may send NUL, or split a surrogate pair between two pieces of
- * arguments), and a call whose provider sent no id gets one, in its first piece, so a client can
- * answer it. Calls are numbered 0, 1, 2… in the order they begin, whatever the provider numbered
- * them: a call's `index` is its place in `list()`.
+ * The tool calls of one reply, put together from their streamed pieces as the official SDK does.
+ * Providers differ in how they send them, and each way gives the same calls:
+ * - a call's first piece has its id and name, the next ones only more arguments (OpenAI);
+ * - every piece repeats the id and the name (the name is then not doubled);
+ * - whole calls, one per chunk, with no index or all at index 0 (a new id is a new call).
+ * Each piece is made storable as it passes (a model may send NUL, or split a surrogate pair between
+ * two pieces of arguments). A call whose provider sent no id, or one too long to be sent back, gets
+ * one of ours in its first piece, so a client can answer it. Calls are numbered 0, 1, 2… in the
+ * order they begin, whatever the provider numbered them: a call's `index` is its place in `list()`.
  */
 export class ToolCallAssembly {
-  /** By the provider's index, in the order the calls began. */
-  private readonly calls = new Map<number, { index: number; call: ToolCall; args: StorableTextStream }>();
+  private readonly entries: Entry[] = [];
+  /** The call each provider index currently adds to. */
+  private readonly current = new Map<number, Entry>();
 
-  /** `newId` makes an id for a call that came without one. */
+  /** `newId` makes an id for a call that came without a usable one. */
   constructor(private readonly newId: () => string) {}
 
-  /** The piece as it is passed on: storable, with the call's id when it is the call's first. */
-  push(piece: ToolCallDelta): ToolCallDelta {
-    let entry = this.calls.get(piece.index);
-    const first = entry === undefined;
-    if (!entry) {
-      const id = piece.id ? storableText(piece.id) : this.newId();
+  /**
+   * The piece as it is passed on: storable, with the call's id (and name) when it is the call's
+   * first; null when it brings nothing new (an id or name repeated).
+   */
+  push(piece: ToolCallDelta): ToolCallDelta | null {
+    const id = piece.id ? storableText(piece.id) : undefined;
+    let entry = this.current.get(piece.index);
+    const first = entry === undefined || (id !== undefined && id !== entry.providerId);
+    if (first) {
+      const usable = id !== undefined && id.length <= MAX_TOOL_CALL_ID ? id : this.newId();
       entry = {
-        index: this.calls.size,
-        call: { id, type: 'function', function: { name: '', arguments: '' } },
+        index: this.entries.length,
+        providerId: id,
+        call: { id: usable, type: 'function', function: { name: '', arguments: '' } },
         args: new StorableTextStream(),
       };
-      this.calls.set(piece.index, entry);
+      this.entries.push(entry);
+      this.current.set(piece.index, entry);
     }
+    const call = entry!.call;
+    // Named in a later piece than its first, or again in each: the name is set, never added to.
     const name = piece.name ? storableText(piece.name) : '';
-    const args = piece.arguments ? entry.args.push(piece.arguments) : '';
-    entry.call.function.name += name;
-    entry.call.function.arguments += args;
+    const renamed = name !== '' && name !== call.function.name;
+    if (renamed) call.function.name = name;
+    const args = piece.arguments ? entry!.args.push(piece.arguments) : '';
+    call.function.arguments += args;
+    if (!first && !renamed && !args) return null;
     return {
-      index: entry.index,
-      ...(first ? { id: entry.call.id } : {}),
-      ...(name ? { name } : {}),
+      index: entry!.index,
+      ...(first ? { id: call.id } : {}),
+      ...(renamed ? { name } : {}),
       ...(args || first ? { arguments: args } : {}),
     };
   }
@@ -43,7 +69,7 @@ export class ToolCallAssembly {
   /** The last pieces: what each call's arguments kept back, for calls that had some. */
   end(): ToolCallDelta[] {
     const rest: ToolCallDelta[] = [];
-    for (const entry of this.calls.values()) {
+    for (const entry of this.entries) {
       const tail = entry.args.end();
       if (!tail) continue;
       entry.call.function.arguments += tail;
@@ -54,6 +80,6 @@ export class ToolCallAssembly {
 
   /** The calls, in the order they began. */
   list(): ToolCall[] {
-    return [...this.calls.values()].map((e) => e.call);
+    return this.entries.map((e) => e.call);
   }
 }
