@@ -131,6 +131,8 @@ const CompletionBody = z
     frequency_penalty: z.number().min(-2).max(2).nullish(),
     stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullish(),
     n: z.literal(1).nullish(),
+    seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullish(),
+    reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high']).nullish(),
   })
   .superRefine((b, ctx) => {
     const offered = b.tools ?? [];
@@ -360,6 +362,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         presence_penalty: body.presence_penalty,
         frequency_penalty: body.frequency_penalty,
         stop,
+        seed: body.seed,
+        reasoning_effort: body.reasoning_effort,
       }).filter(([, v]) => v !== undefined && v !== null),
     );
     const messages: ChatMessageInput[] = body.messages.map((m) => ({

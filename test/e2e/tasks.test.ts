@@ -1407,6 +1407,8 @@ describe('/chat/completions with the official openai client', () => {
         'response_format.json_schema.name',
       ],
       [{ logprobs: true }, 'logprobs', /not offered/],
+      [{ reasoning_effort: 'extreme' }, 'reasoning_effort'],
+      [{ seed: 1.5 }, 'seed'],
       [{ functions: [tool.function] }, 'functions', /use tools/],
       [{ function_call: { name: 'weather' } }, 'function_call', /use tool_choice/],
       [
@@ -1457,6 +1459,8 @@ describe('/chat/completions with the official openai client', () => {
       tool_choice: 'none',
       function_call: 'none',
       parallel_tool_calls: true,
+      seed: 7,
+      reasoning_effort: 'high',
       response_format: { type: 'text' },
       logprobs: false,
     });
@@ -1465,6 +1469,8 @@ describe('/chat/completions with the official openai client', () => {
     expect(upstream).not.toHaveProperty('tools');
     expect(upstream).not.toHaveProperty('tool_choice');
     expect(upstream).not.toHaveProperty('parallel_tool_calls');
+    // A seed and a reasoning effort go on as asked.
+    expect(upstream).toMatchObject({ seed: 7, reasoning_effort: 'high' });
 
     // An uploaded picture, as apps send it: a data URL, passed upstream as sent, its detail too.
     const picture = `data:image/png;base64,${(

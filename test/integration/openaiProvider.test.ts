@@ -11,6 +11,7 @@ import {
   ProviderError,
   type ChatMessageInput,
   type FinishReason,
+  type GenerationParams,
   type LlmProvider,
   type ModelInfo,
   type ResponseFormat,
@@ -69,6 +70,7 @@ async function collect(
     onDelta?: (n: number) => unknown;
     tools?: ToolOptions;
     responseFormat?: ResponseFormat;
+    params?: Partial<GenerationParams>;
     messages?: ChatMessageInput[];
   } = {},
 ): Promise<Outcome> {
@@ -84,7 +86,7 @@ async function collect(
     const stream = provider.stream({
       model,
       messages: options.messages ?? messages,
-      params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'] },
+      params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'], ...options.params },
       tools: options.tools,
       responseFormat: options.responseFormat,
       signal: options.signal ?? new AbortController().signal,
@@ -142,6 +144,14 @@ describe('OpenAI-compatible provider against the fake server', () => {
     await collect(providerFor({ maxTokensParam: 'max_completion_tokens' }), { maxTokens: 3 });
     expect(fake.requests[0]?.body.max_completion_tokens).toBe(3);
     expect(fake.requests[0]?.body).not.toHaveProperty('max_tokens');
+  });
+
+  it('asks for a seed and a reasoning effort when given, and for neither when not', async () => {
+    await collect(providerFor(), { params: { seed: 42, reasoning_effort: 'low' } });
+    await collect(providerFor());
+    expect(fake.requests[0]!.body).toMatchObject({ seed: 42, reasoning_effort: 'low' });
+    expect(fake.requests[1]!.body).not.toHaveProperty('seed');
+    expect(fake.requests[1]!.body).not.toHaveProperty('reasoning_effort');
   });
 
   it('passes on the finish reasons it knows, and no other', async () => {

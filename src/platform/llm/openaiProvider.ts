@@ -210,6 +210,8 @@ function requestBody(
     ...(p.presence_penalty !== undefined ? { presence_penalty: p.presence_penalty } : {}),
     ...(p.frequency_penalty !== undefined ? { frequency_penalty: p.frequency_penalty } : {}),
     ...(p.stop !== undefined && p.stop.length > 0 ? { stop: p.stop } : {}),
+    ...(p.seed !== undefined ? { seed: p.seed } : {}),
+    ...(p.reasoning_effort !== undefined ? { reasoning_effort: p.reasoning_effort } : {}),
     ...(req.tools && req.tools.tools.length > 0
       ? {
           tools: req.tools.tools as ChatCompletionTool[],

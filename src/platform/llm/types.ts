@@ -81,6 +81,10 @@ export interface GenerationParams {
   presence_penalty?: number | undefined;
   frequency_penalty?: number | undefined;
   stop?: string[] | undefined;
+  /** Asks the provider to sample the same way each time (its best effort). */
+  seed?: number | undefined;
+  /** How long a reasoning model thinks before it answers (OpenAI's values). */
+  reasoning_effort?: 'minimal' | 'low' | 'medium' | 'high' | undefined;
 }
 
 export interface Usage {
