@@ -44,6 +44,8 @@ export const TaskEventSchemas = {
      * nothing passed on, and in events recorded before it was kept.
      */
     finishReason: z.enum(['stop', 'length', 'content_filter', 'tool_calls']).optional(),
+    /** The reasoning the model showed before it answered, when it showed any (its tokens are in `usage`). */
+    reasoning: z.string().optional(),
     /**
      * The functions the model called, when a completion offered it some (OpenAI's shape; the
      * arguments are JSON text as the model wrote it). Their tokens are in `usage`.

@@ -309,8 +309,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     };
     void followTask(id, claimed.outcome, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') sse.send('delta', { content: c.content });
-      else if (c.kind === 'tool_call')
-        return; // a chat's task offers no tools: none comes
+      // A chat's task offers no tools, and its events have no place for reasoning (API.md).
+      else if (c.kind === 'tool_call' || c.kind === 'reasoning') return;
       else if (c.kind === 'done') sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
       else sse.send('error', { detail: c.detail });
     })
@@ -438,9 +438,14 @@ export const tasks: Resource = (router, { deps, openapi }) => {
           {
             index: 0,
             // As OpenAI answers a reply of calls alone: no content.
-            message: calls
-              ? { role: 'assistant', content: outcome.data.content || null, tool_calls: calls, refusal: null }
-              : { role: 'assistant', content: outcome.data.content, refusal: null },
+            message: {
+              role: 'assistant',
+              content: calls ? outcome.data.content || null : outcome.data.content,
+              // As DeepSeek answers it, for the clients that show it.
+              ...(outcome.data.reasoning ? { reasoning_content: outcome.data.reasoning } : {}),
+              ...(calls ? { tool_calls: calls } : {}),
+              refusal: null,
+            },
             finish_reason: finishReasonOf(
               outcome.data.finishReason,
               usage.completionTokens,
@@ -468,6 +473,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') {
         chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
+        return;
+      }
+      if (c.kind === 'reasoning') {
+        chunk([{ index: 0, delta: { reasoning_content: c.content }, finish_reason: null, logprobs: null }]);
         return;
       }
       if (c.kind === 'tool_call') {
@@ -512,6 +521,9 @@ function finishReasonOf(
   return calledTools && reason === 'stop' ? 'tool_calls' : reason;
 }
 
+/** What of `whole` comes after `sent`, when `sent` is where it starts (else nothing: it went another way). */
+const restOf = (whole: string, sent: string) => (whole.startsWith(sent) ? whole.slice(sent.length) : '');
+
 /** A streamed piece of a tool call in OpenAI's chunk shape: id, type and name come with its first piece. */
 function toolCallDelta(c: ToolCallDelta) {
   const fn = {
@@ -547,25 +559,30 @@ export async function followTask(
   stallCheckMs = STALL_CHECK_MS,
 ): Promise<void> {
   let sent = '';
+  let sentReasoning = '';
   /** Each tool call's arguments sent so far, by index. */
   const sentCalls = new Map<number, string>();
   const send = (c: TaskChunk) => {
     if (c.kind === 'delta') sent += c.content;
+    if (c.kind === 'reasoning') sentReasoning += c.content;
     if (c.kind === 'tool_call') sentCalls.set(c.index, (sentCalls.get(c.index) ?? '') + (c.arguments ?? ''));
     onChunk(c);
   };
   const finishFrom = async (outcome: TaskOutcome) => {
     await task.settle(outcome);
-    const rest = outcome.data.content.startsWith(sent) ? outcome.data.content.slice(sent.length) : '';
+    const completed = outcome.type === 'TaskCompleted' ? outcome.data : null;
+    const thought = restOf(completed?.reasoning ?? '', sentReasoning);
+    if (thought) send({ kind: 'reasoning', content: thought });
+    const rest = restOf(outcome.data.content, sent);
     if (rest) send({ kind: 'delta', content: rest });
-    const calls = outcome.type === 'TaskCompleted' ? (outcome.data.toolCalls ?? []) : [];
+    const calls = completed?.toolCalls ?? [];
     calls.forEach((call, index) => {
       const args = call.function.arguments;
       const before = sentCalls.get(index);
       if (before === undefined) {
         send({ kind: 'tool_call', index, id: call.id, name: call.function.name, arguments: args });
-      } else if (args.length > before.length && args.startsWith(before)) {
-        send({ kind: 'tool_call', index, arguments: args.slice(before.length) });
+      } else if (restOf(args, before)) {
+        send({ kind: 'tool_call', index, arguments: restOf(args, before) });
       }
     });
     send(chunkOf(outcome));

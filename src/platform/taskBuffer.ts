@@ -6,6 +6,8 @@ import type { Logger } from './logger';
 /** One piece of a task's output, as the SSE stream sends it. */
 export type TaskChunk =
   | { kind: 'delta'; content: string }
+  /** A piece of the reasoning a reasoning model shows before it answers (completions only). */
+  | { kind: 'reasoning'; content: string }
   /** A piece of a call of a tool the model was offered (completions only). */
   | ({ kind: 'tool_call' } & ToolCallDelta)
   | {

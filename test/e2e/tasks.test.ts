@@ -7,7 +7,7 @@ import { chatStream } from '../../src/events/chats';
 import { taskStream } from '../../src/events/tasks';
 import { ledgerStream } from '../../src/events/ledger';
 import { allResources } from '../../src/http/resources';
-import { countTextTokens } from '../../src/platform/llm/tokens';
+import { countTextTokens, tokenPieces } from '../../src/platform/llm/tokens';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
@@ -103,6 +103,8 @@ afterEach(() =>
     pieces: undefined,
     finishReason: undefined,
     toolCalls: undefined,
+    reasoning: undefined,
+    reasoningField: undefined,
   }),
 );
 
@@ -342,6 +344,7 @@ async function recordedTask(completionId: string) {
         usageSource: string;
         finishReason?: string;
         toolCalls?: RecordedCall[];
+        reasoning?: string;
       }
     | undefined;
   return { taskId, created, completed };
@@ -1889,6 +1892,87 @@ describe('/chat/completions with the official openai client', () => {
       });
       expect(answer.choices[0]!.finish_reason).toBe('stop');
       expect(fake.requests.length).toBe(asked);
+    });
+  });
+
+  describe('with reasoning', () => {
+    const THOUGHT = 'The user wants a greeting. A short and friendly one will do.';
+    const ASK = [{ role: 'user' as const, content: 'Say hello.' }];
+    const pieces = (s: string) => tokenPieces(s).filter((p) => p !== '');
+
+    it('passes the reasoning on before the reply, streamed or not, and records it', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      fake.setBehaviour({ reasoning: THOUGHT });
+      const chunks = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        stream: true,
+      });
+      let id = '';
+      const order: string[] = [];
+      let thought = '';
+      let text = '';
+      for await (const c of chunks) {
+        id = c.id;
+        const delta = c.choices[0]?.delta as { content?: string; reasoning_content?: string } | undefined;
+        if (delta?.reasoning_content) {
+          order.push('reasoning');
+          thought += delta.reasoning_content;
+        }
+        if (delta?.content) {
+          order.push('content');
+          text += delta.content;
+        }
+      }
+      expect(thought).toBe(THOUGHT);
+      expect(text).toBe(REPLY);
+      // Piece by piece, as the provider sent it, all before the reply.
+      expect(order).toEqual([
+        ...pieces(THOUGHT).map(() => 'reasoning'),
+        ...pieces(REPLY).map(() => 'content'),
+      ]);
+      expect((await recordedTask(id)).completed).toMatchObject({ content: REPLY, reasoning: THOUGHT });
+
+      const whole = await client.chat.completions.create({ model: 'fake-model', messages: ASK });
+      expect(whole.choices[0]!.message).toEqual({
+        role: 'assistant',
+        content: REPLY,
+        reasoning_content: THOUGHT,
+        refusal: null,
+      });
+    });
+
+    it('charges the reasoning like the reply, counted when the provider reports no usage', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      fake.setBehaviour({ reasoning: THOUGHT, omitUsage: true });
+      const completion = await client.chat.completions.create({ model: 'fake-model', messages: ASK });
+      const { taskId, completed } = await recordedTask(completion.id);
+      expect(completed!.usageSource).toBe('tokenizer');
+      expect(completed!.usage.completionTokens).toBe(countTextTokens(THOUGHT) + countTextTokens(REPLY));
+      expect((await holdMovements(u.id, taskId)).filter(([type]) => type === 'CreditsCaptured')).toEqual([
+        ['CreditsCaptured', completed!.cost],
+      ]);
+    });
+
+    it('keeps a chat to its reply: its stream and its saved message have no reasoning, though it is charged', async () => {
+      const u = await newUser();
+      const chatId = await newChat(u.auth);
+      fake.setBehaviour({ reasoning: THOUGHT });
+      const started = await startTask(u.auth, chatId);
+      const s = await stream(u.auth, started.id);
+      expect([...new Set(s.events.map((e) => e.event))]).toEqual(['delta', 'done']);
+      expect(
+        s.events
+          .filter((e) => e.event === 'delta')
+          .map((e) => e.data.content)
+          .join(''),
+      ).toBe(REPLY);
+      const done = s.events.at(-1)!.data as { message_id: string; usage: { completion_tokens: number } };
+      expect(done.usage.completion_tokens).toBe(pieces(THOUGHT).length + countTextTokens(REPLY));
+      const saved = await lastMessage(u.auth, chatId, done.message_id);
+      expect(saved.content).toEqual([{ type: 'text', text: REPLY }]);
     });
   });
 

@@ -51,11 +51,12 @@ const providerFor = (overrides: Partial<Parameters<typeof createOpenAIProvider>[
 
 interface Outcome {
   deltas: string[];
+  reasoning: string[];
   toolCalls: ToolCallDelta[];
   finish: FinishReason | undefined;
   usage: Usage | undefined;
   /** What each item was, in order. */
-  kinds: ('delta' | 'toolCall' | 'finish' | 'usage')[];
+  kinds: ('delta' | 'toolCall' | 'reasoning' | 'finish' | 'usage')[];
   error: unknown;
 }
 
@@ -76,6 +77,7 @@ async function collect(
 ): Promise<Outcome> {
   const out: Outcome = {
     deltas: [],
+    reasoning: [],
     toolCalls: [],
     finish: undefined,
     usage: undefined,
@@ -96,6 +98,9 @@ async function collect(
         out.kinds.push('delta');
         out.deltas.push(item.delta);
         await options.onDelta?.(out.deltas.length);
+      } else if ('reasoning' in item) {
+        out.kinds.push('reasoning');
+        out.reasoning.push(item.reasoning);
       } else if ('toolCall' in item) {
         out.kinds.push('toolCall');
         out.toolCalls.push(item.toolCall);
@@ -144,6 +149,26 @@ describe('OpenAI-compatible provider against the fake server', () => {
     await collect(providerFor({ maxTokensParam: 'max_completion_tokens' }), { maxTokens: 3 });
     expect(fake.requests[0]?.body.max_completion_tokens).toBe(3);
     expect(fake.requests[0]?.body).not.toHaveProperty('max_tokens');
+  });
+
+  it('yields the reasoning a model shows before its reply, under either name servers give it', async () => {
+    const thought = 'The user greets me; I answer in kind.';
+    for (const reasoningField of ['reasoning_content', 'reasoning'] as const) {
+      fake.setBehaviour({ reasoning: thought, reasoningField });
+      const out = await collect(providerFor());
+      expect(out.error).toBeUndefined();
+      expect(out.reasoning).toEqual(tokenPieces(thought).filter((p) => p !== ''));
+      expect(out.deltas.join('')).toBe(REPLY);
+      expect(out.kinds.lastIndexOf('reasoning')).toBeLessThan(out.kinds.indexOf('delta'));
+    }
+  });
+
+  it('a connection dropped in the reasoning fails without retry: it was output', async () => {
+    fake.setBehaviour({ reasoning: 'Let me think about this for a while.', dropAfterTokens: 2 });
+    const out = await collect(withRetryBeforeFirstToken(providerFor(), { attempts: 3, baseDelayMs: 1 }));
+    expect(out.reasoning).toHaveLength(2);
+    expect(out.error).toMatchObject({ name: 'ProviderError', retryable: false, afterOutput: true });
+    expect(fake.requests).toHaveLength(1);
   });
 
   it('asks for a seed and a reasoning effort when given, and for neither when not', async () => {

@@ -15,6 +15,7 @@ const completed: TaskOutcome = {
     cost: 7,
     usageSource: 'provider',
     finishReason: 'tool_calls',
+    reasoning: 'Paris, so the weather and the time there.',
     toolCalls: [
       { id: 'call_a', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
       { id: 'call_b', type: 'function', function: { name: 'time', arguments: '{}' } },
@@ -46,7 +47,7 @@ function storedTask() {
 }
 
 describe('following a task to its end from its outcome', () => {
-  it('gives a task that had ended its text and whole tool calls, settled first', async () => {
+  it('gives a task that had ended its reasoning, text and whole tool calls, settled first', async () => {
     const { settled, task } = storedTask();
     const got: TaskChunk[] = [];
     const buffer = createMemoryTaskBuffer();
@@ -55,6 +56,7 @@ describe('following a task to its end from its outcome', () => {
       got.push(c);
     });
     expect(got).toEqual([
+      { kind: 'reasoning', content: 'Paris, so the weather and the time there.' },
       { kind: 'delta', content: 'Looking.' },
       { kind: 'tool_call', index: 0, id: 'call_a', name: 'weather', arguments: '{"city":"Paris"}' },
       { kind: 'tool_call', index: 1, id: 'call_b', name: 'time', arguments: '{}' },
@@ -67,6 +69,7 @@ describe('following a task to its end from its outcome', () => {
     const { task } = storedTask();
     const buffer = createMemoryTaskBuffer();
     const sentBefore: TaskChunk[] = [
+      { kind: 'reasoning', content: 'Paris, so the weather and the time there.' },
       { kind: 'delta', content: 'Looking.' },
       { kind: 'tool_call', index: 0, id: 'call_a', name: 'weather', arguments: '' },
       { kind: 'tool_call', index: 0, arguments: '{"city":' },
@@ -80,6 +83,23 @@ describe('following a task to its end from its outcome', () => {
       { kind: 'tool_call', index: 1, id: 'call_b', name: 'time', arguments: '{}' },
       doneChunk,
     ]);
+    await buffer.close();
+  });
+});
+
+describe('following a task whose buffer stalled in its reasoning', () => {
+  it('gives the rest of the reasoning, then the reply', async () => {
+    const { task } = storedTask();
+    const buffer = createMemoryTaskBuffer();
+    buffer.append('t1', { kind: 'reasoning', content: 'Paris, so ' });
+    const got: TaskChunk[] = [];
+    await followTask('t1', null, buffer, new AbortController().signal, task, (c) => got.push(c), 20);
+    expect(got.slice(0, 3)).toEqual([
+      { kind: 'reasoning', content: 'Paris, so ' },
+      { kind: 'reasoning', content: 'the weather and the time there.' },
+      { kind: 'delta', content: 'Looking.' },
+    ]);
+    expect(got.at(-1)).toEqual(doneChunk);
     await buffer.close();
   });
 });

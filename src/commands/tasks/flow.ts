@@ -564,6 +564,13 @@ export class TaskFlow {
       text += delta;
       buffer.append(taskId, { kind: 'delta', content: delta });
     };
+    let reasoning = '';
+    const storableReasoning = new StorableTextStream();
+    const addReasoning = (piece: string) => {
+      if (!piece) return;
+      reasoning += piece;
+      buffer.append(taskId, { kind: 'reasoning', content: piece });
+    };
     const calls = new ToolCallAssembly(() => `call_${this.deps.ids.next().replaceAll('-', '')}`);
     const addCall = (piece: ToolCallDelta | null) => {
       if (piece) buffer.append(taskId, { kind: 'tool_call', ...piece });
@@ -584,6 +591,7 @@ export class TaskFlow {
         if ('usage' in item) reported = item.usage;
         else if ('finish' in item) finish = item.finish;
         else if ('toolCall' in item) addCall(calls.push(item.toolCall));
+        else if ('reasoning' in item) addReasoning(storableReasoning.push(item.reasoning));
         else if (item.delta) add(storable.push(item.delta));
       }
     } catch (err) {
@@ -593,6 +601,7 @@ export class TaskFlow {
       }
     }
     add(storable.end());
+    addReasoning(storableReasoning.end());
     for (const piece of calls.end()) addCall(piece);
     const toolCalls = calls.list();
     const why = signal.aborted ? String(signal.reason) : null;
@@ -607,7 +616,7 @@ export class TaskFlow {
       completionTokens:
         completed && reported
           ? reported.completion_tokens
-          : countTextTokens(text) + countToolCallTokens(toolCalls),
+          : countTextTokens(text) + countTextTokens(reasoning) + countToolCallTokens(toolCalls),
     };
     // Charged at most for what the hold was sized for on the output side: the model was asked for
     // `maxTokens`, and more (a provider miscounting, or our tokenizer counting another model's text
@@ -629,7 +638,7 @@ export class TaskFlow {
       );
     }
     // Nothing generated, nothing owed: a provider that failed at once, or a cancel before any output.
-    const owed = completed || text.length > 0 || toolCalls.length > 0;
+    const owed = completed || text.length > 0 || reasoning.length > 0 || toolCalls.length > 0;
     const cost = owed
       ? costOf(g.model, { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens })
       : 0;
@@ -647,6 +656,7 @@ export class TaskFlow {
         ...common,
         usageSource: reported ? 'provider' : 'tokenizer',
         ...(finish ? { finishReason: finish } : {}),
+        ...(reasoning ? { reasoning } : {}),
         ...(toolCalls.length > 0 ? { toolCalls } : {}),
       });
     } else if (why === 'cancel') {

@@ -141,6 +141,13 @@ async function* streamCompletion(
         yield { delta };
         arm();
       }
+      const reasoning = reasoningOf(choice?.delta);
+      if (reasoning) {
+        afterOutput = true;
+        silentSince = null;
+        yield { reasoning };
+        arm();
+      }
       const calls = choice?.delta?.tool_calls;
       if (calls) {
         for (const [position, call] of calls.entries()) {
@@ -166,6 +173,16 @@ async function* streamCompletion(
   if (!finished) throw failure('the stream ended before the model finished its reply', true);
   if (finish) yield { finish };
   if (usage) yield { usage };
+}
+
+/**
+ * The reasoning a delta carries, which the SDK's types do not know: `reasoning_content` (DeepSeek,
+ * DashScope, vLLM) or `reasoning` (Ollama, newer vLLM).
+ */
+function reasoningOf(delta: object | undefined): string | undefined {
+  const d = delta as { reasoning_content?: unknown; reasoning?: unknown } | undefined;
+  const text = d?.reasoning_content ?? d?.reasoning;
+  return typeof text === 'string' && text !== '' ? text : undefined;
 }
 
 /**

@@ -120,11 +120,16 @@ export const FINISH_REASONS = ['stop', 'length', 'content_filter', 'tool_calls']
 export type FinishReason = (typeof FINISH_REASONS)[number];
 
 /**
- * One item of a reply: a piece of text or of a tool call; then, when the provider says them, why it
- * ended and the usage (last).
+ * One item of a reply: a piece of its text, of a tool call, or of the reasoning a reasoning model
+ * shows before it answers (DeepSeek's `reasoning_content`); then, when the provider says them, why
+ * it ended and the usage (last).
  */
 export type StreamItem =
-  { delta: string } | { toolCall: ToolCallDelta } | { finish: FinishReason } | { usage: Usage };
+  | { delta: string }
+  | { toolCall: ToolCallDelta }
+  | { reasoning: string }
+  | { finish: FinishReason }
+  | { usage: Usage };
 
 export interface StreamRequest {
   model: ModelInfo;

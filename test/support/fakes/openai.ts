@@ -42,6 +42,13 @@ export interface FakeBehaviour {
    * (o200k_base) per chunk; each chunk counts as one token, and its name as one more.
    */
   toolCalls?: { id?: string; name: string; arguments: string }[] | undefined;
+  /**
+   * Reasoning to show before the reply, a token per chunk, as DeepSeek streams it
+   * (`delta.reasoning_content`, or `delta.reasoning` with `reasoningField`); each chunk counts as
+   * one token. Not streamed, it is `message.reasoning_content`.
+   */
+  reasoning?: string | undefined;
+  reasoningField?: 'reasoning_content' | 'reasoning' | undefined;
 }
 
 export interface FakeRequest {
@@ -275,7 +282,12 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
                   function: { name: c.name, arguments: c.arguments },
                 })),
               }
-            : { role: 'assistant', content: text, refusal: null },
+            : {
+                role: 'assistant',
+                content: text,
+                refusal: null,
+                ...(b.reasoning ? { reasoning_content: b.reasoning } : {}),
+              },
           logprobs: null,
           finish_reason: reply.finishReason,
         },
@@ -310,7 +322,12 @@ function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
   const cut = typeof max === 'number' && max >= 0 && max < all.length;
   const tokens = cut ? all.slice(0, max) : all;
   const pieces = tokens.filter((p) => p !== '');
-  const deltas: object[] = pieces.map((content) => ({ content }));
+  const thoughts = b.reasoning ? tokenPieces(b.reasoning).filter((p) => p !== '') : [];
+  const field = b.reasoningField ?? 'reasoning_content';
+  const deltas: object[] = [
+    ...thoughts.map((t) => ({ [field]: t })),
+    ...pieces.map((content) => ({ content })),
+  ];
   let callTokens = 0;
   (b.toolCalls ?? []).forEach((call, index) => {
     const first = { index, ...(call.id ? { id: call.id } : {}), type: 'function' };
@@ -322,7 +339,7 @@ function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
   return {
     pieces,
     deltas,
-    tokens: tokens.length + callTokens,
+    tokens: thoughts.length + tokens.length + callTokens,
     finishReason: b.finishReason ?? (b.toolCalls ? 'tool_calls' : cut ? 'length' : 'stop'),
   };
 }
