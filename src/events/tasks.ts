@@ -71,6 +71,11 @@ export const TaskEventSchemas = {
     usage,
     cost: z.number().int().min(0),
     reason: z.string(),
+    /**
+     * The provider's HTTP status when it refused the request as asked, before any output (400, 413,
+     * 422): the caller's request, not the service, was at fault.
+     */
+    providerStatus: z.number().int().min(400).max(499).optional(),
     failedAt: at,
   }),
   TaskCancelled: z.object({

@@ -3,7 +3,7 @@ import { chunkOf, type StartedTask, type TaskFlow } from '../commands/tasks/flow
 import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider';
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
-import { Conflict, DomainError } from '../platform/errors';
+import { BadRequest, Conflict, DomainError } from '../platform/errors';
 import type { ChatMessageInput, FinishReason, ToolCallDelta, ToolOptions } from '../platform/llm/types';
 import { MAX_TOOL_CALL_ID } from '../platform/llm/toolCalls';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
@@ -51,7 +51,7 @@ const ToolCallIn = z.object({
   id: z.string().min(1).max(MAX_TOOL_CALL_ID),
   type: z.literal('function'),
   function: z.object({
-    name: z.string().max(MAX_CONTENT_LENGTH),
+    name: z.string().min(1).max(MAX_CONTENT_LENGTH),
     arguments: z.string().max(MAX_CONTENT_LENGTH),
   }),
 });
@@ -79,6 +79,8 @@ const CompletionMessage = z
     /** The calls an assistant message made; answered by the `tool` messages after it. */
     tool_calls: z.array(ToolCallIn).min(1).max(MAX_TOOLS).optional(),
     tool_call_id: z.string().min(1).max(MAX_TOOL_CALL_ID).optional(),
+    /** The reasoning of an assistant message, sent back as the client's provider asks. */
+    reasoning_content: z.string().max(MAX_CONTENT_LENGTH).optional(),
   })
   .superRefine((m, ctx) => {
     const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
@@ -88,6 +90,8 @@ const CompletionMessage = z
       issue('tool_call_id', 'only a tool message answers a call');
     if (m.role !== 'assistant' && m.tool_calls !== undefined)
       issue('tool_calls', 'only an assistant message makes calls');
+    if (m.role !== 'assistant' && m.reasoning_content !== undefined)
+      issue('reasoning_content', 'only an assistant message has reasoning');
     if (m.content == null && !(m.role === 'assistant' && m.tool_calls))
       issue('content', 'is required (only an assistant message with tool_calls may have none)');
     if (m.role === 'tool' && Array.isArray(m.content) && m.content.some((p) => p.type !== 'text'))
@@ -132,7 +136,11 @@ const CompletionBody = z
     stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullish(),
     n: z.literal(1).nullish(),
     seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullish(),
-    reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high']).nullish(),
+    // Providers name their own efforts (none, minimal, low, medium, high, xhigh, max…): they judge it.
+    reasoning_effort: z
+      .string()
+      .regex(/^[a-z]{1,16}$/, { error: 'must be an effort the provider knows, such as low, medium or high' })
+      .nullish(),
   })
   .superRefine((b, ctx) => {
     const offered = b.tools ?? [];
@@ -175,6 +183,14 @@ class GenerationFailed extends DomainError {
     // it again for every attempt, so it is told not to (OpenAI's SDKs heed `x-should-retry`).
     this.headers = charged ? { 'x-should-retry': 'false' } : {};
   }
+}
+
+/**
+ * A completion the provider refused as it was asked, before any output (a parameter or a schema it
+ * does not take, a prompt too large): the caller's request to fix, as OpenAI would answer it.
+ */
+class ProviderRefused extends BadRequest {
+  override readonly type = '/problems/provider-refused';
 }
 
 /** How often a stream with no news checks whether its task ended elsewhere (another instance, no Redis). */
@@ -371,6 +387,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       content: m.content ?? null,
       ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
       ...(m.tool_call_id !== undefined ? { tool_call_id: m.tool_call_id } : {}),
+      ...(m.reasoning_content !== undefined ? { reasoning_content: m.reasoning_content } : {}),
     }));
     const tools: ToolOptions | undefined =
       body.tools && body.tools.length > 0
@@ -420,6 +437,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
       } finally {
         ctx.res.off('close', gone);
+      }
+      if (outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined) {
+        throw new ProviderRefused(outcome.data.reason);
       }
       if (outcome.type !== 'TaskCompleted') {
         throw new GenerationFailed(

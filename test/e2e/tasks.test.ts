@@ -798,6 +798,27 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(fake.requests.length - before).toBe(3);
   });
 
+  it('answers a completion the provider refused as asked with a 400 of its own, holding nothing', async () => {
+    const u = await newUser();
+    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const ask = { model: 'fake-model', messages: [{ role: 'user' as const, content: 'Say something.' }] };
+    fake.setBehaviour({ fail: { status: 400, message: "Invalid schema for function 'f'." } });
+    const refused = await failureOf<{ status: number; type: string; message: string }>(
+      client.chat.completions.create(ask),
+    );
+    expect(refused).toMatchObject({ status: 400, type: 'invalid_request_error' });
+    expect(refused.message).toContain("Invalid schema for function 'f'.");
+    // The service's own trouble with its provider (its key, here) stays a 502.
+    fake.setBehaviour({ fail: { status: 401 } });
+    expect((await failureOf<{ status: number }>(client.chat.completions.create(ask))).status).toBe(502);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance === 1000,
+      'both holds released',
+    );
+    expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCaptured')).toBe(false);
+  });
+
   it('fails the task and releases the whole hold when the provider keeps failing', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
@@ -954,6 +975,37 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       lost?.mockRestore();
       await flow.close();
     }
+  });
+
+  it('closes within its grace though a cancel check hangs on the store', async () => {
+    const u = await newUser();
+    const { commands, flow, http: other } = secondInstance({ TASK_CANCEL_CHECK_MS: 100 });
+    fake.setBehaviour({ tokenDelayMs: 100 });
+    const asked = fake.requests.length;
+    const res = await other
+      .post(`${API}/tasks`)
+      .set('Authorization', u.auth)
+      .send({ chat_id: await newChat(u.auth) });
+    expect(res.status).toBe(201);
+    let checking!: () => void;
+    const checked = new Promise<void>((resolve) => (checking = resolve));
+    // The check's read of the task never comes back (its database gone quiet).
+    const read = jest.spyOn(commands, 'read').mockImplementation(() => {
+      checking();
+      return new Promise(() => undefined);
+    });
+    try {
+      await tokensSent(asked, 1);
+      await checked;
+      const closing = flow.close(300).then(() => 'closed');
+      const hung = new Promise((resolve) => setTimeout(() => resolve('hung'), 5_000).unref());
+      expect(await Promise.race([closing, hung])).toBe('closed');
+    } finally {
+      read.mockRestore();
+    }
+    // Closed past its grace, it stopped the generation and settled it.
+    const view = await finished(u.auth, (res.body as Started).id);
+    expect(view.status).toBe('failed');
   });
 
   it('shows nobody else a task or a chat (404)', async () => {
@@ -1410,7 +1462,21 @@ describe('/chat/completions with the official openai client', () => {
         'response_format.json_schema.name',
       ],
       [{ logprobs: true }, 'logprobs', /not offered/],
-      [{ reasoning_effort: 'extreme' }, 'reasoning_effort'],
+      [{ reasoning_effort: 'very high' }, 'reasoning_effort'],
+      [{ messages: [{ ...say[0], reasoning_content: 'Hmm.' }] }, 'messages.0.reasoning_content'],
+      [
+        {
+          messages: [
+            ...say,
+            {
+              role: 'assistant',
+              content: null,
+              tool_calls: [{ id: 'call_1', type: 'function', function: { name: '', arguments: '{}' } }],
+            },
+          ],
+        },
+        'messages.1.tool_calls.0.function.name',
+      ],
       [{ seed: 1.5 }, 'seed'],
       [{ functions: [tool.function] }, 'functions', /use tools/],
       [{ function_call: { name: 'weather' } }, 'function_call', /use tool_choice/],
@@ -1463,7 +1529,7 @@ describe('/chat/completions with the official openai client', () => {
       function_call: 'none',
       parallel_tool_calls: true,
       seed: 7,
-      reasoning_effort: 'high',
+      reasoning_effort: 'max',
       response_format: { type: 'text' },
       logprobs: false,
     });
@@ -1473,7 +1539,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(upstream).not.toHaveProperty('tool_choice');
     expect(upstream).not.toHaveProperty('parallel_tool_calls');
     // A seed and a reasoning effort go on as asked.
-    expect(upstream).toMatchObject({ seed: 7, reasoning_effort: 'high' });
+    expect(upstream).toMatchObject({ seed: 7, reasoning_effort: 'max' });
 
     // An uploaded picture, as apps send it: a data URL, passed upstream as sent, its detail too.
     const picture = `data:image/png;base64,${(
@@ -1943,6 +2009,68 @@ describe('/chat/completions with the official openai client', () => {
       });
     });
 
+    it('charges the reasoning of a reply cut before any text, and keeps it out of the chat', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      fake.setBehaviour({ reasoning: THOUGHT, dropAfterTokens: 3 });
+      const err = await failureOf<{ status: number }>(
+        client.chat.completions.create({ model: 'fake-model', messages: ASK }),
+      );
+      expect(err.status).toBe(502);
+      const holdId = (await ledgerEvents(u.id)).find((e) => e.type === 'CreditsReserved')!.data
+        .holdId as string;
+      const failed = (await t.deps.store.readStream(taskStream(holdId))).find((e) => e.type === 'TaskFailed')!
+        .data as { cost: number; usage: { completionTokens: number } };
+      expect(failed.usage.completionTokens).toBe(countTextTokens(pieces(THOUGHT).slice(0, 3).join('')));
+      expect(failed.cost).toBeGreaterThan(0);
+      expect((await holdMovements(u.id, holdId)).map(([type]) => type)).toEqual([
+        'CreditsReserved',
+        'CreditsCaptured',
+        'CreditsReleased',
+      ]);
+
+      // In a chat: charged the same way, and no empty reply saved for it.
+      const chatId = await newChat(u.auth);
+      const started = await startTask(u.auth, chatId);
+      const s = await stream(u.auth, started.id);
+      expect(s.events.map((e) => e.event)).toEqual(['error']);
+      const view = await finished(u.auth, started.id);
+      expect(view).toMatchObject({ status: 'failed', message_id: null });
+      expect(view.cost).toBeGreaterThan(0);
+      const sent = (await t.deps.store.readStream(chatStream(chatId))).filter(
+        (e) => e.type === 'MessageSent',
+      );
+      expect((sent.at(-1)!.data as { role: string }).role).toBe('user');
+    });
+
+    it('sends back the reasoning of an assistant message when the client does, counting it in the hold', async () => {
+      const u = await newUser();
+      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const call = { id: 'call_1', type: 'function' as const, function: { name: 'greet', arguments: '{}' } };
+      const turn = (reasoning?: string) => [
+        ...ASK,
+        {
+          role: 'assistant' as const,
+          content: null,
+          tool_calls: [call],
+          ...(reasoning ? { reasoning_content: reasoning } : {}),
+        },
+        { role: 'tool' as const, tool_call_id: 'call_1', content: 'Hello!' },
+      ];
+      const without = await client.chat.completions.create({ model: 'fake-model', messages: turn() });
+      const withIt = await client.chat.completions.create({ model: 'fake-model', messages: turn(THOUGHT) });
+      expect(fake.requests.at(-1)!.body.messages![1]).toEqual({
+        role: 'assistant',
+        content: null,
+        tool_calls: [call],
+        reasoning_content: THOUGHT,
+      });
+      const [a, b] = await Promise.all(
+        [without, withIt].map(async (c) => (await recordedTask(c.id)).created),
+      );
+      expect(b!.promptTokens - a!.promptTokens).toBe(countTextTokens(THOUGHT));
+    });
+
     it('charges the reasoning like the reply, counted when the provider reports no usage', async () => {
       const u = await newUser();
       const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
@@ -1971,6 +2099,11 @@ describe('/chat/completions with the official openai client', () => {
       ).toBe(REPLY);
       const done = s.events.at(-1)!.data as { message_id: string; usage: { completion_tokens: number } };
       expect(done.usage.completion_tokens).toBe(pieces(THOUGHT).length + countTextTokens(REPLY));
+      // Its event keeps no reasoning either.
+      const completed = (await t.deps.store.readStream(taskStream(started.id))).find(
+        (e) => e.type === 'TaskCompleted',
+      )!.data;
+      expect(completed).not.toHaveProperty('reasoning');
       const saved = await lastMessage(u.auth, chatId, done.message_id);
       expect(saved.content).toEqual([{ type: 'text', text: REPLY }]);
     });

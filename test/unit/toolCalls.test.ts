@@ -82,6 +82,25 @@ describe('tool calls put together from their pieces', () => {
     ]);
   });
 
+  it('keeps one call whose id comes late, or changes with each piece, as the SDK would', () => {
+    const late = new ToolCallAssembly(ids());
+    late.push({ index: 0, name: 'weather', arguments: '{"city":' });
+    expect(late.push({ index: 0, id: 'call_late', arguments: '"Paris"}' })).toEqual({
+      index: 0,
+      arguments: '"Paris"}',
+    });
+    expect(late.list()).toEqual([
+      { id: 'call_made1', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
+    ]);
+    const changing = new ToolCallAssembly(ids());
+    changing.push({ index: 0, id: 'frag1', name: 'weather', arguments: '{"city":' });
+    changing.push({ index: 0, id: 'frag2', arguments: '"Paris"' });
+    changing.push({ index: 0, id: 'frag3', arguments: '}' });
+    expect(changing.list()).toEqual([
+      { id: 'frag1', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
+    ]);
+  });
+
   it('gives a call whose id is too long to be sent back one of its own', () => {
     const calls = new ToolCallAssembly(ids());
     const long = `call_${'x'.repeat(MAX_TOOL_CALL_ID)}`;

@@ -176,7 +176,9 @@ export class TaskFlow {
     this.graceMs = sweepGraceMs(deps.config.TASK_TIMEOUT_SECONDS * 1000);
     // Every instance that generates checks its own generations, so this starts with the flow.
     this.cancelChecker = setInterval(() => {
-      this.checkingCancels ??= this.checkCancels().finally(() => (this.checkingCancels = undefined));
+      this.checkingCancels ??= this.checkCancels()
+        .catch(() => undefined)
+        .finally(() => (this.checkingCancels = undefined));
     }, deps.config.TASK_CANCEL_CHECK_MS);
     this.cancelChecker.unref();
     if (deps.redis) {
@@ -380,7 +382,6 @@ export class TaskFlow {
     this.closing = true;
     clearInterval(this.sweeper);
     clearInterval(this.cancelChecker);
-    await this.checkingCancels;
     this.sweeper = undefined;
     await this.sweeping;
     // Until none is left: a request that was already starting one adds it meanwhile. Were it not
@@ -391,12 +392,15 @@ export class TaskFlow {
       }
     };
     const late = () => new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    // A cancel check under way ends before the store closes; one that hangs (its database gone) is left.
+    const checked = Promise.race([this.checkingCancels, late()]);
     if ((await Promise.race([all(), late()])) === 'late') {
       // A start still under way gets one more grace; one that hangs (its database gone) is left.
       await Promise.race([Promise.allSettled(this.starting), late()]);
       for (const id of this.running.keys()) this.abortLocal(id, 'shutdown');
       while (this.running.size > 0) await Promise.all([...this.running.values()].map((r) => r.done));
     }
+    await checked;
     await this.subscriber?.quit().catch(() => this.subscriber?.disconnect());
   }
 
@@ -564,12 +568,13 @@ export class TaskFlow {
       text += delta;
       buffer.append(taskId, { kind: 'delta', content: delta });
     };
+    // Passed on and kept for a completion; a chat's task has no place for it (its tokens still count).
     let reasoning = '';
     const storableReasoning = new StorableTextStream();
     const addReasoning = (piece: string) => {
       if (!piece) return;
       reasoning += piece;
-      buffer.append(taskId, { kind: 'reasoning', content: piece });
+      if (!g.chatId) buffer.append(taskId, { kind: 'reasoning', content: piece });
     };
     const calls = new ToolCallAssembly(() => `call_${this.deps.ids.next().replaceAll('-', '')}`);
     const addCall = (piece: ToolCallDelta | null) => {
@@ -578,6 +583,8 @@ export class TaskFlow {
     let reported: Usage | null = null;
     let finish: FinishReason | null = null;
     let failure: string | null = null;
+    /** The provider's status when it refused the request as asked (before any output). */
+    let refusedWith: number | null = null;
     try {
       const stream = provider.stream({
         model: g.model,
@@ -597,6 +604,8 @@ export class TaskFlow {
     } catch (err) {
       if (!(isAbortError(err) && signal.aborted)) {
         failure = err instanceof ProviderError ? `The model failed: ${err.message}` : 'The model failed.';
+        if (err instanceof ProviderError && !err.afterOutput && isRefusal(err.status))
+          refusedWith = err.status!;
         if (!(err instanceof ProviderError)) logger.error({ err, taskId }, 'generation failed');
       }
     }
@@ -642,7 +651,8 @@ export class TaskFlow {
     const cost = owed
       ? costOf(g.model, { prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens })
       : 0;
-    const messageId = g.chatId && owed ? this.deps.ids.next() : null;
+    // A chat keeps a reply with text (or a complete one); reasoning alone is charged, not saved.
+    const messageId = g.chatId && (completed || text.length > 0) ? this.deps.ids.next() : null;
     const common = {
       taskId,
       messageId,
@@ -656,7 +666,7 @@ export class TaskFlow {
         ...common,
         usageSource: reported ? 'provider' : 'tokenizer',
         ...(finish ? { finishReason: finish } : {}),
-        ...(reasoning ? { reasoning } : {}),
+        ...(reasoning && !g.chatId ? { reasoning } : {}),
         ...(toolCalls.length > 0 ? { toolCalls } : {}),
       });
     } else if (why === 'cancel') {
@@ -667,7 +677,11 @@ export class TaskFlow {
         (why === 'timeout'
           ? 'The task ran past its time limit.'
           : 'The service restarted while the reply was generated.');
-      recorded = await this.record(taskId, 'FailTask', { ...common, reason });
+      recorded = await this.record(taskId, 'FailTask', {
+        ...common,
+        reason,
+        ...(refusedWith !== null ? { providerStatus: refusedWith } : {}),
+      });
     }
     // Ours, as recorded; or the one recorded first (the sweeper's), read from the stream.
     let outcome = recorded ? ({ type: recorded.type, data: recorded.data } as TaskOutcome) : null;
@@ -860,6 +874,12 @@ async function freeSlots(
     metadata,
   });
 }
+
+/**
+ * A provider's refusal of the request as it was asked (a bad parameter, a schema it cannot take, a
+ * prompt too large): the caller's to fix, unlike its key, its model or its load (401, 404, 429).
+ */
+const isRefusal = (status: number | undefined) => status === 400 || status === 413 || status === 422;
 
 const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
 

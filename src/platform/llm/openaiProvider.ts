@@ -4,6 +4,7 @@ import type {
   ChatCompletionMessageParam,
   ChatCompletionTool,
 } from 'openai/resources/chat/completions';
+import type { ReasoningEffort } from 'openai/resources/shared';
 import type { Logger } from '../logger';
 import { undiciFetch } from './undiciFetch';
 import {
@@ -228,7 +229,8 @@ function requestBody(
     ...(p.frequency_penalty !== undefined ? { frequency_penalty: p.frequency_penalty } : {}),
     ...(p.stop !== undefined && p.stop.length > 0 ? { stop: p.stop } : {}),
     ...(p.seed !== undefined ? { seed: p.seed } : {}),
-    ...(p.reasoning_effort !== undefined ? { reasoning_effort: p.reasoning_effort } : {}),
+    // Passed on as asked, beyond the SDK's list: DeepSeek's `max` is not in it.
+    ...(p.reasoning_effort !== undefined ? { reasoning_effort: p.reasoning_effort as ReasoningEffort } : {}),
     ...(req.tools && req.tools.tools.length > 0
       ? {
           tools: req.tools.tools as ChatCompletionTool[],

@@ -37,6 +37,7 @@ export function countPromptTokens(messages: readonly ChatMessageInput[], tools?:
     total += TOKENS_PER_MESSAGE + countTextTokens(m.role);
     if (m.tool_calls) total += countToolCallTokens(m.tool_calls);
     if (m.tool_call_id !== undefined) total += countTextTokens(m.tool_call_id);
+    if (m.reasoning_content !== undefined) total += countTextTokens(m.reasoning_content);
     if (m.content === null) continue;
     if (typeof m.content === 'string') {
       total += countTextTokens(m.content);

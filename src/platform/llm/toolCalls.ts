@@ -13,11 +13,14 @@ interface Entry {
 }
 
 /**
- * The tool calls of one reply, put together from their streamed pieces as the official SDK does.
- * Providers differ in how they send them, and each way gives the same calls:
+ * The tool calls of one reply, put together from their streamed pieces. Like the official SDK, a
+ * provider's `index` says which call a piece adds to; the pieces' ways differ by provider, and each
+ * gives the same calls:
  * - a call's first piece has its id and name, the next ones only more arguments (OpenAI);
- * - every piece repeats the id and the name (the name is then not doubled);
- * - whole calls, one per chunk, with no index or all at index 0 (a new id is a new call).
+ * - every piece repeats the id and the name (the name is set, never added to), or brings an id of
+ *   its own, or the first id comes late (the call keeps the id it was first passed on with);
+ * - whole calls, one per chunk, all at one index (or none): where the SDK would merge them, a piece
+ *   that brings both another id and a name starts a new call.
  * Each piece is made storable as it passes (a model may send NUL, or split a surrogate pair between
  * two pieces of arguments). A call whose provider sent no id, or one too long to be sent back, gets
  * one of ours in its first piece, so a client can answer it. Calls are numbered 0, 1, 2… in the
@@ -38,7 +41,10 @@ export class ToolCallAssembly {
   push(piece: ToolCallDelta): ToolCallDelta | null {
     const id = piece.id ? storableText(piece.id) : undefined;
     let entry = this.current.get(piece.index);
-    const first = entry === undefined || (id !== undefined && id !== entry.providerId);
+    const another =
+      entry?.providerId !== undefined && id !== undefined && id !== entry.providerId && !!piece.name;
+    const first = entry === undefined || another;
+    if (entry && !first) entry.providerId ??= id;
     if (first) {
       const usable = id !== undefined && id.length <= MAX_TOOL_CALL_ID ? id : this.newId();
       entry = {

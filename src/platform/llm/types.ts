@@ -24,6 +24,11 @@ export interface ChatMessageInput {
   content: string | ChatContentPart[] | null;
   tool_calls?: ToolCall[] | undefined;
   tool_call_id?: string | undefined;
+  /**
+   * An assistant message's reasoning, sent back: DeepSeek's thinking mode asks for it on a turn that
+   * called tools (and older reasoning models refuse it: the client knows which it talks to).
+   */
+  reasoning_content?: string | undefined;
 }
 
 /** A function the model may call, in OpenAI's shape (`parameters` is a JSON Schema). */
@@ -84,7 +89,7 @@ export interface GenerationParams {
   /** Asks the provider to sample the same way each time (its best effort). */
   seed?: number | undefined;
   /** How long a reasoning model thinks before it answers (OpenAI's values). */
-  reasoning_effort?: 'minimal' | 'low' | 'medium' | 'high' | undefined;
+  reasoning_effort?: string | undefined;
 }
 
 export interface Usage {
