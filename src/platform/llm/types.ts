@@ -31,15 +31,17 @@ export interface ChatMessageInput {
   reasoning_content?: string | undefined;
 }
 
+/** What a function and a reply format both have: a name, what it is for, and a strict flag. */
+interface Described {
+  name: string;
+  description?: string | undefined;
+  strict?: boolean | null | undefined;
+}
+
 /** A function the model may call, in OpenAI's shape (`parameters` is a JSON Schema). */
 export interface ToolDefinition {
   type: 'function';
-  function: {
-    name: string;
-    description?: string | undefined;
-    parameters?: Record<string, unknown> | undefined;
-    strict?: boolean | null | undefined;
-  };
+  function: Described & { parameters?: Record<string, unknown> | undefined };
 }
 
 export type ToolChoice = 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
@@ -59,12 +61,7 @@ export type ResponseFormat =
   | { type: 'json_object' }
   | {
       type: 'json_schema';
-      json_schema: {
-        name: string;
-        description?: string | undefined;
-        schema?: Record<string, unknown> | undefined;
-        strict?: boolean | null | undefined;
-      };
+      json_schema: Described & { schema?: Record<string, unknown> | undefined };
     };
 
 /**
