@@ -115,6 +115,13 @@ async function* streamCompletion(
       provider: options.id,
       ...extra,
     });
+  /** A piece of output to the reader. Its wait is not the provider's: a slow reader is no silent provider. */
+  function* output(item: StreamItem): Generator<StreamItem> {
+    afterOutput = true;
+    silentSince = null;
+    yield item;
+    arm();
+  }
 
   arm();
   try {
@@ -134,31 +141,14 @@ async function* streamCompletion(
         finished = true;
         if (isFinishReason(choice.finish_reason)) finish = choice.finish_reason;
       }
-      const delta = choice?.delta?.content;
-      if (delta) {
-        afterOutput = true;
-        // The wait is the provider's only: a slow reader of this iterable is no silent provider.
-        silentSince = null;
-        yield { delta };
-        arm();
-      }
+      // A chunk's reasoning comes before its text, as the model thought it.
       const reasoning = reasoningOf(choice?.delta);
-      if (reasoning) {
-        afterOutput = true;
-        silentSince = null;
-        yield { reasoning };
-        arm();
-      }
-      const calls = choice?.delta?.tool_calls;
-      if (calls) {
-        for (const [position, call] of calls.entries()) {
-          const piece = toolCallPiece(call, position);
-          if (!piece) continue;
-          afterOutput = true;
-          silentSince = null;
-          yield { toolCall: piece };
-          arm();
-        }
+      if (reasoning) yield* output({ reasoning });
+      const delta = choice?.delta?.content;
+      if (delta) yield* output({ delta });
+      for (const [position, call] of (choice?.delta?.tool_calls ?? []).entries()) {
+        const piece = toolCallPiece(call, position);
+        if (piece) yield* output({ toolCall: piece });
       }
     }
   } catch (err) {
