@@ -599,10 +599,11 @@ export async function followTask(
     calls.forEach((call, index) => {
       const args = call.function.arguments;
       const before = sentCalls.get(index);
+      const more = restOf(args, before ?? '');
       if (before === undefined) {
         send({ kind: 'tool_call', index, id: call.id, name: call.function.name, arguments: args });
-      } else if (restOf(args, before)) {
-        send({ kind: 'tool_call', index, arguments: restOf(args, before) });
+      } else if (more) {
+        send({ kind: 'tool_call', index, arguments: more });
       }
     });
     send(chunkOf(outcome));
