@@ -6,6 +6,8 @@ const MODELS = `${API_BASE}/models`;
 
 /** A reply the model did not complete, as OpenAI's error object says it (an answer's or a stream's). */
 export const GENERATION_FAILED = { type: 'server_error', code: 'generation_failed' } as const;
+/** A request the provider refused as asked, as OpenAI's error object says a bad request. */
+export const PROVIDER_REFUSED = { type: 'invalid_request_error', code: null } as const;
 
 /** The routes OpenAI's clients call: their errors carry OpenAI's `error` member too. */
 export function isOpenAiRoute(path: string): boolean {

@@ -10,7 +10,7 @@ import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
-import { GENERATION_FAILED } from './openaiErrors';
+import { GENERATION_FAILED, PROVIDER_REFUSED } from './openaiErrors';
 import { openSse, SSE_HEADERS } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
 
@@ -506,7 +506,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       }
       ended = true;
       if (c.kind === 'error') {
-        sse.send(null, { error: { message: c.detail, ...GENERATION_FAILED } });
+        sse.send(null, {
+          error: { message: c.detail, ...(c.refused ? PROVIDER_REFUSED : GENERATION_FAILED) },
+        });
       } else {
         const finish = finishReasonOf(c.finishReason, c.usage.completion_tokens, t.maxTokens, called);
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);

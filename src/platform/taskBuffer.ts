@@ -18,7 +18,12 @@ export type TaskChunk =
       /** The provider's word on why the reply ended, when it gave one (absent from older buffers). */
       finishReason?: FinishReason;
     }
-  | { kind: 'error'; detail: string };
+  | {
+      kind: 'error';
+      detail: string;
+      /** The provider refused the request as asked, before any output: the caller's to fix. */
+      refused?: boolean;
+    };
 
 /**
  * Where a task's output waits for its reader: generation writes as it goes, independent of any HTTP

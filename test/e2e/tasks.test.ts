@@ -808,6 +808,14 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     );
     expect(refused).toMatchObject({ status: 400, type: 'invalid_request_error' });
     expect(refused.message).toContain("Invalid schema for function 'f'.");
+    // Streamed, the answer has begun as 200; its error says the same.
+    const streamed = await failureOf<{ type: string; message: string }>(
+      (async () => {
+        for await (const c of await client.chat.completions.create({ ...ask, stream: true })) void c;
+      })(),
+    );
+    expect(streamed).toMatchObject({ type: 'invalid_request_error' });
+    expect(streamed.message).toContain("Invalid schema for function 'f'.");
     // The service's own trouble with its provider (its key, here) stays a 502.
     fake.setBehaviour({ fail: { status: 401 } });
     expect((await failureOf<{ status: number }>(client.chat.completions.create(ask))).status).toBe(502);
@@ -1006,6 +1014,20 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // Closed past its grace, it stopped the generation and settled it.
     const view = await finished(u.auth, (res.body as Started).id);
     expect(view.status).toBe('failed');
+  });
+
+  it('closes within its grace though a sweep hangs on the store', async () => {
+    const { flow } = secondInstance();
+    let sweeping!: () => void;
+    const swept = new Promise<void>((resolve) => (sweeping = resolve));
+    flow.startSweeper(50, () => {
+      sweeping();
+      return new Promise(() => undefined);
+    });
+    await swept;
+    const closing = flow.close(300).then(() => 'closed');
+    const hung = new Promise((resolve) => setTimeout(() => resolve('hung'), 5_000).unref());
+    expect(await Promise.race([closing, hung])).toBe('closed');
   });
 
   it('shows nobody else a task or a chat (404)', async () => {

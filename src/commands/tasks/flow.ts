@@ -383,7 +383,9 @@ export class TaskFlow {
     clearInterval(this.sweeper);
     clearInterval(this.cancelChecker);
     this.sweeper = undefined;
-    await this.sweeping;
+    const late = () => new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    // A sweep under way ends before generations are waited for; one that hangs on the store is left.
+    await Promise.race([this.sweeping, late()]);
     // Until none is left: a request that was already starting one adds it meanwhile. Were it not
     // waited for, it would generate on a closed store and leave its task to the sweeper.
     const all = async () => {
@@ -391,7 +393,6 @@ export class TaskFlow {
         await Promise.allSettled([...this.starting, ...[...this.running.values()].map((r) => r.done)]);
       }
     };
-    const late = () => new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
     // A cancel check under way ends before the store closes; one that hangs (its database gone) is left.
     const checked = Promise.race([this.checkingCancels, late()]);
     if ((await Promise.race([all(), late()])) === 'late') {
@@ -898,6 +899,7 @@ export function chunkOf(outcome: TaskOutcome) {
   return {
     kind: 'error' as const,
     detail: outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
+    ...(outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined ? { refused: true } : {}),
   };
 }
 
