@@ -328,6 +328,18 @@ interface RecordedCall {
   type: 'function';
   function: { name: string; arguments: string };
 }
+/** The official client, as a user's app makes it: our base URL, the access token as its key. */
+const clientOf = (u: { auth: string }) =>
+  new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+
+/** The failure recorded for a user's only task (a completion that failed has no id to find it by). */
+async function failedTaskOf(userId: string) {
+  const holdId = (await ledgerEvents(userId)).find((e) => e.type === 'CreditsReserved')!.data
+    .holdId as string;
+  const failed = (await t.deps.store.readStream(taskStream(holdId))).find((e) => e.type === 'TaskFailed')!;
+  return failed.data as { taskId: string; cost: number; usage: { completionTokens: number } };
+}
+
 /** What the task of a completion recorded (a completion's id is `chatcmpl-` and its task's id). */
 async function recordedTask(completionId: string) {
   const taskId = completionId.replace(/^chatcmpl-/, '');
@@ -800,7 +812,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
 
   it('answers a completion the provider refused as asked with a 400 of its own, holding nothing', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const ask = { model: 'fake-model', messages: [{ role: 'user' as const, content: 'Say something.' }] };
     fake.setBehaviour({ fail: { status: 400, message: "Invalid schema for function 'f'." } });
     const refused = await failureOf<{ status: number; type: string; message: string }>(
@@ -1163,7 +1175,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
 describe('/chat/completions with the official openai client', () => {
   it('answers a completion with usage, charged to the caller', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const completion = await client.chat.completions.create({
       model: 'fake-model',
       messages: [{ role: 'user', content: 'Say something.' }],
@@ -1184,7 +1196,7 @@ describe('/chat/completions with the official openai client', () => {
 
   it('streams chunks, then the usage chunk', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const chunks = await client.chat.completions.create({
       model: 'fake-model',
       messages: [{ role: 'user', content: 'Say something.' }],
@@ -1206,7 +1218,7 @@ describe('/chat/completions with the official openai client', () => {
 
   it('passes on why the provider ended the reply, streamed or not, and records it with the task', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const ask = { model: 'fake-model', messages: [{ role: 'user' as const, content: 'Say something.' }] };
     const recorded = async (completionId: string) => {
       const events = await t.deps.store.readStream(taskStream(completionId.replace(/^chatcmpl-/, '')));
@@ -1250,7 +1262,7 @@ describe('/chat/completions with the official openai client', () => {
 
   it('streams a retry with the same Idempotency-Key from the same task, holding and charging nothing more', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const asked = fake.requests.length;
     const read = async () => {
       const { data, response } = await client.chat.completions
@@ -1379,7 +1391,7 @@ describe('/chat/completions with the official openai client', () => {
       anonymous.chat.completions.create({ model: 'fake-model', messages: [{ role: 'user', content: 'x' }] }),
     ).rejects.toMatchObject({ status: 401 });
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     await expect(
       client.chat.completions.create({ model: 'fake-luxury', messages: [{ role: 'user', content: 'x' }] }),
     ).rejects.toMatchObject({ status: 402 });
@@ -1414,7 +1426,7 @@ describe('/chat/completions with the official openai client', () => {
 
     // Streamed, and the SDK's stream aborted after the first words (the Stop button).
     const a = await newUser();
-    const client = new OpenAI({ apiKey: a.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(a);
     const stop = new AbortController();
     const stream = await client.chat.completions.create(
       { model: 'fake-model', messages: say, stream: true },
@@ -1471,7 +1483,7 @@ describe('/chat/completions with the official openai client', () => {
 
   it('refuses log probabilities, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const say = [{ role: 'user' as const, content: 'What is the weather?' }];
     const tool = {
       type: 'function' as const,
@@ -1604,7 +1616,7 @@ describe('/chat/completions with the official openai client', () => {
 
   it('tells the SDK what went wrong in OpenAI’s error object, beside the problem', async () => {
     const u = await newUser();
-    const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+    const client = clientOf(u);
     const anonymous = new OpenAI({ apiKey: 'not-a-token', baseURL: baseUrl, maxRetries: 0 });
     const say = [{ role: 'user' as const, content: 'x' }];
     const cases: [Promise<unknown>, Record<string, unknown>][] = [
@@ -1673,8 +1685,6 @@ describe('/chat/completions with the official openai client', () => {
       },
     };
     const ASK = [{ role: 'user' as const, content: 'What is the weather in Paris?' }];
-    const clientOf = (u: { auth: string }) =>
-      new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
     const asRecorded = (calls: { id: string; name: string; arguments: string }[]) =>
       calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } }));
 
@@ -1802,17 +1812,7 @@ describe('/chat/completions with the official openai client', () => {
       );
       expect(err.status).toBe(502);
       expect(fake.requests.length).toBe(asked + 1); // after output, never retried
-      const failed = (
-        await t.deps.store.readStream(
-          taskStream(
-            (await ledgerEvents(u.id)).find((e) => e.type === 'CreditsReserved')!.data.holdId as string,
-          ),
-        )
-      ).find((e) => e.type === 'TaskFailed')!.data as {
-        taskId: string;
-        cost: number;
-        usage: { completionTokens: number };
-      };
+      const failed = await failedTaskOf(u.id);
       expect(failed.usage.completionTokens).toBeGreaterThan(0);
       expect(failed.cost).toBeGreaterThan(0);
       const movements = await holdMovements(u.id, failed.taskId);
@@ -1990,7 +1990,7 @@ describe('/chat/completions with the official openai client', () => {
 
     it('passes the reasoning on before the reply, streamed or not, and records it', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       fake.setBehaviour({ reasoning: THOUGHT });
       const chunks = await client.chat.completions.create({
         model: 'fake-model',
@@ -2033,16 +2033,14 @@ describe('/chat/completions with the official openai client', () => {
 
     it('charges the reasoning of a reply cut before any text, and keeps it out of the chat', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       fake.setBehaviour({ reasoning: THOUGHT, dropAfterTokens: 3 });
       const err = await failureOf<{ status: number }>(
         client.chat.completions.create({ model: 'fake-model', messages: ASK }),
       );
       expect(err.status).toBe(502);
-      const holdId = (await ledgerEvents(u.id)).find((e) => e.type === 'CreditsReserved')!.data
-        .holdId as string;
-      const failed = (await t.deps.store.readStream(taskStream(holdId))).find((e) => e.type === 'TaskFailed')!
-        .data as { cost: number; usage: { completionTokens: number } };
+      const failed = await failedTaskOf(u.id);
+      const holdId = failed.taskId;
       expect(failed.usage.completionTokens).toBe(countTextTokens(pieces(THOUGHT).slice(0, 3).join('')));
       expect(failed.cost).toBeGreaterThan(0);
       expect((await holdMovements(u.id, holdId)).map(([type]) => type)).toEqual([
@@ -2067,7 +2065,7 @@ describe('/chat/completions with the official openai client', () => {
 
     it('sends back the reasoning of an assistant message when the client does, counting it in the hold', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       const call = { id: 'call_1', type: 'function' as const, function: { name: 'greet', arguments: '{}' } };
       const turn = (reasoning?: string) => [
         ...ASK,
@@ -2095,7 +2093,7 @@ describe('/chat/completions with the official openai client', () => {
 
     it('charges the reasoning like the reply, counted when the provider reports no usage', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       fake.setBehaviour({ reasoning: THOUGHT, omitUsage: true });
       const completion = await client.chat.completions.create({ model: 'fake-model', messages: ASK });
       const { taskId, completed } = await recordedTask(completion.id);
@@ -2150,7 +2148,7 @@ describe('/chat/completions with the official openai client', () => {
 
     it('passes the format to the provider as sent, streamed or not, and holds for its schema', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       const json = '{"city":"Paris","country":"France"}';
       fake.setBehaviour({ reply: json });
       const shaped = await client.chat.completions.create({
@@ -2188,7 +2186,7 @@ describe('/chat/completions with the official openai client', () => {
 
     it('refuses a JSON reply of the built-in model, which answers in text only, holding nothing', async () => {
       const u = await newUser();
-      const client = new OpenAI({ apiKey: u.auth.slice('Bearer '.length), baseURL: baseUrl, maxRetries: 0 });
+      const client = clientOf(u);
       for (const response_format of [{ type: 'json_object' as const }, CITY]) {
         const err = await failureOf<{ status: number; message: string }>(
           client.chat.completions.create({ model: 'local-echo', messages: ASK, response_format }),
