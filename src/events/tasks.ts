@@ -25,6 +25,11 @@ export const TaskEventSchemas = {
     hold: z.number().int().min(0),
     /** Past this, a task with no outcome is failed by the sweeper and its hold released. */
     deadlineAt: at,
+    /**
+     * A chat's task: how many messages of its history were left out, the oldest, so that the rest
+     * fit the model's context window with room for the reply. Absent before this was recorded.
+     */
+    omittedMessages: z.number().int().min(0).optional(),
     createdAt: at,
   }),
   TaskStreamClaimed: z.object({ taskId: id, claimedAt: at }),

@@ -209,6 +209,7 @@ function taskView(s: TaskState) {
     cost: o ? o.cost : null,
     message_id: o ? o.messageId : null,
     error: s.outcome?.type === 'TaskFailed' ? s.outcome.data.reason : null,
+    omitted_messages: s.omittedMessages,
     created_at: s.createdAt,
   };
 }
@@ -278,6 +279,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       hold: t.hold,
       prompt_tokens: t.promptTokens,
       max_tokens: t.maxTokens,
+      omitted_messages: t.omittedMessages,
     };
   });
 

@@ -7,7 +7,8 @@ import { chatStream } from '../../src/events/chats';
 import { taskStream } from '../../src/events/tasks';
 import { ledgerStream } from '../../src/events/ledger';
 import { allResources } from '../../src/http/resources';
-import { countTextTokens, tokenPieces } from '../../src/platform/llm/tokens';
+import { countPromptTokens, countTextTokens, tokenPieces } from '../../src/platform/llm/tokens';
+import type { ChatMessageInput } from '../../src/platform/llm/types';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
@@ -58,6 +59,17 @@ beforeAll(async () => {
         max_output_tokens: 1000,
         prompt_price: 1_000_000,
         completion_price: 5_000_000,
+      },
+      {
+        // A window a few turns of a chat outgrow.
+        id: 'fake-narrow',
+        provider: 'fake',
+        upstream: 'fake-model',
+        context_length: 700,
+        default_max_tokens: 100,
+        max_output_tokens: 200,
+        prompt_price: PROMPT_PRICE,
+        completion_price: COMPLETION_PRICE,
       },
       {
         id: 'local-echo',
@@ -1169,6 +1181,89 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       content: [{ type: 'text', text: 'Saved by the reactor.' }],
     });
     expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured')).toHaveLength(1);
+  });
+});
+
+describe('a chat longer than its model’s context window', () => {
+  it('leaves out its oldest messages, keeps the preset’s, and holds for what is sent with room for the reply', async () => {
+    const u = await newUser();
+    const opening = [
+      { role: 'system', content: 'You are terse.' },
+      { role: 'user', content: 'What is a vixen?' },
+      { role: 'assistant', content: 'A female fox.' },
+    ] as const;
+    const preset = await t.http.post(`${API}/presets`).set('Authorization', u.auth).send({
+      name: 'Foxes',
+      description: '',
+      model: 'fake-narrow',
+      parameters: {},
+      messages: opening,
+      public: false,
+    });
+    expect(preset.status).toBe(201);
+    const chat = await t.http
+      .post(`${API}/chats`)
+      .set('Authorization', u.auth)
+      .send({ preset_id: (preset.body as { id: string }).id });
+    expect(chat.status).toBe(201);
+    const chatId = (chat.body as { id: string }).id;
+    const question = (i: number) =>
+      `Question ${i}: ${'tell me more about foxes and their dens in winter, '.repeat(5)}`;
+    const ask = async (i: number) => {
+      const sent = await t.http
+        .post(`${API}/chats/${chatId}/messages`)
+        .set('Authorization', u.auth)
+        .send({ content: [{ type: 'text', text: question(i) }] });
+      expect(sent.status).toBe(201);
+    };
+    const history: ChatMessageInput[] = [...opening];
+    for (let i = 0; i < 8; i++) {
+      await ask(i);
+      const s = await stream(u.auth, (await startTask(u.auth, chatId)).id);
+      expect(s.events.at(-1)!.event).toBe('done');
+      history.push({ role: 'user', content: question(i) }, { role: 'assistant', content: REPLY });
+    }
+    await ask(8);
+    history.push({ role: 'user', content: question(8) });
+    // Whole, the history leaves no room for a reply: it would be refused for good.
+    expect(countPromptTokens(history)).toBeGreaterThan(700);
+
+    const res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+    expect(res.status).toBe(201);
+    const started = res.body as Started & {
+      prompt_tokens: number;
+      max_tokens: number;
+      omitted_messages: number;
+    };
+    const omitted = started.omitted_messages;
+    expect(omitted).toBeGreaterThan(0);
+    const kept = [...opening, ...history.slice(opening.length + omitted)];
+    expect(kept[opening.length]!.role).toBe('user');
+    expect(started.prompt_tokens).toBe(countPromptTokens(kept));
+    expect(started.prompt_tokens).toBeLessThanOrEqual(700 - 100);
+    // As many as fit: the turn before the first kept one would not have.
+    const turnBefore = history.slice(opening.length + omitted - 2, opening.length + omitted);
+    expect(countPromptTokens([...kept, ...turnBefore])).toBeGreaterThan(700 - 100);
+    expect(started.max_tokens).toBe(100);
+    expect(started.hold).toBe(
+      creditsFor(started.prompt_tokens, PROMPT_PRICE) + creditsFor(100, COMPLETION_PRICE),
+    );
+
+    const s = await stream(u.auth, started.id);
+    expect(s.events.at(-1)!.event).toBe('done');
+    const sent = fake.requests.at(-1)!.body.messages!;
+    expect(sent.map((m) => ({ role: m.role, content: m.content }))).toEqual(kept);
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded', omitted_messages: omitted });
+    const created = (await t.deps.store.readStream(taskStream(started.id)))[0]!;
+    expect(created.type).toBe('TaskCreated');
+    expect(created.data).toMatchObject({ omittedMessages: omitted, promptTokens: started.prompt_tokens });
+    // Nothing is lost from the chat itself: every message is still in it.
+    const all = await eventually(
+      () => messages(u.auth, chatId),
+      (m) => m.length === history.length, // the system prompt is hidden, the reply just saved is not
+      'the chat projected',
+    );
+    expect(all[2]!.content).toEqual([{ type: 'text', text: question(0) }]);
   });
 });
 

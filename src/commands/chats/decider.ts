@@ -31,6 +31,8 @@ export interface ChatState {
   chat: Chat | null;
   deleted: boolean;
   messages: ChatMessage[];
+  /** How many of `messages` the chat started with: its preset's, kept when a long history is cut. */
+  opening: number;
   messageIds: Set<string>;
   /** Tasks whose reply is in the chat: a reply is appended once. */
   taskIds: Set<string>;
@@ -40,6 +42,7 @@ export const initialChat = (): ChatState => ({
   chat: null,
   deleted: false,
   messages: [],
+  opening: 0,
   messageIds: new Set(),
   taskIds: new Set(),
 });
@@ -221,6 +224,7 @@ export function evolveChat(s: ChatState, e: ChatEvent): ChatState {
       const { messages, startedAt, ...chat } = e.data;
       s.chat = { ...chat, startedAt, updatedAt: startedAt };
       for (const m of messages) addMessage(s, m);
+      s.opening = messages.length;
       break;
     }
     case 'ChatRenamed':

@@ -12,6 +12,8 @@ export interface ChatForGeneration {
   model: string;
   parameters: PresetParameters;
   messages: ChatMessage[];
+  /** How many of `messages` open the chat (its preset's). */
+  opening: number;
   /** The chat stream's revision and global position this history was read at. */
   revision: bigint;
   position: bigint;
@@ -39,6 +41,7 @@ export async function loadChatForGeneration(
     parameters: chat.parameters,
     // A copy: the cached state is the handler's and must not be changed by a caller.
     messages: state.messages.map((m) => ({ ...m, content: m.content.map((p) => ({ ...p })) })),
+    opening: state.opening,
     revision,
     position,
   };

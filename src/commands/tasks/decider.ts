@@ -20,6 +20,8 @@ export interface TaskState {
   model: string;
   promptTokens: number;
   maxTokens: number;
+  /** Messages of the chat's history left out to fit the model's context window. */
+  omittedMessages: number;
   hold: number;
   status: TaskStatus;
   claimed: boolean;
@@ -37,6 +39,7 @@ export const initialTask = (): TaskState => ({
   model: '',
   promptTokens: 0,
   maxTokens: 0,
+  omittedMessages: 0,
   hold: 0,
   status: 'queued',
   claimed: false,
@@ -63,6 +66,7 @@ export type TaskCommand =
         maxTokens: number;
         hold: number;
         deadlineAt: string;
+        omittedMessages?: number;
       }
     >
   | Command<'ClaimStream', { taskId: string; userId: string }>
@@ -121,6 +125,7 @@ export function evolveTask(s: TaskState, e: TaskEvent): TaskState {
       s.model = e.data.model;
       s.promptTokens = e.data.promptTokens;
       s.maxTokens = e.data.maxTokens;
+      s.omittedMessages = e.data.omittedMessages ?? 0;
       s.hold = e.data.hold;
       s.status = 'running';
       s.createdAt = e.data.createdAt;

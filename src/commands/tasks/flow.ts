@@ -10,6 +10,7 @@ import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
 import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
+import { fitHistory } from '../../platform/llm/context';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import {
@@ -96,6 +97,8 @@ export interface StartedTask {
   hold: number;
   promptTokens: number;
   maxTokens: number;
+  /** Messages of the chat's history left out to fit the context window (0 outside a chat). */
+  omittedMessages: number;
   /** The task's creation in the log, for `X-Event-Position`. */
   position: bigint;
 }
@@ -111,6 +114,10 @@ interface Generation {
   tools?: ToolOptions | undefined;
   /** JSON output (completions only). */
   responseFormat?: ResponseFormat | undefined;
+  /** Tokens of the prompt, when already counted (a chat's history, as it was fitted). */
+  promptTokens?: number | undefined;
+  /** Messages of a chat's history left out to fit the model's context window (chats only). */
+  omittedMessages?: number | undefined;
 }
 
 /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
@@ -192,20 +199,27 @@ export class TaskFlow {
     }
   }
 
-  /** A reply in a chat, from its whole history (hidden messages included) and its preset's parameters. */
+  /**
+   * A reply in a chat, from its history (hidden messages included) and its preset's parameters. A
+   * history past the model's context window loses its oldest messages (`fitHistory`).
+   */
   async startChatTask(
     input: { userId: string; chatId: string; model?: string | undefined },
     provenance: Provenance,
   ): Promise<StartedTask> {
     const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
     const model = this.model(input.model ?? chat.model);
+    const params = definedOnly(chat.parameters);
+    const history = fitHistory(chat.messages.map(toModelMessage), chat.opening, model, params.max_tokens);
     return this.start(
       {
         userId: input.userId,
         chatId: chat.chatId,
         model,
-        messages: chat.messages.map(toModelMessage),
-        params: definedOnly(chat.parameters),
+        messages: history.messages,
+        promptTokens: history.promptTokens,
+        omittedMessages: history.omitted,
+        params,
       },
       provenance,
     );
@@ -254,6 +268,7 @@ export class TaskFlow {
       hold: s.hold,
       promptTokens: s.promptTokens,
       maxTokens: s.maxTokens,
+      omittedMessages: s.omittedMessages,
     };
   }
 
@@ -424,7 +439,8 @@ export class TaskFlow {
 
   private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
-    const promptTokens = countPromptTokens(g.messages, g.tools) + countResponseFormatTokens(g.responseFormat);
+    const promptTokens =
+      g.promptTokens ?? countPromptTokens(g.messages, g.tools) + countResponseFormatTokens(g.responseFormat);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
     const hold = holdFor(g.model, promptTokens, maxTokens);
     const taskId = ids.next();
@@ -480,6 +496,7 @@ export class TaskFlow {
             maxTokens,
             hold,
             deadlineAt: deadline.toISOString(),
+            ...(g.chatId ? { omittedMessages: g.omittedMessages ?? 0 } : {}),
           },
           metadata,
         },
@@ -507,6 +524,7 @@ export class TaskFlow {
       hold,
       promptTokens,
       maxTokens,
+      omittedMessages: g.omittedMessages ?? 0,
       position: created.position,
     };
   }

@@ -1,0 +1,50 @@
+import { countPromptTokens, REPLY_PRIMING_TOKENS } from './tokens';
+import type { ChatMessageInput, ModelInfo } from './types';
+
+/** A chat's history as it goes to the model. */
+export interface FittedHistory {
+  messages: ChatMessageInput[];
+  /** Messages of the conversation left out, the oldest ones, so that the rest fits. */
+  omitted: number;
+  /** Tokens of the prompt that goes (`countPromptTokens` of `messages`). */
+  promptTokens: number;
+}
+
+/**
+ * A chat's history cut to the model's context window, as chat apps cut it, so that a long chat
+ * goes on being answered instead of being refused for good once it outgrows the window.
+ *
+ * The prompt must leave room for the reply's output budget (what the chat asks for, else the
+ * model's default, at most its maximum). While it does not, the oldest messages of the
+ * conversation are left out. The chat's opening messages (its preset's instructions and examples)
+ * and its last message are always kept, and the kept conversation starts on a user's message (an
+ * answer whose question was left out goes with it). Should the opening and the last message alone
+ * leave too little room, they go as they are: the output budget then shrinks to what is left, or
+ * the prompt is refused as too long.
+ */
+export function fitHistory(
+  messages: readonly ChatMessageInput[],
+  opening: number,
+  model: Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>,
+  requestedMaxTokens?: number,
+): FittedHistory {
+  // The prompt's count is the sum of its messages' counts and the reply's priming.
+  const counts = messages.map((m) => countPromptTokens([m]) - REPLY_PRIMING_TOKENS);
+  const sum = (from: number, to: number) => counts.slice(from, to).reduce((a, b) => a + b, 0);
+  const whole = REPLY_PRIMING_TOKENS + sum(0, counts.length);
+  const output = Math.min(requestedMaxTokens ?? model.defaultMaxTokens, model.maxOutputTokens);
+  const limit = model.contextLength - output;
+  const last = messages.length - 1;
+  const head = Math.max(0, Math.min(opening, last));
+  if (whole <= limit || head >= last) return { messages: [...messages], omitted: 0, promptTokens: whole };
+
+  let tokens = REPLY_PRIMING_TOKENS + sum(0, head) + counts[last]!;
+  let start = last;
+  while (start - 1 >= head && tokens + counts[start - 1]! <= limit) tokens += counts[--start]!;
+  while (start < last && messages[start]!.role !== 'user') tokens -= counts[start++]!;
+  return {
+    messages: [...messages.slice(0, head), ...messages.slice(start)],
+    omitted: start - head,
+    promptTokens: tokens,
+  };
+}

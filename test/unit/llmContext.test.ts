@@ -1,0 +1,103 @@
+import { fitHistory } from '../../src/platform/llm/context';
+import { countPromptTokens } from '../../src/platform/llm/tokens';
+import type { ChatMessageInput } from '../../src/platform/llm/types';
+
+const say = (role: 'system' | 'user' | 'assistant', words: number, tag: string = role): ChatMessageInput => ({
+  role,
+  content: `${tag} ${Array.from({ length: words }, (_, i) => `w${i}`).join(' ')}`,
+});
+const model = (contextLength: number, defaultMaxTokens = 50, maxOutputTokens = 100) => ({
+  contextLength,
+  defaultMaxTokens,
+  maxOutputTokens,
+});
+const tags = (messages: ChatMessageInput[]) => messages.map((m) => (m.content as string).split(' ')[0]);
+
+/** A preset's system prompt and one example, then `turns` question-answer pairs and a last question. */
+function chat(turns: number): ChatMessageInput[] {
+  const out = [say('system', 20), say('user', 10, 'example-q'), say('assistant', 10, 'example-a')];
+  for (let i = 0; i < turns; i++) out.push(say('user', 30, `q${i}`), say('assistant', 30, `a${i}`));
+  out.push(say('user', 30, 'last'));
+  return out;
+}
+
+describe('fitting a chat history to the context window', () => {
+  it('sends a history that fits as it is', () => {
+    const messages = chat(3);
+    const whole = countPromptTokens(messages);
+    const fitted = fitHistory(messages, 3, model(whole + 50));
+    expect(fitted).toEqual({ messages, omitted: 0, promptTokens: whole });
+  });
+
+  it('leaves out the oldest turns, keeping the opening and the newest, with room for the reply', () => {
+    const messages = chat(10);
+    const whole = countPromptTokens(messages);
+    const contextLength = Math.floor(whole / 2);
+    const fitted = fitHistory(messages, 3, model(contextLength, 50));
+    expect(fitted.omitted).toBeGreaterThan(0);
+    expect(fitted.messages).toHaveLength(messages.length - fitted.omitted);
+    // The opening, then an unbroken run of the newest messages, starting on a question.
+    expect(tags(fitted.messages).slice(0, 3)).toEqual(['system', 'example-q', 'example-a']);
+    expect(fitted.messages.slice(3)).toEqual(messages.slice(3 + fitted.omitted));
+    expect(fitted.messages[3]!.role).toBe('user');
+    expect(tags(fitted.messages).at(-1)).toBe('last');
+    // Its count is the prompt's, and it leaves the default output budget.
+    expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
+    expect(fitted.promptTokens).toBeLessThanOrEqual(contextLength - 50);
+    // As many as fit: one more turn would not.
+    const oneMore = messages.slice(3 + fitted.omitted - 2);
+    expect(countPromptTokens([...messages.slice(0, 3), ...oneMore])).toBeGreaterThan(contextLength - 50);
+  });
+
+  it('keeps room for the output the chat asks for, at most the model maximum', () => {
+    const messages = chat(10);
+    const contextLength = countPromptTokens(messages);
+    const asked = fitHistory(messages, 3, model(contextLength, 50, 400), 300);
+    expect(asked.promptTokens).toBeLessThanOrEqual(contextLength - 300);
+    // Short of it by less than a turn (a question and its answer).
+    const turn = countPromptTokens(messages.slice(3, 5));
+    expect(asked.promptTokens).toBeGreaterThan(contextLength - 300 - turn);
+    const capped = fitHistory(messages, 3, model(contextLength, 50, 100), 300);
+    expect(capped.promptTokens).toBeLessThanOrEqual(contextLength - 100);
+    expect(capped.omitted).toBeLessThan(asked.omitted);
+  });
+
+  it('does not begin the kept conversation on an answer whose question was left out', () => {
+    const messages = chat(6);
+    const opening = countPromptTokens(messages.slice(0, 3));
+    const last = countPromptTokens([messages.at(-1)!]);
+    const answer = countPromptTokens([messages.at(-2)!]);
+    // Room for the opening, the last question and the answer before it, but not its question.
+    const contextLength = opening + last + answer + 50;
+    const fitted = fitHistory(messages, 3, model(contextLength, 50));
+    expect(tags(fitted.messages)).toEqual(['system', 'example-q', 'example-a', 'last']);
+    expect(fitted.omitted).toBe(messages.length - 4);
+  });
+
+  it('sends the opening and the last message when not even they leave room, for the budget to shrink', () => {
+    const messages = chat(4);
+    const fitted = fitHistory(messages, 3, model(80, 50));
+    expect(tags(fitted.messages)).toEqual(['system', 'example-q', 'example-a', 'last']);
+    expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
+    expect(fitted.promptTokens).toBeGreaterThan(80 - 50);
+  });
+
+  it('keeps a chat that is all opening, and a lone message, whatever their size', () => {
+    const opening = chat(0).slice(0, 3);
+    expect(fitHistory(opening, 3, model(10)).omitted).toBe(0);
+    expect(fitHistory(opening, 5, model(10)).messages).toEqual(opening);
+    const lone = [say('user', 100)];
+    expect(fitHistory(lone, 0, model(10))).toEqual({
+      messages: lone,
+      omitted: 0,
+      promptTokens: countPromptTokens(lone),
+    });
+  });
+
+  it('may leave out the whole conversation of a chat without opening messages but its last', () => {
+    const messages = chat(5).slice(3);
+    const fitted = fitHistory(messages, 0, model(countPromptTokens([messages.at(-1)!]) + 60, 50));
+    expect(tags(fitted.messages)).toEqual(['last']);
+    expect(fitted.omitted).toBe(messages.length - 1);
+  });
+});
