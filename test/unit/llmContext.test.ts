@@ -94,6 +94,23 @@ describe('fitting a chat history to the context window', () => {
     });
   });
 
+  it('counts no message older than the first that does not fit, and takes the counts it is given', () => {
+    const messages = chat(200);
+    const counted: number[] = [];
+    const tokensOf = (i: number) => {
+      counted.push(i);
+      return countPromptTokens([messages[i]!]) - countPromptTokens([]);
+    };
+    const contextLength = countPromptTokens([...messages.slice(0, 3), ...messages.slice(-7)]) + 50;
+    const fitted = fitHistory(messages, 3, model(contextLength, 50), undefined, tokensOf);
+    expect(fitted.messages).toHaveLength(3 + 7);
+    expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
+    // The opening, the seven kept, the one that did not fit: each once.
+    expect(counted.length).toBe(3 + 7 + 1);
+    expect(new Set(counted).size).toBe(counted.length);
+    expect(Math.min(...counted.filter((i) => i >= 3))).toBe(messages.length - 8);
+  });
+
   it('may leave out the whole conversation of a chat without opening messages but its last', () => {
     const messages = chat(5).slice(3);
     const fitted = fitHistory(messages, 0, model(countPromptTokens([messages.at(-1)!]) + 60, 50));

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { LRUCache } from 'lru-cache';
 import type { RecordedEvent } from '../../eventstore/port';
 import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
 import type { CommandHandler, CommandMetadata } from '../handler';
@@ -14,6 +15,7 @@ import { fitHistory } from '../../platform/llm/context';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import {
+  countMessageTokens,
   countPromptTokens,
   countResponseFormatTokens,
   countTextTokens,
@@ -130,6 +132,8 @@ const sweepGraceMs = (lifeMs: number) => Math.min(SWEEP_GRACE_MS, Math.floor(lif
  */
 const HOLD_MARGIN_MS = 5 * 60_000;
 const CANCEL_CHANNEL = 'tasks:cancel';
+/** Counts of chat messages kept (a number and its key each: a few MB). */
+const MESSAGE_TOKENS_CACHED = 50_000;
 const SYSTEM_ACTOR = 'system:tasks';
 
 /** A model the catalog does not offer. */
@@ -171,6 +175,11 @@ export class TaskFlow {
   private checkingCancels: Promise<void> | undefined;
   /** Starts past the closing check, not generating yet: closing waits for them too. */
   private readonly starting = new Set<Promise<unknown>>();
+  /**
+   * Tokens of chat messages already counted, by chat and message (a message never changes): a
+   * chat's next task counts only its new messages, not its whole history again.
+   */
+  private readonly messageTokens = new LRUCache<string, number>({ max: MESSAGE_TOKENS_CACHED });
   private readonly subscriber: Redis | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
@@ -210,7 +219,13 @@ export class TaskFlow {
     const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
     const model = this.model(input.model ?? chat.model);
     const params = definedOnly(chat.parameters);
-    const history = fitHistory(chat.messages.map(toModelMessage), chat.opening, model, params.max_tokens);
+    const inputs = chat.messages.map(toModelMessage);
+    const history = fitHistory(inputs, chat.opening, model, params.max_tokens, (i) => {
+      const key = `${chat.chatId}\u0000${chat.messages[i]!.messageId}`;
+      let tokens = this.messageTokens.get(key);
+      if (tokens === undefined) this.messageTokens.set(key, (tokens = countMessageTokens(inputs[i]!)));
+      return tokens;
+    });
     return this.start(
       {
         userId: input.userId,

@@ -1,4 +1,4 @@
-import { countPromptTokens, REPLY_PRIMING_TOKENS } from './tokens';
+import { countMessageTokens, REPLY_PRIMING_TOKENS } from './tokens';
 import type { ChatMessageInput, ModelInfo } from './types';
 
 /** A chat's history as it goes to the model. */
@@ -21,27 +21,34 @@ export interface FittedHistory {
  * answer whose question was left out goes with it). Should the opening and the last message alone
  * leave too little room, they go as they are: the output budget then shrinks to what is left, or
  * the prompt is refused as too long.
+ *
+ * Messages are counted from the newest back, and none older than the first that does not fit, so
+ * a long chat costs a count of about one context window, not of its whole history. `tokensOf`
+ * counts the message at an index (`countMessageTokens`, or a cache of its counts).
  */
 export function fitHistory(
   messages: readonly ChatMessageInput[],
   opening: number,
   model: Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>,
   requestedMaxTokens?: number,
+  tokensOf: (index: number) => number = (i) => countMessageTokens(messages[i]!),
 ): FittedHistory {
-  // The prompt's count is the sum of its messages' counts and the reply's priming.
-  const counts = messages.map((m) => countPromptTokens([m]) - REPLY_PRIMING_TOKENS);
-  const sum = (from: number, to: number) => counts.slice(from, to).reduce((a, b) => a + b, 0);
-  const whole = REPLY_PRIMING_TOKENS + sum(0, counts.length);
   const output = Math.min(requestedMaxTokens ?? model.defaultMaxTokens, model.maxOutputTokens);
   const limit = model.contextLength - output;
   const last = messages.length - 1;
   const head = Math.max(0, Math.min(opening, last));
-  if (whole <= limit || head >= last) return { messages: [...messages], omitted: 0, promptTokens: whole };
-
-  let tokens = REPLY_PRIMING_TOKENS + sum(0, head) + counts[last]!;
+  let tokens = REPLY_PRIMING_TOKENS;
+  for (let i = 0; i < head; i++) tokens += tokensOf(i);
+  if (last < 0) return { messages: [], omitted: 0, promptTokens: tokens };
+  tokens += tokensOf(last);
   let start = last;
-  while (start - 1 >= head && tokens + counts[start - 1]! <= limit) tokens += counts[--start]!;
-  while (start < last && messages[start]!.role !== 'user') tokens -= counts[start++]!;
+  for (; start > head; start--) {
+    const before = tokensOf(start - 1);
+    if (tokens + before > limit) break;
+    tokens += before;
+  }
+  if (start === head) return { messages: [...messages], omitted: 0, promptTokens: tokens };
+  while (start < last && messages[start]!.role !== 'user') tokens -= tokensOf(start++);
   return {
     messages: [...messages.slice(0, head), ...messages.slice(start)],
     omitted: start - head,

@@ -33,23 +33,23 @@ export function countTextTokens(text: string): number {
  */
 export function countPromptTokens(messages: readonly ChatMessageInput[], tools?: ToolOptions): number {
   let total = REPLY_PRIMING_TOKENS;
-  for (const m of messages) {
-    total += TOKENS_PER_MESSAGE + countTextTokens(m.role);
-    if (m.tool_calls) total += countToolCallTokens(m.tool_calls);
-    if (m.tool_call_id !== undefined) total += countTextTokens(m.tool_call_id);
-    if (m.reasoning_content !== undefined) total += countTextTokens(m.reasoning_content);
-    if (m.content === null) continue;
-    if (typeof m.content === 'string') {
-      total += countTextTokens(m.content);
-      continue;
-    }
-    for (const part of m.content)
-      total += part.type === 'text' ? countTextTokens(part.text) : TOKENS_PER_IMAGE;
-  }
+  for (const m of messages) total += countMessageTokens(m);
   if (tools && tools.tools.length > 0) {
     total += countTextTokens(JSON.stringify(tools.tools));
     if (tools.choice !== undefined) total += countTextTokens(JSON.stringify(tools.choice));
   }
+  return total;
+}
+
+/** Tokens of one message of a prompt, its framing included: a prompt's count is the sum of its messages'. */
+export function countMessageTokens(m: ChatMessageInput): number {
+  let total = TOKENS_PER_MESSAGE + countTextTokens(m.role);
+  if (m.tool_calls) total += countToolCallTokens(m.tool_calls);
+  if (m.tool_call_id !== undefined) total += countTextTokens(m.tool_call_id);
+  if (m.reasoning_content !== undefined) total += countTextTokens(m.reasoning_content);
+  if (m.content === null) return total;
+  if (typeof m.content === 'string') return total + countTextTokens(m.content);
+  for (const part of m.content) total += part.type === 'text' ? countTextTokens(part.text) : TOKENS_PER_IMAGE;
   return total;
 }
 
