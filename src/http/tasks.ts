@@ -7,6 +7,8 @@ import { BadRequest, Conflict, DomainError } from '../platform/errors';
 import type { ChatMessageInput, FinishReason, ToolCallDelta, ToolOptions } from '../platform/llm/types';
 import { MAX_TOOL_CALL_ID } from '../platform/llm/toolCalls';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
+import { listTasks } from '../queries/tasks';
+import { PageQuery } from '../queries/paging';
 import { auth } from './middleware/auth';
 import { consistentRead, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
@@ -15,6 +17,10 @@ import { openSse, SSE_HEADERS } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
 
 const TaskId = z.object({ id: z.string().min(1).max(100) });
+const TaskListQuery = PageQuery.extend({
+  chat_id: z.string().min(1).max(100).optional(),
+  status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']).optional(),
+});
 const CreateTaskBody = z
   .strictObject({ chat_id: z.string().min(1).max(100), model: z.string().min(1).max(200).optional() })
   .meta({ id: 'CreateTask' });
@@ -281,6 +287,26 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       max_tokens: t.maxTokens,
       omitted_messages: t.omittedMessages,
     };
+  });
+
+  openapi.registerPath({
+    method: 'get',
+    path: '/tasks',
+    summary: 'My tasks, newest first (in one chat, or in one status, when asked): what each cost',
+    tags: ['tasks'],
+    security: bearerSecurity,
+    request: { query: TaskListQuery },
+    responses: { 200: { description: '{items, next_cursor}' }, ...problemResponses(400, 401, 504) },
+  });
+  router.get('/tasks', auth(), consistentRead<AuthedState>(['tasks']), async (ctx) => {
+    const query = TaskListQuery.parse(ctx.query);
+    ctx.body = await listTasks(deps.db.db, {
+      userId: ctx.state.user.id,
+      chatId: query.chat_id,
+      status: query.status,
+      limit: query.limit,
+      cursor: query.cursor,
+    });
   });
 
   openapi.registerPath({

@@ -1267,6 +1267,104 @@ describe('a chat longer than its model’s context window', () => {
   });
 });
 
+describe('the list of my tasks', () => {
+  type Listed = TaskView & {
+    id: string;
+    chat_id: string | null;
+    error: string | null;
+    finished_at: string | null;
+  };
+  const list = async (auth: string, query = '') => {
+    const res = await t.http.get(`${API}/tasks${query}`).set('Authorization', auth);
+    expect(res.status).toBe(200);
+    return res.body as { items: Listed[]; next_cursor: string | null };
+  };
+
+  it('shows my tasks newest first, with what each cost and how it ended, in a chat or a status when asked', async () => {
+    const u = await newUser();
+    const other = await newUser();
+    const [a, b] = [await newChat(u.auth), await newChat(u.auth)];
+    const ids: string[] = [];
+    const run = async (chatId: string) => {
+      const started = await startTask(u.auth, chatId);
+      await stream(u.auth, started.id);
+      ids.push(started.id);
+    };
+    await run(a);
+    fake.setBehaviour({ fail: { status: 500 } });
+    await run(a);
+    fake.setBehaviour({ fail: undefined });
+    await run(b);
+    await stream(other.auth, (await startTask(other.auth, await newChat(other.auth))).id);
+
+    const all = await eventually(
+      () => list(u.auth),
+      (l) => l.items.length === 3 && l.items.every((i) => i.finished_at !== null),
+      'the tasks projected',
+    );
+    expect(all.items.map((i) => i.id)).toEqual([...ids].reverse());
+    expect(all.next_cursor).toBeNull();
+    // Each as the task itself says, from the read model.
+    for (const item of all.items) {
+      const one = (await t.http.get(`${API}/tasks/${item.id}`).set('Authorization', u.auth))
+        .body as Listed & {
+        hold: number;
+        model: string;
+      };
+      expect(item).toMatchObject({
+        status: one.status,
+        cost: one.cost,
+        usage: one.usage,
+        message_id: one.message_id,
+        error: one.error,
+        chat_id: one.chat_id,
+        hold: one.hold,
+        model: one.model,
+      });
+    }
+    expect(all.items.map((i) => i.status)).toEqual(['succeeded', 'failed', 'succeeded']);
+    expect(all.items[0]!.cost).toBeGreaterThan(0);
+    expect(all.items[1]).toMatchObject({ cost: 0, message_id: null, error: expect.any(String) as string });
+
+    expect((await list(u.auth, `?chat_id=${a}`)).items.map((i) => i.id)).toEqual([ids[1], ids[0]]);
+    expect((await list(u.auth, '?status=failed')).items.map((i) => i.id)).toEqual([ids[1]]);
+    expect((await list(u.auth, `?chat_id=${b}&status=failed`)).items).toEqual([]);
+
+    // A page at a time, each item once.
+    const paged: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const page = await list(u.auth, `?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      expect(page.items.length).toBeLessThanOrEqual(2);
+      paged.push(...page.items.map((i) => i.id));
+      cursor = page.next_cursor;
+    } while (cursor);
+    expect(paged).toEqual([...ids].reverse());
+
+    // Nobody sees another's tasks, not even by naming the chat.
+    const theirs = await list(other.auth);
+    expect(theirs.items).toHaveLength(1);
+    expect(ids).not.toContain(theirs.items[0]!.id);
+    expect((await list(other.auth, `?chat_id=${a}`)).items).toEqual([]);
+  });
+
+  it('refuses a bad filter or page (400) and a missing token (401), as problem+json', async () => {
+    const u = await newUser();
+    for (const query of [
+      '?status=done',
+      '?limit=0',
+      '?limit=101',
+      '?cursor=not-ours',
+      `?chat_id=${'x'.repeat(101)}`,
+    ]) {
+      const res = await t.http.get(`${API}/tasks${query}`).set('Authorization', u.auth);
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    }
+    expect((await t.http.get(`${API}/tasks`)).status).toBe(401);
+  });
+});
+
 describe('/chat/completions with the official openai client', () => {
   it('answers a completion with usage, charged to the caller', async () => {
     const u = await newUser();
