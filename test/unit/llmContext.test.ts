@@ -1,5 +1,5 @@
-import { fitHistory } from '../../src/platform/llm/context';
-import { countPromptTokens } from '../../src/platform/llm/tokens';
+import { CONTEXT_MARGIN, fitHistory } from '../../src/platform/llm/context';
+import { countMessageTokens, countPromptTokens } from '../../src/platform/llm/tokens';
 import type { ChatMessageInput } from '../../src/platform/llm/types';
 
 const say = (role: 'system' | 'user' | 'assistant', words: number, tag: string = role): ChatMessageInput => ({
@@ -12,6 +12,16 @@ const model = (contextLength: number, defaultMaxTokens = 50, maxOutputTokens = 1
   maxOutputTokens,
 });
 const tags = (messages: ChatMessageInput[]) => messages.map((m) => (m.content as string).split(' ')[0]);
+/** What a prompt may take of a window, beside the reply's budget and the margin. */
+const roomIn = (contextLength: number, output: number) =>
+  contextLength - output - Math.ceil(contextLength * CONTEXT_MARGIN);
+/** The window whose room for a prompt, beside `output`, is exactly `tokens`. */
+function windowFor(tokens: number, output: number): number {
+  let contextLength = tokens;
+  while (roomIn(contextLength, output) < tokens) contextLength++;
+  expect(roomIn(contextLength, output)).toBe(tokens);
+  return contextLength;
+}
 
 /** A preset's system prompt and one example, then `turns` question-answer pairs and a last question. */
 function chat(turns: number): ChatMessageInput[] {
@@ -22,11 +32,23 @@ function chat(turns: number): ChatMessageInput[] {
 }
 
 describe('fitting a chat history to the context window', () => {
-  it('sends a history that fits as it is', () => {
+  it('sends a history that fits as it is, to the last token of its room', () => {
     const messages = chat(3);
     const whole = countPromptTokens(messages);
-    const fitted = fitHistory(messages, 3, model(whole + 50));
+    const fitted = fitHistory(messages, 3, model(windowFor(whole, 50)));
     expect(fitted).toEqual({ messages, omitted: 0, promptTokens: whole });
+    // One token less of room, and the oldest turn goes.
+    const cut = fitHistory(messages, 3, model(windowFor(whole - 1, 50)));
+    expect(cut.omitted).toBe(2);
+    expect(tags(cut.messages)).toEqual(['system', 'example-q', 'example-a', 'q1', 'a1', 'q2', 'a2', 'last']);
+  });
+
+  it('keeps a margin of the window free, for tokenizers that count more than ours', () => {
+    const messages = chat(3);
+    const whole = countPromptTokens(messages);
+    // The whole window less the reply's budget would hold it; the margin does not.
+    expect(fitHistory(messages, 3, model(whole + 50)).omitted).toBeGreaterThan(0);
+    expect(CONTEXT_MARGIN).toBeGreaterThan(0);
   });
 
   it('leaves out the oldest turns, keeping the opening and the newest, with room for the reply', () => {
@@ -41,37 +63,39 @@ describe('fitting a chat history to the context window', () => {
     expect(fitted.messages.slice(3)).toEqual(messages.slice(3 + fitted.omitted));
     expect(fitted.messages[3]!.role).toBe('user');
     expect(tags(fitted.messages).at(-1)).toBe('last');
-    // Its count is the prompt's, and it leaves the default output budget.
+    // Its count is the prompt's, and it leaves the default output budget and the margin.
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
-    expect(fitted.promptTokens).toBeLessThanOrEqual(contextLength - 50);
+    expect(fitted.promptTokens).toBeLessThanOrEqual(roomIn(contextLength, 50));
     // As many as fit: one more turn would not.
     const oneMore = messages.slice(3 + fitted.omitted - 2);
-    expect(countPromptTokens([...messages.slice(0, 3), ...oneMore])).toBeGreaterThan(contextLength - 50);
+    expect(countPromptTokens([...messages.slice(0, 3), ...oneMore])).toBeGreaterThan(
+      roomIn(contextLength, 50),
+    );
   });
 
   it('keeps room for the output the chat asks for, at most the model maximum', () => {
     const messages = chat(10);
     const contextLength = countPromptTokens(messages);
     const asked = fitHistory(messages, 3, model(contextLength, 50, 400), 300);
-    expect(asked.promptTokens).toBeLessThanOrEqual(contextLength - 300);
+    expect(asked.promptTokens).toBeLessThanOrEqual(roomIn(contextLength, 300));
     // Short of it by less than a turn (a question and its answer).
     const turn = countPromptTokens(messages.slice(3, 5));
-    expect(asked.promptTokens).toBeGreaterThan(contextLength - 300 - turn);
+    expect(asked.promptTokens).toBeGreaterThan(roomIn(contextLength, 300) - turn);
     const capped = fitHistory(messages, 3, model(contextLength, 50, 100), 300);
-    expect(capped.promptTokens).toBeLessThanOrEqual(contextLength - 100);
+    expect(capped.promptTokens).toBeLessThanOrEqual(roomIn(contextLength, 100));
     expect(capped.omitted).toBeLessThan(asked.omitted);
   });
 
   it('does not begin the kept conversation on an answer whose question was left out', () => {
     const messages = chat(6);
     const opening = countPromptTokens(messages.slice(0, 3));
-    const last = countPromptTokens([messages.at(-1)!]);
-    const answer = countPromptTokens([messages.at(-2)!]);
+    const last = countMessageTokens(messages.at(-1)!);
+    const answer = countMessageTokens(messages.at(-2)!);
     // Room for the opening, the last question and the answer before it, but not its question.
-    const contextLength = opening + last + answer + 50;
-    const fitted = fitHistory(messages, 3, model(contextLength, 50));
+    const fitted = fitHistory(messages, 3, model(windowFor(opening + last + answer, 50), 50));
     expect(tags(fitted.messages)).toEqual(['system', 'example-q', 'example-a', 'last']);
     expect(fitted.omitted).toBe(messages.length - 4);
+    expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
   });
 
   it('sends the opening and the last message when not even they leave room, for the budget to shrink', () => {
@@ -79,10 +103,10 @@ describe('fitting a chat history to the context window', () => {
     const fitted = fitHistory(messages, 3, model(80, 50));
     expect(tags(fitted.messages)).toEqual(['system', 'example-q', 'example-a', 'last']);
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
-    expect(fitted.promptTokens).toBeGreaterThan(80 - 50);
+    expect(fitted.promptTokens).toBeGreaterThan(roomIn(80, 50));
   });
 
-  it('keeps a chat that is all opening, and a lone message, whatever their size', () => {
+  it('keeps a chat that is all opening, and a lone message, whatever their size, and sends nothing of none', () => {
     const opening = chat(0).slice(0, 3);
     expect(fitHistory(opening, 3, model(10)).omitted).toBe(0);
     expect(fitHistory(opening, 5, model(10)).messages).toEqual(opening);
@@ -92,28 +116,34 @@ describe('fitting a chat history to the context window', () => {
       omitted: 0,
       promptTokens: countPromptTokens(lone),
     });
+    expect(fitHistory([], 2, model(10))).toEqual({
+      messages: [],
+      omitted: 0,
+      promptTokens: countPromptTokens([]),
+    });
   });
 
-  it('counts no message older than the first that does not fit, and takes the counts it is given', () => {
+  it('counts each message once at most, and none older than the first that does not fit', () => {
     const messages = chat(200);
     const counted: number[] = [];
     const tokensOf = (i: number) => {
       counted.push(i);
-      return countPromptTokens([messages[i]!]) - countPromptTokens([]);
+      return countMessageTokens(messages[i]!);
     };
-    const contextLength = countPromptTokens([...messages.slice(0, 3), ...messages.slice(-7)]) + 50;
+    // Room for the opening and the last eight, the first of them an answer, which then goes too.
+    const contextLength = windowFor(countPromptTokens([...messages.slice(0, 3), ...messages.slice(-8)]), 50);
     const fitted = fitHistory(messages, 3, model(contextLength, 50), undefined, tokensOf);
-    expect(fitted.messages).toHaveLength(3 + 7);
+    expect(fitted.messages).toEqual([...messages.slice(0, 3), ...messages.slice(-7)]);
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
-    // The opening, the seven kept, the one that did not fit: each once.
-    expect(counted.length).toBe(3 + 7 + 1);
+    // The opening, the eight, the one that did not fit: each once.
+    expect(counted.length).toBe(3 + 8 + 1);
     expect(new Set(counted).size).toBe(counted.length);
-    expect(Math.min(...counted.filter((i) => i >= 3))).toBe(messages.length - 8);
+    expect(Math.min(...counted.filter((i) => i >= 3))).toBe(messages.length - 9);
   });
 
   it('may leave out the whole conversation of a chat without opening messages but its last', () => {
     const messages = chat(5).slice(3);
-    const fitted = fitHistory(messages, 0, model(countPromptTokens([messages.at(-1)!]) + 60, 50));
+    const fitted = fitHistory(messages, 0, model(countPromptTokens([messages.at(-1)!]) + 100, 50));
     expect(tags(fitted.messages)).toEqual(['last']);
     expect(fitted.omitted).toBe(messages.length - 1);
   });

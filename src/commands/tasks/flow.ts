@@ -147,6 +147,11 @@ export class UnknownModel extends BadRequest {
  */
 export class NotForLocalModel extends BadRequest {}
 
+/** A reply asked for in a chat with no message at all (its preset has none, and none was sent). */
+export class NothingToAnswer extends BadRequest {
+  override readonly type = '/problems/chat-empty';
+}
+
 /**
  * The life of a task, from `POST /tasks` to its settlement:
  *
@@ -217,6 +222,9 @@ export class TaskFlow {
     provenance: Provenance,
   ): Promise<StartedTask> {
     const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
+    if (chat.messages.length === 0) {
+      throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
+    }
     const model = this.model(input.model ?? chat.model);
     const params = definedOnly(chat.parameters);
     const inputs = chat.messages.map(toModelMessage);
