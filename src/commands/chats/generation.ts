@@ -11,7 +11,8 @@ export interface ChatForGeneration {
   title: string;
   model: string;
   parameters: PresetParameters;
-  messages: ChatMessage[];
+  /** The command handler's cached state itself: never to be changed. */
+  messages: readonly ChatMessage[];
   /** How many of `messages` open the chat (its preset's). */
   opening: number;
   /** The chat stream's revision and global position this history was read at. */
@@ -39,8 +40,8 @@ export async function loadChatForGeneration(
     title: chat.title,
     model: chat.model,
     parameters: chat.parameters,
-    // A copy: the cached state is the handler's and must not be changed by a caller.
-    messages: state.messages.map((m) => ({ ...m, content: m.content.map((p) => ({ ...p })) })),
+    // Not copied (a long chat's would be copied for every reply): read only.
+    messages: state.messages,
     opening: state.opening,
     revision,
     position,

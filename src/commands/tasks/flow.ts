@@ -227,11 +227,12 @@ export class TaskFlow {
     }
     const model = this.model(input.model ?? chat.model);
     const params = definedOnly(chat.parameters);
-    const inputs = chat.messages.map(toModelMessage);
-    const history = fitHistory(inputs, chat.opening, model, params.max_tokens, (i) => {
-      const key = `${chat.chatId}\u0000${chat.messages[i]!.messageId}`;
+    const history = fitHistory(chat.messages, chat.opening, model, params.max_tokens, (i) => {
+      const message = chat.messages[i]!;
+      const key = `${chat.chatId}\u0000${message.messageId}`;
       let tokens = this.messageTokens.get(key);
-      if (tokens === undefined) this.messageTokens.set(key, (tokens = countMessageTokens(inputs[i]!)));
+      if (tokens === undefined)
+        this.messageTokens.set(key, (tokens = countMessageTokens(toModelMessage(message))));
       return tokens;
     });
     return this.start(
@@ -239,7 +240,7 @@ export class TaskFlow {
         userId: input.userId,
         chatId: chat.chatId,
         model,
-        messages: history.messages,
+        messages: history.messages.map(toModelMessage),
         promptTokens: history.promptTokens,
         omittedMessages: history.omitted,
         params,

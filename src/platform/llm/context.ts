@@ -8,9 +8,11 @@ import type { ChatMessageInput, ModelInfo } from './types';
  */
 export const CONTEXT_MARGIN = 0.05;
 
+type WindowOf = Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>;
+
 /** A chat's history as it goes to the model. */
-export interface FittedHistory {
-  messages: ChatMessageInput[];
+export interface FittedHistory<M = ChatMessageInput> {
+  messages: M[];
   /** Messages of the conversation left out, the oldest ones, so that the rest fits. */
   omitted: number;
   /** Tokens of the prompt that goes (`countPromptTokens` of `messages`). */
@@ -32,15 +34,30 @@ export interface FittedHistory {
  * Messages are counted from the newest back, and none older than the first that does not fit, so
  * a long chat costs a count of about one context window, not of its whole history. `tokensOf`
  * counts the message at an index (`countMessageTokens`, or a cache of its counts); each is asked
- * for once at most.
+ * for once at most. Given it, the messages may be of any shape (a chat's own, turned into a
+ * prompt's once fitted, so that only those sent are).
  */
 export function fitHistory(
   messages: readonly ChatMessageInput[],
   opening: number,
-  model: Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>,
+  model: WindowOf,
   requestedMaxTokens?: number,
-  tokensOf: (index: number) => number = (i) => countMessageTokens(messages[i]!),
-): FittedHistory {
+): FittedHistory;
+export function fitHistory<M extends { role: string }>(
+  messages: readonly M[],
+  opening: number,
+  model: WindowOf,
+  requestedMaxTokens: number | undefined,
+  tokensOf: (index: number) => number,
+): FittedHistory<M>;
+export function fitHistory<M extends { role: string }>(
+  messages: readonly M[],
+  opening: number,
+  model: WindowOf,
+  requestedMaxTokens?: number,
+  // Without `tokensOf`, the first overload says the messages are a prompt's.
+  tokensOf: (index: number) => number = (i) => countMessageTokens(messages[i] as unknown as ChatMessageInput),
+): FittedHistory<M> {
   const output = Math.min(requestedMaxTokens ?? model.defaultMaxTokens, model.maxOutputTokens);
   const limit = model.contextLength - output - Math.ceil(model.contextLength * CONTEXT_MARGIN);
   const last = messages.length - 1;
