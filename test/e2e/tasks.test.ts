@@ -146,8 +146,12 @@ async function newUser(): Promise<{ id: string; auth: string }> {
   };
 }
 
-/** A chat (from a private preset) with one user message, ready for a reply. */
-async function newChat(auth: string, model = 'fake-model'): Promise<string> {
+/** A chat from a private preset of `model` that opens with `opening`, with nothing sent in it yet. */
+async function presetChat(
+  auth: string,
+  model = 'fake-model',
+  opening: readonly { role: string; content: string }[] = [{ role: 'system', content: 'You are terse.' }],
+): Promise<string> {
   const preset = await t.http
     .post(`${API}/presets`)
     .set('Authorization', auth)
@@ -156,7 +160,7 @@ async function newChat(auth: string, model = 'fake-model'): Promise<string> {
       description: '',
       model,
       parameters: { temperature: 0.2 },
-      messages: [{ role: 'system', content: 'You are terse.' }],
+      messages: opening,
       public: false,
     });
   expect(preset.status).toBe(201);
@@ -165,7 +169,12 @@ async function newChat(auth: string, model = 'fake-model'): Promise<string> {
     .set('Authorization', auth)
     .send({ preset_id: (preset.body as { id: string }).id });
   expect(chat.status).toBe(201);
-  const chatId = (chat.body as { id: string }).id;
+  return (chat.body as { id: string }).id;
+}
+
+/** A chat (from a private preset) with one user message, ready for a reply. */
+async function newChat(auth: string, model = 'fake-model'): Promise<string> {
+  const chatId = await presetChat(auth, model);
   const msg = await t.http
     .post(`${API}/chats/${chatId}/messages`)
     .set('Authorization', auth)
@@ -1193,21 +1202,7 @@ describe('a chat longer than its model’s context window', () => {
       { role: 'user', content: 'What is a vixen?' },
       { role: 'assistant', content: 'A female fox.' },
     ] as const;
-    const preset = await t.http.post(`${API}/presets`).set('Authorization', u.auth).send({
-      name: 'Foxes',
-      description: '',
-      model: 'fake-narrow',
-      parameters: {},
-      messages: opening,
-      public: false,
-    });
-    expect(preset.status).toBe(201);
-    const chat = await t.http
-      .post(`${API}/chats`)
-      .set('Authorization', u.auth)
-      .send({ preset_id: (preset.body as { id: string }).id });
-    expect(chat.status).toBe(201);
-    const chatId = (chat.body as { id: string }).id;
+    const chatId = await presetChat(u.auth, 'fake-narrow', opening);
     const question = (i: number) =>
       `Question ${i}: ${'tell me more about foxes and their dens in winter, '.repeat(5)}`;
     const ask = async (i: number) => {
@@ -1273,25 +1268,9 @@ describe('a chat longer than its model’s context window', () => {
 describe('a chat with no message', () => {
   it('answers 400 to a reply asked for, holding nothing and asking no model', async () => {
     const u = await newUser();
-    const preset = await t.http.post(`${API}/presets`).set('Authorization', u.auth).send({
-      name: 'Blank',
-      description: '',
-      model: 'fake-model',
-      parameters: {},
-      messages: [],
-      public: false,
-    });
-    expect(preset.status).toBe(201);
-    const chat = await t.http
-      .post(`${API}/chats`)
-      .set('Authorization', u.auth)
-      .send({ preset_id: (preset.body as { id: string }).id });
-    expect(chat.status).toBe(201);
+    const chatId = await presetChat(u.auth, 'fake-model', []);
     const asked = fake.requests.length;
-    const res = await t.http
-      .post(`${API}/tasks`)
-      .set('Authorization', u.auth)
-      .send({ chat_id: (chat.body as { id: string }).id });
+    const res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
     expect(res.status).toBe(400);
     expect(res.body).toMatchObject({ type: '/problems/chat-empty', status: 400 });
     expect(fake.requests.length).toBe(asked);
