@@ -1263,6 +1263,48 @@ describe('a chat longer than its model’s context window', () => {
     );
     expect(all[2]!.content).toEqual([{ type: 'text', text: question(0) }]);
   });
+
+  it('fits the history to the model the task names, hidden messages counted with the rest', async () => {
+    const u = await newUser();
+    const chatId = await presetChat(u.auth, 'fake-model');
+    const say = async (text: string, visible = true) => {
+      const sent = await t.http
+        .post(`${API}/chats/${chatId}/messages`)
+        .set('Authorization', u.auth)
+        .send({ content: [{ type: 'text', text }], visible });
+      expect(sent.status).toBe(201);
+    };
+    const note = `Hidden note: ${'the user keeps foxes and likes short answers. '.repeat(6)}`;
+    await say(note, false);
+    const questions = Array.from(
+      { length: 10 },
+      (_, i) => `Q${i}: ${'where do foxes sleep in winter? '.repeat(8)}`,
+    );
+    for (const q of questions) await say(q);
+
+    // In the narrow window, the oldest go: the hidden note first, and it counts.
+    const narrow = await t.http
+      .post(`${API}/tasks`)
+      .set('Authorization', u.auth)
+      .send({ chat_id: chatId, model: 'fake-narrow' });
+    expect(narrow.status).toBe(201);
+    const omitted = (narrow.body as { omitted_messages: number }).omitted_messages;
+    expect(omitted).toBeGreaterThan(1);
+    await stream(u.auth, (narrow.body as Started).id);
+    const sentNarrow = fake.requests.at(-1)!.body.messages!.map((m) => m.content);
+    expect(sentNarrow).toEqual(['You are terse.', ...questions.slice(omitted - 1)]);
+
+    // In the chat's own model's window, all of it goes, the hidden note and the reply saved since.
+    const wide = await startTask(u.auth, chatId);
+    expect((wide as Started & { omitted_messages: number }).omitted_messages).toBe(0);
+    await stream(u.auth, wide.id);
+    expect(fake.requests.at(-1)!.body.messages!.map((m) => m.content)).toEqual([
+      'You are terse.',
+      note,
+      ...questions,
+      REPLY,
+    ]);
+  });
 });
 
 describe('a chat with no message', () => {
