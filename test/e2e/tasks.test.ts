@@ -13,6 +13,7 @@ import type { ChatMessageInput } from '../../src/platform/llm/types';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
+import { chatDecider } from '../../src/commands/chats/decider';
 import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
 import { sql } from 'kysely';
 import sharp from 'sharp';
@@ -1223,9 +1224,13 @@ describe('a chat longer than its model’s context window', () => {
     history.push({ role: 'user', content: question(8) });
     // Whole, the history leaves no room for a reply: it would be refused for good.
     expect(countPromptTokens(history)).toBeGreaterThan(700);
+    // The fit reads the chat's cached state, not a copy of it: it must leave it as it was.
+    const cached = async () => (await t.deps.commands.read(chatDecider, chatStream(chatId))).state.messages;
+    const before = structuredClone(await cached());
 
     const res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
     expect(res.status).toBe(201);
+    expect(await cached()).toEqual(before);
     const started = res.body as Started & {
       prompt_tokens: number;
       max_tokens: number;
@@ -1288,11 +1293,15 @@ describe('a chat longer than its model’s context window', () => {
       .set('Authorization', u.auth)
       .send({ chat_id: chatId, model: 'fake-narrow' });
     expect(narrow.status).toBe(201);
-    const omitted = (narrow.body as { omitted_messages: number }).omitted_messages;
+    const { omitted_messages: omitted, prompt_tokens: promptTokens } = narrow.body as {
+      omitted_messages: number;
+      prompt_tokens: number;
+    };
     expect(omitted).toBeGreaterThan(1);
     await stream(u.auth, (narrow.body as Started).id);
-    const sentNarrow = fake.requests.at(-1)!.body.messages!.map((m) => m.content);
-    expect(sentNarrow).toEqual(['You are terse.', ...questions.slice(omitted - 1)]);
+    const sentNarrow = fake.requests.at(-1)!.body.messages!;
+    expect(sentNarrow.map((m) => m.content)).toEqual(['You are terse.', ...questions.slice(omitted - 1)]);
+    expect(promptTokens).toBe(countPromptTokens(sentNarrow as ChatMessageInput[]));
 
     // In the chat's own model's window, all of it goes, the hidden note and the reply saved since.
     const wide = await startTask(u.auth, chatId);

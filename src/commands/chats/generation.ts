@@ -11,8 +11,8 @@ export interface ChatForGeneration {
   title: string;
   model: string;
   parameters: PresetParameters;
-  /** The command handler's cached state itself: never to be changed. */
-  messages: readonly ChatMessage[];
+  /** The command handler's cached messages themselves: never to be changed. */
+  messages: readonly Readonly<ChatMessage>[];
   /** How many of `messages` open the chat (its preset's). */
   opening: number;
   /** The chat stream's revision and global position this history was read at. */
@@ -40,8 +40,9 @@ export async function loadChatForGeneration(
     title: chat.title,
     model: chat.model,
     parameters: chat.parameters,
-    // Not copied (a long chat's would be copied for every reply): read only.
-    messages: state.messages,
+    // The messages themselves are not copied (a long chat's would be, for every reply): read only.
+    // The array is, since the cached one grows as the chat's next events are folded in.
+    messages: state.messages.slice(),
     opening: state.opening,
     revision,
     position,
