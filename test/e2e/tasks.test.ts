@@ -1301,7 +1301,7 @@ describe('a chat longer than its model’s context window', () => {
     await stream(u.auth, (narrow.body as Started).id);
     const sentNarrow = fake.requests.at(-1)!.body.messages!;
     expect(sentNarrow.map((m) => m.content)).toEqual(['You are terse.', ...questions.slice(omitted - 1)]);
-    expect(promptTokens).toBe(countPromptTokens(sentNarrow as ChatMessageInput[]));
+    expect(promptTokens).toBe(countPromptTokens(sentNarrow));
 
     // In the chat's own model's window, all of it goes, the hidden note and the reply saved since.
     const wide = await startTask(u.auth, chatId);
