@@ -1,5 +1,10 @@
-import { CONTEXT_MARGIN, fitHistory } from '../../src/platform/llm/context';
-import { countMessageTokens, countPromptTokens } from '../../src/platform/llm/tokens';
+import {
+  CONTEXT_MARGIN,
+  fitHistory,
+  IMAGE_TOKENS_AT_MOST,
+  messageSize,
+} from '../../src/platform/llm/context';
+import { countMessageTokens, countPromptTokens, TOKENS_PER_IMAGE } from '../../src/platform/llm/tokens';
 import type { ChatMessageInput } from '../../src/platform/llm/types';
 
 const say = (role: 'system' | 'user' | 'assistant', words: number, tag: string = role): ChatMessageInput => ({
@@ -126,19 +131,40 @@ describe('fitting a chat history to the context window', () => {
   it('counts each message once at most, and none older than the first that does not fit', () => {
     const messages = chat(200);
     const counted: number[] = [];
-    const tokensOf = (i: number) => {
+    const sizeOf = (i: number) => {
       counted.push(i);
-      return countMessageTokens(messages[i]!);
+      return messageSize(messages[i]!);
     };
     // Room for the opening and the last eight, the first of them an answer, which then goes too.
     const contextLength = windowFor(countPromptTokens([...messages.slice(0, 3), ...messages.slice(-8)]), 50);
-    const fitted = fitHistory(messages, 3, model(contextLength, 50), undefined, tokensOf);
+    const fitted = fitHistory(messages, 3, model(contextLength, 50), undefined, sizeOf);
     expect(fitted.messages).toEqual([...messages.slice(0, 3), ...messages.slice(-7)]);
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
     // The opening, the eight, the one that did not fit: each once.
     expect(counted.length).toBe(3 + 8 + 1);
     expect(new Set(counted).size).toBe(counted.length);
     expect(Math.min(...counted.filter((i) => i >= 3))).toBe(messages.length - 9);
+  });
+
+  it('takes each image at the most a provider may count for it, while the prompt counts it as low detail', () => {
+    const picture = (i: number): ChatMessageInput => ({
+      role: 'user',
+      content: [
+        { type: 'text', text: `picture ${i}` },
+        { type: 'image_url', image_url: { url: `https://example.com/${i}.png` } },
+      ],
+    });
+    const messages = [say('system', 5), ...Array.from({ length: 6 }, (_, i) => picture(i))];
+    expect(messageSize(messages[1]!)).toEqual({ tokens: countMessageTokens(messages[1]!), images: 1 });
+    // Counted as the prompt counts them, all six would fit; at their most, three do.
+    const atMost = (m: ChatMessageInput) => countMessageTokens(m) + IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE;
+    const three = countMessageTokens(messages[0]!) + 3 * atMost(messages[6]!) + countPromptTokens([]);
+    const contextLength = windowFor(three + 10, 50);
+    expect(countPromptTokens(messages)).toBeLessThan(roomIn(contextLength, 50));
+    const fitted = fitHistory(messages, 1, model(contextLength, 50));
+    expect(fitted.messages).toEqual([messages[0], ...messages.slice(4)]);
+    expect(fitted.omitted).toBe(3);
+    expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
   });
 
   it('may leave out the whole conversation of a chat without opening messages but its last', () => {

@@ -11,11 +11,10 @@ import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
 import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
-import { fitHistory } from '../../platform/llm/context';
+import { fitHistory, messageSize, type MessageSize } from '../../platform/llm/context';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import {
-  countMessageTokens,
   countPromptTokens,
   countResponseFormatTokens,
   countTextTokens,
@@ -132,8 +131,8 @@ const sweepGraceMs = (lifeMs: number) => Math.min(SWEEP_GRACE_MS, Math.floor(lif
  */
 const HOLD_MARGIN_MS = 5 * 60_000;
 const CANCEL_CHANNEL = 'tasks:cancel';
-/** Counts of chat messages kept (a number and its key each: a few MB). */
-const MESSAGE_TOKENS_CACHED = 50_000;
+/** Sizes of chat messages kept (two numbers and a key each: a few MB). */
+const MESSAGE_SIZES_CACHED = 50_000;
 const SYSTEM_ACTOR = 'system:tasks';
 
 /** A model the catalog does not offer. */
@@ -181,10 +180,10 @@ export class TaskFlow {
   /** Starts past the closing check, not generating yet: closing waits for them too. */
   private readonly starting = new Set<Promise<unknown>>();
   /**
-   * Tokens of chat messages already counted, by chat and message (a message never changes): a
+   * Sizes of chat messages already counted, by chat and message (a message never changes): a
    * chat's next task counts only its new messages, not its whole history again.
    */
-  private readonly messageTokens = new LRUCache<string, number>({ max: MESSAGE_TOKENS_CACHED });
+  private readonly messageSizes = new LRUCache<string, MessageSize>({ max: MESSAGE_SIZES_CACHED });
   private readonly subscriber: Redis | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
@@ -230,10 +229,9 @@ export class TaskFlow {
     const history = fitHistory(chat.messages, chat.opening, model, params.max_tokens, (i) => {
       const message = chat.messages[i]!;
       const key = `${chat.chatId}\u0000${message.messageId}`;
-      let tokens = this.messageTokens.get(key);
-      if (tokens === undefined)
-        this.messageTokens.set(key, (tokens = countMessageTokens(toModelMessage(message))));
-      return tokens;
+      let size = this.messageSizes.get(key);
+      if (size === undefined) this.messageSizes.set(key, (size = messageSize(toModelMessage(message))));
+      return size;
     });
     return this.start(
       {

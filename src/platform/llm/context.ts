@@ -1,4 +1,4 @@
-import { countMessageTokens, REPLY_PRIMING_TOKENS } from './tokens';
+import { countMessageTokens, REPLY_PRIMING_TOKENS, TOKENS_PER_IMAGE } from './tokens';
 import type { ChatMessageInput, ModelInfo } from './types';
 
 /**
@@ -9,6 +9,25 @@ import type { ChatMessageInput, ModelInfo } from './types';
 export const CONTEXT_MARGIN = 0.05;
 
 type WindowOf = Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>;
+
+/**
+ * What one image may take of a window: OpenAI's largest high-detail image (six 512-pixel tiles of
+ * 170 tokens, and 85). The prompt's count takes an image at 85, the low-detail price, which the
+ * fit cannot trust: a chat of many images fitted by it would overflow the provider's window.
+ */
+export const IMAGE_TOKENS_AT_MOST = 1_105;
+
+/** A message's tokens as the prompt's count takes them, and its images. */
+export interface MessageSize {
+  tokens: number;
+  images: number;
+}
+
+/** The size of a prompt's message (`countMessageTokens`, and its image parts). */
+export function messageSize(m: ChatMessageInput): MessageSize {
+  const images = Array.isArray(m.content) ? m.content.filter((p) => p.type === 'image_url').length : 0;
+  return { tokens: countMessageTokens(m), images };
+}
 
 /** A chat's history as it goes to the model. */
 export interface FittedHistory<M = ChatMessageInput> {
@@ -24,18 +43,19 @@ export interface FittedHistory<M = ChatMessageInput> {
  * goes on being answered instead of being refused for good once it outgrows the window.
  *
  * The prompt must leave room for the reply's output budget (what the chat asks for, else the
- * model's default, at most its maximum) and for `CONTEXT_MARGIN`. While it does not, the oldest
- * messages of the conversation are left out. The chat's opening messages (its preset's
- * instructions and examples) and its last message are always kept, and a kept conversation that
- * lost messages starts on a user's message (an answer whose question was left out goes with it).
- * Should the opening and the last message alone leave too little room, they go as they are: the
- * output budget then shrinks to what is left, or the prompt is refused as too long.
+ * model's default, at most its maximum) and for `CONTEXT_MARGIN`, each image taken at
+ * `IMAGE_TOKENS_AT_MOST`. While it does not, the oldest messages of the conversation are left out.
+ * The chat's opening messages (its preset's instructions and examples) and its last message are
+ * always kept, and a kept conversation that lost messages starts on a user's message (an answer
+ * whose question was left out goes with it). Should the opening and the last message alone leave
+ * too little room, they go as they are: the output budget then shrinks to what is left, or the
+ * prompt is refused as too long.
  *
- * Messages are counted from the newest back, and none older than the first that does not fit, so
- * a long chat costs a count of about one context window, not of its whole history. `tokensOf`
- * counts the message at an index (`countMessageTokens`, or a cache of its counts); each is asked
- * for once at most. Given it, the messages may be of any shape (a chat's own, turned into a
- * prompt's once fitted, so that only those sent are).
+ * Messages are sized from the newest back, and none older than the first that does not fit, so a
+ * long chat costs a count of about one context window, not of its whole history. `sizeOf` sizes
+ * the message at an index (`messageSize`, or a cache of its sizes); each is asked for once at
+ * most. Given it, the messages may be of any shape (a chat's own, turned into a prompt's once
+ * fitted, so that only those sent are).
  */
 export function fitHistory(
   messages: readonly ChatMessageInput[],
@@ -48,37 +68,45 @@ export function fitHistory<M extends { role: string }>(
   opening: number,
   model: WindowOf,
   requestedMaxTokens: number | undefined,
-  tokensOf: (index: number) => number,
+  sizeOf: (index: number) => MessageSize,
 ): FittedHistory<M>;
 export function fitHistory<M extends { role: string }>(
   messages: readonly M[],
   opening: number,
   model: WindowOf,
   requestedMaxTokens?: number,
-  // Without `tokensOf`, the first overload says the messages are a prompt's.
-  tokensOf: (index: number) => number = (i) => countMessageTokens(messages[i] as unknown as ChatMessageInput),
+  // Without `sizeOf`, the first overload says the messages are a prompt's.
+  sizeOf: (index: number) => MessageSize = (i) => messageSize(messages[i] as unknown as ChatMessageInput),
 ): FittedHistory<M> {
   const output = Math.min(requestedMaxTokens ?? model.defaultMaxTokens, model.maxOutputTokens);
   const limit = model.contextLength - output - Math.ceil(model.contextLength * CONTEXT_MARGIN);
   const last = messages.length - 1;
   const head = Math.max(0, Math.min(opening, last));
+  // `tokens` is the prompt's count; `taken` is what the fit takes, images at their most.
   let tokens = REPLY_PRIMING_TOKENS;
-  for (let i = 0; i < head; i++) tokens += tokensOf(i);
+  let taken = REPLY_PRIMING_TOKENS;
+  const sizes = new Map<number, MessageSize>();
+  const add = (i: number, size = sizeOf(i)) => {
+    sizes.set(i, size);
+    tokens += size.tokens;
+    taken += atMost(size);
+  };
+  for (let i = 0; i < head; i++) add(i);
   if (last < 0) return { messages: [], omitted: 0, promptTokens: tokens };
-  const counted = new Map<number, number>([[last, tokensOf(last)]]);
-  tokens += counted.get(last)!;
+  add(last);
   let start = last;
   for (; start > head; start--) {
-    const before = tokensOf(start - 1);
-    if (tokens + before > limit) break;
-    counted.set(start - 1, before);
-    tokens += before;
+    const before = sizeOf(start - 1);
+    if (taken + atMost(before) > limit) break;
+    add(start - 1, before);
   }
   if (start === head) return { messages: [...messages], omitted: 0, promptTokens: tokens };
-  while (start < last && messages[start]!.role !== 'user') tokens -= counted.get(start++)!;
+  while (start < last && messages[start]!.role !== 'user') tokens -= sizes.get(start++)!.tokens;
   return {
     messages: [...messages.slice(0, head), ...messages.slice(start)],
     omitted: start - head,
     promptTokens: tokens,
   };
 }
+
+const atMost = (size: MessageSize) => size.tokens + size.images * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE);
