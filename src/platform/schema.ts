@@ -194,6 +194,8 @@ export interface TasksTable {
   deadline_at: Date;
   finished_at: Date | null;
   last_position: string;
+  /** Messages of a chat's history the task left out to fit its model's window. */
+  omitted_messages: number;
 }
 
 /** Avatar JPEGs by the SHA-256 (hex) of their bytes. */

@@ -99,6 +99,7 @@ function createdRow(start: RecordedEvent, later: readonly RecordedEvent[]) {
     deadline_at: new Date(d.deadlineAt),
     finished_at: null,
     last_position: last_position ?? String(start.position),
+    omitted_messages: d.omittedMessages ?? 0,
     ...outcome,
   };
   return {

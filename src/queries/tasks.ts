@@ -29,6 +29,8 @@ export interface TaskListItem {
   cost: number | null;
   message_id: string | null;
   error: string | null;
+  /** Messages of a chat's history left out to fit the model's window. */
+  omitted_messages: number;
   created_at: string;
   finished_at: string | null;
 }
@@ -45,6 +47,7 @@ function taskListItem(r: Selectable<TasksTable>): TaskListItem {
     cost: r.cost === null ? null : Number(r.cost),
     message_id: r.message_id,
     error: r.error,
+    omitted_messages: r.omitted_messages,
     created_at: r.created_at.toISOString(),
     finished_at: r.finished_at?.toISOString() ?? null,
   };

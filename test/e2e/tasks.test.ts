@@ -1257,6 +1257,13 @@ describe('a chat longer than its model’s context window', () => {
     const sent = fake.requests.at(-1)!.body.messages!;
     expect(sent.map((m) => ({ role: m.role, content: m.content }))).toEqual(kept);
     expect(await task(u.auth, started.id)).toMatchObject({ status: 'succeeded', omitted_messages: omitted });
+    const listed = await t.http
+      .get(`${API}/tasks?limit=1`)
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', res.headers['x-event-position'] as string);
+    expect((listed.body as { items: unknown[] }).items).toEqual([
+      expect.objectContaining({ id: started.id, omitted_messages: omitted }),
+    ]);
     const created = (await t.deps.store.readStream(taskStream(started.id)))[0]!;
     expect(created.type).toBe('TaskCreated');
     expect(created.data).toMatchObject({ omittedMessages: omitted, promptTokens: started.prompt_tokens });
@@ -1434,6 +1441,7 @@ describe('the list of my tasks', () => {
         cost: null,
         message_id: null,
         error: null,
+        omitted_messages: 0,
         created_at: expect.any(String) as string,
         finished_at: null,
       },

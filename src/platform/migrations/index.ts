@@ -10,6 +10,7 @@ import * as chats from './0008_chats';
 import * as tasks from './0009_tasks';
 import * as idempotencyRef from './0010_idempotency_ref';
 import * as projectionErrors from './0011_projection_errors';
+import * as taskOmittedMessages from './0012_task_omitted_messages';
 
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -24,4 +25,5 @@ export const migrations: Record<string, Migration> = {
   '0009_tasks': tasks,
   '0010_idempotency_ref': idempotencyRef,
   '0011_projection_errors': projectionErrors,
+  '0012_task_omitted_messages': taskOmittedMessages,
 };
