@@ -19,6 +19,7 @@ import {
   countResponseFormatTokens,
   countTextTokens,
   countToolCallTokens,
+  countToolsTokens,
 } from '../../platform/llm/tokens';
 import { ToolCallAssembly } from '../../platform/llm/toolCalls';
 import {
@@ -115,7 +116,7 @@ interface Generation {
   tools?: ToolOptions | undefined;
   /** JSON output (completions only). */
   responseFormat?: ResponseFormat | undefined;
-  /** Tokens of the prompt, when already counted (a chat's history, as it was fitted). */
+  /** Tokens of the messages, when already counted (a chat's history, as it was fitted). */
   promptTokens?: number | undefined;
   /** Messages of a chat's history left out to fit the model's context window (chats only). */
   omittedMessages?: number | undefined;
@@ -461,8 +462,11 @@ export class TaskFlow {
 
   private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
+    // The messages as counted already (a chat's fitted history) or now; the tools and the format on top.
     const promptTokens =
-      g.promptTokens ?? countPromptTokens(g.messages, g.tools) + countResponseFormatTokens(g.responseFormat);
+      (g.promptTokens ?? countPromptTokens(g.messages)) +
+      countToolsTokens(g.tools) +
+      countResponseFormatTokens(g.responseFormat);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
     const hold = holdFor(g.model, promptTokens, maxTokens);
     const taskId = ids.next();

@@ -34,11 +34,14 @@ export function countTextTokens(text: string): number {
 export function countPromptTokens(messages: readonly ChatMessageInput[], tools?: ToolOptions): number {
   let total = REPLY_PRIMING_TOKENS;
   for (const m of messages) total += countMessageTokens(m);
-  if (tools && tools.tools.length > 0) {
-    total += countTextTokens(JSON.stringify(tools.tools));
-    if (tools.choice !== undefined) total += countTextTokens(JSON.stringify(tools.choice));
-  }
-  return total;
+  return total + countToolsTokens(tools);
+}
+
+/** Tokens of the functions offered to a model, and of the choice among them: a prompt's part. */
+export function countToolsTokens(tools: ToolOptions | undefined): number {
+  if (!tools || tools.tools.length === 0) return 0;
+  const choice = tools.choice === undefined ? 0 : countTextTokens(JSON.stringify(tools.choice));
+  return countTextTokens(JSON.stringify(tools.tools)) + choice;
 }
 
 /** Tokens of one message of a prompt, its framing included: a prompt's count is the sum of its messages'. */
