@@ -326,7 +326,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   openapi.registerPath({
     method: 'get',
     path: '/tasks/{id}/stream',
-    summary: 'The reply as it is generated (SSE: delta…, then done or error); only the first call streams',
+    summary:
+      'The reply as it is generated (SSE: delta…, then done or error, with the position where its settlement ended); only the first call streams',
     tags: ['tasks'],
     security: bearerSecurity,
     request: { params: TaskId },
@@ -343,7 +344,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       ctx.set(SSE_HEADERS);
       return;
     }
-    const claimed = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
+    const { state: claimed, position } = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
+    setEventPosition(ctx, position);
     const sse = openSse(ctx, heartbeatMs);
     const task = {
       current: () => flow.read(id, claimed.userId),
@@ -355,8 +357,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       if (c.kind === 'delta') sse.send('delta', { content: c.content });
       // A chat's task offers no tools, and its events have no place for reasoning (API.md).
       else if (c.kind === 'tool_call' || c.kind === 'reasoning') return;
-      else if (c.kind === 'done') sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost });
-      else sse.send('error', { detail: c.detail });
+      // Where the settlement ended: a read with `X-Consistent-After` then shows the reply and the charge.
+      else if (c.kind === 'done') {
+        sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost, ...positionOf(c) });
+      } else sse.send('error', { detail: c.detail, ...positionOf(c) });
     })
       .finally(() => sse.end())
       .catch((err: unknown) => {
@@ -466,6 +470,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       } finally {
         ctx.res.off('close', gone);
       }
+      // Settled (here already, as a rule): a read given its position sees the charge.
+      setEventPosition(ctx, await flow.settle(outcome, null));
       if (outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined) {
         throw new ProviderRefused(outcome.data.reason);
       }
@@ -583,6 +589,11 @@ function toolCallDelta(c: ToolCallDelta) {
   return { index: c.index, ...(c.id !== undefined ? { id: c.id, type: 'function' } : {}), function: fn };
 }
 
+/** A task's last chunk's settlement position, as the stream's last event carries it. */
+function positionOf(c: { position?: string }) {
+  return c.position !== undefined ? { position: c.position } : {};
+}
+
 function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {
   return { ...u, total_tokens: u.prompt_tokens + u.completion_tokens };
 }
@@ -604,7 +615,7 @@ export async function followTask(
   known: TaskOutcome | null,
   buffer: TaskBuffer,
   signal: AbortSignal,
-  task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<void> },
+  task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<bigint> },
   onChunk: (c: TaskChunk) => void,
   stallCheckMs = STALL_CHECK_MS,
 ): Promise<void> {
@@ -619,7 +630,7 @@ export async function followTask(
     onChunk(c);
   };
   const finishFrom = async (outcome: TaskOutcome) => {
-    await task.settle(outcome);
+    const settledAt = await task.settle(outcome);
     const completed = outcome.type === 'TaskCompleted' ? outcome.data : null;
     const thought = restOf(completed?.reasoning ?? '', sentReasoning);
     if (thought) send({ kind: 'reasoning', content: thought });
@@ -636,7 +647,7 @@ export async function followTask(
         send({ kind: 'tool_call', index, arguments: more });
       }
     });
-    send(chunkOf(outcome));
+    send(chunkOf(outcome, settledAt));
   };
   if (known) return finishFrom(known);
   const reader = buffer.read(taskId, signal)[Symbol.asyncIterator]();

@@ -17,12 +17,16 @@ export type TaskChunk =
       cost: number;
       /** The provider's word on why the reply ended, when it gave one (absent from older buffers). */
       finishReason?: FinishReason;
+      /** The global position where the task's settlement ended (absent from older buffers). */
+      position?: string;
     }
   | {
       kind: 'error';
       detail: string;
       /** The provider refused the request as asked, before any output: the caller's to fix. */
       refused?: boolean;
+      /** As for `done`; absent when the task could not be settled here. */
+      position?: string;
     };
 
 /**

@@ -290,6 +290,33 @@ async function ledgerEvents(userId: string) {
   return out;
 }
 
+/**
+ * The global position of a task's last settlement step: its reply saved, its hold captured or
+ * released, its chat's and its user's slots freed.
+ */
+async function settlementEnd(userId: string, chatId: string, taskId: string): Promise<bigint> {
+  const steps: Record<string, string[]> = {
+    [chatStream(chatId)]: ['MessageSent'],
+    [ledgerStream(userId)]: ['CreditsCaptured', 'CreditsReleased'],
+    [chatSlotStream(chatId)]: ['TaskSlotFreed'],
+    [userSlotsStream(userId)]: ['TaskSlotFreed'],
+  };
+  const found: string[] = [];
+  let end = 0n;
+  for (const [name, types] of Object.entries(steps)) {
+    for (const e of await t.deps.store.readStream(name)) {
+      const d = e.data as { taskId?: string; holdId?: string };
+      if (!types.includes(e.type) || (d.taskId ?? d.holdId) !== taskId) continue;
+      found.push(e.type);
+      if (e.position > end) end = e.position;
+    }
+  }
+  // A failed task with nothing generated saves no reply.
+  expect(found.filter((type) => type === 'TaskSlotFreed')).toHaveLength(2);
+  expect(found.some((type) => type.startsWith('Credits'))).toBe(true);
+  return end;
+}
+
 /** A second instance on the test app's store, with a command handler of its own: nothing it does waits on the app's. */
 function secondInstance(config: Partial<TestApp['deps']['config']> = {}) {
   const commands = new CommandHandler(t.deps.store, { ids: uuidV7Ids });
@@ -630,7 +657,63 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       .set('Authorization', u.auth)
       .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
     expect(completion.status).toBe(200);
-    expect(completion.headers['x-event-position']).toMatch(/^\d+$/);
+    // Where its settlement ended: the charge is in what a read given it sees.
+    const completedAt = completion.headers['x-event-position'] as string;
+    expect(completedAt).toMatch(/^\d+$/);
+    const captured = (await t.deps.store.readStream(ledgerStream(u.id))).filter(
+      (e) => e.type === 'CreditsCaptured',
+    );
+    expect(captured.length).toBeGreaterThan(0);
+    expect(BigInt(completedAt)).toBeGreaterThanOrEqual(captured.at(-1)!.position);
+    const balance = await t.http
+      .get(`${API}/users/me/credits`)
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', completedAt);
+    expect(balance.body).toMatchObject({ held: 0 });
+  });
+
+  it('ends a stream with where its settlement ended, so that reads given it show the reply and the charge', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    const started = await startTask(u.auth, chatId);
+    const s = await stream(u.auth, started.id);
+    // The claim answers with its position, as every command does.
+    const claim = (await t.deps.store.readStream(taskStream(started.id))).find(
+      (e) => e.type === 'TaskStreamClaimed',
+    );
+    expect(s.headers['x-event-position']).toBe(claim!.position.toString());
+    const done = s.events.at(-1)!;
+    expect(done.event).toBe('done');
+    expect(done.data.position).toMatch(/^\d+$/);
+    const settledAt = BigInt(done.data.position as string);
+    // Exactly where its last step is: the reply, the capture and both slots freed are all at or before it.
+    expect(await settlementEnd(u.id, chatId, started.id)).toBe(settledAt);
+
+    const after = { 'X-Consistent-After': settledAt.toString() };
+    const cost = done.data.cost as number;
+    const balance = await t.http.get(`${API}/users/me/credits`).set('Authorization', u.auth).set(after);
+    expect(balance.body).toMatchObject({ balance: 1000 - cost, held: 0, available: 1000 - cost });
+    const chat = await t.http.get(`${API}/chats/${chatId}/messages`).set('Authorization', u.auth).set(after);
+    expect((chat.body as { items: { id: string }[] }).items.at(-1)!.id).toBe(done.data.message_id);
+    const listed = await t.http.get(`${API}/tasks`).set('Authorization', u.auth).set(after);
+    expect((listed.body as { items: unknown[] }).items[0]).toMatchObject({
+      id: started.id,
+      status: 'succeeded',
+      cost,
+    });
+
+    // A failed task's error says the same: its hold is back once read there.
+    fake.setBehaviour({ fail: { status: 500 } });
+    const failing = await startTask(u.auth, chatId);
+    const f = await stream(u.auth, failing.id);
+    expect(f.events.at(-1)!.event).toBe('error');
+    const failedAt = BigInt(f.events.at(-1)!.data.position as string);
+    expect(await settlementEnd(u.id, chatId, failing.id)).toBe(failedAt);
+    const back = await t.http
+      .get(`${API}/users/me/credits`)
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', failedAt.toString());
+    expect(back.body).toMatchObject({ balance: 1000 - cost, held: 0, available: 1000 - cost });
   });
 
   it('answers 402 when available credits do not cover the hold, and holds nothing', async () => {
@@ -903,10 +986,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       'the task settled',
     );
     const touched: string[] = [];
+    let s: Awaited<ReturnType<typeof stream>>;
     const read = jest.spyOn(t.deps.store, 'readStream');
     const append = jest.spyOn(t.deps.store, 'append');
     try {
-      const s = await stream(u.auth, id);
+      s = await stream(u.auth, id);
       expect(s.events.map((e) => e.event)).toEqual(['delta', 'done']);
       expect(s.events[0]!.data.content).toBe(REPLY);
       for (const [name] of [...read.mock.calls, ...append.mock.calls]) touched.push(name.split('-')[0]!);
@@ -916,6 +1000,8 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     }
     // The claim and the task's own state; not the chat, the ledger or the slots again.
     expect(new Set(touched)).toEqual(new Set(['task']));
+    // Yet its end says where this process's own settlement ended.
+    expect(BigInt(s.events[1]!.data.position as string)).toBe(await settlementEnd(u.id, chatId, id));
   });
 
   it('fails a task whose provider hangs, once the idle timeout passes, and releases its hold', async () => {

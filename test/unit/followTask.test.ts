@@ -29,6 +29,8 @@ const doneChunk: TaskChunk = {
   usage: { prompt_tokens: 20, completion_tokens: 15 },
   cost: 7,
   finishReason: 'tool_calls',
+  // Where the settlement ended, as settling answered it.
+  position: '4242',
 };
 
 /** The task as stored: ended with `completed`, which settling records. */
@@ -40,7 +42,7 @@ function storedTask() {
       current: (): Promise<TaskState> => Promise.resolve({ ...initialTask(), outcome: completed }),
       settle: (o: TaskOutcome) => {
         settled.push(o);
-        return Promise.resolve();
+        return Promise.resolve(4242n);
       },
     },
   };

@@ -36,7 +36,7 @@ import {
   type Usage,
 } from '../../platform/llm/types';
 import type { Logger } from '../../platform/logger';
-import type { TaskBuffer } from '../../platform/taskBuffer';
+import type { TaskBuffer, TaskChunk } from '../../platform/taskBuffer';
 import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
 import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand } from './slots';
@@ -72,22 +72,25 @@ export interface TaskFlowDeps {
  * left (the map is then empty), the reactor settles.
  */
 export class LocalTasks {
-  private readonly tasks = new Map<string, { done: Promise<void>; settled: boolean }>();
+  private readonly tasks = new Map<string, { done: Promise<void>; settledAt: bigint | null }>();
   constructor(private readonly capacity = 100_000) {}
   add(taskId: string, done: Promise<void>): void {
-    this.tasks.set(taskId, { done, settled: false });
+    this.tasks.set(taskId, { done, settledAt: null });
     if (this.tasks.size > this.capacity) this.tasks.delete(this.tasks.keys().next().value!);
   }
-  settled(taskId: string): void {
+  settled(taskId: string, position: bigint): void {
     const t = this.tasks.get(taskId);
-    if (t) t.settled = true;
+    if (t) t.settledAt = position;
   }
-  /** Whether this process settled the task itself (waiting for it to finish trying). */
-  async settledHere(taskId: string): Promise<boolean> {
+  /**
+   * Where this process's own settlement of the task ended (waiting for it to finish trying), or
+   * null when this process did not settle it.
+   */
+  async settledHere(taskId: string): Promise<bigint | null> {
     const t = this.tasks.get(taskId);
-    if (!t) return false;
+    if (!t) return null;
     await t.done;
-    return t.settled;
+    return t.settledAt;
   }
 }
 
@@ -319,10 +322,14 @@ export class TaskFlow {
     }
   }
 
-  /** Claims the task's stream: exactly one claim succeeds (409 after it). Answers the state claimed. */
-  async claimStream(taskId: string, userId: string, provenance: Provenance): Promise<TaskState> {
-    const { state } = await this.handle(taskId, 'ClaimStream', { taskId, userId }, provenance);
-    return state;
+  /** Claims the task's stream: exactly one claim succeeds (409 after it). Answers the state claimed and the claim's position. */
+  async claimStream(
+    taskId: string,
+    userId: string,
+    provenance: Provenance,
+  ): Promise<{ state: TaskState; position: bigint }> {
+    const { state, position } = await this.handle(taskId, 'ClaimStream', { taskId, userId }, provenance);
+    return { state, position };
   }
 
   /** Asks for the task to stop: recorded, then its generation (on whichever instance) is aborted. */
@@ -339,11 +346,14 @@ export class TaskFlow {
 
   /**
    * Settles an outcome (see `settleTask`), unless this process generated the task and settled it
-   * already: a stream claimed after its task ended is answered without settling it twice.
+   * already: a stream claimed after its task ended is answered without settling it twice. Answers
+   * the position where the settlement ended, for reading its effects (`X-Consistent-After`).
    */
-  async settle(outcome: TaskOutcome, causationId: string | null): Promise<void> {
-    if (await this.deps.localTasks?.settledHere(outcome.data.taskId)) return;
-    await settleTask(this.deps, outcome, causationId);
+  async settle(outcome: TaskOutcome, causationId: string | null): Promise<bigint> {
+    return (
+      (await this.deps.localTasks?.settledHere(outcome.data.taskId)) ??
+      (await settleTask(this.deps, outcome, causationId))
+    );
   }
 
   /** Fails every task past its deadline (and grace) whose instance never recorded an outcome. */
@@ -380,9 +390,9 @@ export class TaskFlow {
     const eventId = recorded?.id ?? null;
     const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
     if (after.outcome) {
-      await this.settle(after.outcome, eventId);
+      const settledAt = await this.settle(after.outcome, eventId);
       // A stream still waiting (on an instance that could not see the dead one's output) ends.
-      this.deps.buffer.append(id, chunkOf(after.outcome));
+      this.deps.buffer.append(id, chunkOf(after.outcome, settledAt));
     }
     return eventId !== null;
   }
@@ -731,11 +741,12 @@ export class TaskFlow {
     // Ours, as recorded; or the one recorded first (the sweeper's), read from the stream.
     let outcome = recorded ? ({ type: recorded.type, data: recorded.data } as TaskOutcome) : null;
     const eventId = recorded?.id ?? null;
+    let settledAt: bigint;
     for (let attempt = 1; ; attempt++) {
       try {
         outcome ??= (await this.deps.commands.read(taskDecider, taskStream(taskId))).state.outcome;
         if (!outcome) throw new Error(`task ${taskId} has no outcome after recording one`);
-        await settleTask(this.deps, outcome, eventId, hold);
+        settledAt = await settleTask(this.deps, outcome, eventId, hold);
         break;
       } catch (err) {
         // Then the settlement reactor settles it (it waits for this attempt and sees it failed).
@@ -744,8 +755,8 @@ export class TaskFlow {
         await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
       }
     }
-    this.deps.localTasks?.settled(taskId);
-    buffer.append(taskId, chunkOf(outcome));
+    this.deps.localTasks?.settled(taskId, settledAt);
+    buffer.append(taskId, chunkOf(outcome, settledAt));
   }
 
   /**
@@ -831,6 +842,8 @@ export type SettleDeps = Pick<TaskFlowDeps, 'commands' | 'ledger' | 'clock' | 'l
  * Completes what an outcome implies: the reply saved as an assistant message, the hold captured at
  * the cost (the rest released) or released when nothing is owed, the slots freed. Every step is
  * idempotent on the task id, so running it twice (inline and by the reactor) changes nothing.
+ * Answers the global position of its last step's event (the event already there, for a step done
+ * before), so that a read given it sees the reply and the charge.
  */
 export async function settleTask(
   deps: SettleDeps,
@@ -838,8 +851,12 @@ export async function settleTask(
   causationId: string | null,
   /** The task's hold when the caller knows it (else read from the task's stream). */
   knownHold?: number,
-): Promise<void> {
+): Promise<bigint> {
   const d = outcome.data;
+  let position = 0n;
+  const reached = (p: bigint) => {
+    if (p > position) position = p;
+  };
   const { commands, ledger, clock } = deps;
   const metadata: CommandMetadata = {
     now: clock.now(),
@@ -848,7 +865,7 @@ export async function settleTask(
     causationId,
   };
   if (d.chatId && d.messageId) {
-    await appendAssistantMessage(
+    const saved = await appendAssistantMessage(
       commands,
       {
         chatId: d.chatId,
@@ -860,6 +877,7 @@ export async function settleTask(
       },
       metadata,
     );
+    reached(saved.position);
   }
   const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
   if (hold > 0) {
@@ -867,18 +885,22 @@ export async function settleTask(
     const reason =
       outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
     if (d.cost > 0) {
-      await ledger.capture({
+      const { position: captured } = await ledger.capture({
         userId: d.userId,
         holdId: d.taskId,
         cost: d.cost,
         reason,
         metadata: provenance,
       });
+      reached(captured);
     } else {
-      await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance });
+      reached(
+        (await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance })).position,
+      );
     }
   }
-  await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata);
+  reached(await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata));
+  return position;
 }
 
 /** The reactor that settles every outcome from its event: what a crash after recording it left undone. */
@@ -892,7 +914,7 @@ export function taskSettlementReactor(deps: SettleDeps): Projector {
     async apply(_db, events) {
       for (const e of events) {
         const outcome = { type: e.type, data: e.data } as TaskOutcome;
-        if (await deps.localTasks?.settledHere(outcome.data.taskId)) continue;
+        if ((await deps.localTasks?.settledHere(outcome.data.taskId)) != null) continue;
         await settleTask(deps, outcome, e.id);
       }
     },
@@ -905,19 +927,20 @@ async function freeSlots(
   chatId: string | null,
   taskId: string,
   metadata: CommandMetadata,
-): Promise<void> {
-  if (chatId) {
-    await commands.handle(slotsDecider, chatSlotStream(chatId), {
-      type: 'FreeTaskSlot',
-      data: { owner: `chat:${chatId}`, taskId },
-      metadata,
-    });
-  }
-  await commands.handle(slotsDecider, userSlotsStream(userId), {
+): Promise<bigint> {
+  const chat = chatId
+    ? await commands.handle(slotsDecider, chatSlotStream(chatId), {
+        type: 'FreeTaskSlot',
+        data: { owner: `chat:${chatId}`, taskId },
+        metadata,
+      })
+    : null;
+  const user = await commands.handle(slotsDecider, userSlotsStream(userId), {
     type: 'FreeTaskSlot',
     data: { owner: `user:${userId}`, taskId },
     metadata,
   });
+  return chat && chat.position > user.position ? chat.position : user.position;
 }
 
 /**
@@ -928,22 +951,25 @@ const isRefusal = (status: number | undefined) => status === 400 || status === 4
 
 const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
 
-/** The stream's last event for an outcome. */
-export function chunkOf(outcome: TaskOutcome) {
+/** The stream's last event for an outcome, settled up to `settledAt`. */
+export function chunkOf(outcome: TaskOutcome, settledAt: bigint): TaskChunk {
   const d = outcome.data;
+  const position = settledAt.toString();
   if (outcome.type === 'TaskCompleted') {
     return {
-      kind: 'done' as const,
+      kind: 'done',
       messageId: d.messageId,
       usage: { prompt_tokens: d.usage.promptTokens, completion_tokens: d.usage.completionTokens },
       cost: d.cost,
       ...(outcome.data.finishReason ? { finishReason: outcome.data.finishReason } : {}),
+      position,
     };
   }
   return {
-    kind: 'error' as const,
+    kind: 'error',
     detail: outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
     ...(outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined ? { refused: true } : {}),
+    position,
   };
 }
 
