@@ -7,13 +7,19 @@ import { chatStream } from '../../src/events/chats';
 import { taskStream } from '../../src/events/tasks';
 import { ledgerStream } from '../../src/events/ledger';
 import { allResources } from '../../src/http/resources';
-import { CONTEXT_MARGIN } from '../../src/platform/llm/context';
-import { countPromptTokens, countTextTokens, tokenPieces } from '../../src/platform/llm/tokens';
+import { CONTEXT_MARGIN, IMAGE_TOKENS_AT_MOST } from '../../src/platform/llm/context';
+import {
+  countPromptTokens,
+  countTextTokens,
+  tokenPieces,
+  TOKENS_PER_IMAGE,
+} from '../../src/platform/llm/tokens';
 import type { ChatMessageInput } from '../../src/platform/llm/types';
 import { allProjectors } from '../../src/projections';
 import { listOverdueTasks } from '../../src/queries/tasks';
 import { taskDecider } from '../../src/commands/tasks/decider';
 import { chatDecider } from '../../src/commands/chats/decider';
+import { ledgerDecider } from '../../src/commands/ledger/decider';
 import { chatSlotStream, userSlotsStream } from '../../src/commands/tasks/slots';
 import { sql } from 'kysely';
 import sharp from 'sharp';
@@ -731,6 +737,77 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReserved')).toHaveLength(1);
   });
 
+  it('holds a prompt’s images at the most a provider may count for them, and charges what it reports', async () => {
+    const u = await newUser();
+    const chatId = await presetChat(u.auth);
+    const asked = await t.http
+      .post(`${API}/chats/${chatId}/messages`)
+      .set('Authorization', u.auth)
+      .send({
+        content: [
+          { type: 'text', text: 'What are these?' },
+          { type: 'image', url: 'https://images.example.com/a.jpg' },
+          { type: 'image', url: 'https://images.example.com/b.jpg' },
+        ],
+      });
+    expect(asked.status).toBe(201);
+    // The provider counts both pictures at high detail: far above our count of them.
+    const reported = 1_900;
+    fake.setBehaviour({ usage: { prompt_tokens: reported } });
+    const started = (await startTask(u.auth, chatId)) as Started & {
+      prompt_tokens: number;
+      max_tokens: number;
+    };
+    const atMost = started.prompt_tokens + 2 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE);
+    expect(reported).toBeGreaterThan(started.prompt_tokens);
+    expect(reported).toBeLessThan(atMost);
+    expect(started.hold).toBe(
+      creditsFor(atMost, PROMPT_PRICE) + creditsFor(started.max_tokens, COMPLETION_PRICE),
+    );
+    const done = (await stream(u.auth, started.id)).events.at(-1)!;
+    expect(done.event).toBe('done');
+    const cost = done.data.cost as number;
+    expect(cost).toBe(
+      creditsFor(reported, PROMPT_PRICE) + creditsFor(countTextTokens(REPLY), COMPLETION_PRICE),
+    );
+    // All of it from the hold: captured, the rest released, nothing charged beyond it.
+    expect(await holdMovements(u.id, started.id)).toEqual([
+      ['CreditsReserved', started.hold],
+      ['CreditsCaptured', cost],
+      ['CreditsReleased', started.hold - cost],
+    ]);
+    expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCharged')).toBe(false);
+
+    // With too little left for what its pictures may cost, a completion is refused before it is asked.
+    await t.deps.commands.handle(ledgerDecider, ledgerStream(u.id), {
+      type: 'ReserveCredits',
+      data: {
+        userId: u.id,
+        holdId: `elsewhere-${u.id}`,
+        amount: 1000 - cost - 150,
+        reason: 'another task',
+        expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+      },
+      metadata: { now: new Date() },
+    });
+    const picture = (name: string) => ({
+      type: 'image_url',
+      image_url: { url: `https://images.example.com/${name}` },
+    });
+    const ask = (content: unknown) =>
+      t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .send({ model: 'fake-model', max_tokens: 10, messages: [{ role: 'user', content }] });
+    const calls = fake.requests.length;
+    const refused = await ask([{ type: 'text', text: 'And these?' }, picture('c.jpg'), picture('d.jpg')]);
+    expect(refused.status).toBe(402);
+    expect(fake.requests.length).toBe(calls);
+    // The same words alone are held at a few credits, and answered.
+    fake.setBehaviour({ usage: undefined });
+    expect((await ask('And these?')).status).toBe(200);
+  });
+
   it('refuses a second running task in one chat (409), and an unknown model (400)', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
@@ -1186,21 +1263,17 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       },
       metadata: { now: past },
     });
-    await t.deps.commands.handle(
-      (await import('../../src/commands/ledger/decider')).ledgerDecider,
-      ledgerStream(u.id),
-      {
-        type: 'ReserveCredits',
-        data: {
-          userId: u.id,
-          holdId: taskId,
-          amount: 25,
-          reason: 'task',
-          expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
-        },
-        metadata: { now: new Date() },
+    await t.deps.commands.handle(ledgerDecider, ledgerStream(u.id), {
+      type: 'ReserveCredits',
+      data: {
+        userId: u.id,
+        holdId: taskId,
+        amount: 25,
+        reason: 'task',
+        expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
       },
-    );
+      metadata: { now: new Date() },
+    });
     await eventually(
       () => credits(u.auth),
       (c) => c.held === 25,
@@ -1229,7 +1302,6 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const chatId = await newChat(u.auth);
     const taskId = `crashed-${Date.now()}`;
     const now = new Date();
-    const { ledgerDecider } = await import('../../src/commands/ledger/decider');
     await t.deps.commands.handle(ledgerDecider, ledgerStream(u.id), {
       type: 'ReserveCredits',
       data: {

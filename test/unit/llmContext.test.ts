@@ -2,6 +2,7 @@ import {
   CONTEXT_MARGIN,
   fitHistory,
   IMAGE_TOKENS_AT_MOST,
+  imageAllowance,
   messageSize,
 } from '../../src/platform/llm/context';
 import { countMessageTokens, countPromptTokens, TOKENS_PER_IMAGE } from '../../src/platform/llm/tokens';
@@ -172,5 +173,27 @@ describe('fitting a chat history to the context window', () => {
     const fitted = fitHistory(messages, 0, model(countPromptTokens([messages.at(-1)!]) + 100, 50));
     expect(tags(fitted.messages)).toEqual(['last']);
     expect(fitted.omitted).toBe(messages.length - 1);
+  });
+});
+
+describe("the tokens a hold adds for a prompt's images", () => {
+  it('adds, for each image part of any message, what it may count beyond the low-detail price', () => {
+    const picture = (url: string) => ({ type: 'image_url' as const, image_url: { url } });
+    const prompt: ChatMessageInput[] = [
+      { role: 'system', content: 'Describe what you are shown.' },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'These two:' },
+          picture('https://a/1.png'),
+          picture('https://a/2.png'),
+        ],
+      },
+      { role: 'assistant', content: 'A cat and a dog.' },
+      { role: 'user', content: [picture('https://a/3.png')] },
+    ];
+    expect(imageAllowance(prompt)).toBe(3 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE));
+    expect(imageAllowance(prompt.filter((m) => typeof m.content === 'string'))).toBe(0);
+    expect(imageAllowance([])).toBe(0);
   });
 });

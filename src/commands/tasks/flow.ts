@@ -11,7 +11,7 @@ import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
 import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
-import { fitHistory, messageSize, type MessageSize } from '../../platform/llm/context';
+import { fitHistory, imageAllowance, messageSize, type MessageSize } from '../../platform/llm/context';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import {
@@ -478,7 +478,12 @@ export class TaskFlow {
       countToolsTokens(g.tools) +
       countResponseFormatTokens(g.responseFormat);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
-    const hold = holdFor(g.model, promptTokens, maxTokens);
+    // Its images at the most they may count, within the window, as its output at the most.
+    const heldPrompt = Math.max(
+      promptTokens,
+      Math.min(promptTokens + imageAllowance(g.messages), g.model.contextLength),
+    );
+    const hold = holdFor(g.model, heldPrompt, maxTokens);
     const taskId = ids.next();
     const now = clock.now();
     const lifeMs = config.TASK_TIMEOUT_SECONDS * 1000;

@@ -23,10 +23,25 @@ export interface MessageSize {
   images: number;
 }
 
+/** A prompt message's image parts. */
+const imagesOf = (m: ChatMessageInput) =>
+  Array.isArray(m.content) ? m.content.filter((p) => p.type === 'image_url').length : 0;
+
 /** The size of a prompt's message (`countMessageTokens`, and its image parts). */
 export function messageSize(m: ChatMessageInput): MessageSize {
-  const images = Array.isArray(m.content) ? m.content.filter((p) => p.type === 'image_url').length : 0;
-  return { tokens: countMessageTokens(m), images };
+  return { tokens: countMessageTokens(m), images: imagesOf(m) };
+}
+
+/**
+ * The tokens a prompt's images may take beyond its count, which takes each at `TOKENS_PER_IMAGE`:
+ * up to `IMAGE_TOKENS_AT_MOST` each. A hold covers them, as it covers the most output a reply may
+ * take. Held at the low-detail price, a prompt of large pictures left the rest to be charged from
+ * whatever the account had left, and forgiven beyond it. The charge still follows the provider's usage.
+ */
+export function imageAllowance(messages: readonly ChatMessageInput[]): number {
+  let images = 0;
+  for (const m of messages) images += imagesOf(m);
+  return images * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE);
 }
 
 /** A chat's history as it goes to the model. */
