@@ -97,6 +97,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     const through: number[] = [];
     const answered: number[] = [];
     const whole: number[] = [];
+    /** Each back-to-back sample as it came: its first token, and when its POST was answered. */
+    const inOrder: { first: number; answered: number }[] = [];
     for (let i = 0; i < samples; i++) direct.push(await directFirstToken(fakeUrl));
     // The floor of what a task can add: a task is two requests (POST, then its stream), and an
     // HTTP round trip to the service that touches nothing (GET /health) is part of each.
@@ -107,6 +109,7 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       through.push(r.firstTokenMs);
       answered.push(r.answeredMs);
       whole.push(r.doneMs);
+      inOrder.push({ first: r.firstTokenMs, answered: r.answeredMs });
     }
     // The same again with a pause before each task: each then starts on an idle service, where
     // back to back it meets the read models catching up on the task before it.
@@ -128,6 +131,13 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
         `${median(answered)} ms; straight to the fake ${median(direct)} ms; the task done (reply ` +
         `saved, charged, slots freed) at ${median(whole)} ms`,
     );
+    // The slowest samples, which make the p99: where each was, and how much of it was the POST.
+    const slowest = inOrder
+      .map((r, i) => ({ ...r, i }))
+      .sort((x, y) => y.first - x.first)
+      .slice(0, 3)
+      .map((r) => `#${r.i + 1} ${r.first.toFixed(1)} ms (answered at ${r.answered.toFixed(1)})`);
+    ctx.note(`tasks (${db}): slowest first tokens back to back, of ${samples}: ${slowest.join(', ')}`);
     ctx.note(
       `tasks (${db}): an HTTP round trip to the service doing nothing (GET /health) p50 ${median(bare)} ms; ` +
         `the two of a task less the fake's answer: ${(2 * percentile(bare, 50) - percentile(direct, 50)).toFixed(1)} ms ` +
