@@ -794,11 +794,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       type: 'image_url',
       image_url: { url: `https://images.example.com/${name}` },
     });
-    const ask = (content: unknown) =>
+    const ask = (content: unknown, model = 'fake-model') =>
       t.http
         .post(`${API}/chat/completions`)
         .set('Authorization', u.auth)
-        .send({ model: 'fake-model', max_tokens: 10, messages: [{ role: 'user', content }] });
+        .send({ model, max_tokens: 10, messages: [{ role: 'user', content }] });
     const calls = fake.requests.length;
     const refused = await ask([{ type: 'text', text: 'And these?' }, picture('c.jpg'), picture('d.jpg')]);
     expect(refused.status).toBe(402);
@@ -806,6 +806,12 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // The same words alone are held at a few credits, and answered.
     fake.setBehaviour({ usage: undefined });
     expect((await ask('And these?')).status).toBe(200);
+    // A narrow window holds no more prompt than the window leaves beside the output.
+    expect((await ask([picture('c.jpg'), picture('d.jpg')], 'fake-narrow')).status).toBe(200);
+    const holds = (await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReserved');
+    expect(holds.at(-1)!.data.amount).toBe(
+      creditsFor(700 - 10, PROMPT_PRICE) + creditsFor(10, COMPLETION_PRICE),
+    );
   });
 
   it('refuses a second running task in one chat (409), and an unknown model (400)', async () => {

@@ -33,6 +33,7 @@ const model: ModelInfo = {
   maxOutputTokens: 1024,
   promptPrice: 100,
   completionPrice: 200,
+  imageTokens: 1445,
   local: false,
 };
 const messages: ChatMessageInput[] = [

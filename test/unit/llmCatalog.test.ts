@@ -59,7 +59,15 @@ describe('model catalog', () => {
           ],
           models: [
             gpt,
-            { ...gpt, id: 'qwen', provider: 'dashscope', upstream: 'qwen-plus', prompt_price: 0.5 },
+            {
+              ...gpt,
+              id: 'qwen',
+              provider: 'dashscope',
+              upstream: 'qwen-plus',
+              prompt_price: 0.5,
+              // Qwen's vision models count a large image at up to 16,384 tokens.
+              image_tokens: 16384,
+            },
             {
               ...gpt,
               id: 'echo',
@@ -83,11 +91,20 @@ describe('model catalog', () => {
       maxOutputTokens: 16384,
       promptPrice: 150,
       completionPrice: 600,
+      // Unsaid, an image is held at the most GPT-4o counts for one at high detail.
+      imageTokens: 1445,
       local: false,
     });
-    expect(catalog.get('qwen')).toMatchObject({ upstream: 'qwen-plus', promptPrice: 0.5, local: false });
-    // `local` is always there as a provider: a configuration may offer the built-in model too.
-    expect(catalog.get('echo')).toMatchObject({ local: true });
+    expect(catalog.get('qwen')).toMatchObject({
+      upstream: 'qwen-plus',
+      promptPrice: 0.5,
+      imageTokens: 16384,
+      local: false,
+    });
+    // `local` is always there as a provider: a configuration may offer the built-in model too. It
+    // counts an image as the prompt's count does.
+    expect(catalog.get('echo')).toMatchObject({ local: true, imageTokens: 85 });
+    expect(LOCAL_ECHO.imageTokens).toBe(85);
     expect(catalog.default().id).toBe('qwen');
     // One client per provider, shared by its models.
     expect(catalog.provider(catalog.get('gpt-4o-mini')!)).toBe(catalog.provider(catalog.get('gpt-4o-mini')!));
@@ -160,6 +177,11 @@ describe('model catalog', () => {
       /models\[0\]\.completion_price/,
     ],
     ['a misspelt field', { providers: [openai], models: [{ ...gpt, context_lenght: 5 }] }, /context_lenght/],
+    [
+      'images counted at nothing',
+      { providers: [openai], models: [{ ...gpt, image_tokens: 0 }] },
+      /models\[0\]\.image_tokens/,
+    ],
     ['no models', { providers: [openai], models: [] }, /lists no models/],
     [
       'an unknown default model',

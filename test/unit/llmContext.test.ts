@@ -12,10 +12,16 @@ const say = (role: 'system' | 'user' | 'assistant', words: number, tag: string =
   role,
   content: `${tag} ${Array.from({ length: words }, (_, i) => `w${i}`).join(' ')}`,
 });
-const model = (contextLength: number, defaultMaxTokens = 50, maxOutputTokens = 100) => ({
+const model = (
+  contextLength: number,
+  defaultMaxTokens = 50,
+  maxOutputTokens = 100,
+  imageTokens = IMAGE_TOKENS_AT_MOST,
+) => ({
   contextLength,
   defaultMaxTokens,
   maxOutputTokens,
+  imageTokens,
 });
 const tags = (messages: ChatMessageInput[]) => messages.map((m) => (m.content as string).split(' ')[0]);
 /** What a prompt may take of a window, beside the reply's budget and the margin. */
@@ -166,6 +172,9 @@ describe('fitting a chat history to the context window', () => {
     expect(fitted.messages).toEqual([messages[0], ...messages.slice(4)]);
     expect(fitted.omitted).toBe(3);
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
+    // A model whose catalog says its images count less fits more of them.
+    const small = fitHistory(messages, 1, model(contextLength, 50, 100, TOKENS_PER_IMAGE));
+    expect(small.messages).toEqual(messages);
   });
 
   it('may leave out the whole conversation of a chat without opening messages but its last', () => {
@@ -192,8 +201,17 @@ describe("the tokens a hold adds for a prompt's images", () => {
       { role: 'assistant', content: 'A cat and a dog.' },
       { role: 'user', content: [picture('https://a/3.png')] },
     ];
-    expect(imageAllowance(prompt)).toBe(3 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE));
-    expect(imageAllowance(prompt.filter((m) => typeof m.content === 'string'))).toBe(0);
-    expect(imageAllowance([])).toBe(0);
+    expect(imageAllowance(prompt, IMAGE_TOKENS_AT_MOST)).toBe(3 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE));
+    expect(imageAllowance(prompt, 258)).toBe(3 * (258 - TOKENS_PER_IMAGE));
+    // A model that counts an image at no more than the prompt's count adds nothing, nor less.
+    expect(imageAllowance(prompt, TOKENS_PER_IMAGE)).toBe(0);
+    expect(imageAllowance(prompt, 64)).toBe(0);
+    expect(
+      imageAllowance(
+        prompt.filter((m) => typeof m.content === 'string'),
+        IMAGE_TOKENS_AT_MOST,
+      ),
+    ).toBe(0);
+    expect(imageAllowance([], IMAGE_TOKENS_AT_MOST)).toBe(0);
   });
 });

@@ -130,6 +130,7 @@ const model = (promptPrice: number, completionPrice: number, extra: Partial<Mode
   maxOutputTokens: 400,
   promptPrice,
   completionPrice,
+  imageTokens: 1445,
   local: false,
   ...extra,
 });

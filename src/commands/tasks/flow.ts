@@ -478,10 +478,11 @@ export class TaskFlow {
       countToolsTokens(g.tools) +
       countResponseFormatTokens(g.responseFormat);
     const maxTokens = resolveMaxTokens(g.model, promptTokens, g.params.max_tokens);
-    // Its images at the most they may count, within the window, as its output at the most.
-    const heldPrompt = Math.max(
-      promptTokens,
-      Math.min(promptTokens + imageAllowance(g.messages), g.model.contextLength),
+    // Its images at the most they may count, as its output at the most; the two within the window
+    // (the room `resolveMaxTokens` left is never below the count).
+    const heldPrompt = Math.min(
+      promptTokens + imageAllowance(g.messages, g.model.imageTokens),
+      g.model.contextLength - maxTokens,
     );
     const hold = holdFor(g.model, heldPrompt, maxTokens);
     const taskId = ids.next();

@@ -3,9 +3,11 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, type Config } from '../config';
 import type { Logger } from '../logger';
+import { IMAGE_TOKENS_AT_MOST } from './context';
 import { PRICE_DECIMALS } from './cost';
 import { createLocalProvider } from './localProvider';
 import { createOpenAIProvider } from './openaiProvider';
+import { TOKENS_PER_IMAGE } from './tokens';
 import type { LlmProvider, ModelCatalog, ModelInfo } from './types';
 
 /**
@@ -28,6 +30,8 @@ export const LOCAL_ECHO: ModelInfo = {
   maxOutputTokens: 2048,
   promptPrice: 10_000,
   completionPrice: 20_000,
+  // It counts an image as the prompt's count does.
+  imageTokens: TOKENS_PER_IMAGE,
   local: true,
 };
 
@@ -80,6 +84,8 @@ const ModelConfig = z.strictObject({
   max_output_tokens: Tokens,
   prompt_price: Price,
   completion_price: Price,
+  /** The most one image may count; default `IMAGE_TOKENS_AT_MOST` (85 for the built-in model). */
+  image_tokens: Tokens.optional(),
 });
 type ModelConfig = z.infer<typeof ModelConfig>;
 
@@ -236,6 +242,7 @@ function modelInfo(
     maxOutputTokens: m.max_output_tokens,
     promptPrice: m.prompt_price,
     completionPrice: m.completion_price,
+    imageTokens: m.image_tokens ?? (provider.type === 'local' ? TOKENS_PER_IMAGE : IMAGE_TOKENS_AT_MOST),
     local: provider.type === 'local',
   };
 }

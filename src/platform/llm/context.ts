@@ -8,14 +8,15 @@ import type { ChatMessageInput, ModelInfo } from './types';
  */
 export const CONTEXT_MARGIN = 0.05;
 
-type WindowOf = Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens'>;
+type WindowOf = Pick<ModelInfo, 'contextLength' | 'defaultMaxTokens' | 'maxOutputTokens' | 'imageTokens'>;
 
 /**
- * What one image may take of a window: OpenAI's largest high-detail image (six 512-pixel tiles of
- * 170 tokens, and 85). The prompt's count takes an image at 85, the low-detail price, which the
- * fit cannot trust: a chat of many images fitted by it would overflow the provider's window.
+ * What one image may count, unless a model's catalog entry says (`image_tokens`): GPT-4o's most at
+ * high detail. It scales an image into 2048 × 2048, then its short side to 768, and counts 170 per
+ * 512-pixel tile and 85: a tall screenshot is 2 × 4 tiles, 1,445 tokens. The prompt's count takes an
+ * image at 85, the low-detail price, which neither a hold nor the fit to the window can trust.
  */
-export const IMAGE_TOKENS_AT_MOST = 1_105;
+export const IMAGE_TOKENS_AT_MOST = 1_445;
 
 /** A message's tokens as the prompt's count takes them, and its images. */
 export interface MessageSize {
@@ -34,15 +35,17 @@ export function messageSize(m: ChatMessageInput): MessageSize {
 
 /**
  * The tokens a prompt's images may take beyond its count, which takes each at `TOKENS_PER_IMAGE`:
- * up to `IMAGE_TOKENS_AT_MOST` each. A hold covers them, as it covers the most output a reply may
+ * up to the model's `imageTokens` each. A hold covers them, as it covers the most output a reply may
  * take. Held at the low-detail price, a prompt of large pictures left the rest to be charged from
  * whatever the account had left, and forgiven beyond it. The charge still follows the provider's usage.
  */
-export function imageAllowance(messages: readonly ChatMessageInput[]): number {
+export function imageAllowance(messages: readonly ChatMessageInput[], imageTokens: number): number {
   let images = 0;
   for (const m of messages) images += imagesOf(m);
-  return images * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE);
+  return images * beyondCount(imageTokens);
 }
+
+const beyondCount = (imageTokens: number) => Math.max(0, imageTokens - TOKENS_PER_IMAGE);
 
 /** A chat's history as it goes to the model. */
 export interface FittedHistory<M = ChatMessageInput> {
@@ -58,8 +61,8 @@ export interface FittedHistory<M = ChatMessageInput> {
  * goes on being answered instead of being refused for good once it outgrows the window.
  *
  * The prompt must leave room for the reply's output budget (what the chat asks for, else the
- * model's default, at most its maximum) and for `CONTEXT_MARGIN`, each image taken at
- * `IMAGE_TOKENS_AT_MOST`. While it does not, the oldest messages of the conversation are left out.
+ * model's default, at most its maximum) and for `CONTEXT_MARGIN`, each image taken at the
+ * model's `imageTokens`. While it does not, the oldest messages of the conversation are left out.
  * The chat's opening messages (its preset's instructions and examples) and its last message are
  * always kept, and a kept conversation that lost messages starts on a user's message (an answer
  * whose question was left out goes with it). Should the opening and the last message alone leave
@@ -104,7 +107,7 @@ export function fitHistory<M extends { role: string }>(
   const add = (i: number, size = sizeOf(i)) => {
     sizes.set(i, size);
     tokens += size.tokens;
-    taken += atMost(size);
+    taken += atMost(size, model.imageTokens);
   };
   for (let i = 0; i < head; i++) add(i);
   if (last < 0) return { messages: [], omitted: 0, promptTokens: tokens };
@@ -112,7 +115,7 @@ export function fitHistory<M extends { role: string }>(
   let start = last;
   for (; start > head; start--) {
     const before = sizeOf(start - 1);
-    if (taken + atMost(before) > limit) break;
+    if (taken + atMost(before, model.imageTokens) > limit) break;
     add(start - 1, before);
   }
   if (start === head) return { messages: [...messages], omitted: 0, promptTokens: tokens };
@@ -124,4 +127,5 @@ export function fitHistory<M extends { role: string }>(
   };
 }
 
-const atMost = (size: MessageSize) => size.tokens + size.images * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE);
+const atMost = (size: MessageSize, imageTokens: number) =>
+  size.tokens + size.images * beyondCount(imageTokens);

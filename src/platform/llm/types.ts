@@ -110,6 +110,8 @@ export interface ModelInfo {
   promptPrice: number;
   /** Credits per 1M completion tokens. */
   completionPrice: number;
+  /** The most one image of a prompt may count: holds, and fits to the window, take each at this. */
+  imageTokens: number;
   /** Served by the built-in offline model. */
   local: boolean;
 }
