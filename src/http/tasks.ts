@@ -470,8 +470,16 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       } finally {
         ctx.res.off('close', gone);
       }
-      // Settled (here already, as a rule): a read given its position sees the charge.
-      setEventPosition(ctx, await flow.settle(outcome, null));
+      // Settled (here already, as a rule): a read given its position sees the charge. Should it not
+      // settle now, the reply is answered all the same (it is kept nowhere else), with the position
+      // of its start; the settlement reactor settles it.
+      setEventPosition(
+        ctx,
+        await flow.settle(outcome, null).catch((err: unknown) => {
+          ctx.log.warn({ err, taskId: t.taskId }, 'completion not settled before its answer');
+          return t.position;
+        }),
+      );
       if (outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined) {
         throw new ProviderRefused(outcome.data.reason);
       }

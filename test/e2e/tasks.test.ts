@@ -25,6 +25,7 @@ import { sql } from 'kysely';
 import sharp from 'sharp';
 import supertest from 'supertest';
 import { CommandHandler } from '../../src/commands/handler';
+import { TaskFlow } from '../../src/commands/tasks/flow';
 import { createApp } from '../../src/http/app';
 import { uuidV7Ids } from '../../src/platform/clock';
 import { DependencyDown } from '../../src/platform/errors';
@@ -676,6 +677,37 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       .set('Authorization', u.auth)
       .set('X-Consistent-After', completedAt);
     expect(balance.body).toMatchObject({ held: 0 });
+  });
+
+  it('answers a completion with its reply though its settlement cannot be confirmed at once', async () => {
+    const u = await newUser();
+    const settle = jest
+      .spyOn(TaskFlow.prototype, 'settle')
+      .mockRejectedValueOnce(new DependencyDown('the store is away for a moment'));
+    try {
+      const completion = await t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
+      expect(completion.status).toBe(200);
+      expect(
+        (completion.body as { choices: { message: { content: string } }[] }).choices[0]!.message.content,
+      ).toBe(REPLY);
+      expect(settle).toHaveBeenCalledTimes(1);
+      // The position of its start, which a read can still be given.
+      const created = (await t.deps.store.readStream(ledgerStream(u.id))).find(
+        (e) => e.type === 'CreditsReserved',
+      );
+      expect(BigInt(completion.headers['x-event-position'] as string)).toBeGreaterThan(created!.position);
+    } finally {
+      settle.mockRestore();
+    }
+    // Charged once all the same.
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0 && c.balance < 1000,
+      'the completion charged',
+    );
   });
 
   it('ends a stream with where its settlement ended, so that reads given it show the reply and the charge', async () => {
