@@ -679,6 +679,35 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(balance.body).toMatchObject({ held: 0 });
   });
 
+  it('ends a stream claimed on another instance after the task ended with the same position, settling nothing again', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    const { id } = await startTask(u.auth, chatId);
+    expect((await finished(u.auth, id)).status).toBe('succeeded');
+    const end = await eventually(
+      () => settlementEnd(u.id, chatId, id).catch(() => null),
+      (p) => p !== null,
+      'the task settled',
+    );
+    // Another instance, with nothing of this task cached and no record of settling it: each step
+    // finds itself done, and answers where its event already is.
+    const { flow, http: other } = secondInstance();
+    const appended: string[] = [];
+    const append = jest.spyOn(t.deps.store, 'append');
+    try {
+      const res = await other.get(`${API}/tasks/${id}/stream`).set('Authorization', u.auth).buffer(true);
+      expect(res.status).toBe(200);
+      for (const [name] of append.mock.calls) appended.push(name.split('-')[0]!);
+      const done = parseSse(res.text).at(-1)!;
+      expect(done.event).toBe('done');
+      expect(BigInt(done.data.position as string)).toBe(end);
+    } finally {
+      append.mockRestore();
+      await flow.close();
+    }
+    expect(appended).toEqual(['task']); // the claim alone
+  });
+
   it('answers a completion with its reply though its settlement cannot be confirmed at once', async () => {
     const u = await newUser();
     const settle = jest
