@@ -19,6 +19,10 @@ const ModelView = z
     context_length: z.number().int(),
     default_max_tokens: z.number().int(),
     max_output_tokens: z.number().int(),
+    image_tokens: z
+      .number()
+      .int()
+      .meta({ description: 'The most one image of a prompt may count: a hold takes each image at this' }),
     prices: z.object({ prompt: z.number(), completion: z.number() }).meta({
       description:
         'Credits per 1M prompt / completion tokens; each part of a reply costs ceil(tokens × price / 1M)',
@@ -57,6 +61,7 @@ export const models: Resource = (router, { deps, openapi }) => {
     context_length: m.contextLength,
     default_max_tokens: m.defaultMaxTokens,
     max_output_tokens: m.maxOutputTokens,
+    image_tokens: m.imageTokens,
     prices: { prompt: m.promptPrice, completion: m.completionPrice },
   });
 

@@ -40,6 +40,7 @@ describe('GET /models with nothing configured', () => {
           context_length: 8192,
           default_max_tokens: 512,
           max_output_tokens: 2048,
+          image_tokens: 85,
           prices: { prompt: 10_000, completion: 20_000 },
         },
       ],
@@ -151,6 +152,7 @@ describe('GET /models with a configured catalog', () => {
         default: true,
         context_length: 65536,
         max_output_tokens: 8192,
+        image_tokens: 1445,
         prices: { prompt: 270, completion: 1100 },
       }),
     ]);
