@@ -358,9 +358,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       // A chat's task offers no tools, and its events have no place for reasoning (API.md).
       else if (c.kind === 'tool_call' || c.kind === 'reasoning') return;
       // Where the settlement ended: a read with `X-Consistent-After` then shows the reply and the charge.
+      // (An absent one, from a chunk of an older buffer, is left out of the JSON.)
       else if (c.kind === 'done') {
-        sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost, ...positionOf(c) });
-      } else sse.send('error', { detail: c.detail, ...positionOf(c) });
+        sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost, position: c.position });
+      } else sse.send('error', { detail: c.detail, position: c.position });
     })
       .finally(() => sse.end())
       .catch((err: unknown) => {
@@ -595,11 +596,6 @@ function toolCallDelta(c: ToolCallDelta) {
     ...(c.arguments !== undefined ? { arguments: c.arguments } : {}),
   };
   return { index: c.index, ...(c.id !== undefined ? { id: c.id, type: 'function' } : {}), function: fn };
-}
-
-/** A task's last chunk's settlement position, as the stream's last event carries it. */
-function positionOf(c: { position?: string }) {
-  return c.position !== undefined ? { position: c.position } : {};
 }
 
 function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {

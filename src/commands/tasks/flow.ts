@@ -848,8 +848,8 @@ export type SettleDeps = Pick<TaskFlowDeps, 'commands' | 'ledger' | 'clock' | 'l
  * Completes what an outcome implies: the reply saved as an assistant message, the hold captured at
  * the cost (the rest released) or released when nothing is owed, the slots freed. Every step is
  * idempotent on the task id, so running it twice (inline and by the reactor) changes nothing.
- * Answers the global position of its last step's event (the event already there, for a step done
- * before), so that a read given it sees the reply and the charge.
+ * Answers the global position of its last step's event, so that a read given it sees the reply and
+ * the charge. A step done before answers its stream's last event, which is at or after it.
  */
 export async function settleTask(
   deps: SettleDeps,
@@ -860,9 +860,7 @@ export async function settleTask(
 ): Promise<bigint> {
   const d = outcome.data;
   let position = 0n;
-  const reached = (p: bigint) => {
-    if (p > position) position = p;
-  };
+  const reached = (p: bigint) => (position = later(position, p));
   const { commands, ledger, clock } = deps;
   const metadata: CommandMetadata = {
     now: clock.now(),
@@ -946,8 +944,10 @@ async function freeSlots(
     data: { owner: `user:${userId}`, taskId },
     metadata,
   });
-  return chat && chat.position > user.position ? chat.position : user.position;
+  return chat ? later(chat.position, user.position) : user.position;
 }
+
+const later = (a: bigint, b: bigint) => (a > b ? a : b);
 
 /**
  * A provider's refusal of the request as it was asked (a bad parameter, a schema it cannot take, a

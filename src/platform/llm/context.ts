@@ -25,8 +25,11 @@ export interface MessageSize {
 }
 
 /** A prompt message's image parts. */
-const imagesOf = (m: ChatMessageInput) =>
-  Array.isArray(m.content) ? m.content.filter((p) => p.type === 'image_url').length : 0;
+function imagesOf(m: ChatMessageInput): number {
+  let images = 0;
+  if (Array.isArray(m.content)) for (const p of m.content) if (p.type === 'image_url') images++;
+  return images;
+}
 
 /** The size of a prompt's message (`countMessageTokens`, and its image parts). */
 export function messageSize(m: ChatMessageInput): MessageSize {
