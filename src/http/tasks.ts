@@ -10,7 +10,7 @@ import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { listTasks } from '../queries/tasks';
 import { PageQuery } from '../queries/paging';
 import { auth } from './middleware/auth';
-import { consistentRead, setEventPosition } from './middleware/consistency';
+import { consistentRead, EVENT_POSITION_HEADER, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
 import { GENERATION_FAILED, PROVIDER_REFUSED } from './openaiErrors';
 import { openSse, SSE_HEADERS } from './sse';
@@ -183,11 +183,15 @@ class GenerationFailed extends DomainError {
   readonly title = 'The model did not complete the reply';
   /** Response headers (the errors middleware sets them). */
   readonly headers: Record<string, string>;
-  constructor(detail: string, charged: boolean) {
+  constructor(detail: string, charged: boolean, settledAt: bigint) {
     super(detail);
     // What was generated before the failure is charged: an SDK retrying on its own would charge
     // it again for every attempt, so it is told not to (OpenAI's SDKs heed `x-should-retry`).
-    this.headers = charged ? { 'x-should-retry': 'false' } : {};
+    // Where its settlement ended, as a completed one says: a read given it sees the charge.
+    this.headers = {
+      ...(charged ? { 'x-should-retry': 'false' } : {}),
+      [EVENT_POSITION_HEADER]: settledAt.toString(),
+    };
   }
 }
 
@@ -474,13 +478,11 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       // Settled (here already, as a rule): a read given its position sees the charge. Should it not
       // settle now, the reply is answered all the same (it is kept nowhere else), with the position
       // of its start; the settlement reactor settles it.
-      setEventPosition(
-        ctx,
-        await flow.settle(outcome, null).catch((err: unknown) => {
-          ctx.log.warn({ err, taskId: t.taskId }, 'completion not settled before its answer');
-          return t.position;
-        }),
-      );
+      const settledAt = await flow.settle(outcome, null).catch((err: unknown) => {
+        ctx.log.warn({ err, taskId: t.taskId }, 'completion not settled before its answer');
+        return t.position;
+      });
+      setEventPosition(ctx, settledAt);
       if (outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined) {
         throw new ProviderRefused(outcome.data.reason);
       }
@@ -488,6 +490,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         throw new GenerationFailed(
           outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
           outcome.data.cost > 0,
+          settledAt,
         );
       }
       const usage = outcome.data.usage;

@@ -1843,6 +1843,16 @@ describe('/chat/completions with the official openai client', () => {
     expect(err.headers.get('x-should-retry')).toBe('false');
     expect(fake.requests.length).toBe(asked + 1);
     await expectChargedOnce(u);
+    // It says where its settlement ended, as a completed one does: a read given it sees the charge.
+    const settledAt = err.headers.get('x-event-position')!;
+    const captured = (await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured');
+    const capturedAt = (await t.deps.store.readStream(ledgerStream(u.id))).at(-1)!.position;
+    expect(BigInt(settledAt)).toBeGreaterThanOrEqual(capturedAt);
+    const read = await t.http
+      .get(`${API}/users/me/credits`)
+      .set('Authorization', u.auth)
+      .set('X-Consistent-After', settledAt);
+    expect(read.body).toMatchObject({ balance: 1000 - (captured[0]!.data.amount as number), held: 0 });
   });
 
   it('goes on from its task when the first attempt failed (5xx) after starting it, charging once', async () => {
