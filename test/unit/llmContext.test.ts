@@ -1,6 +1,7 @@
 import {
   CONTEXT_MARGIN,
   fitHistory,
+  countImages,
   IMAGE_TOKENS_AT_MOST,
   imageAllowance,
   messageSize,
@@ -48,7 +49,7 @@ describe('fitting a chat history to the context window', () => {
     const messages = chat(3);
     const whole = countPromptTokens(messages);
     const fitted = fitHistory(messages, 3, model(windowFor(whole, 50)));
-    expect(fitted).toEqual({ messages, omitted: 0, promptTokens: whole });
+    expect(fitted).toEqual({ messages, omitted: 0, promptTokens: whole, images: 0 });
     // One token less of room, and the oldest turn goes.
     const cut = fitHistory(messages, 3, model(windowFor(whole - 1, 50)));
     expect(cut.omitted).toBe(2);
@@ -127,11 +128,13 @@ describe('fitting a chat history to the context window', () => {
       messages: lone,
       omitted: 0,
       promptTokens: countPromptTokens(lone),
+      images: 0,
     });
     expect(fitHistory([], 2, model(10))).toEqual({
       messages: [],
       omitted: 0,
       promptTokens: countPromptTokens([]),
+      images: 0,
     });
   });
 
@@ -172,9 +175,17 @@ describe('fitting a chat history to the context window', () => {
     expect(fitted.messages).toEqual([messages[0], ...messages.slice(4)]);
     expect(fitted.omitted).toBe(3);
     expect(fitted.promptTokens).toBe(countPromptTokens(fitted.messages));
+    expect(fitted.images).toBe(3);
     // A model whose catalog says its images count less fits more of them.
     const small = fitHistory(messages, 1, model(contextLength, 50, 100, TOKENS_PER_IMAGE));
     expect(small.messages).toEqual(messages);
+    expect(small.images).toBe(6);
+    // An answer with a picture, left out with its question, takes its picture out of the count.
+    const turns = messages.map((m, i) => (i > 0 && i % 2 === 0 ? { ...m, role: 'assistant' as const } : m));
+    const cut = fitHistory(turns, 1, model(contextLength, 50));
+    expect(cut.messages).toEqual([turns[0], ...turns.slice(5)]);
+    expect(cut.images).toBe(countImages(cut.messages));
+    expect(cut.images).toBe(2);
   });
 
   it('may leave out the whole conversation of a chat without opening messages but its last', () => {
@@ -201,17 +212,14 @@ describe("the tokens a hold adds for a prompt's images", () => {
       { role: 'assistant', content: 'A cat and a dog.' },
       { role: 'user', content: [picture('https://a/3.png')] },
     ];
-    expect(imageAllowance(prompt, IMAGE_TOKENS_AT_MOST)).toBe(3 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE));
-    expect(imageAllowance(prompt, 258)).toBe(3 * (258 - TOKENS_PER_IMAGE));
+    const images = countImages(prompt);
+    expect(images).toBe(3);
+    expect(imageAllowance(images, IMAGE_TOKENS_AT_MOST)).toBe(3 * (IMAGE_TOKENS_AT_MOST - TOKENS_PER_IMAGE));
+    expect(imageAllowance(images, 258)).toBe(3 * (258 - TOKENS_PER_IMAGE));
     // A model that counts an image at no more than the prompt's count adds nothing, nor less.
-    expect(imageAllowance(prompt, TOKENS_PER_IMAGE)).toBe(0);
-    expect(imageAllowance(prompt, 64)).toBe(0);
-    expect(
-      imageAllowance(
-        prompt.filter((m) => typeof m.content === 'string'),
-        IMAGE_TOKENS_AT_MOST,
-      ),
-    ).toBe(0);
-    expect(imageAllowance([], IMAGE_TOKENS_AT_MOST)).toBe(0);
+    expect(imageAllowance(images, TOKENS_PER_IMAGE)).toBe(0);
+    expect(imageAllowance(images, 64)).toBe(0);
+    expect(countImages(prompt.filter((m) => typeof m.content === 'string'))).toBe(0);
+    expect(countImages([])).toBe(0);
   });
 });

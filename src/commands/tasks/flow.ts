@@ -11,7 +11,13 @@ import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
 import { BadRequest, DependencyDown } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
-import { fitHistory, imageAllowance, messageSize, type MessageSize } from '../../platform/llm/context';
+import {
+  countImages,
+  fitHistory,
+  imageAllowance,
+  messageSize,
+  type MessageSize,
+} from '../../platform/llm/context';
 import { costOf, holdFor, resolveMaxTokens } from '../../platform/llm/cost';
 import { withRetryBeforeFirstToken } from '../../platform/llm/retry';
 import {
@@ -121,6 +127,8 @@ interface Generation {
   responseFormat?: ResponseFormat | undefined;
   /** Tokens of the messages, when already counted (a chat's history, as it was fitted). */
   promptTokens?: number | undefined;
+  /** Image parts of the messages, when already counted (likewise). */
+  promptImages?: number | undefined;
   /** Messages of a chat's history left out to fit the model's context window (chats only). */
   omittedMessages?: number | undefined;
 }
@@ -244,6 +252,7 @@ export class TaskFlow {
         model,
         messages: history.messages.map(toModelMessage),
         promptTokens: history.promptTokens,
+        promptImages: history.images,
         omittedMessages: history.omitted,
         params,
       },
@@ -481,7 +490,7 @@ export class TaskFlow {
     // Its images at the most they may count, as its output at the most; the two within the window
     // (the room `resolveMaxTokens` left is never below the count).
     const heldPrompt = Math.min(
-      promptTokens + imageAllowance(g.messages, g.model.imageTokens),
+      promptTokens + imageAllowance(g.promptImages ?? countImages(g.messages), g.model.imageTokens),
       g.model.contextLength - maxTokens,
     );
     const hold = holdFor(g.model, heldPrompt, maxTokens);

@@ -36,15 +36,20 @@ export function messageSize(m: ChatMessageInput): MessageSize {
   return { tokens: countMessageTokens(m), images: imagesOf(m) };
 }
 
+/** A prompt's image parts, in all its messages. */
+export function countImages(messages: readonly ChatMessageInput[]): number {
+  let images = 0;
+  for (const m of messages) images += imagesOf(m);
+  return images;
+}
+
 /**
- * The tokens a prompt's images may take beyond its count, which takes each at `TOKENS_PER_IMAGE`:
+ * The tokens a prompt's `images` may take beyond its count, which takes each at `TOKENS_PER_IMAGE`:
  * up to the model's `imageTokens` each. A hold covers them, as it covers the most output a reply may
  * take. Held at the low-detail price, a prompt of large pictures left the rest to be charged from
  * whatever the account had left, and forgiven beyond it. The charge still follows the provider's usage.
  */
-export function imageAllowance(messages: readonly ChatMessageInput[], imageTokens: number): number {
-  let images = 0;
-  for (const m of messages) images += imagesOf(m);
+export function imageAllowance(images: number, imageTokens: number): number {
   return images * beyondCount(imageTokens);
 }
 
@@ -57,6 +62,8 @@ export interface FittedHistory<M = ChatMessageInput> {
   omitted: number;
   /** Tokens of the prompt that goes (`countPromptTokens` of `messages`). */
   promptTokens: number;
+  /** Its image parts (`countImages` of `messages`). */
+  images: number;
 }
 
 /**
@@ -106,14 +113,16 @@ export function fitHistory<M extends { role: string }>(
   // `tokens` is the prompt's count; `taken` is what the fit takes, images at their most.
   let tokens = REPLY_PRIMING_TOKENS;
   let taken = REPLY_PRIMING_TOKENS;
+  let images = 0;
   const sizes = new Map<number, MessageSize>();
   const add = (i: number, size = sizeOf(i)) => {
     sizes.set(i, size);
     tokens += size.tokens;
+    images += size.images;
     taken += atMost(size, model.imageTokens);
   };
   for (let i = 0; i < head; i++) add(i);
-  if (last < 0) return { messages: [], omitted: 0, promptTokens: tokens };
+  if (last < 0) return { messages: [], omitted: 0, promptTokens: tokens, images };
   add(last);
   let start = last;
   for (; start > head; start--) {
@@ -121,12 +130,17 @@ export function fitHistory<M extends { role: string }>(
     if (taken + atMost(before, model.imageTokens) > limit) break;
     add(start - 1, before);
   }
-  if (start === head) return { messages: [...messages], omitted: 0, promptTokens: tokens };
-  while (start < last && messages[start]!.role !== 'user') tokens -= sizes.get(start++)!.tokens;
+  if (start === head) return { messages: [...messages], omitted: 0, promptTokens: tokens, images };
+  for (; start < last && messages[start]!.role !== 'user'; start++) {
+    const dropped = sizes.get(start)!;
+    tokens -= dropped.tokens;
+    images -= dropped.images;
+  }
   return {
     messages: [...messages.slice(0, head), ...messages.slice(start)],
     omitted: start - head,
     promptTokens: tokens,
+    images,
   };
 }
 
