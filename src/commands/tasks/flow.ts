@@ -332,13 +332,8 @@ export class TaskFlow {
   }
 
   /** Claims the task's stream: exactly one claim succeeds (409 after it). Answers the state claimed and the claim's position. */
-  async claimStream(
-    taskId: string,
-    userId: string,
-    provenance: Provenance,
-  ): Promise<{ state: TaskState; position: bigint }> {
-    const { state, position } = await this.handle(taskId, 'ClaimStream', { taskId, userId }, provenance);
-    return { state, position };
+  claimStream(taskId: string, userId: string, provenance: Provenance) {
+    return this.handle(taskId, 'ClaimStream', { taskId, userId }, provenance);
   }
 
   /** Asks for the task to stop: recorded, then its generation (on whichever instance) is aborted. */
