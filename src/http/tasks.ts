@@ -4,7 +4,14 @@ import { StreamAlreadyClaimed, type TaskState } from '../commands/tasks/decider'
 import type { Provenance } from '../commands/ledger/credits';
 import type { TaskOutcome } from '../events/tasks';
 import { BadRequest, Conflict, DomainError } from '../platform/errors';
-import type { ChatMessageInput, FinishReason, ToolCallDelta, ToolOptions } from '../platform/llm/types';
+import type {
+  ChatMessageInput,
+  FinishReason,
+  TokenLogprob,
+  ToolCallDelta,
+  ToolOptions,
+} from '../platform/llm/types';
+import type { Logger } from '../platform/logger';
 import { MAX_TOOL_CALL_ID } from '../platform/llm/toolCalls';
 import type { TaskBuffer, TaskChunk } from '../platform/taskBuffer';
 import { listTasks } from '../queries/tasks';
@@ -105,7 +112,7 @@ const CompletionMessage = z
   });
 /**
  * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do,
- * except those asking for what we cannot give (log probabilities, the functions API that tools
+ * except those asking for what we cannot give (more than one choice, the functions API that tools
  * replaced): a client relying on one hears a 400 rather than getting a plain reply.
  */
 const CompletionBody = z
@@ -130,7 +137,8 @@ const CompletionBody = z
         }),
       ])
       .nullish(),
-    logprobs: z.literal(false, { error: 'log probabilities are not offered' }).nullish(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.number().int().min(0).max(20).nullish(),
     stream: z.boolean().default(false),
     stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
     max_tokens: z.number().int().min(1).nullish(),
@@ -149,6 +157,10 @@ const CompletionBody = z
       .nullish(),
   })
   .superRefine((b, ctx) => {
+    // As OpenAI answers it: alternatives are of the tokens' probabilities, which must be asked for.
+    if (b.top_logprobs != null && b.logprobs !== true) {
+      ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'needs logprobs set to true' });
+    }
     const offered = b.tools ?? [];
     const choice = b.tool_choice;
     // `none` and `auto` without tools ask for a text reply, which is what comes.
@@ -202,6 +214,9 @@ class GenerationFailed extends DomainError {
 class ProviderRefused extends BadRequest {
   override readonly type = '/problems/provider-refused';
 }
+
+/** How long a completion's answer waits for its tokens' probabilities after its outcome (see there). */
+const LOGPROBS_WAIT_MS = 1_000;
 
 /** How often a stream with no news checks whether its task ended elsewhere (another instance, no Redis). */
 const STALL_CHECK_MS = 5_000;
@@ -444,6 +459,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
           tools,
           responseFormat:
             body.response_format && body.response_format.type !== 'text' ? body.response_format : undefined,
+          logprobs: body.logprobs === true ? { top: body.top_logprobs ?? 0 } : undefined,
         },
         provenanceOf(ctx),
       ),
@@ -469,11 +485,19 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       };
       ctx.res.once('close', gone);
       if (ctx.req.socket.destroyed) gone(); // gone before the task had started
+      // The tokens' probabilities are kept nowhere but in the task's output, read as it comes. When
+      // the task ran here, its output has ended by the time its outcome is known; elsewhere (a
+      // retry under an Idempotency-Key) this instance may not see it, and answers without them.
+      const reading = new AbortController();
+      const logprobs = body.logprobs
+        ? logprobsIn(deps.buffer!, t.taskId, reading.signal, ctx.log)
+        : undefined;
       let outcome: TaskOutcome;
       try {
         outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
       } finally {
         ctx.res.off('close', gone);
+        setTimeout(() => reading.abort(), LOGPROBS_WAIT_MS).unref();
       }
       // Settled (here already, as a rule): a read given its position sees the charge. Should it not
       // settle now, the reply is answered all the same (it is kept nowhere else), with the position
@@ -512,13 +536,13 @@ export const tasks: Resource = (router, { deps, openapi }) => {
               ...(calls ? { tool_calls: calls } : {}),
               refusal: null,
             },
+            logprobs: logprobsOf(await logprobs),
             finish_reason: finishReasonOf(
               outcome.data.finishReason,
               usage.completionTokens,
               t.maxTokens,
               !!calls,
             ),
-            logprobs: null,
           },
         ],
         usage: openAiUsage(outcome),
@@ -538,7 +562,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     let called = false;
     void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') {
-        chunk([{ index: 0, delta: { content: c.content }, finish_reason: null, logprobs: null }]);
+        chunk([
+          { index: 0, delta: { content: c.content }, finish_reason: null, logprobs: logprobsOf(c.logprobs) },
+        ]);
         return;
       }
       if (c.kind === 'reasoning') {
@@ -599,6 +625,32 @@ function toolCallDelta(c: ToolCallDelta) {
     ...(c.arguments !== undefined ? { arguments: c.arguments } : {}),
   };
   return { index: c.index, ...(c.id !== undefined ? { id: c.id, type: 'function' } : {}), function: fn };
+}
+
+/** A choice's `logprobs` as OpenAI shapes it: null when none came (not asked, or not given). */
+function logprobsOf(tokens: TokenLogprob[] | undefined) {
+  return tokens && tokens.length > 0 ? { content: tokens, refusal: null } : null;
+}
+
+/**
+ * The log probabilities of a task's text, as its buffer has them: up to its end, or up to `signal`.
+ * A buffer that cannot be read gives what it gave so far (the answer goes on without the rest).
+ */
+async function logprobsIn(
+  buffer: TaskBuffer,
+  taskId: string,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<TokenLogprob[]> {
+  const tokens: TokenLogprob[] = [];
+  try {
+    for await (const c of buffer.read(taskId, signal)) {
+      if (c.kind === 'delta' && c.logprobs) tokens.push(...c.logprobs);
+    }
+  } catch (err) {
+    log.warn({ err, taskId }, 'log probabilities not read');
+  }
+  return tokens;
 }
 
 function withTotal(u: { prompt_tokens: number; completion_tokens: number }) {

@@ -1,11 +1,12 @@
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
-import type { FinishReason, ToolCallDelta } from './llm/types';
+import type { FinishReason, TokenLogprob, ToolCallDelta } from './llm/types';
 import type { Logger } from './logger';
 
 /** One piece of a task's output, as the SSE stream sends it. */
 export type TaskChunk =
-  | { kind: 'delta'; content: string }
+  /** A piece of the reply's text, with its tokens' log probabilities when a completion asked for them. */
+  | { kind: 'delta'; content: string; logprobs?: TokenLogprob[] }
   /** A piece of the reasoning a reasoning model shows before it answers (completions only). */
   | { kind: 'reasoning'; content: string }
   /** A piece of a call of a tool the model was offered (completions only). */

@@ -30,7 +30,7 @@ import { createApp } from '../../src/http/app';
 import { uuidV7Ids } from '../../src/platform/clock';
 import { DependencyDown } from '../../src/platform/errors';
 import { createTestApp, taskFlowOf, type TestApp } from '../support/app';
-import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
+import { fakeLogprob, startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
 const API = '/api/v1';
 const REPLY = 'The quick brown fox jumps over the lazy dog, and then it naps in the warm afternoon sun.';
@@ -2017,7 +2017,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(kept.usage!.completion_tokens).toBe(full);
   });
 
-  it('refuses log probabilities, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
+  it('refuses alternatives without log probabilities, more than one choice, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
     const u = await newUser();
     const client = clientOf(u);
     const say = [{ role: 'user' as const, content: 'What is the weather?' }];
@@ -2031,7 +2031,9 @@ describe('/chat/completions with the official openai client', () => {
         { response_format: { type: 'json_schema', json_schema: { schema: {} } } },
         'response_format.json_schema.name',
       ],
-      [{ logprobs: true }, 'logprobs', /not offered/],
+      [{ top_logprobs: 2 }, 'top_logprobs', /needs logprobs/],
+      [{ logprobs: true, top_logprobs: 21 }, 'top_logprobs'],
+      [{ n: 2 }, 'n'],
       [{ reasoning_effort: 'very high' }, 'reasoning_effort'],
       [{ messages: [{ ...say[0], reasoning_content: 'Hmm.' }] }, 'messages.0.reasoning_content'],
       [
@@ -2662,6 +2664,102 @@ describe('/chat/completions with the official openai client', () => {
       expect(completed).not.toHaveProperty('reasoning');
       const saved = await lastMessage(u.auth, chatId, done.message_id);
       expect(saved.content).toEqual([{ type: 'text', text: REPLY }]);
+    });
+  });
+
+  describe('with log probabilities', () => {
+    const ASK = [{ role: 'user' as const, content: 'Say something.' }];
+    const pieces = tokenPieces(REPLY).filter((p) => p !== '');
+
+    it('passes on each token’s log probability and its alternatives, streamed or not, as the provider gave them', async () => {
+      const u = await newUser();
+      const client = clientOf(u);
+      const expected = pieces.map((p, i) => fakeLogprob(p, i, 2));
+      const chunks = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        stream: true,
+        logprobs: true,
+        top_logprobs: 2,
+      });
+      const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+      let text = '';
+      for await (const c of chunks) {
+        const choice = c.choices[0];
+        if (!choice?.delta.content) continue;
+        text += choice.delta.content;
+        // Each with the piece of text it is the tokens of.
+        expect(choice.logprobs!.content!.map((l) => l.token).join('')).toBe(choice.delta.content);
+        streamed.push(...choice.logprobs!.content!);
+      }
+      expect(text).toBe(REPLY);
+      expect(streamed).toEqual(expected);
+      expect(fake.requests.at(-1)!.body).toMatchObject({ logprobs: true, top_logprobs: 2 });
+
+      const whole = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        logprobs: true,
+        top_logprobs: 2,
+      });
+      expect(whole.choices[0]!.message.content).toBe(REPLY);
+      expect(whole.choices[0]!.logprobs).toEqual({ content: expected, refusal: null });
+      // Charged as any reply: the probabilities are no tokens of their own.
+      expect((await recordedTask(whole.id)).completed!.usage.completionTokens).toBe(
+        tokenPieces(REPLY).length,
+      );
+
+      // Not asked for: none asked upstream, none answered.
+      const plain = await client.chat.completions.create({ model: 'fake-model', messages: ASK });
+      expect(plain.choices[0]!.logprobs).toBeNull();
+      expect(fake.requests.at(-1)!.body).not.toHaveProperty('logprobs');
+      const plainChunks = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        stream: true,
+      });
+      for await (const c of plainChunks) if (c.choices[0]) expect(c.choices[0].logprobs).toBeNull();
+    });
+
+    it('names no alternatives upstream when none are asked, answers null when the provider gives none, and the local model’s tokens as certain', async () => {
+      const u = await newUser();
+      const client = clientOf(u);
+      // Asked without alternatives: none named upstream, and each token with none.
+      const bare = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        logprobs: true,
+      });
+      expect(fake.requests.at(-1)!.body).toMatchObject({ logprobs: true });
+      expect(fake.requests.at(-1)!.body).not.toHaveProperty('top_logprobs');
+      expect(bare.choices[0]!.logprobs).toEqual({
+        content: pieces.map((p, i) => fakeLogprob(p, i, 0)),
+        refusal: null,
+      });
+      // A provider that gives none (some ignore the parameter): the reply, without them.
+      fake.setBehaviour({ logprobsContent: [] });
+      const none = await client.chat.completions.create({
+        model: 'fake-model',
+        messages: ASK,
+        logprobs: true,
+      });
+      expect(none.choices[0]!.message.content).toBe(REPLY);
+      expect(none.choices[0]!.logprobs).toBeNull();
+
+      // The built-in model is deterministic: each token was certain, and had no alternative.
+      const local = await client.chat.completions.create({
+        model: 'local-echo',
+        messages: [{ role: 'user', content: 'Ça va? 你好 🎉' }],
+        logprobs: true,
+        top_logprobs: 3,
+      });
+      const tokens = local.choices[0]!.logprobs!.content!;
+      expect(tokens.map((l) => l.token).join('')).toBe(local.choices[0]!.message.content);
+      for (const l of tokens) {
+        expect(l.logprob).toBe(0);
+        expect(Buffer.from(l.bytes!).toString('utf8')).toBe(l.token);
+        expect(l.top_logprobs).toEqual([{ token: l.token, logprob: 0, bytes: l.bytes }]);
+      }
     });
   });
 

@@ -15,11 +15,12 @@ import {
   type LlmProvider,
   type ModelInfo,
   type ResponseFormat,
+  type TokenLogprob,
   type ToolCallDelta,
   type ToolOptions,
   type Usage,
 } from '../../src/platform/llm/types';
-import { startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
+import { fakeLogprob, startFakeOpenAI, type FakeOpenAI } from '../support/fakes/openai';
 
 const KEY = 'sk-test-fake-key';
 const REPLY = 'Bonjour! Ça va très bien, merci. 你好 🎉';
@@ -52,6 +53,8 @@ const providerFor = (overrides: Partial<Parameters<typeof createOpenAIProvider>[
 
 interface Outcome {
   deltas: string[];
+  /** Each delta's log probabilities (undefined where it had none). */
+  logprobs: (TokenLogprob[] | undefined)[];
   reasoning: string[];
   toolCalls: ToolCallDelta[];
   finish: FinishReason | undefined;
@@ -74,10 +77,12 @@ async function collect(
     responseFormat?: ResponseFormat;
     params?: Partial<GenerationParams>;
     messages?: ChatMessageInput[];
+    logprobs?: { top: number };
   } = {},
 ): Promise<Outcome> {
   const out: Outcome = {
     deltas: [],
+    logprobs: [],
     reasoning: [],
     toolCalls: [],
     finish: undefined,
@@ -92,12 +97,14 @@ async function collect(
       params: { max_tokens: options.maxTokens ?? 256, temperature: 0.2, stop: ['\n\n'], ...options.params },
       tools: options.tools,
       responseFormat: options.responseFormat,
+      logprobs: options.logprobs,
       signal: options.signal ?? new AbortController().signal,
     });
     for await (const item of stream) {
       if ('delta' in item) {
         out.kinds.push('delta');
         out.deltas.push(item.delta);
+        out.logprobs.push(item.logprobs);
         await options.onDelta?.(out.deltas.length);
       } else if ('reasoning' in item) {
         out.kinds.push('reasoning');
@@ -178,6 +185,60 @@ describe('OpenAI-compatible provider against the fake server', () => {
     expect(fake.requests[0]!.body).toMatchObject({ seed: 42, reasoning_effort: 'low' });
     expect(fake.requests[1]!.body).not.toHaveProperty('seed');
     expect(fake.requests[1]!.body).not.toHaveProperty('reasoning_effort');
+  });
+
+  it('asks for log probabilities when told to, and yields each text piece with its tokens', async () => {
+    const pieces = tokenPieces(REPLY).filter((p) => p !== '');
+    const out = await collect(providerFor(), { logprobs: { top: 3 } });
+    expect(out.error).toBeUndefined();
+    expect(out.deltas).toEqual(pieces);
+    expect(out.logprobs).toEqual(pieces.map((p, i) => [fakeLogprob(p, i, 3)]));
+    // With no alternatives asked, none is named upstream (not every server takes 0).
+    const bare = await collect(providerFor(), { logprobs: { top: 0 } });
+    expect(bare.logprobs).toEqual(pieces.map((p, i) => [fakeLogprob(p, i, 0)]));
+    // Not asked: none asked upstream, none passed on.
+    const none = await collect(providerFor());
+    expect(none.logprobs.every((l) => l === undefined)).toBe(true);
+    const [asked, askedBare, plain] = fake.requests.map((r) => r.body);
+    expect(asked).toMatchObject({ logprobs: true, top_logprobs: 3 });
+    expect(askedBare).toMatchObject({ logprobs: true });
+    expect(askedBare).not.toHaveProperty('top_logprobs');
+    expect(plain).not.toHaveProperty('logprobs');
+    expect(plain).not.toHaveProperty('top_logprobs');
+  });
+
+  it('passes on the log probabilities of OpenAI’s shape only, and those sent unasked not at all', async () => {
+    const good = { token: 'Hi', logprob: -0.5, bytes: [72, 105], top_logprobs: [] };
+    fake.setBehaviour({
+      reply: 'Hi there',
+      logprobsContent: [
+        good,
+        { token: 1, logprob: -1, bytes: null, top_logprobs: [] },
+        { token: 'no number', logprob: '-1', bytes: null, top_logprobs: [] },
+        { token: 'x', logprob: -1, bytes: [256], top_logprobs: 'none' },
+        {
+          token: 'y',
+          logprob: -9999,
+          top_logprobs: [{ token: 'a' }, { token: 'b', logprob: -3, bytes: null }, null],
+        },
+        null,
+      ],
+    });
+    const out = await collect(providerFor(), { logprobs: { top: 2 } });
+    expect(out.error).toBeUndefined();
+    expect(out.deltas.join('')).toBe('Hi there');
+    const expected = [
+      good,
+      { token: 'x', logprob: -1, bytes: null, top_logprobs: [] },
+      { token: 'y', logprob: -9999, bytes: null, top_logprobs: [{ token: 'b', logprob: -3, bytes: null }] },
+    ];
+    expect(out.logprobs).toEqual(out.deltas.map(() => expected));
+
+    // A server that sends them unasked is not listened to.
+    const unasked = await collect(providerFor());
+    expect(fake.requests.at(-1)!.body).not.toHaveProperty('logprobs');
+    expect(unasked.deltas.join('')).toBe('Hi there');
+    expect(unasked.logprobs.every((l) => l === undefined)).toBe(true);
   });
 
   it('passes on the finish reasons it knows, and no other', async () => {

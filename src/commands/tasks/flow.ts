@@ -37,6 +37,7 @@ import {
   type ModelCatalog,
   type ModelInfo,
   type ResponseFormat,
+  type TokenLogprob,
   type ToolCallDelta,
   type ToolOptions,
   type Usage,
@@ -125,6 +126,8 @@ interface Generation {
   tools?: ToolOptions | undefined;
   /** JSON output (completions only). */
   responseFormat?: ResponseFormat | undefined;
+  /** Each output token's log probability, with this many alternatives (completions only). */
+  logprobs?: { top: number } | undefined;
   /** Tokens of the messages, when already counted (a chat's history, as it was fitted). */
   promptTokens?: number | undefined;
   /** Image parts of the messages, when already counted (likewise). */
@@ -269,6 +272,7 @@ export class TaskFlow {
       params: Generation['params'];
       tools?: ToolOptions | undefined;
       responseFormat?: ResponseFormat | undefined;
+      logprobs?: { top: number } | undefined;
     },
     provenance: Provenance,
   ): Promise<StartedTask> {
@@ -628,10 +632,12 @@ export class TaskFlow {
     let text = '';
     // A model may send NUL or half a surrogate pair; stored as sent, its reply could never be saved.
     const storable = new StorableTextStream();
-    const add = (delta: string) => {
-      if (!delta) return;
+    // A token's probabilities go with the text that came out with it (the storable text may hold
+    // back half a character for the next piece).
+    const add = (delta: string, logprobs?: TokenLogprob[]) => {
+      if (!delta && !logprobs) return;
       text += delta;
-      buffer.append(taskId, { kind: 'delta', content: delta });
+      buffer.append(taskId, { kind: 'delta', content: delta, ...(logprobs ? { logprobs } : {}) });
     };
     // Passed on and kept for a completion; a chat's task has no place for it (its tokens still count).
     let reasoning = '';
@@ -657,6 +663,7 @@ export class TaskFlow {
         params: { ...g.params, max_tokens: maxTokens },
         tools: g.tools,
         responseFormat: g.responseFormat,
+        logprobs: g.logprobs,
         signal,
       });
       for await (const item of stream) {
@@ -664,7 +671,7 @@ export class TaskFlow {
         else if ('finish' in item) finish = item.finish;
         else if ('toolCall' in item) addCall(calls.push(item.toolCall));
         else if ('reasoning' in item) addReasoning(storableReasoning.push(item.reasoning));
-        else if (item.delta) add(storable.push(item.delta));
+        else if ('delta' in item) add(storable.push(item.delta), g.logprobs ? item.logprobs : undefined);
       }
     } catch (err) {
       if (!(isAbortError(err) && signal.aborted)) {

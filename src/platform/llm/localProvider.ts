@@ -6,6 +6,7 @@ import {
   type LlmProvider,
   type StreamItem,
   type StreamRequest,
+  type TokenLogprob,
 } from './types';
 
 export interface LocalProviderOptions {
@@ -16,9 +17,9 @@ export interface LocalProviderOptions {
 /**
  * The built-in model: offline and deterministic, so the whole chat flow (hold, stream, message,
  * capture) works on a fresh machine and in tests. The reply restates the last user message;
- * it streams token by token and reports real token counts, like a provider with usage. It calls no
- * tools: offered some, it answers in text, as a model may (a request that forces a call is refused
- * before it gets here).
+ * it streams token by token and reports real token counts, like a provider with usage, and log
+ * probabilities when asked (each token was certain). It calls no tools: offered some, it answers in
+ * text, as a model may (a request that forces a call is refused before it gets here).
  */
 export function createLocalProvider(options: LocalProviderOptions): LlmProvider {
   return {
@@ -37,10 +38,21 @@ async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator
     if (delayMs > 0) await sleep(delayMs, undefined, { signal }).catch(() => throwIfAborted(signal));
     throwIfAborted(signal);
     completionTokens++;
-    if (piece !== '') yield { delta: piece };
+    if (piece !== '')
+      yield { delta: piece, ...(req.logprobs ? { logprobs: [certain(piece, req.logprobs.top)] } : {}) };
   }
   yield { finish: pieces.length < whole.length ? 'length' : 'stop' };
   yield { usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens } };
+}
+
+/**
+ * A token of the local model's reply, as log probabilities say it: the model is deterministic, so
+ * each token it writes was certain (log probability 0), and it had no other. A character split over
+ * two tokens is one entry, as it is one piece of the reply.
+ */
+function certain(piece: string, top: number): TokenLogprob {
+  const token = { token: piece, logprob: 0, bytes: [...Buffer.from(piece, 'utf8')] };
+  return { ...token, top_logprobs: top > 0 ? [token] : [] };
 }
 
 function throwIfAborted(signal: AbortSignal): void {

@@ -16,6 +16,8 @@ import {
   type LlmProvider,
   type StreamItem,
   type StreamRequest,
+  type TokenLogprob,
+  type TokenProbability,
   type ToolCallDelta,
   type Usage,
 } from './types';
@@ -145,7 +147,9 @@ async function* streamCompletion(
       const reasoning = reasoningOf(choice?.delta);
       if (reasoning) yield* output({ reasoning });
       const delta = choice?.delta?.content;
-      if (delta) yield* output({ delta });
+      // A token's probabilities may come in a chunk with no text: one that ends inside a character.
+      const logprobs = req.logprobs ? logprobsOf(choice?.logprobs) : undefined;
+      if (delta || logprobs) yield* output({ delta: delta ?? '', ...(logprobs ? { logprobs } : {}) });
       for (const [position, call] of (choice?.delta?.tool_calls ?? []).entries()) {
         const piece = toolCallPiece(call, position);
         if (piece) yield* output({ toolCall: piece });
@@ -174,6 +178,33 @@ function reasoningOf(delta: object | undefined): string | undefined {
   const d = delta as { reasoning_content?: unknown; reasoning?: unknown } | undefined;
   const text = d?.reasoning_content ?? d?.reasoning;
   return typeof text === 'string' && text !== '' ? text : undefined;
+}
+
+/**
+ * The log probabilities of a chunk's text tokens (`logprobs.content`), as OpenAI shapes them;
+ * entries of another shape are left out, and none at all is undefined.
+ */
+function logprobsOf(logprobs: { content?: unknown } | null | undefined): TokenLogprob[] | undefined {
+  if (!Array.isArray(logprobs?.content)) return undefined;
+  const tokens = logprobs.content.flatMap((entry: unknown) => {
+    const token = probabilityOf(entry);
+    if (!token) return [];
+    const top = (entry as { top_logprobs?: unknown }).top_logprobs;
+    const alternatives = Array.isArray(top) ? top.flatMap((t: unknown) => probabilityOf(t) ?? []) : [];
+    return [{ ...token, top_logprobs: alternatives }];
+  });
+  return tokens.length > 0 ? tokens : undefined;
+}
+
+function probabilityOf(entry: unknown): TokenProbability | null {
+  const e = entry as { token?: unknown; logprob?: unknown; bytes?: unknown } | null;
+  if (typeof e?.token !== 'string' || typeof e.logprob !== 'number' || !Number.isFinite(e.logprob))
+    return null;
+  const bytes =
+    Array.isArray(e.bytes) && e.bytes.every((b) => Number.isInteger(b) && b >= 0 && b <= 255)
+      ? (e.bytes as number[])
+      : null;
+  return { token: e.token, logprob: e.logprob, bytes };
 }
 
 /**
@@ -219,6 +250,10 @@ function requestBody(
     ...(p.frequency_penalty !== undefined ? { frequency_penalty: p.frequency_penalty } : {}),
     ...(p.stop !== undefined && p.stop.length > 0 ? { stop: p.stop } : {}),
     ...(p.seed !== undefined ? { seed: p.seed } : {}),
+    // Without `top_logprobs`, each token comes with no alternatives, as with 0 (not every server takes 0).
+    ...(req.logprobs
+      ? { logprobs: true, ...(req.logprobs.top > 0 ? { top_logprobs: req.logprobs.top } : {}) }
+      : {}),
     // Passed on as asked, beyond the SDK's list: DeepSeek's `max` is not in it.
     ...(p.reasoning_effort !== undefined ? { reasoning_effort: p.reasoning_effort as ReasoningEffort } : {}),
     ...(req.tools && req.tools.tools.length > 0

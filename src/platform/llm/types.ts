@@ -123,13 +123,26 @@ export interface ModelInfo {
 export const FINISH_REASONS = ['stop', 'length', 'content_filter', 'tool_calls'] as const;
 export type FinishReason = (typeof FINISH_REASONS)[number];
 
+/** A token and how likely the model found it (OpenAI's shape): `bytes` are its UTF-8 bytes, when given. */
+export interface TokenProbability {
+  token: string;
+  /** The natural log of its probability (OpenAI says -9999 for "all but impossible"). */
+  logprob: number;
+  bytes: number[] | null;
+}
+
+/** A token of the reply with its log probability, and the likeliest tokens the model had for its place. */
+export interface TokenLogprob extends TokenProbability {
+  top_logprobs: TokenProbability[];
+}
+
 /**
- * One item of a reply: a piece of its text, of a tool call, or of the reasoning a reasoning model
- * shows before it answers (DeepSeek's `reasoning_content`); then, when the provider says them, why
- * it ended and the usage (last).
+ * One item of a reply: a piece of its text (with its tokens' log probabilities, when asked for), of
+ * a tool call, or of the reasoning a reasoning model shows before it answers (DeepSeek's
+ * `reasoning_content`); then, when the provider says them, why it ended and the usage (last).
  */
 export type StreamItem =
-  | { delta: string }
+  | { delta: string; logprobs?: TokenLogprob[] | undefined }
   | { toolCall: ToolCallDelta }
   | { reasoning: string }
   | { finish: FinishReason }
@@ -143,6 +156,11 @@ export interface StreamRequest {
   tools?: ToolOptions | undefined;
   /** JSON output; text when absent. */
   responseFormat?: ResponseFormat | undefined;
+  /**
+   * Asks for each output token's log probability, with the `top` likeliest tokens at its place
+   * (OpenAI's `logprobs` and `top_logprobs`); none asked when absent.
+   */
+  logprobs?: { top: number } | undefined;
   /** Aborting stops the upstream request; the iterable then throws an `LlmAborted`. */
   signal: AbortSignal;
 }

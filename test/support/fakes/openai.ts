@@ -49,6 +49,8 @@ export interface FakeBehaviour {
    */
   reasoning?: string | undefined;
   reasoningField?: 'reasoning_content' | 'reasoning' | undefined;
+  /** When a request asks for log probabilities: each text chunk's `logprobs.content`, as it is. */
+  logprobsContent?: unknown[] | undefined;
 }
 
 export interface FakeRequest {
@@ -217,10 +219,18 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
         choices,
         ...(includeUsage ? { usage: usage ?? null } : {}),
       })}\n\n`;
-    const choice = (delta: object, finish: string | null = null) => ({
+    const probabilities = logprobsAsked(body);
+    let token = 0;
+    const choice = (delta: { content?: string; [field: string]: unknown }, finish: string | null = null) => ({
       index: 0,
       delta,
-      logprobs: null,
+      logprobs: !delta.content
+        ? null
+        : b.logprobsContent
+          ? { content: b.logprobsContent, refusal: null }
+          : probabilities
+            ? { content: [fakeLogprob(delta.content, token++, probabilities.top)], refusal: null }
+            : null,
       finish_reason: finish,
     });
 
@@ -288,7 +298,12 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
                 refusal: null,
                 ...(b.reasoning ? { reasoning_content: b.reasoning } : {}),
               },
-          logprobs: null,
+          logprobs: logprobsAsked(body)
+            ? {
+                content: reply.pieces.map((p, i) => fakeLogprob(p, i, logprobsAsked(body)!.top)),
+                refusal: null,
+              }
+            : null,
           finish_reason: reply.finishReason,
         },
       ],
@@ -312,6 +327,32 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
   };
 }
 
+/** Log probabilities asked for by a request, with how many alternatives. */
+function logprobsAsked(body: ChatRequestBody): { top: number } | null {
+  if (body.logprobs !== true) return null;
+  return { top: typeof body.top_logprobs === 'number' ? body.top_logprobs : 0 };
+}
+
+/**
+ * The log probability the fake gives the `index`th token of its text, `piece`, with `top`
+ * alternatives: the token itself, then made-up ones, each less likely. Deterministic, so a test can
+ * compute what it should receive.
+ */
+export function fakeLogprob(piece: string, index: number, top: number) {
+  const probability = (token: string, logprob: number) => ({
+    token,
+    logprob,
+    bytes: [...Buffer.from(token, 'utf8')],
+  });
+  const logprob = -((index % 7) + 1) / 8;
+  return {
+    ...probability(piece, logprob),
+    top_logprobs: Array.from({ length: top }, (_, k) =>
+      k === 0 ? probability(piece, logprob) : probability(`alt${k}`, logprob - k),
+    ),
+  };
+}
+
 /**
  * The reply's token pieces (non-empty ones become chunks), cut at the request's max tokens, then its
  * tool calls' chunks; `deltas` are the chunks' deltas, and `tokens` what the usage counts.
@@ -324,7 +365,7 @@ function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
   const pieces = tokens.filter((p) => p !== '');
   const thoughts = b.reasoning ? tokenPieces(b.reasoning).filter((p) => p !== '') : [];
   const field = b.reasoningField ?? 'reasoning_content';
-  const deltas: object[] = [
+  const deltas: { content?: string; [field: string]: unknown }[] = [
     ...thoughts.map((t) => ({ [field]: t })),
     ...pieces.map((content) => ({ content })),
   ];
