@@ -121,16 +121,23 @@ export function createRedisTaskBuffer(
 ): TaskBuffer {
   const keepSeconds = options.keepSeconds ?? 600;
   const local = createMemoryTaskBuffer({ keepMs: keepSeconds * 1000 });
-  // The tasks generated here, until their output leaves this instance's memory (`keepSeconds` after
-  // it ended, as the memory buffer drops it); after that, Redis alone still has it.
+  // The tasks generated here (opened), until their output leaves this instance's memory
+  // (`keepSeconds` after it ended, as the memory buffer drops it); after that, Redis alone has it.
   const localTasks = new Map<string, NodeJS.Timeout | undefined>();
-  const generatedHere = (taskId: string, chunk?: TaskChunk) => {
-    if (!localTasks.has(taskId)) localTasks.set(taskId, undefined);
-    if (chunk && terminal(chunk) && localTasks.get(taskId) === undefined) {
-      const timer = setTimeout(() => localTasks.delete(taskId), keepSeconds * 1000);
-      timer.unref();
-      localTasks.set(taskId, timer);
-    }
+  /**
+   * The output of each task generated here that is not in Redis yet, and how much went before it.
+   * Redis always holds a beginning of a task's output, never one with a piece missing: what could
+   * not be written (Redis away, a write failed) waits here and goes first, once Redis is back.
+   */
+  const unwritten = new Map<string, { queue: TaskChunk[]; written: number }>();
+  const ended = (taskId: string) => {
+    if (localTasks.get(taskId) !== undefined) return;
+    const timer = setTimeout(() => {
+      localTasks.delete(taskId);
+      unwritten.delete(taskId);
+    }, keepSeconds * 1000);
+    timer.unref();
+    localTasks.set(taskId, timer);
   };
   const key = (taskId: string) => `task:${taskId}:out`;
   const channel = (taskId: string) => `task:${taskId}:wake`;
@@ -156,14 +163,66 @@ export function createRedisTaskBuffer(
     }
   }
 
+  /**
+   * Writes what waits of a task's output, in order per instance: chained, so a delta never
+   * overtakes the one before it. Each piece has its place in the entry's id (`0-1`, `0-2`…), so a
+   * write whose answer was lost, written again, is refused as already there rather than doubled.
+   */
+  const flush = (taskId: string) => {
+    writes = writes.then(async () => {
+      const w = unwritten.get(taskId);
+      if (!w || w.queue.length === 0 || redis.status !== 'ready') return;
+      const batch = w.queue.slice();
+      const multi = redis.multi();
+      batch.forEach((c, i) =>
+        multi.xadd(key(taskId), 'MAXLEN', '~', '100000', `0-${w.written + i + 1}`, 'c', JSON.stringify(c)),
+      );
+      multi
+        .expire(key(taskId), batch.some(terminal) ? keepSeconds : keepSeconds * 6)
+        .publish(channel(taskId), '1');
+      try {
+        const results = (await multi.exec()) ?? [];
+        // Written, or there already (its id is not past the stream's last: an earlier write landed).
+        let done = 0;
+        while (
+          done < batch.length &&
+          (!results[done]?.[0] || /equal or smaller/.test(results[done]![0]!.message))
+        )
+          done++;
+        w.queue.splice(0, done);
+        w.written += done;
+        if (done < batch.length) {
+          logger.warn({ err: results[done]?.[0]?.message, taskId }, 'task output not written to redis');
+        }
+      } catch (err) {
+        logger.warn(
+          { err: (err as Error).message, taskId },
+          'task output not written to redis; kept for later',
+        );
+      }
+    });
+  };
+  // Back after an outage: what waited goes out, though its task may write nothing more.
+  redis.on('ready', () => {
+    for (const [taskId, w] of unwritten) if (w.queue.length > 0) flush(taskId);
+  });
+
   return {
     open(taskId) {
-      generatedHere(taskId);
+      if (!localTasks.has(taskId)) localTasks.set(taskId, undefined);
+      if (!unwritten.has(taskId)) unwritten.set(taskId, { queue: [], written: 0 });
     },
     append(taskId, chunk) {
-      generatedHere(taskId, chunk);
       local.append(taskId, chunk);
-      // In order per instance: chained, so a delta never overtakes the one before it.
+      const w = unwritten.get(taskId);
+      if (w) {
+        if (terminal(chunk)) ended(taskId);
+        w.queue.push(chunk);
+        flush(taskId);
+        return;
+      }
+      // A task generated elsewhere, ended here (the sweeper): its end goes after whatever its own
+      // instance wrote, and this instance goes on reading it from Redis.
       writes = writes.then(async () => {
         if (redis.status !== 'ready') return;
         try {
@@ -230,6 +289,7 @@ export function createRedisTaskBuffer(
       await writes;
       for (const timer of localTasks.values()) clearTimeout(timer);
       localTasks.clear();
+      unwritten.clear();
       subscriber.disconnect();
       await local.close();
     },

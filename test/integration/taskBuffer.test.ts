@@ -132,6 +132,7 @@ withRedis('with Redis', () => {
     await ready(r);
     const buffer = createRedisTaskBuffer(r, logger, { keepSeconds: 1 });
     const id = crypto.randomUUID();
+    buffer.open(id);
     buffer.append(id, { kind: 'delta', content: 'x' });
     buffer.append(id, done);
     await new Promise((res) => setTimeout(res, 100));
@@ -147,6 +148,110 @@ withRedis('with Redis', () => {
       await r.del(`task:${id}:out`);
       await buffer.close();
       r.disconnect();
+    }
+  });
+
+  describe('when the generating instance loses Redis for a while', () => {
+    let a: Redis;
+    let b: Redis;
+    let writer: TaskBuffer;
+    let reader: TaskBuffer;
+    beforeEach(async () => {
+      a = new Redis(process.env.REDIS_URL!, { enableOfflineQueue: false });
+      b = new Redis(process.env.REDIS_URL!);
+      await Promise.all([ready(a), ready(b)]);
+      writer = createRedisTaskBuffer(a, logger);
+      reader = createRedisTaskBuffer(b, logger);
+    });
+    afterEach(async () => {
+      await writer.close();
+      await reader.close();
+      a.disconnect();
+      b.disconnect();
+    });
+    const delta = (content: string): TaskChunk => ({ kind: 'delta', content });
+    const settle = () => new Promise((res) => setTimeout(res, 100));
+    const readAll = async (id: string) => {
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 3_000);
+      try {
+        return await collect(reader, id, stop.signal);
+      } finally {
+        clearTimeout(timer);
+        await b.del(`task:${id}:out`);
+      }
+    };
+
+    it('writes what Redis missed once it is back, before what follows, so no reader elsewhere gets a reply with a hole', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      writer.append(id, delta('1'));
+      await settle();
+      a.disconnect();
+      writer.append(id, delta('2'));
+      writer.append(id, delta('3'));
+      await settle();
+      await a.connect();
+      writer.append(id, delta('4'));
+      writer.append(id, done);
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), delta('4'), done]);
+    });
+
+    it('writes an end that came while Redis was away as soon as it is back', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      writer.append(id, delta('1'));
+      await settle();
+      a.disconnect();
+      writer.append(id, delta('2'));
+      writer.append(id, done);
+      await settle();
+      await a.connect();
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), done]);
+    });
+
+    it('does not double a piece whose write landed though its answer was lost', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      writer.append(id, delta('1'));
+      await settle();
+      a.disconnect();
+      writer.append(id, delta('2'));
+      // As if the write of the second piece had reached Redis before the connection broke.
+      await b.xadd(`task:${id}:out`, '0-2', 'c', JSON.stringify(delta('2')));
+      await settle();
+      await a.connect();
+      writer.append(id, done);
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), done]);
+    });
+  });
+
+  it('a task ended by another instance (the sweeper) is still read from Redis there, with what its own instance wrote', async () => {
+    const a = new Redis(process.env.REDIS_URL!);
+    const b = new Redis(process.env.REDIS_URL!);
+    await Promise.all([ready(a), ready(b)]);
+    const generating = createRedisTaskBuffer(a, logger);
+    const sweeping = createRedisTaskBuffer(b, logger);
+    const id = crypto.randomUUID();
+    try {
+      generating.open(id);
+      generating.append(id, { kind: 'delta', content: 'x' });
+      generating.append(id, { kind: 'delta', content: 'y' });
+      await new Promise((res) => setTimeout(res, 100));
+      const failed: TaskChunk = { kind: 'error', detail: 'The task ran past its time limit.' };
+      sweeping.append(id, failed);
+      await new Promise((res) => setTimeout(res, 100));
+      expect(await collect(sweeping, id)).toEqual([
+        { kind: 'delta', content: 'x' },
+        { kind: 'delta', content: 'y' },
+        failed,
+      ]);
+    } finally {
+      await b.del(`task:${id}:out`);
+      await generating.close();
+      await sweeping.close();
+      a.disconnect();
+      b.disconnect();
     }
   });
 
