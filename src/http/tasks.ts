@@ -366,12 +366,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const { state: claimed, position } = await flow.claimStream(id, ctx.state.user.id, provenanceOf(ctx));
     setEventPosition(ctx, position);
     const sse = openSse(ctx, heartbeatMs);
-    const task = {
-      current: () => flow.read(id, claimed.userId),
-      // Idempotent: the reply is saved and the chat free before the client hears `done`, even when
-      // the generating instance is still settling (or died after recording the outcome).
-      settle: (outcome: TaskOutcome) => flow.settle(outcome, null),
-    };
+    // Settled before the client hears `done` (idempotent), so the reply is saved and the chat free,
+    // even when the generating instance is still settling (or died after recording the outcome).
+    const task = followed(flow, id, claimed.userId, ctx.log);
     void followTask(id, claimed.outcome, deps.buffer!, sse.signal, task, (c) => {
       if (c.kind === 'delta') sse.send('delta', { content: c.content });
       // A chat's task offers no tools, and its events have no place for reasoning (API.md).
@@ -382,11 +379,14 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         sse.send('done', { message_id: c.messageId, usage: c.usage, cost: c.cost, position: c.position });
       } else sse.send('error', { detail: c.detail, position: c.position });
     })
-      .finally(() => sse.end())
       .catch((err: unknown) => {
         ctx.log.warn({ err, taskId: id }, 'task stream ended early');
-        sse.end();
-      });
+        // Not the task's end: the stream's. The client is told so, and where to see the end.
+        sse.send('error', {
+          detail: `The stream broke off; the task goes on. GET /tasks/${id} shows how it ends.`,
+        });
+      })
+      .finally(() => sse.end());
   });
 
   openapi.registerPath({
@@ -553,10 +553,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const sse = openSse(ctx, heartbeatMs);
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       sse.send(null, { id, object: 'chat.completion.chunk', created, model, choices, ...extra });
-    const task = {
-      current: () => flow.read(t.taskId, ctx.state.user.id),
-      settle: (outcome: TaskOutcome) => flow.settle(outcome, null),
-    };
+    const task = followed(flow, t.taskId, ctx.state.user.id, ctx.log);
     chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
     let ended = false;
     let called = false;
@@ -594,6 +591,18 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       })
       .catch((err: unknown) => {
         ctx.log.warn({ err, taskId: t.taskId }, 'completion stream ended early');
+        if (!ended) {
+          // The client hears that its reply was cut short, and what it will not get is not
+          // generated on (a retry under its Idempotency-Key would take the task up instead).
+          leftBehind();
+          sse.send(null, {
+            error: {
+              message: 'The reply could not be followed to its end; it was stopped.',
+              ...GENERATION_FAILED,
+            },
+          });
+        }
+        sse.send(null, '[DONE]');
         sse.end();
       });
   });
@@ -662,6 +671,32 @@ function openAiUsage(outcome: TaskOutcome) {
   return withTotal({ prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens });
 }
 
+/** How a stream looks at its task when its output says nothing: its state, and its settlement. */
+export interface FollowedTask {
+  /** Null when it cannot be read now: no news, asked again at the next check. */
+  current: () => Promise<TaskState | null>;
+  /** Where its settlement ended; null when it cannot settle here now (the reactor settles it). */
+  settle: (outcome: TaskOutcome) => Promise<bigint | null>;
+}
+
+/**
+ * A task as a stream follows it. A store that does not answer, or a settlement that fails, does not
+ * end the stream: its client would get a reply cut short with no end (and a streamed completion's
+ * reply is kept nowhere else). Its end then goes out without the settlement's position.
+ */
+export const followed = (flow: TaskFlow, taskId: string, userId: string, log: Logger): FollowedTask => ({
+  current: () =>
+    flow.read(taskId, userId).catch((err: unknown) => {
+      log.warn({ err, taskId }, 'task not read for its stream; looked at again later');
+      return null;
+    }),
+  settle: (outcome) =>
+    flow.settle(outcome, null).catch((err: unknown) => {
+      log.warn({ err, taskId }, 'task not settled before its stream ended; the reactor settles it');
+      return null;
+    }),
+});
+
 /**
  * Follows a task's output to its end: what the buffer holds, then what follows, until done or
  * error, each piece to `onChunk`. A task that had already ended (`known`), or that ends where this
@@ -674,7 +709,7 @@ export async function followTask(
   known: TaskOutcome | null,
   buffer: TaskBuffer,
   signal: AbortSignal,
-  task: { current: () => Promise<TaskState>; settle: (outcome: TaskOutcome) => Promise<bigint> },
+  task: FollowedTask,
   onChunk: (c: TaskChunk) => void,
   stallCheckMs = STALL_CHECK_MS,
 ): Promise<void> {
@@ -722,7 +757,7 @@ export async function followTask(
       if (signal.aborted) return;
       if (next === 'stalled') {
         const state = await task.current();
-        if (state.outcome) return await finishFrom(state.outcome);
+        if (state?.outcome) return await finishFrom(state.outcome);
         continue;
       }
       if (next.done) return;

@@ -18,7 +18,10 @@ export type TaskChunk =
       cost: number;
       /** The provider's word on why the reply ended, when it gave one (absent from older buffers). */
       finishReason?: FinishReason;
-      /** The global position where the task's settlement ended (absent from older buffers). */
+      /**
+       * The global position where the task's settlement ended: absent when it could not be settled
+       * here (the reactor settles it), and in older buffers.
+       */
       position?: string;
     }
   | {
@@ -26,7 +29,7 @@ export type TaskChunk =
       detail: string;
       /** The provider refused the request as asked, before any output: the caller's to fix. */
       refused?: boolean;
-      /** As for `done`; absent when the task could not be settled here. */
+      /** As for `done`. */
       position?: string;
     };
 

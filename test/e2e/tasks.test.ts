@@ -126,6 +126,7 @@ afterEach(() =>
     toolCalls: undefined,
     reasoning: undefined,
     reasoningField: undefined,
+    logprobsContent: undefined,
   }),
 );
 
@@ -418,6 +419,10 @@ async function recordedTask(completionId: string) {
     | undefined;
   return { taskId, created, completed };
 }
+
+/** The types of the events of a completion's task, in order. */
+const recordedTaskEvents = async (completionId: string) =>
+  (await t.deps.store.readStream(taskStream(completionId.replace(/^chatcmpl-/, '')))).map((e) => e.type);
 
 /** The ledger's movements on one hold, as `[type, amount]`. */
 const holdMovements = async (userId: string, holdId: string) =>
@@ -744,6 +749,91 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // Charged once all the same (by the instance that generated it).
     const captures = (await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured');
     expect(captures).toHaveLength(1);
+  });
+
+  it('answers a completion whose outcome cannot be read at first, once the store answers again', async () => {
+    const u = await newUser();
+    const read = jest
+      .spyOn(TaskFlow.prototype, 'read')
+      .mockRejectedValueOnce(new Error('connection terminated unexpectedly'));
+    try {
+      const completion = await t.http
+        .post(`${API}/chat/completions`)
+        .set('Authorization', u.auth)
+        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
+      expect(completion.status).toBe(200);
+      expect(
+        (completion.body as { choices: { message: { content: string } }[] }).choices[0]!.message.content,
+      ).toBe(REPLY);
+      expect(read.mock.calls.length).toBeGreaterThanOrEqual(2);
+    } finally {
+      read.mockRestore();
+    }
+    const captures = (await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured');
+    expect(captures).toHaveLength(1);
+  });
+
+  describe('a stream whose output cannot be read on', () => {
+    const broken = () =>
+      jest.spyOn(t.deps.buffer!, 'read').mockImplementationOnce(async function* () {
+        yield* [];
+        throw new Error('the buffer is gone');
+      });
+
+    it('tells a completion’s client it was cut short, ends it, and stops the reply nobody gets', async () => {
+      const u = await newUser();
+      fake.setBehaviour({ tokenDelayMs: 20 });
+      const read = broken();
+      let res;
+      try {
+        res = await t.http
+          .post(`${API}/chat/completions`)
+          .set('Authorization', u.auth)
+          .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }], stream: true })
+          .buffer(true)
+          .parse((r, done) => {
+            let text = '';
+            r.on('data', (c: Buffer) => (text += c.toString()));
+            r.on('end', () => done(null, text));
+          });
+      } finally {
+        read.mockRestore();
+      }
+      const data = (res.body as string)
+        .split('\n\n')
+        .filter((b) => b.startsWith('data: '))
+        .map((b) => b.slice(6));
+      expect(data.at(-1)).toBe('[DONE]');
+      expect(JSON.parse(data.at(-2)!)).toMatchObject({ error: { code: 'generation_failed' } });
+      const id = (JSON.parse(data[0]!) as { id: string }).id;
+      await eventually(
+        () => recordedTaskEvents(id),
+        (types) => types.includes('TaskCancelled'),
+        'the reply stopped',
+      );
+    });
+
+    it('tells a task stream’s client the stream broke off, and the task ends as it would have', async () => {
+      const u = await newUser();
+      const chatId = await newChat(u.auth);
+      fake.setBehaviour({ tokenDelayMs: 20 });
+      const started = await startTask(u.auth, chatId);
+      const read = broken();
+      let s;
+      try {
+        s = await stream(u.auth, started.id);
+      } finally {
+        read.mockRestore();
+      }
+      expect(s.events).toHaveLength(1);
+      expect(s.events[0]).toEqual({
+        event: 'error',
+        data: {
+          detail: `The stream broke off; the task goes on. GET /tasks/${started.id} shows how it ends.`,
+        },
+      });
+      expect(await finished(u.auth, started.id)).toMatchObject({ status: 'succeeded' });
+    });
   });
 
   it('ends a stream with where its settlement ended, so that reads given it show the reply and the charge', async () => {

@@ -1,6 +1,8 @@
 import { initialTask, type TaskState } from '../../src/commands/tasks/decider';
 import type { TaskOutcome } from '../../src/events/tasks';
-import { followTask } from '../../src/http/tasks';
+import type { TaskFlow } from '../../src/commands/tasks/flow';
+import { followed, followTask } from '../../src/http/tasks';
+import { createLogger } from '../../src/platform/logger';
 import { createMemoryTaskBuffer, type TaskChunk } from '../../src/platform/taskBuffer';
 
 const completed: TaskOutcome = {
@@ -102,6 +104,57 @@ describe('following a task whose buffer stalled in its reasoning', () => {
       { kind: 'delta', content: 'Looking.' },
     ]);
     expect(got.at(-1)).toEqual(doneChunk);
+    await buffer.close();
+  });
+});
+
+describe('following a task whose store fails for a moment', () => {
+  const log = createLogger({ LOG_LEVEL: 'silent' });
+  const storeDown = () => Promise.reject(new Error('connection terminated unexpectedly'));
+
+  it('takes a read that fails at a stall for no news, and ends when the task has', async () => {
+    let reads = 0;
+    const flow = {
+      read: () => (++reads === 1 ? storeDown() : Promise.resolve({ ...initialTask(), outcome: completed })),
+      settle: () => Promise.resolve(4242n),
+    } as unknown as TaskFlow;
+    const buffer = createMemoryTaskBuffer();
+    buffer.append('t1', { kind: 'delta', content: 'Look' });
+    const got: TaskChunk[] = [];
+    await followTask(
+      't1',
+      null,
+      buffer,
+      new AbortController().signal,
+      followed(flow, 't1', 'u1', log),
+      (c) => got.push(c),
+      20,
+    );
+    expect(reads).toBe(2);
+    expect(got.filter((c) => c.kind === 'delta')).toEqual([
+      { kind: 'delta', content: 'Look' },
+      { kind: 'delta', content: 'ing.' },
+    ]);
+    expect(got.at(-1)).toEqual(doneChunk);
+    await buffer.close();
+  });
+
+  it('sends the end of a task it cannot settle now, without a position (the reactor settles it)', async () => {
+    const flow = { settle: storeDown } as unknown as TaskFlow;
+    const got: TaskChunk[] = [];
+    const buffer = createMemoryTaskBuffer();
+    await followTask(
+      't1',
+      completed,
+      buffer,
+      new AbortController().signal,
+      followed(flow, 't1', 'u1', log),
+      (c) => got.push(c),
+    );
+    expect(got.find((c) => c.kind === 'delta')).toEqual({ kind: 'delta', content: 'Looking.' });
+    const { position, ...rest } = doneChunk;
+    expect(position).toBeDefined();
+    expect(got.at(-1)).toEqual(rest);
     await buffer.close();
   });
 });

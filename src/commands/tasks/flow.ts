@@ -9,7 +9,7 @@ import type { Projector } from '../../projections/types';
 import type { ContentPart, ChatMessage } from '../../events/chats';
 import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
-import { BadRequest, DependencyDown } from '../../platform/errors';
+import { BadRequest, DependencyDown, DomainError } from '../../platform/errors';
 import { InsufficientCredits } from '../ledger/decider';
 import {
   countImages,
@@ -323,9 +323,19 @@ export class TaskFlow {
    * most until the sweeper would have failed it: then 503.
    */
   async outcomeOf(taskId: string, userId: string): Promise<TaskOutcome> {
-    for (;;) {
+    for (let failures = 0; ;) {
       await this.running.get(taskId)?.done;
-      const state = await this.read(taskId, userId);
+      let state: TaskState;
+      try {
+        state = await this.read(taskId, userId);
+      } catch (err) {
+        // A store away for a moment is waited out: the reply is kept nowhere but in the answer,
+        // and a client that got an error would ask (and pay) again.
+        if (err instanceof DomainError || ++failures > 5) throw err;
+        this.deps.logger.warn({ err, taskId, failures }, 'task outcome not read; trying again');
+        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** failures));
+        continue;
+      }
       if (state.outcome) return state.outcome;
       const giveUpAt = Date.parse(state.deadlineAt ?? '') + 4 * this.graceMs;
       if (!(this.deps.clock.now().getTime() < giveUpAt)) {
@@ -968,10 +978,13 @@ const isRefusal = (status: number | undefined) => status === 400 || status === 4
 
 const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
 
-/** The stream's last event for an outcome, settled up to `settledAt`. */
-export function chunkOf(outcome: TaskOutcome, settledAt: bigint): TaskChunk {
+/**
+ * The stream's last event for an outcome, settled up to `settledAt`; null when it could not be
+ * settled here (the reactor settles it), and the event then says no position.
+ */
+export function chunkOf(outcome: TaskOutcome, settledAt: bigint | null): TaskChunk {
   const d = outcome.data;
-  const position = settledAt.toString();
+  const position = settledAt === null ? {} : { position: settledAt.toString() };
   if (outcome.type === 'TaskCompleted') {
     return {
       kind: 'done',
@@ -979,14 +992,14 @@ export function chunkOf(outcome: TaskOutcome, settledAt: bigint): TaskChunk {
       usage: { prompt_tokens: d.usage.promptTokens, completion_tokens: d.usage.completionTokens },
       cost: d.cost,
       ...(outcome.data.finishReason ? { finishReason: outcome.data.finishReason } : {}),
-      position,
+      ...position,
     };
   }
   return {
     kind: 'error',
     detail: outcome.type === 'TaskFailed' ? outcome.data.reason : 'The task was cancelled.',
     ...(outcome.type === 'TaskFailed' && outcome.data.providerStatus !== undefined ? { refused: true } : {}),
-    position,
+    ...position,
   };
 }
 
