@@ -1,10 +1,13 @@
 import fc from 'fast-check';
+import { encode } from 'gpt-tokenizer/encoding/o200k_base';
 import { costOf, creditsFor, holdFor, PromptTooLong, resolveMaxTokens } from '../../src/platform/llm/cost';
 import {
   countPromptTokens,
   countResponseFormatTokens,
   countTextTokens,
   countToolCallTokens,
+  encodeText,
+  MAX_RUN,
   REPLY_PRIMING_TOKENS,
   TOKENS_PER_IMAGE,
   TOKENS_PER_MESSAGE,
@@ -133,6 +136,33 @@ const model = (promptPrice: number, completionPrice: number, extra: Partial<Mode
   imageTokens: 1445,
   local: false,
   ...extra,
+});
+
+describe('token counting of long runs', () => {
+  // Encoded at once, these took 24 s, and overflowed the encoder's stack: the jest timeout fails them.
+  it('counts 200,000 letters, Chinese characters, emoji, dots or spaces in a row, and splits them back into the text', () => {
+    for (const char of ['a', '你', '🎉', '.', ' ', '\n']) {
+      const text = char.repeat(200_000);
+      const pieces = tokenPieces(text);
+      expect(pieces.join('')).toBe(text);
+      expect(pieces.length).toBeGreaterThan(0);
+      // Each piece of MAX_RUN characters counts as it would alone.
+      expect(pieces.length).toBe((200_000 / MAX_RUN) * encode(char.repeat(MAX_RUN)).length);
+    }
+  });
+
+  it('counts text whose runs are no longer than MAX_RUN exactly as the encoder does', () => {
+    const text = `Look at ${'x'.repeat(MAX_RUN)} and ${'é'.repeat(MAX_RUN - 1)}, then the end.`;
+    expect(encodeText(text)).toEqual(encode(text));
+    // One character more, and the run is counted in pieces, with the text around it as it was.
+    const longer = `Look at ${'x'.repeat(MAX_RUN + 1)}, then the end.`;
+    expect(encodeText(longer)).toEqual([
+      ...encode('Look at '),
+      ...encode('x'.repeat(MAX_RUN)),
+      ...encode('x'),
+      ...encode(', then the end.'),
+    ]);
+  });
 });
 
 describe('cost in credits', () => {
