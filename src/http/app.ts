@@ -68,7 +68,7 @@ export function createApp(deps: AppDeps, resources: readonly Resource[] = []): A
   app.use(securityHeaders());
   // Before the body is read and before Idempotency-Key: a limited request does nothing, keeps no key.
   app.use(defaultBudget());
-  app.use(body(config.BODY_LIMIT));
+  app.use(body(config.BODY_LIMIT, config.COMPLETION_BODY_LIMIT));
   app.use(idempotency());
   app.use(platform.routes());
   app.use(platform.allowedMethods());

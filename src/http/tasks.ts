@@ -47,13 +47,15 @@ const CompletionPart = z.discriminatedUnion('type', [
             .string()
             .max(2048)
             .regex(/^https?:\/\//i),
-          z.string().regex(/^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+={0,2}$/),
+          z.string().regex(/^data:image\/(png|jpe?g|gif|webp);base64,[A-Za-z0-9+/]+={0,2}$/),
         ],
         { error: 'must be an http(s) URL, or a data: URL of a PNG, JPEG, GIF or WebP image in base64' },
       ),
       detail: z.enum(['auto', 'low', 'high']).optional(),
     }),
   }),
+  // What an assistant declined to say, as OpenAI's SDK sends a reply back: passed on as its text.
+  z.object({ type: z.literal('refusal'), refusal: z.string().max(MAX_CONTENT_LENGTH) }),
 ]);
 const MAX_TOOLS = 128;
 const FunctionName = z
@@ -88,6 +90,8 @@ const CompletionMessage = z
   .object({
     // `developer` is OpenAI's newer name for `system`.
     role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    /** Who says it, among speakers of the same role (the provider judges the name). */
+    name: z.string().min(1).max(256).optional(),
     content: z.union([z.string().max(MAX_CONTENT_LENGTH), z.array(CompletionPart).min(1).max(64)]).nullish(),
     /** The calls an assistant message made; answered by the `tool` messages after it. */
     tool_calls: z.array(ToolCallIn).min(1).max(MAX_TOOLS).optional(),
@@ -109,11 +113,14 @@ const CompletionMessage = z
       issue('content', 'is required (only an assistant message with tool_calls may have none)');
     if (m.role === 'tool' && Array.isArray(m.content) && m.content.some((p) => p.type !== 'text'))
       issue('content', 'a tool message is text');
+    if (m.role !== 'assistant' && Array.isArray(m.content) && m.content.some((p) => p.type === 'refusal'))
+      issue('content', 'only an assistant message has a refusal');
   });
 /**
- * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do,
- * except those asking for what we cannot give (more than one choice, the functions API that tools
- * replaced): a client relying on one hears a 400 rather than getting a plain reply.
+ * OpenAI's request, the parts we serve. Unknown fields are ignored, as OpenAI-compatible servers do
+ * (`user`, `metadata`, `store`, `service_tier`, `prediction`: none changes the reply), except those
+ * asking for what we cannot give (more than one choice, audio, web search, the functions API that
+ * tools replaced): a client relying on one hears a 400 rather than getting a plain reply.
  */
 const CompletionBody = z
   .object({
@@ -139,8 +146,8 @@ const CompletionBody = z
       .nullish(),
     logprobs: z.boolean().nullish(),
     top_logprobs: z.number().int().min(0).max(20).nullish(),
-    stream: z.boolean().default(false),
-    stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+    stream: z.boolean().nullish(),
+    stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
     max_tokens: z.number().int().min(1).nullish(),
     max_completion_tokens: z.number().int().min(1).nullish(),
     temperature: z.number().min(0).max(2).nullish(),
@@ -149,6 +156,15 @@ const CompletionBody = z
     frequency_penalty: z.number().min(-2).max(2).nullish(),
     stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullish(),
     n: z.literal(1).nullish(),
+    modalities: z.array(z.literal('text', { error: 'only text replies are offered' })).nullish(),
+    audio: z.null({ error: 'audio replies are not offered' }).optional(),
+    web_search_options: z.null({ error: 'web search is not offered' }).optional(),
+    // Token ids (as the provider's tokenizer numbers them) made more or less likely, -100 to 100.
+    logit_bias: z
+      .record(z.string().regex(/^\d{1,10}$/, { error: 'must be token ids' }), z.number().min(-100).max(100))
+      .refine((bias) => Object.keys(bias).length <= 1024, { error: 'at most 1,024 tokens' })
+      .nullish(),
+    verbosity: z.enum(['low', 'medium', 'high']).nullish(),
     seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullish(),
     // Providers name their own efforts (none, minimal, low, medium, high, xhigh, max…): they judge it.
     reasoning_effort: z
@@ -432,11 +448,16 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         stop,
         seed: body.seed,
         reasoning_effort: body.reasoning_effort,
+        logit_bias: body.logit_bias,
+        verbosity: body.verbosity,
       }).filter(([, v]) => v !== undefined && v !== null),
     );
     const messages: ChatMessageInput[] = body.messages.map((m) => ({
       role: m.role === 'developer' ? 'system' : m.role,
-      content: m.content ?? null,
+      content: Array.isArray(m.content)
+        ? m.content.map((p) => (p.type === 'refusal' ? { type: 'text' as const, text: p.refusal } : p))
+        : (m.content ?? null),
+      ...(m.name !== undefined ? { name: m.name } : {}),
       ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
       ...(m.tool_call_id !== undefined ? { tool_call_id: m.tool_call_id } : {}),
       ...(m.reasoning_content !== undefined ? { reasoning_content: m.reasoning_content } : {}),

@@ -85,6 +85,14 @@ export const ConfigSchema = z.object({
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 1mb')
     .default('1mb'),
   /**
+   * The largest body of `/chat/completions` sent with a bearer token: apps send a picture in the
+   * request itself, as a base64 data URL (a phone photo is 3–5 MB, a third more in base64).
+   */
+  COMPLETION_BODY_LIMIT: z
+    .string()
+    .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 20mb')
+    .default('20mb'),
+  /**
    * A request with an `Idempotency-Key` holds the key on a lease its instance renews while it runs;
    * a lease not renewed this long (the instance died) lets a retry take the key over. A token answer
    * is given again to a retry for this long too, and no longer.

@@ -86,7 +86,10 @@ beforeAll(async () => {
     socket.on('close', () => held.delete(socket));
   });
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-  t = await createTestApp({ resources: [testRoutes], config: { BODY_LIMIT: '1kb' } });
+  t = await createTestApp({
+    resources: [testRoutes],
+    config: { BODY_LIMIT: '1kb', COMPLETION_BODY_LIMIT: '4kb' },
+  });
 });
 afterAll(async () => {
   for (const socket of held) socket.destroy();
@@ -171,6 +174,28 @@ describe('problem+json errors', () => {
     const res = await t.http.post('/api/v1/test/echo').send({ name: 'x'.repeat(2048), items: [] });
     expectProblem(res, 413);
     expect(res.body.type).toBe('/problems/payload-too-large');
+  });
+
+  it('reads a /chat/completions body sent with a bearer token up to COMPLETION_BODY_LIMIT, and none other', async () => {
+    const completion = (size: number) => ({
+      model: 'm',
+      messages: [{ role: 'user', content: 'x'.repeat(size) }],
+    });
+    const withToken = (size: number, path = '/api/v1/chat/completions') =>
+      t.http.post(path).set('Authorization', 'Bearer not-checked-yet').send(completion(size));
+    // Read, then refused by what comes after the body (no such route in this app, or the token).
+    for (const path of ['/api/v1/chat/completions', '/api/v1/Chat/Completions/']) {
+      expect([401, 404]).toContain((await withToken(2048, path)).status);
+    }
+    expectProblem(await withToken(5000), 413);
+    expectProblem(await t.http.post('/api/v1/chat/completions').send(completion(2048)), 413);
+    expectProblem(
+      await t.http
+        .post('/api/v1/test/echo')
+        .set('Authorization', 'Bearer x')
+        .send({ name: 'x'.repeat(2048) }),
+      413,
+    );
   });
 
   it('answers 413 without reading a body far over the limit', async () => {

@@ -2107,7 +2107,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(kept.usage!.completion_tokens).toBe(full);
   });
 
-  it('refuses alternatives without log probabilities, more than one choice, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
+  it('refuses alternatives without log probabilities, more than one choice, audio, web search, the functions API, unknown reply formats and tool requests that do not hold together, asking and holding nothing, and takes images as data URLs', async () => {
     const u = await newUser();
     const client = clientOf(u);
     const say = [{ role: 'user' as const, content: 'What is the weather?' }];
@@ -2124,6 +2124,15 @@ describe('/chat/completions with the official openai client', () => {
       [{ top_logprobs: 2 }, 'top_logprobs', /needs logprobs/],
       [{ logprobs: true, top_logprobs: 21 }, 'top_logprobs'],
       [{ n: 2 }, 'n'],
+      [{ modalities: ['text', 'audio'] }, 'modalities.1', /only text/],
+      [{ audio: { voice: 'alloy', format: 'mp3' } }, 'audio', /not offered/],
+      [{ web_search_options: {} }, 'web_search_options', /not offered/],
+      [{ logit_bias: { '50256': 101 } }, 'logit_bias.50256'],
+      [{ verbosity: 'terse' }, 'verbosity'],
+      [
+        { messages: [{ role: 'user', content: [{ type: 'refusal', refusal: 'No.' }] }] },
+        'messages.0.content',
+      ],
       [{ reasoning_effort: 'very high' }, 'reasoning_effort'],
       [{ messages: [{ ...say[0], reasoning_content: 'Hmm.' }] }, 'messages.0.reasoning_content'],
       [
@@ -2194,17 +2203,60 @@ describe('/chat/completions with the official openai client', () => {
       reasoning_effort: 'max',
       response_format: { type: 'text' },
       logprobs: false,
-    });
+      modalities: ['text'],
+      logit_bias: { '1000': -100 },
+      verbosity: 'low',
+      // What changes no reply is taken and not passed on.
+      user: 'user-42',
+      metadata: { app: 'test' },
+      store: false,
+      service_tier: 'auto',
+      audio: null,
+      web_search_options: null,
+      stream: null,
+      stream_options: { include_usage: null },
+    } as never);
     expect(plain.choices[0]!.message.content).toBe(REPLY);
     const upstream = fake.requests.at(-1)!.body;
     expect(upstream).not.toHaveProperty('tools');
     expect(upstream).not.toHaveProperty('tool_choice');
     expect(upstream).not.toHaveProperty('parallel_tool_calls');
-    // A seed and a reasoning effort go on as asked.
-    expect(upstream).toMatchObject({ seed: 7, reasoning_effort: 'max' });
+    for (const dropped of [
+      'modalities',
+      'user',
+      'metadata',
+      'store',
+      'service_tier',
+      'audio',
+      'web_search_options',
+    ])
+      expect(upstream).not.toHaveProperty(dropped);
+    // A seed, a reasoning effort, a bias of tokens and a verbosity go on as asked.
+    expect(upstream).toMatchObject({
+      seed: 7,
+      reasoning_effort: 'max',
+      logit_bias: { '1000': -100 },
+      verbosity: 'low',
+    });
+
+    // Speakers' names go on, and a refusal the model gave comes back to it as its text.
+    await client.chat.completions.create({
+      model: 'fake-model',
+      messages: [
+        { role: 'user', name: 'ann', content: 'Tell me a secret.' },
+        { role: 'assistant', content: [{ type: 'refusal', refusal: 'I cannot.' }] },
+        { role: 'user', name: 'bob', content: 'Why not?' },
+      ],
+    });
+    const conversation = fake.requests.at(-1)!.body.messages as unknown as Record<string, unknown>[];
+    expect(conversation).toEqual([
+      { role: 'user', name: 'ann', content: 'Tell me a secret.' },
+      { role: 'assistant', content: [{ type: 'text', text: 'I cannot.' }] },
+      { role: 'user', name: 'bob', content: 'Why not?' },
+    ]);
 
     // An uploaded picture, as apps send it: a data URL, passed upstream as sent, its detail too.
-    const picture = `data:image/png;base64,${(
+    const picture = `data:image/jpg;base64,${(
       await sharp({ create: { width: 2, height: 2, channels: 3, background: '#f00' } })
         .png()
         .toBuffer()

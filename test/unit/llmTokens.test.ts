@@ -40,6 +40,10 @@ describe('token counting', () => {
         countTextTokens('Hello world'),
     );
     expect(countPromptTokens([])).toBe(REPLY_PRIMING_TOKENS);
+    // A speaker's name is text of the message.
+    expect(countPromptTokens([{ ...messages[1]!, name: 'ann_smith' }])).toBe(
+      countPromptTokens([messages[1]!]) + countTextTokens('ann_smith'),
+    );
   });
 
   it('counts text parts as text and each image as a flat amount', () => {

@@ -4,7 +4,7 @@ import type { Context } from 'koa';
 import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
 import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
-import { routedPath, TOKEN_URL } from '../openapi';
+import { API_BASE, routedPath, TOKEN_URL } from '../openapi';
 import type { AppMiddleware } from '../types';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -13,6 +13,8 @@ const MAX_DEPTH = 32;
 const JSON_TYPES = ['application/json', '+json'];
 /** The one route that takes a form: OAuth2's token endpoint, where the password grant is form-encoded. */
 const FORM_ROUTES = new Set([TOKEN_URL.toLowerCase()]);
+/** The route whose bodies carry pictures (data URLs), under their own limit when sent with a token. */
+const LARGE_ROUTES = new Set([`${API_BASE}/chat/completions`.toLowerCase()]);
 
 function hasBody(req: IncomingMessage): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
@@ -21,20 +23,28 @@ function hasBody(req: IncomingMessage): boolean {
 }
 
 /**
- * Parses JSON bodies, and form bodies on the OAuth2 token endpoint, up to `limit` (413 beyond it,
- * 400 for malformed JSON). A POST/PUT/PATCH body of any other type is 415, except multipart,
- * which is left unread for the routes that take files (`readFile` in multipart.ts); a route that
- * reads `ctx.request.body` of a multipart request answers 415.
+ * Parses JSON bodies, and form bodies on the OAuth2 token endpoint, up to `limit` (`largeLimit` for
+ * `/chat/completions` with a bearer token; 413 beyond it, 400 for malformed JSON). A POST/PUT/PATCH
+ * body of any other type is 415, except multipart, which is left unread for the routes that take
+ * files (`readFile` in multipart.ts); a route that reads `ctx.request.body` of a multipart request
+ * answers 415.
  */
-export function body(limit: string): AppMiddleware {
-  const parse = bodyParser({
-    enableTypes: ['json', 'form'],
-    detectJSON: (ctx: Context) => Boolean(ctx.is(JSON_TYPES)),
-    jsonLimit: limit,
-    formLimit: limit,
-    jsonStrict: true,
-    encoding: 'utf-8',
-  });
+export function body(limit: string, largeLimit = limit): AppMiddleware {
+  const parserOf = (bytes: string) =>
+    bodyParser({
+      enableTypes: ['json', 'form'],
+      detectJSON: (ctx: Context) => Boolean(ctx.is(JSON_TYPES)),
+      jsonLimit: bytes,
+      formLimit: bytes,
+      jsonStrict: true,
+      encoding: 'utf-8',
+    });
+  const small = parserOf(limit);
+  const large = parserOf(largeLimit);
+  // Only a request that says who sends it (its token is checked by its route): anyone else's body
+  // is read no further than any other.
+  const parserFor = (ctx: Context) =>
+    LARGE_ROUTES.has(routedPath(ctx.path)) && /^bearer /i.test(ctx.get('Authorization')) ? large : small;
   return async (ctx, next) => {
     // PostgreSQL text cannot hold NUL: refused here as bad input, not failed later as a 500.
     if (/%00|\0/i.test(ctx.path) || /%00|\0/i.test(ctx.querystring)) {
@@ -51,7 +61,7 @@ export function body(limit: string): AppMiddleware {
         ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
       }
     }
-    await parse(ctx, async () => {
+    await parserFor(ctx)(ctx, async () => {
       const parsed = (ctx.request as { body?: unknown }).body;
       if (deeperThan(parsed, MAX_DEPTH)) {
         throw new BadRequest(`The body is nested deeper than ${MAX_DEPTH} levels.`);

@@ -256,6 +256,8 @@ function requestBody(
       : {}),
     // Passed on as asked, beyond the SDK's list: DeepSeek's `max` is not in it.
     ...(p.reasoning_effort !== undefined ? { reasoning_effort: p.reasoning_effort as ReasoningEffort } : {}),
+    ...(p.logit_bias !== undefined ? { logit_bias: p.logit_bias } : {}),
+    ...(p.verbosity !== undefined ? { verbosity: p.verbosity } : {}),
     ...(req.tools && req.tools.tools.length > 0
       ? {
           tools: req.tools.tools as ChatCompletionTool[],

@@ -74,6 +74,7 @@ export function countToolsTokens(tools: ToolOptions | undefined): number {
 /** Tokens of one message of a prompt, its framing included: a prompt's count is the sum of its messages'. */
 export function countMessageTokens(m: ChatMessageInput): number {
   let total = TOKENS_PER_MESSAGE + countTextTokens(m.role);
+  if (m.name !== undefined) total += countTextTokens(m.name);
   if (m.tool_calls) total += countToolCallTokens(m.tool_calls);
   if (m.tool_call_id !== undefined) total += countTextTokens(m.tool_call_id);
   if (m.reasoning_content !== undefined) total += countTextTokens(m.reasoning_content);

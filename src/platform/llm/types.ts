@@ -22,6 +22,8 @@ export interface ToolCall {
 export interface ChatMessageInput {
   role: 'system' | 'user' | 'assistant' | 'tool';
   content: string | ChatContentPart[] | null;
+  /** Who says it, among speakers of the same role (completions only). */
+  name?: string | undefined;
   tool_calls?: ToolCall[] | undefined;
   tool_call_id?: string | undefined;
   /**
@@ -87,6 +89,10 @@ export interface GenerationParams {
   seed?: number | undefined;
   /** How long a reasoning model thinks before it answers (OpenAI's values). */
   reasoning_effort?: string | undefined;
+  /** Token ids (as the provider numbers them) made more or less likely, from -100 to 100. */
+  logit_bias?: Record<string, number> | undefined;
+  /** How much a model that takes it says: low, medium or high. */
+  verbosity?: 'low' | 'medium' | 'high' | undefined;
 }
 
 export interface Usage {
