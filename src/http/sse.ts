@@ -8,6 +8,9 @@ export const SSE_HEADERS = {
   'X-Accel-Buffering': 'no',
 };
 
+/** The most an event stream holds for a client that does not read it (a long reply with log probabilities is a few MB). */
+export const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
+
 /** An open Server-Sent Events response. */
 export interface SseStream {
   /** Aborts when the client goes away (or the stream is ended). */
@@ -47,6 +50,12 @@ export function openSse(ctx: ParameterizedContext, heartbeatMs: number): SseStre
     if (abort.signal.aborted) return;
     last = Date.now();
     body.write(text);
+    // A client that stops reading would have the rest of its reply pile up here: past this, it is
+    // let go (as if it had left: its stream's task goes on, a completion is stopped and charged).
+    if (body.writableLength > MAX_UNSENT_BYTES) {
+      close();
+      ctx.req.socket.destroy();
+    }
   }
   return {
     signal: abort.signal,
