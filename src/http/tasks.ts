@@ -571,14 +571,42 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       return;
     }
     const includeUsage = body.stream_options?.include_usage === true;
+    const task = followed(flow, t.taskId, ctx.state.user.id, ctx.log);
+    // Followed before the response opens: OpenAI answers a request it refuses with its status,
+    // streamed or not, and a provider refuses before any output. The response waits for the task's
+    // first piece (at most COMPLETION_OPEN_WAIT_MS: a model may think long before it), and a refusal
+    // is then the 400 a completion not streamed answers.
+    const leaving = new AbortController();
+    const leave = () => leaving.abort();
+    ctx.res.once('close', leave);
+    const early: TaskChunk[] = [];
+    let deliver: ((c: TaskChunk) => void) | null = null;
+    let firstCame!: () => void;
+    const first = new Promise<void>((resolve) => (firstCame = resolve));
+    const following = followTask(t.taskId, null, deps.buffer!, leaving.signal, task, (c) => {
+      if (deliver) return deliver(c);
+      early.push(c);
+      firstCame();
+    });
+    let waiting: NodeJS.Timeout | undefined;
+    await Promise.race([
+      first,
+      following.catch(() => undefined),
+      new Promise((resolve) => (waiting = setTimeout(resolve, deps.config.COMPLETION_OPEN_WAIT_MS))),
+    ]);
+    clearTimeout(waiting);
+    const refusal = early[0];
+    if (refusal?.kind === 'error' && refusal.refused) {
+      ctx.res.off('close', leave);
+      throw new ProviderRefused(refusal.detail);
+    }
     const sse = openSse(ctx, heartbeatMs);
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       sse.send(null, { id, object: 'chat.completion.chunk', created, model, choices, ...extra });
-    const task = followed(flow, t.taskId, ctx.state.user.id, ctx.log);
     chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null, logprobs: null }]);
     let ended = false;
     let called = false;
-    void followTask(t.taskId, null, deps.buffer!, sse.signal, task, (c) => {
+    const onChunk = (c: TaskChunk) => {
       if (c.kind === 'delta') {
         chunk([
           { index: 0, delta: { content: c.content }, finish_reason: null, logprobs: logprobsOf(c.logprobs) },
@@ -604,7 +632,13 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         chunk([{ index: 0, delta: {}, finish_reason: finish, logprobs: null }]);
         if (includeUsage) chunk([], { usage: withTotal(c.usage) });
       }
-    })
+    };
+    for (const c of early) onChunk(c);
+    deliver = onChunk;
+    ctx.res.off('close', leave);
+    if (sse.signal.aborted) leave();
+    else sse.signal.addEventListener('abort', leave, { once: true });
+    void following
       .then(() => {
         if (sse.signal.aborted && !ended) leftBehind();
         sse.send(null, '[DONE]');

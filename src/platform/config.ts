@@ -210,6 +210,11 @@ export const ConfigSchema = z.object({
   RATE_LIMIT_TASKS: rate('60/60'),
   /** A comment on an idle event stream this often, so proxies keep the connection. */
   SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),
+  /**
+   * A streamed `/chat/completions` opens its response at its first piece, or after this long: a
+   * provider's refusal within it is answered as the 400 it is, not inside a stream begun as 200.
+   */
+  COMPLETION_OPEN_WAIT_MS: int(0, 60_000).default(2_000),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -101,6 +101,8 @@ beforeAll(async () => {
       MODELS_JSON: JSON.stringify(models),
       LLM_RETRY_BASE_DELAY_MS: 5,
       SSE_HEARTBEAT_MS: 100,
+      // Shorter than the model's idle timeout below, so a model slow to start can be waited past.
+      COMPLETION_OPEN_WAIT_MS: 300,
       // A provider that stops sending fails the task this soon.
       LLM_IDLE_TIMEOUT_MS: 1_000,
     },
@@ -1167,13 +1169,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     );
     expect(refused).toMatchObject({ status: 400, type: 'invalid_request_error' });
     expect(refused.message).toContain("Invalid schema for function 'f'.");
-    // Streamed, the answer has begun as 200; its error says the same.
-    const streamed = await failureOf<{ type: string; message: string }>(
-      (async () => {
-        for await (const c of await client.chat.completions.create({ ...ask, stream: true })) void c;
-      })(),
+    // Streamed, the same 400: the response waits for the task's first piece before it opens.
+    const streamed = await failureOf<{ status: number; type: string; message: string }>(
+      client.chat.completions.create({ ...ask, stream: true }),
     );
-    expect(streamed).toMatchObject({ type: 'invalid_request_error' });
+    expect(streamed).toMatchObject({ status: 400, type: 'invalid_request_error' });
     expect(streamed.message).toContain("Invalid schema for function 'f'.");
     // The service's own trouble with its provider (its key, here) stays a 502.
     fake.setBehaviour({ fail: { status: 401 } });
@@ -1184,6 +1184,31 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       'both holds released',
     );
     expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCaptured')).toBe(false);
+  });
+
+  it('opens a streamed completion whose model is slow to start before its first piece, so the client is not left without an answer', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ firstTokenDelayMs: 700 }); // past COMPLETION_OPEN_WAIT_MS
+    const res = await fetch(`${baseUrl}/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: u.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'Hi.' }],
+        stream: true,
+      }),
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const opening = new TextDecoder().decode((await reader.read()).value);
+    expect(opening).toContain('"role":"assistant"');
+    // Opened while the model had said nothing yet.
+    expect(fake.requests.at(-1)!.chunksSent).toBe(0);
+    let rest = '';
+    for (let r = await reader.read(); !r.done; r = await reader.read())
+      rest += new TextDecoder().decode(r.value);
+    expect(rest).toContain('data: [DONE]');
+    expect(fake.requests.at(-1)!.chunksSent).toBeGreaterThan(0);
   });
 
   it('fails the task and releases the whole hold when the provider keeps failing', async () => {
