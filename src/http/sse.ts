@@ -51,7 +51,8 @@ export function openSse(ctx: ParameterizedContext, heartbeatMs: number): SseStre
     last = Date.now();
     body.write(text);
     // A client that stops reading would have the rest of its reply pile up here: past this, it is
-    // let go (as if it had left: its stream's task goes on, a completion is stopped and charged).
+    // let go, as if it had left (its stream's task goes on; a completion is stopped and charged,
+    // unless a retry under its Idempotency-Key is to take it up).
     if (body.writableLength > MAX_UNSENT_BYTES) {
       close();
       ctx.req.socket.destroy();

@@ -579,6 +579,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const leaving = new AbortController();
     const leave = () => leaving.abort();
     ctx.res.once('close', leave);
+    if (ctx.req.socket.destroyed) leave(); // gone while the task started
     const early: TaskChunk[] = [];
     let deliver: ((c: TaskChunk) => void) | null = null;
     let firstCame!: () => void;

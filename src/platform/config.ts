@@ -85,8 +85,8 @@ export const ConfigSchema = z.object({
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 1mb')
     .default('1mb'),
   /**
-   * The largest body of `/chat/completions` sent with a bearer token: apps send a picture in the
-   * request itself, as a base64 data URL (a phone photo is 3–5 MB, a third more in base64).
+   * The largest body of `/chat/completions` sent with a valid access token: apps send a picture in
+   * the request itself, as a base64 data URL (a phone photo is 3–5 MB, a third more in base64).
    */
   COMPLETION_BODY_LIMIT: z
     .string()

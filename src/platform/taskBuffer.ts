@@ -143,6 +143,9 @@ export function createRedisTaskBuffer(
     localTasks.set(taskId, timer);
   };
   const key = (taskId: string) => `task:${taskId}:out`;
+  /** How soon output that Redis refused is written again (its connection up all along). */
+  const RETRY_MS = 1_000;
+  const retrying = new Map<string, NodeJS.Timeout>();
   const channel = (taskId: string) => `task:${taskId}:wake`;
   // Readers wait for a wake-up on one subscriber connection shared by all of them, then read with
   // plain XRANGE: no blocking command ties up a connection per open stream.
@@ -185,17 +188,30 @@ export function createRedisTaskBuffer(
         .publish(channel(taskId), '1');
       try {
         const results = (await multi.exec()) ?? [];
-        // Written, or there already (its id is not past the stream's last: an earlier write landed).
+        // Written, or refused as not past the stream's last entry: an earlier write of it landed
+        // (its answer lost), or another instance ended the task there (its sweeper), after which
+        // nothing is read.
         let done = 0;
-        while (
-          done < batch.length &&
-          (!results[done]?.[0] || /equal or smaller/.test(results[done]![0]!.message))
-        )
-          done++;
+        let refused = 0;
+        for (; done < batch.length; done++) {
+          const err = results[done]?.[0];
+          if (!err) continue;
+          if (!/equal or smaller/.test(err.message)) break;
+          refused++;
+        }
         w.queue.splice(0, done);
         w.written += done;
+        if (refused > 0) {
+          logger.warn(
+            { taskId, refused },
+            'task output already in redis, or ended there by another instance',
+          );
+        }
         if (done < batch.length) {
-          logger.warn({ err: results[done]?.[0]?.message, taskId }, 'task output not written to redis');
+          logger.warn(
+            { err: results[done]?.[0]?.message, taskId },
+            'task output not written to redis; kept for later',
+          );
         }
       } catch (err) {
         logger.warn(
@@ -203,12 +219,23 @@ export function createRedisTaskBuffer(
           'task output not written to redis; kept for later',
         );
       }
+      // Not all written with Redis there (a write refused, or timed out): tried again shortly, as
+      // the task may write nothing more (its end included).
+      if (w.queue.length > 0 && redis.status === 'ready' && !retrying.has(taskId)) {
+        const timer = setTimeout(() => {
+          retrying.delete(taskId);
+          flush(taskId);
+        }, RETRY_MS);
+        timer.unref();
+        retrying.set(taskId, timer);
+      }
     });
   };
   // Back after an outage: what waited goes out, though its task may write nothing more.
-  redis.on('ready', () => {
+  const back = () => {
     for (const [taskId, w] of unwritten) if (w.queue.length > 0) flush(taskId);
-  });
+  };
+  redis.on('ready', back);
 
   return {
     open(taskId) {
@@ -290,8 +317,10 @@ export function createRedisTaskBuffer(
     },
     async close() {
       await writes;
-      for (const timer of localTasks.values()) clearTimeout(timer);
+      redis.off('ready', back);
+      for (const timer of [...localTasks.values(), ...retrying.values()]) clearTimeout(timer);
       localTasks.clear();
+      retrying.clear();
       unwritten.clear();
       subscriber.disconnect();
       await local.close();

@@ -11,6 +11,7 @@ import { createLogger } from '../../src/platform/logger';
 import type { Resource } from '../../src/http/types';
 import { InsufficientCreditsForTest } from './fixtures';
 import { createTestApp, type TestApp } from '../support/app';
+import { mintToken } from '../support/tokens';
 
 const Echo = z.object({
   name: z.string().min(1),
@@ -176,23 +177,28 @@ describe('problem+json errors', () => {
     expect(res.body.type).toBe('/problems/payload-too-large');
   });
 
-  it('reads a /chat/completions body sent with a bearer token up to COMPLETION_BODY_LIMIT, and none other', async () => {
+  it('reads a /chat/completions body sent with a valid access token up to COMPLETION_BODY_LIMIT, and none other', async () => {
     const completion = (size: number) => ({
       model: 'm',
       messages: [{ role: 'user', content: 'x'.repeat(size) }],
     });
-    const withToken = (size: number, path = '/api/v1/chat/completions') =>
-      t.http.post(path).set('Authorization', 'Bearer not-checked-yet').send(completion(size));
-    // Read, then refused by what comes after the body (no such route in this app, or the token).
+    const token = `Bearer ${mintToken()}`;
+    const withToken = (size: number, path = '/api/v1/chat/completions', auth = token) =>
+      t.http.post(path).set('Authorization', auth).send(completion(size));
+    // Read, then refused by what comes after the body (no such route in this app).
     for (const path of ['/api/v1/chat/completions', '/api/v1/Chat/Completions/']) {
-      expect([401, 404]).toContain((await withToken(2048, path)).status);
+      expect((await withToken(2048, path)).status).toBe(404);
     }
     expectProblem(await withToken(5000), 413);
+    // Without a token, or with one that is not valid, no further than any other body.
     expectProblem(await t.http.post('/api/v1/chat/completions').send(completion(2048)), 413);
+    expectProblem(await withToken(2048, undefined, 'Bearer not-a-token'), 413);
+    const forged = mintToken({ secret: 'another-key-another-key-another-key!' });
+    expectProblem(await withToken(2048, undefined, `Bearer ${forged}`), 413);
     expectProblem(
       await t.http
         .post('/api/v1/test/echo')
-        .set('Authorization', 'Bearer x')
+        .set('Authorization', token)
         .send({ name: 'x'.repeat(2048) }),
       413,
     );

@@ -210,6 +210,23 @@ withRedis('with Redis', () => {
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), done]);
     });
 
+    it('writes again, shortly, what Redis refused though it stayed connected, the end included', async () => {
+      const id = crypto.randomUUID();
+      const multi = a.multi.bind(a);
+      let refusals = 0;
+      jest.spyOn(a, 'multi').mockImplementation(() => {
+        const m = multi();
+        const exec = m.exec.bind(m);
+        m.exec = () => (refusals++ < 2 ? Promise.reject(new Error('Command timed out')) : exec());
+        return m;
+      });
+      writer.open(id);
+      writer.append(id, delta('1'));
+      writer.append(id, done);
+      expect(await readAll(id)).toEqual([delta('1'), done]);
+      expect(refusals).toBe(3); // both appends' writes refused, then the retry
+    });
+
     it('does not double a piece whose write landed though its answer was lost', async () => {
       const id = crypto.randomUUID();
       writer.open(id);

@@ -5,6 +5,25 @@ import type { AppMiddleware, AuthedState } from '../types';
 const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i;
 
 /**
+ * The user of the request's access token when it is valid (signature, issuer, expiry), else
+ * undefined: for what runs before a route's `auth()` (which answers 401 for a bad one).
+ */
+export function bearerUserId(ctx: {
+  get(field: string): string;
+  deps: { config: { JWT_SECRET?: string | undefined; JWT_ISSUER: string }; clock: { now(): Date } };
+}): string | undefined {
+  const token = BEARER.exec(ctx.get('Authorization'))?.[1];
+  const { config, clock } = ctx.deps;
+  if (!token || !config.JWT_SECRET) return undefined;
+  try {
+    return verifyAccessToken(token, { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER }, clock.now())
+      .userId;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Requires a valid access token (`Authorization: Bearer …`) with at least `minPermission`
  * (0 user, 2 admin): 401 with `WWW-Authenticate: Bearer` without one, 403 when the level is too
  * low. Sets `ctx.state.user`. With `deps.sessionGuard`, a revoked session or disabled user is 401.

@@ -5,7 +5,8 @@ import { BadRequest, UnsupportedMediaType } from '../../platform/errors';
 import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
 import { API_BASE, routedPath, TOKEN_URL } from '../openapi';
-import type { AppMiddleware } from '../types';
+import type { AppContext, AppMiddleware } from '../types';
+import { bearerUserId } from './auth';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
 /** Deeper than any request of this API, and shallow enough for any walk of it to be safe. */
@@ -23,11 +24,11 @@ function hasBody(req: IncomingMessage): boolean {
 }
 
 /**
- * Parses JSON bodies, and form bodies on the OAuth2 token endpoint, up to `limit` (`largeLimit` for
- * `/chat/completions` with a bearer token; 413 beyond it, 400 for malformed JSON). A POST/PUT/PATCH
- * body of any other type is 415, except multipart, which is left unread for the routes that take
- * files (`readFile` in multipart.ts); a route that reads `ctx.request.body` of a multipart request
- * answers 415.
+ * Parses JSON bodies, and form bodies on the OAuth2 token endpoint, up to `limit` (`largeLimit`
+ * for `/chat/completions` with a valid access token; 413 beyond it, 400 for malformed JSON). A
+ * POST/PUT/PATCH body of any other type is 415, except multipart, which is left unread for the
+ * routes that take files (`readFile` in multipart.ts); a route that reads `ctx.request.body` of a
+ * multipart request answers 415.
  */
 export function body(limit: string, largeLimit = limit): AppMiddleware {
   const parserOf = (bytes: string) =>
@@ -41,10 +42,9 @@ export function body(limit: string, largeLimit = limit): AppMiddleware {
     });
   const small = parserOf(limit);
   const large = parserOf(largeLimit);
-  // Only a request that says who sends it (its token is checked by its route): anyone else's body
-  // is read no further than any other.
-  const parserFor = (ctx: Context) =>
-    LARGE_ROUTES.has(routedPath(ctx.path)) && /^bearer /i.test(ctx.get('Authorization')) ? large : small;
+  // Only a request with a valid access token: anyone else's body is read no further than any other.
+  const parserFor = (ctx: Context & AppContext) =>
+    LARGE_ROUTES.has(routedPath(ctx.path)) && bearerUserId(ctx) !== undefined ? large : small;
   return async (ctx, next) => {
     // PostgreSQL text cannot hold NUL: refused here as bad input, not failed later as a 500.
     if (/%00|\0/i.test(ctx.path) || /%00|\0/i.test(ctx.querystring)) {

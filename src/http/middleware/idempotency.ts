@@ -3,8 +3,8 @@ import type { Readable } from 'node:stream';
 import { sql, type Kysely } from 'kysely';
 import { BadRequest, Conflict, DomainError } from '../../platform/errors';
 import type { Database } from '../../platform/schema';
-import { verifyAccessToken } from '../../platform/tokens';
 import type { AppMiddleware, IdempotentRequest } from '../types';
+import { bearerUserId } from './auth';
 import { respondWithError } from './errors';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
@@ -46,7 +46,8 @@ export function idempotency(): AppMiddleware {
       throw new BadRequest(`${IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters.`);
     }
     const db = ctx.deps.db.db;
-    const scope = callerScope(ctx.get('Authorization'), ctx.deps.config);
+    const userId = bearerUserId(ctx);
+    const scope = userId ? `user:${userId}` : 'anonymous'; // the route's auth() answers 401
     const request = requestText(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
     const hash = createHash('sha256').update(request).digest('hex');
     const secrets = sealer(request, ctx.deps.config.JWT_SECRET);
@@ -197,19 +198,6 @@ export async function sweepIdempotencyKeys(db: Kysely<Database>, maxAgeMs: numbe
     .where('created_at', '<', new Date(Date.now() - maxAgeMs))
     .executeTakeFirst();
   return Number(res.numDeletedRows);
-}
-
-function callerScope(
-  authorization: string,
-  config: { JWT_SECRET?: string | undefined; JWT_ISSUER: string },
-): string {
-  const token = /^Bearer +(\S+)$/i.exec(authorization)?.[1];
-  if (!token || !config.JWT_SECRET) return 'anonymous';
-  try {
-    return `user:${verifyAccessToken(token, { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER }).userId}`;
-  } catch {
-    return 'anonymous'; // the route's auth() answers 401
-  }
 }
 
 /** The request as one text: its hash names it, and it opens an answer sealed for it. */

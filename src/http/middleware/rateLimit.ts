@@ -1,12 +1,10 @@
 import net from 'node:net';
-import { verifyAccessToken } from '../../platform/tokens';
 import type { LimitName } from '../../platform/rateLimits';
 import { API_BASE } from '../openapi';
 import type { AppMiddleware, AppState } from '../types';
+import { bearerUserId } from './auth';
 
 type Ctx = Parameters<AppMiddleware>[0];
-
-const BEARER = /^Bearer +(\S+)$/i;
 
 /**
  * Every request under /api/v1 spends from a budget: its user's (`RATE_LIMIT_USER`) when it carries
@@ -16,7 +14,8 @@ const BEARER = /^Bearer +(\S+)$/i;
 export function defaultBudget(): AppMiddleware {
   return async (ctx, next) => {
     if (ctx.path === API_BASE || ctx.path.startsWith(`${API_BASE}/`)) {
-      const userId = tokenUserId(ctx);
+      // A bad token is counted by address, and `auth()` answers 401.
+      const userId = bearerUserId(ctx);
       if (userId) await ctx.rateLimits.consume('user', userId);
       else await ctx.rateLimits.consume('ip', clientIp(ctx));
     }
@@ -49,19 +48,6 @@ export function clientIp(ctx: Pick<Ctx, 'ip'>): string {
   if (!net.isIPv6(ip)) return ip;
   const groups = expandIpv6(ip);
   return groups ? `${groups.slice(0, 4).join(':')}::/64` : ip;
-}
-
-/** The user of a valid bearer token, if any: a bad one is counted by address, and `auth()` answers 401. */
-function tokenUserId(ctx: Ctx): string | undefined {
-  const token = BEARER.exec(ctx.get('Authorization'))?.[1];
-  const { config, clock } = ctx.deps;
-  if (!token || !config.JWT_SECRET) return undefined;
-  try {
-    return verifyAccessToken(token, { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER }, clock.now())
-      .userId;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The eight 16-bit groups of an IPv6 address, lowercase without leading zeros; undefined if unsure. */
