@@ -422,6 +422,19 @@ async function recordedTask(completionId: string) {
   return { taskId, created, completed };
 }
 
+/** A non-streamed completion of one short question, answered with the fake's reply. */
+async function answered(u: { auth: string }) {
+  const completion = await t.http
+    .post(`${API}/chat/completions`)
+    .set('Authorization', u.auth)
+    .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
+  expect(completion.status).toBe(200);
+  expect(
+    (completion.body as { choices: { message: { content: string } }[] }).choices[0]!.message.content,
+  ).toBe(REPLY);
+  return completion;
+}
+
 /** The types of the events of a completion's task, in order. */
 const recordedTaskEvents = async (completionId: string) =>
   (await t.deps.store.readStream(taskStream(completionId.replace(/^chatcmpl-/, '')))).map((e) => e.type);
@@ -730,14 +743,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       .spyOn(TaskFlow.prototype, 'settle')
       .mockRejectedValueOnce(new DependencyDown('the store is away for a moment'));
     try {
-      const completion = await t.http
-        .post(`${API}/chat/completions`)
-        .set('Authorization', u.auth)
-        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
-      expect(completion.status).toBe(200);
-      expect(
-        (completion.body as { choices: { message: { content: string } }[] }).choices[0]!.message.content,
-      ).toBe(REPLY);
+      const completion = await answered(u);
       expect(settle).toHaveBeenCalledTimes(1);
       // The position of its start, which a read can still be given.
       const taskId = (completion.body as { id: string }).id.slice('chatcmpl-'.length);
@@ -759,14 +765,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       .spyOn(TaskFlow.prototype, 'read')
       .mockRejectedValueOnce(new Error('connection terminated unexpectedly'));
     try {
-      const completion = await t.http
-        .post(`${API}/chat/completions`)
-        .set('Authorization', u.auth)
-        .send({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }] });
-      expect(completion.status).toBe(200);
-      expect(
-        (completion.body as { choices: { message: { content: string } }[] }).choices[0]!.message.content,
-      ).toBe(REPLY);
+      await answered(u);
       expect(read.mock.calls.length).toBeGreaterThanOrEqual(2);
     } finally {
       read.mockRestore();

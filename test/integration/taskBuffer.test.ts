@@ -182,12 +182,18 @@ withRedis('with Redis', () => {
       }
     };
 
-    it('writes what Redis missed once it is back, before what follows, so no reader elsewhere gets a reply with a hole', async () => {
+    /** A task whose first piece reached Redis before the writer's connection went away. */
+    const firstPieceThenAway = async () => {
       const id = crypto.randomUUID();
       writer.open(id);
       writer.append(id, delta('1'));
       await settle();
       a.disconnect();
+      return id;
+    };
+
+    it('writes what Redis missed once it is back, before what follows, so no reader elsewhere gets a reply with a hole', async () => {
+      const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
       writer.append(id, delta('3'));
       await settle();
@@ -198,11 +204,7 @@ withRedis('with Redis', () => {
     });
 
     it('writes an end that came while Redis was away as soon as it is back', async () => {
-      const id = crypto.randomUUID();
-      writer.open(id);
-      writer.append(id, delta('1'));
-      await settle();
-      a.disconnect();
+      const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
       writer.append(id, done);
       await settle();
@@ -228,11 +230,7 @@ withRedis('with Redis', () => {
     });
 
     it('does not double a piece whose write landed though its answer was lost', async () => {
-      const id = crypto.randomUUID();
-      writer.open(id);
-      writer.append(id, delta('1'));
-      await settle();
-      a.disconnect();
+      const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
       // As if the write of the second piece had reached Redis before the connection broke.
       await b.xadd(`task:${id}:out`, '0-2', 'c', JSON.stringify(delta('2')));

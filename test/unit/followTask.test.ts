@@ -3,7 +3,7 @@ import type { TaskOutcome } from '../../src/events/tasks';
 import type { TaskFlow } from '../../src/commands/tasks/flow';
 import { followed, followTask } from '../../src/http/tasks';
 import { createLogger } from '../../src/platform/logger';
-import { createMemoryTaskBuffer, type TaskChunk } from '../../src/platform/taskBuffer';
+import { createMemoryTaskBuffer, type TaskBuffer, type TaskChunk } from '../../src/platform/taskBuffer';
 
 const completed: TaskOutcome = {
   type: 'TaskCompleted',
@@ -111,6 +111,13 @@ describe('following a task whose buffer stalled in its reasoning', () => {
 describe('following a task whose store fails for a moment', () => {
   const log = createLogger({ LOG_LEVEL: 'silent' });
   const storeDown = () => Promise.reject(new Error('connection terminated unexpectedly'));
+  /** What the stream of task t1 sends, its task followed over `flow` as the routes do. */
+  const sent = async (flow: TaskFlow, known: TaskOutcome | null, buffer: TaskBuffer) => {
+    const got: TaskChunk[] = [];
+    const task = followed(flow, 't1', 'u1', log);
+    await followTask('t1', known, buffer, new AbortController().signal, task, (c) => got.push(c), 20);
+    return got;
+  };
 
   it('takes a read that fails at a stall for no news, and ends when the task has', async () => {
     let reads = 0;
@@ -120,16 +127,7 @@ describe('following a task whose store fails for a moment', () => {
     } as unknown as TaskFlow;
     const buffer = createMemoryTaskBuffer();
     buffer.append('t1', { kind: 'delta', content: 'Look' });
-    const got: TaskChunk[] = [];
-    await followTask(
-      't1',
-      null,
-      buffer,
-      new AbortController().signal,
-      followed(flow, 't1', 'u1', log),
-      (c) => got.push(c),
-      20,
-    );
+    const got = await sent(flow, null, buffer);
     expect(reads).toBe(2);
     expect(got.filter((c) => c.kind === 'delta')).toEqual([
       { kind: 'delta', content: 'Look' },
@@ -141,16 +139,8 @@ describe('following a task whose store fails for a moment', () => {
 
   it('sends the end of a task it cannot settle now, without a position (the reactor settles it)', async () => {
     const flow = { settle: storeDown } as unknown as TaskFlow;
-    const got: TaskChunk[] = [];
     const buffer = createMemoryTaskBuffer();
-    await followTask(
-      't1',
-      completed,
-      buffer,
-      new AbortController().signal,
-      followed(flow, 't1', 'u1', log),
-      (c) => got.push(c),
-    );
+    const got = await sent(flow, completed, buffer);
     expect(got.find((c) => c.kind === 'delta')).toEqual({ kind: 'delta', content: 'Looking.' });
     const { position, ...rest } = doneChunk;
     expect(position).toBeDefined();
