@@ -8,7 +8,10 @@ export const SSE_HEADERS = {
   'X-Accel-Buffering': 'no',
 };
 
-/** The most an event stream holds for a client that does not read it (a long reply with log probabilities is a few MB). */
+/**
+ * The most an event stream holds for a client that does not read it (a long reply with log
+ * probabilities is a few MB).
+ */
 export const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 
 /** An open Server-Sent Events response. */

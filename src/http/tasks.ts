@@ -518,7 +518,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         outcome = await flow.outcomeOf(t.taskId, ctx.state.user.id);
       } finally {
         ctx.res.off('close', gone);
-        setTimeout(() => reading.abort(), LOGPROBS_WAIT_MS).unref();
+        if (logprobs) setTimeout(() => reading.abort(), LOGPROBS_WAIT_MS).unref();
       }
       // Settled (here already, as a rule): a read given its position sees the charge. Should it not
       // settle now, the reply is answered all the same (it is kept nowhere else), with the position
@@ -557,7 +557,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
               ...(calls ? { tool_calls: calls } : {}),
               refusal: null,
             },
-            logprobs: logprobsOf(await logprobs),
+            logprobs: choiceLogprobs(await logprobs),
             finish_reason: finishReasonOf(
               outcome.data.finishReason,
               usage.completionTokens,
@@ -610,7 +610,12 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const onChunk = (c: TaskChunk) => {
       if (c.kind === 'delta') {
         chunk([
-          { index: 0, delta: { content: c.content }, finish_reason: null, logprobs: logprobsOf(c.logprobs) },
+          {
+            index: 0,
+            delta: { content: c.content },
+            finish_reason: null,
+            logprobs: choiceLogprobs(c.logprobs),
+          },
         ]);
         return;
       }
@@ -693,7 +698,7 @@ function toolCallDelta(c: ToolCallDelta) {
 }
 
 /** A choice's `logprobs` as OpenAI shapes it: null when none came (not asked, or not given). */
-function logprobsOf(tokens: TokenLogprob[] | undefined) {
+function choiceLogprobs(tokens: TokenLogprob[] | undefined) {
   return tokens && tokens.length > 0 ? { content: tokens, refusal: null } : null;
 }
 
