@@ -1185,6 +1185,42 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCaptured')).toBe(false);
   });
 
+  it('stops a streamed completion whose client leaves before its response opened, charging nothing for what nobody got', async () => {
+    const u = await newUser();
+    // Within COMPLETION_OPEN_WAIT_MS: a response that did not notice its client leave would wait
+    // for this first piece, open, and only then find it gone.
+    fake.setBehaviour({ firstTokenDelayMs: 250, tokenDelayMs: 50 });
+    const asked = fake.requests.length;
+    const leaving = new AbortController();
+    const sent = fetch(`${baseUrl}/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: u.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'Hi.' }],
+        stream: true,
+      }),
+      signal: leaving.signal,
+    }).catch((err: unknown) => err);
+    // Asked of the model, with the response not open yet (its first piece is 250 ms away).
+    await eventually(
+      () => Promise.resolve(fake.requests.length),
+      (n) => n > asked,
+      'the model asked',
+    );
+    leaving.abort();
+    expect(await sent).toMatchObject({ name: 'AbortError' });
+    await fake.requests[asked]!.closed;
+    expect(fake.requests[asked]!.closedByClient).toBe(true);
+    expect(fake.requests[asked]!.chunksSent).toBe(0);
+    const failed = await eventually(
+      async () => (await ledgerEvents(u.id)).map((e) => e.type),
+      (types) => types.includes('CreditsReleased'),
+      'the hold released',
+    );
+    expect(failed).not.toContain('CreditsCaptured');
+  });
+
   it('opens a streamed completion whose model is slow to start before its first piece, so the client is not left without an answer', async () => {
     const u = await newUser();
     fake.setBehaviour({ firstTokenDelayMs: 700 }); // past COMPLETION_OPEN_WAIT_MS
