@@ -170,6 +170,20 @@ export function createRedisTaskBuffer(
   }
 
   /**
+   * One write of pieces of a task's output, each at the entry id `idOf` gives it (`*`: after the
+   * last), that wakes its readers; the output is kept `keepSeconds` once it has ended.
+   */
+  const writeOf = (taskId: string, chunks: TaskChunk[], idOf: (i: number) => string) => {
+    const multi = redis.multi();
+    chunks.forEach((c, i) =>
+      multi.xadd(key(taskId), 'MAXLEN', '~', '100000', idOf(i), 'c', JSON.stringify(c)),
+    );
+    return multi
+      .expire(key(taskId), chunks.some(terminal) ? keepSeconds : keepSeconds * 6)
+      .publish(channel(taskId), '1');
+  };
+
+  /**
    * Writes what waits of a task's output, in order per instance: chained, so a delta never
    * overtakes the one before it. Each piece has its place in the entry's id (`0-1`, `0-2`…), so a
    * write whose answer was lost, written again, is refused as already there rather than doubled.
@@ -179,15 +193,8 @@ export function createRedisTaskBuffer(
       const w = unwritten.get(taskId);
       if (!w || w.queue.length === 0 || redis.status !== 'ready') return;
       const batch = w.queue.slice();
-      const multi = redis.multi();
-      batch.forEach((c, i) =>
-        multi.xadd(key(taskId), 'MAXLEN', '~', '100000', `0-${w.written + i + 1}`, 'c', JSON.stringify(c)),
-      );
-      multi
-        .expire(key(taskId), batch.some(terminal) ? keepSeconds : keepSeconds * 6)
-        .publish(channel(taskId), '1');
       try {
-        const results = (await multi.exec()) ?? [];
+        const results = (await writeOf(taskId, batch, (i) => `0-${w.written + i + 1}`).exec()) ?? [];
         // Written, or refused as not past the stream's last entry: an earlier write of it landed
         // (its answer lost), or another instance ended the task there (its sweeper), after which
         // nothing is read.
@@ -256,12 +263,7 @@ export function createRedisTaskBuffer(
       writes = writes.then(async () => {
         if (redis.status !== 'ready') return;
         try {
-          await redis
-            .multi()
-            .xadd(key(taskId), 'MAXLEN', '~', '100000', '*', 'c', JSON.stringify(chunk))
-            .expire(key(taskId), terminal(chunk) ? keepSeconds : keepSeconds * 6)
-            .publish(channel(taskId), '1')
-            .exec();
+          await writeOf(taskId, [chunk], () => '*').exec();
         } catch (err) {
           logger.warn({ err: (err as Error).message, taskId }, 'task output not written to redis');
         }

@@ -323,19 +323,13 @@ export class TaskFlow {
    * most until the sweeper would have failed it: then 503.
    */
   async outcomeOf(taskId: string, userId: string): Promise<TaskOutcome> {
-    for (let failures = 0; ;) {
+    for (;;) {
       await this.running.get(taskId)?.done;
-      let state: TaskState;
-      try {
-        state = await this.read(taskId, userId);
-      } catch (err) {
-        // A store away for a moment is waited out: the reply is kept nowhere but in the answer,
-        // and a client that got an error would ask (and pay) again.
-        if (err instanceof DomainError || ++failures > 5) throw err;
-        this.deps.logger.warn({ err, taskId, failures }, 'task outcome not read; trying again');
-        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** failures));
-        continue;
-      }
+      // A store away for a moment is waited out: the reply is kept nowhere but in the answer, and a
+      // client that got an error would ask (and pay) again. A refusal (not the user's task) is final.
+      const state = await this.retried(taskId, 'task outcome not read', () => this.read(taskId, userId), {
+        final: (err) => err instanceof DomainError,
+      });
       if (state.outcome) return state.outcome;
       const giveUpAt = Date.parse(state.deadlineAt ?? '') + 4 * this.graceMs;
       if (!(this.deps.clock.now().getTime() < giveUpAt)) {
@@ -768,22 +762,14 @@ export class TaskFlow {
     // Ours, as recorded; or the one recorded first (the sweeper's), read from the stream.
     let outcome = recorded ? ({ type: recorded.type, data: recorded.data } as TaskOutcome) : null;
     const eventId = recorded?.id ?? null;
-    let settledAt: bigint;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        outcome ??= (await this.deps.commands.read(taskDecider, taskStream(taskId))).state.outcome;
-        if (!outcome) throw new Error(`task ${taskId} has no outcome after recording one`);
-        settledAt = await settleTask(this.deps, outcome, eventId, hold);
-        break;
-      } catch (err) {
-        // Then the settlement reactor settles it (it waits for this attempt and sees it failed).
-        if (attempt >= 5) throw err;
-        logger.warn({ err, taskId, attempt }, 'task not settled; retrying');
-        await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
-      }
-    }
-    this.deps.localTasks?.settled(taskId, settledAt);
-    buffer.append(taskId, chunkOf(outcome, settledAt));
+    // Failing still, the settlement reactor settles it (it waits for this attempt and sees it failed).
+    const settled = await this.retried(taskId, 'task not settled', async () => {
+      outcome ??= (await this.deps.commands.read(taskDecider, taskStream(taskId))).state.outcome;
+      if (!outcome) throw new Error(`task ${taskId} has no outcome after recording one`);
+      return { outcome, at: await settleTask(this.deps, outcome, eventId, hold) };
+    });
+    this.deps.localTasks?.settled(taskId, settled.at);
+    buffer.append(taskId, chunkOf(settled.outcome, settled.at));
   }
 
   /**
@@ -795,13 +781,28 @@ export class TaskFlow {
     type: T,
     data: Extract<TaskCommand, { type: T }>['data'],
   ): Promise<RecordedEvent | null> {
+    return this.retried(taskId, 'task outcome not recorded', async () => {
+      const { events } = await this.handle(taskId, type, data, { actorId: SYSTEM_ACTOR });
+      return events[0] ?? null;
+    });
+  }
+
+  /**
+   * `run`, tried again when it fails (a store away for a moment), five times in all, waiting 0.4,
+   * 0.8, 1.6 and 3.2 s between; an error that `final` picks out is thrown at once.
+   */
+  private async retried<T>(
+    taskId: string,
+    what: string,
+    run: () => Promise<T>,
+    options: { final?: (err: unknown) => boolean } = {},
+  ): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const { events } = await this.handle(taskId, type, data, { actorId: SYSTEM_ACTOR });
-        return events[0] ?? null;
+        return await run();
       } catch (err) {
-        if (attempt >= 5) throw err;
-        this.deps.logger.warn({ err, taskId, attempt }, 'task outcome not recorded; retrying');
+        if (attempt >= 5 || options.final?.(err)) throw err;
+        this.deps.logger.warn({ err, taskId, attempt }, `${what}; retrying`);
         await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt));
       }
     }
