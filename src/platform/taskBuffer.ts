@@ -48,8 +48,14 @@ export interface TaskBuffer {
 
 const terminal = (c: TaskChunk) => c.kind === 'done' || c.kind === 'error';
 
+/** A task buffer in this process's memory, which can also say what a task has written so far. */
+export interface MemoryTaskBuffer extends TaskBuffer {
+  /** The task's output so far (its end included, nothing after it); none once it has left memory. */
+  written(taskId: string): readonly TaskChunk[] | undefined;
+}
+
 /** In process: one instance serves both the generation and its stream. Finished buffers are kept a while. */
-export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskBuffer {
+export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): MemoryTaskBuffer {
   const keepMs = options.keepMs ?? 10 * 60_000;
   // `ended`: the terminal chunk is in (a reply of thousands of deltas is not scanned per append).
   const buffers = new Map<string, { chunks: TaskChunk[]; ended: boolean; timer?: NodeJS.Timeout }>();
@@ -64,6 +70,7 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): TaskB
 
   return {
     open() {},
+    written: (taskId) => buffers.get(taskId)?.chunks,
     append(taskId, chunk) {
       const b = bufferOf(taskId);
       if (b.ended) return;
@@ -145,6 +152,8 @@ export function createRedisTaskBuffer(
   const key = (taskId: string) => `task:${taskId}:out`;
   /** How soon output that Redis refused is written again (its connection up all along). */
   const RETRY_MS = 1_000;
+  /** How many tasks' streams are looked at in one round trip after an outage. */
+  const REGAIN_BATCH = 500;
   const retrying = new Map<string, NodeJS.Timeout>();
   const channel = (taskId: string) => `task:${taskId}:wake`;
   // Readers wait for a wake-up on one subscriber connection shared by all of them, then read with
@@ -238,9 +247,45 @@ export function createRedisTaskBuffer(
       }
     });
   };
-  // Back after an outage: what waited goes out, though its task may write nothing more.
+  /**
+   * Back after an outage: what Redis lost meanwhile is written again, then what waited goes out
+   * (though its task may write nothing more). A Redis restarted without persistence, or a replica
+   * that lagged when it took over, holds less of a task's output than was written to it: that part
+   * goes again from this instance's memory, after what Redis still has, so that a reader elsewhere
+   * gets no reply with a hole (or none at all). Only our own ids (`0-n`) are compared: anything
+   * else (another instance's end of the task) is past them all.
+   */
   const back = () => {
-    for (const [taskId, w] of unwritten) if (w.queue.length > 0) flush(taskId);
+    writes = writes.then(async () => {
+      const tasks = [...unwritten].filter(([, w]) => w.written > 0);
+      for (let i = 0; i < tasks.length && redis.status === 'ready'; i += REGAIN_BATCH) {
+        const batch = tasks.slice(i, i + REGAIN_BATCH);
+        const lasts = redis.pipeline();
+        for (const [taskId] of batch) lasts.xrevrange(key(taskId), '+', '-', 'COUNT', 1);
+        let results: [Error | null, unknown][];
+        try {
+          results = (await lasts.exec()) ?? [];
+        } catch (err) {
+          logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
+          break;
+        }
+        batch.forEach(([taskId, w], j) => {
+          const [err, entries] = results[j] ?? [new Error('no answer')];
+          if (err) return;
+          const last = (entries as [string, string[]][])[0]?.[0];
+          const kept = last === undefined ? 0 : /^0-\d+$/.test(last) ? Number(last.slice(2)) : Infinity;
+          const all = local.written(taskId);
+          if (kept >= w.written || !all || all.length < w.written) return;
+          logger.warn(
+            { taskId, lost: w.written - kept },
+            'redis lost part of a task output; written again from memory',
+          );
+          w.queue = [...all.slice(kept, w.written), ...w.queue];
+          w.written = kept;
+        });
+      }
+      for (const [taskId, w] of unwritten) if (w.queue.length > 0) flush(taskId);
+    });
   };
   redis.on('ready', back);
 

@@ -229,6 +229,36 @@ withRedis('with Redis', () => {
       expect(refusals).toBe(3); // both appends' writes refused, then the retry
     });
 
+    it('writes again what Redis lost while away (a restart without its data), before what follows', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      writer.append(id, delta('1'));
+      writer.append(id, delta('2'));
+      await settle();
+      a.disconnect();
+      await b.del(`task:${id}:out`);
+      writer.append(id, delta('3'));
+      await settle();
+      await a.connect();
+      writer.append(id, done);
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+    });
+
+    it('writes again the part of an ended task that a lagging replica did not have, with nothing more to come', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
+      writer.append(id, done);
+      await settle();
+      a.disconnect();
+      // The replica that took over had the first piece only.
+      await b.del(`task:${id}:out`);
+      await b.xadd(`task:${id}:out`, '0-1', 'c', JSON.stringify(delta('1')));
+      await settle();
+      await a.connect();
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+    });
+
     it('does not double a piece whose write landed though its answer was lost', async () => {
       const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
