@@ -107,6 +107,7 @@ export async function buildSystem(config: Config, logger: Logger, options: Build
       config,
       redis,
       localTasks,
+      metrics: metrics.tasks,
     });
     closers.unshift(() => tasks.close());
     const holdExpiry = createHoldExpiryScheduler({

@@ -14,6 +14,32 @@ export interface Metrics {
   readonly onAppend: (seconds: number, events: number) => void;
   /** For `createProjectionEngine({ onApplied })`. */
   readonly onApplied: (projection: string, events: number) => void;
+  /** For the task flow: what its generations do, by model. */
+  readonly tasks: TaskMetrics;
+}
+
+/** How a task ended, as its outcome records it. */
+export type TaskEnd = 'succeeded' | 'failed' | 'cancelled';
+
+/** What the task flow reports of the generations it runs (model ids come from the catalog). */
+export interface TaskMetrics {
+  /** A task was created: by a chat's `POST /tasks`, or by `/chat/completions`. */
+  started(model: string, kind: 'chat' | 'completion'): void;
+  /** The first piece of a task's output came, `seconds` after the model was asked. */
+  firstOutput(model: string, seconds: number): void;
+  /** The model was asked again, having failed before any output. */
+  retried(model: string): void;
+  /** This instance recorded a task's outcome: how long it ran, and what it was charged (if anything). */
+  finished(
+    model: string,
+    end: TaskEnd,
+    seconds: number,
+    charged: { promptTokens: number; completionTokens: number; cost: number } | null,
+  ): void;
+  /** The sweeper failed a task its own instance never ended (it stopped, or lost the store). */
+  swept(model: string): void;
+  /** Counts the generations of a task flow in `tasks_running` until the returned function is called. */
+  trackRunning(count: () => number): () => void;
 }
 
 /** A fresh registry with process metrics and the service's own metrics. */
@@ -60,6 +86,7 @@ export function createMetrics(): Metrics {
 
   return {
     registry,
+    tasks: createTaskMetrics(registers),
     httpRequestDuration,
     eventstoreAppends,
     eventstoreAppendedEvents,
@@ -73,6 +100,88 @@ export function createMetrics(): Metrics {
     },
     onApplied: (projection, events) => {
       projectionEventsApplied.inc({ projection }, events);
+    },
+  };
+}
+
+function createTaskMetrics(registers: Registry[]): TaskMetrics {
+  const started = new Counter({
+    name: 'tasks_started_total',
+    help: 'Tasks created, by model and kind (chat: POST /tasks; completion: /chat/completions)',
+    labelNames: ['model', 'kind'] as const,
+    registers,
+  });
+  const finished = new Counter({
+    name: 'tasks_finished_total',
+    help: 'Task outcomes recorded by this instance, by model and status',
+    labelNames: ['model', 'status'] as const,
+    registers,
+  });
+  const swept = new Counter({
+    name: 'tasks_swept_total',
+    help: 'Tasks failed by the sweeper because their own instance never ended them',
+    labelNames: ['model'] as const,
+    registers,
+  });
+  const firstOutput = new Histogram({
+    name: 'task_first_output_seconds',
+    help: 'From asking the model to the first piece of its output, by model',
+    labelNames: ['model'] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
+    registers,
+  });
+  const duration = new Histogram({
+    name: 'task_duration_seconds',
+    help: 'From asking the model to the recorded outcome, by model and status',
+    labelNames: ['model', 'status'] as const,
+    buckets: [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
+    registers,
+  });
+  const tokens = new Counter({
+    name: 'task_tokens_total',
+    help: 'Tokens charged for finished tasks, by model and side (prompt, completion)',
+    labelNames: ['model', 'side'] as const,
+    registers,
+  });
+  const cost = new Counter({
+    name: 'task_cost_credits_total',
+    help: 'Credits charged for finished tasks, by model, as recorded with their outcome',
+    labelNames: ['model'] as const,
+    registers,
+  });
+  const retries = new Counter({
+    name: 'task_provider_retries_total',
+    help: 'Models asked again after failing before any output, by model',
+    labelNames: ['model'] as const,
+    registers,
+  });
+  const counts = new Set<() => number>();
+  new Gauge({
+    name: 'tasks_running',
+    help: 'Tasks this instance is generating',
+    registers,
+    collect() {
+      let n = 0;
+      for (const count of counts) n += count();
+      this.set(n);
+    },
+  });
+  return {
+    started: (model, kind) => started.inc({ model, kind }),
+    firstOutput: (model, seconds) => firstOutput.observe({ model }, seconds),
+    retried: (model) => retries.inc({ model }),
+    finished(model, status, seconds, charged) {
+      finished.inc({ model, status });
+      duration.observe({ model, status }, seconds);
+      if (!charged) return;
+      tokens.inc({ model, side: 'prompt' }, charged.promptTokens);
+      tokens.inc({ model, side: 'completion' }, charged.completionTokens);
+      cost.inc({ model }, charged.cost);
+    },
+    swept: (model) => swept.inc({ model }),
+    trackRunning(count) {
+      counts.add(count);
+      return () => counts.delete(count);
     },
   };
 }

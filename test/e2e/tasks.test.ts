@@ -81,6 +81,17 @@ beforeAll(async () => {
         completion_price: COMPLETION_PRICE,
       },
       {
+        // Used by the metrics test alone, so its counts are its own.
+        id: 'fake-metered',
+        provider: 'fake',
+        upstream: 'fake-model',
+        context_length: 8192,
+        default_max_tokens: 100,
+        max_output_tokens: 1000,
+        prompt_price: PROMPT_PRICE,
+        completion_price: COMPLETION_PRICE,
+      },
+      {
         id: 'local-echo',
         provider: 'local',
         context_length: 8192,
@@ -1574,6 +1585,78 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       content: [{ type: 'text', text: 'Saved by the reactor.' }],
     });
     expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsCaptured')).toHaveLength(1);
+  });
+});
+
+describe('the metrics of tasks', () => {
+  /** The value of one sample of `/metrics` (0 when the series has none yet). */
+  const sample = async (name: string, labels: Record<string, string> = {}) => {
+    const text = (await t.http.get('/metrics')).text;
+    const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+    for (const line of text.split('\n')) {
+      const m = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+      if (!m || m[1] !== name) continue;
+      const has = (m[2] ?? '').split(',').filter(Boolean);
+      if (wanted.every((w) => has.includes(w))) return Number(m[3]);
+    }
+    return 0;
+  };
+  const model = 'fake-metered';
+
+  it('counts each model’s tasks: started, running, first output, tokens and credits charged, retries, and how each ended', async () => {
+    const u = await newUser();
+    const running = await sample('tasks_running');
+    // A chat's task, held up mid-reply: it counts as running until it ends.
+    fake.setBehaviour({ tokenDelayMs: 20 });
+    const chatTask = await startTask(u.auth, await newChat(u.auth, model));
+    await eventually(
+      () => sample('tasks_running'),
+      (n) => n === running + 1,
+      'task counted as running',
+    );
+    const done = (await stream(u.auth, chatTask.id)).events.at(-1)!;
+    expect(done.event).toBe('done');
+    await eventually(
+      () => sample('tasks_running'),
+      (n) => n === running,
+      'task no longer running',
+    );
+    const usage = done.data.usage as { prompt_tokens: number; completion_tokens: number };
+
+    // A completion, through the OpenAI SDK.
+    fake.setBehaviour({ tokenDelayMs: 0 });
+    const completion = await clientOf(u).chat.completions.create({
+      model,
+      messages: [{ role: 'user', content: 'Say something.' }],
+    });
+    const completionTask = await recordedTask(completion.id);
+
+    // A task whose provider fails every time it is asked.
+    fake.setBehaviour({ fail: { status: 500 } });
+    const failing = await startTask(u.auth, await newChat(u.auth, model));
+    expect((await stream(u.auth, failing.id)).events.at(-1)!.event).toBe('error');
+
+    expect(await sample('tasks_started_total', { model, kind: 'chat' })).toBe(2);
+    expect(await sample('tasks_started_total', { model, kind: 'completion' })).toBe(1);
+    expect(await sample('tasks_finished_total', { model, status: 'succeeded' })).toBe(2);
+    expect(await sample('tasks_finished_total', { model, status: 'failed' })).toBe(1);
+    expect(await sample('task_duration_seconds_count', { model, status: 'succeeded' })).toBe(2);
+    // Two with output; the failed one never had any.
+    expect(await sample('task_first_output_seconds_count', { model })).toBe(2);
+    // Asked three times in all (LLM_RETRY_ATTEMPTS): two retries.
+    expect(await sample('task_provider_retries_total', { model })).toBe(2);
+    const completionUsage = completion.usage!;
+    expect(await sample('task_tokens_total', { model, side: 'prompt' })).toBe(
+      usage.prompt_tokens + completionUsage.prompt_tokens,
+    );
+    expect(await sample('task_tokens_total', { model, side: 'completion' })).toBe(
+      usage.completion_tokens + completionUsage.completion_tokens,
+    );
+    const completionCost = completionTask.completed!.cost;
+    expect(completionCost).toBeGreaterThan(0);
+    expect(await sample('task_cost_credits_total', { model })).toBe(
+      (done.data.cost as number) + completionCost,
+    );
   });
 });
 

@@ -150,6 +150,7 @@ export function taskFlowOf(
     logger: deps.logger,
     config,
     redis: deps.redis,
+    metrics: deps.metrics.tasks,
     ...(localTasks ? { localTasks } : {}),
   });
 }

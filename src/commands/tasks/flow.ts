@@ -43,6 +43,7 @@ import {
   type Usage,
 } from '../../platform/llm/types';
 import type { Logger } from '../../platform/logger';
+import type { TaskMetrics } from '../../platform/metrics';
 import type { TaskBuffer, TaskChunk } from '../../platform/taskBuffer';
 import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
@@ -70,6 +71,8 @@ export interface TaskFlowDeps {
   redis?: Redis | undefined;
   /** Shared with the settlement reactor, which leaves this process's own tasks to it. */
   localTasks?: LocalTasks | undefined;
+  /** Where the generations run here are counted (`/metrics`). */
+  metrics?: TaskMetrics | undefined;
 }
 
 /**
@@ -206,9 +209,12 @@ export class TaskFlow {
   private closing = false;
   /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
   private readonly graceMs: number;
+  /** Stops counting this flow's generations in the metrics. */
+  private readonly untrack: () => void;
 
   constructor(private readonly deps: TaskFlowDeps) {
     this.graceMs = sweepGraceMs(deps.config.TASK_TIMEOUT_SECONDS * 1000);
+    this.untrack = deps.metrics?.trackRunning(() => this.running.size) ?? (() => undefined);
     // Every instance that generates checks its own generations, so this starts with the flow.
     this.cancelChecker = setInterval(() => {
       this.checkingCancels ??= this.checkCancels()
@@ -400,6 +406,7 @@ export class TaskFlow {
       reason: 'The task did not finish in time; its hold was released.',
     });
     const eventId = recorded?.id ?? null;
+    if (eventId !== null) this.deps.metrics?.swept(state.model);
     const { state: after } = await this.deps.commands.read(taskDecider, taskStream(id));
     if (after.outcome) {
       const settledAt = await this.settle(after.outcome, eventId);
@@ -462,6 +469,7 @@ export class TaskFlow {
       while (this.running.size > 0) await Promise.all([...this.running.values()].map((r) => r.done));
     }
     await checked;
+    this.untrack();
     await this.subscriber?.quit().catch(() => this.subscriber?.disconnect());
   }
 
@@ -570,6 +578,7 @@ export class TaskFlow {
       );
       throw err;
     }
+    this.deps.metrics?.started(g.model.id, g.chatId ? 'chat' : 'completion');
     this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
     return {
       taskId,
@@ -626,13 +635,23 @@ export class TaskFlow {
     hold: number,
     signal: AbortSignal,
   ): Promise<void> {
-    const { buffer, models, config, logger } = this.deps;
+    const { buffer, models, config, logger, metrics } = this.deps;
     const provider = withRetryBeforeFirstToken(models.provider(g.model), {
       attempts: config.LLM_RETRY_ATTEMPTS,
       baseDelayMs: config.LLM_RETRY_BASE_DELAY_MS,
-      onRetry: (err, attempt, delayMs) =>
-        logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry'),
+      onRetry: (err, attempt, delayMs) => {
+        metrics?.retried(g.model.id);
+        logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry');
+      },
     });
+    const askedAt = performance.now();
+    const seconds = () => (performance.now() - askedAt) / 1000;
+    let outputCame = false;
+    const output = () => {
+      if (outputCame) return;
+      outputCame = true;
+      metrics?.firstOutput(g.model.id, seconds());
+    };
     let text = '';
     // A model may send NUL or half a surrogate pair; stored as sent, its reply could never be saved.
     const storable = new StorableTextStream();
@@ -640,6 +659,7 @@ export class TaskFlow {
     // back half a character for the next piece).
     const add = (delta: string, logprobs?: TokenLogprob[]) => {
       if (!delta && !logprobs) return;
+      output();
       text += delta;
       buffer.append(taskId, { kind: 'delta', content: delta, ...(logprobs ? { logprobs } : {}) });
     };
@@ -648,12 +668,15 @@ export class TaskFlow {
     const storableReasoning = new StorableTextStream();
     const addReasoning = (piece: string) => {
       if (!piece) return;
+      output();
       reasoning += piece;
       if (!g.chatId) buffer.append(taskId, { kind: 'reasoning', content: piece });
     };
     const calls = new ToolCallAssembly(() => `call_${this.deps.ids.next().replaceAll('-', '')}`);
     const addCall = (piece: ToolCallDelta | null) => {
-      if (piece) buffer.append(taskId, { kind: 'tool_call', ...piece });
+      if (!piece) return;
+      output();
+      buffer.append(taskId, { kind: 'tool_call', ...piece });
     };
     let reported: Usage | null = null;
     let finish: FinishReason | null = null;
@@ -758,6 +781,10 @@ export class TaskFlow {
         reason,
         ...(refusedWith !== null ? { providerStatus: refusedWith } : {}),
       });
+    }
+    if (recorded) {
+      const end = completed ? 'succeeded' : why === 'cancel' ? 'cancelled' : 'failed';
+      metrics?.finished(g.model.id, end, seconds(), owed ? { ...usage, cost } : null);
     }
     // Ours, as recorded; or the one recorded first (the sweeper's), read from the stream.
     let outcome = recorded ? ({ type: recorded.type, data: recorded.data } as TaskOutcome) : null;
