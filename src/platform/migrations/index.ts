@@ -11,6 +11,7 @@ import * as tasks from './0009_tasks';
 import * as idempotencyRef from './0010_idempotency_ref';
 import * as projectionErrors from './0011_projection_errors';
 import * as taskOmittedMessages from './0012_task_omitted_messages';
+import * as taskListFilters from './0013_task_list_filters';
 
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -26,4 +27,5 @@ export const migrations: Record<string, Migration> = {
   '0010_idempotency_ref': idempotencyRef,
   '0011_projection_errors': projectionErrors,
   '0012_task_omitted_messages': taskOmittedMessages,
+  '0013_task_list_filters': taskListFilters,
 };
