@@ -385,7 +385,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     // Settled before the client hears `done` (idempotent), so the reply is saved and the chat free,
     // even when the generating instance is still settling (or died after recording the outcome).
     const task = followed(flow, id, claimed.userId, ctx.log);
+    let ended = false;
     void followTask(id, claimed.outcome, deps.buffer!, sse.signal, task, (c) => {
+      if (c.kind === 'done' || c.kind === 'error') ended = true;
       if (c.kind === 'delta') sse.send('delta', { content: c.content });
       // A chat's task offers no tools, and its events have no place for reasoning (API.md).
       else if (c.kind === 'tool_call' || c.kind === 'reasoning') return;
@@ -402,7 +404,11 @@ export const tasks: Resource = (router, { deps, openapi }) => {
           detail: `The stream broke off; the task goes on. GET /tasks/${id} shows how it ends.`,
         });
       })
-      .finally(() => sse.end());
+      .finally(() => {
+        sse.end();
+        // Its one stream has had all of it: nobody reads this task's output again.
+        if (ended) deps.buffer!.release(id);
+      });
   });
 
   openapi.registerPath({
@@ -489,6 +495,10 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const id = `chatcmpl-${t.taskId}`;
     const created = Math.floor(Date.now() / 1000);
     const model = t.modelId;
+    // Answered, a completion's output is read again only by a retry under its Idempotency-Key.
+    const answered = () => {
+      if (!ctx.state.idempotent) deps.buffer!.release(t.taskId);
+    };
     // A completion is kept nowhere but in its answer: once its client has gone, generating on would
     // only charge for text nobody gets, and hold a slot (the Stop button, an SDK's timeout). It is
     // cancelled, and charged for what was generated. Under an Idempotency-Key it goes on, for the
@@ -520,6 +530,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         ctx.res.off('close', gone);
         if (logprobs) setTimeout(() => reading.abort(), LOGPROBS_WAIT_MS).unref();
       }
+      void (logprobs ?? Promise.resolve()).then(answered, answered);
       // Settled (here already, as a rule): a read given its position sees the charge. Should it not
       // settle now, the reply is answered all the same (it is kept nowhere else), with the position
       // of its start; the settlement reactor settles it.
@@ -665,6 +676,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
         }
         sse.send(null, '[DONE]');
         sse.end();
+      })
+      .finally(() => {
+        if (ended) answered();
       });
   });
 };

@@ -43,6 +43,11 @@ export interface TaskBuffer {
   append(taskId: string, chunk: TaskChunk): void;
   /** Replays, then follows; ends after the terminal chunk or when `signal` aborts. */
   read(taskId: string, signal: AbortSignal): AsyncIterable<TaskChunk>;
+  /**
+   * The one reader an ended task's output will have read it to its end (a chat's claimed stream):
+   * this instance frees what it holds of it at once, rather than keep it for a reader to come.
+   */
+  release(taskId: string): void;
   close(): Promise<void>;
 }
 
@@ -71,6 +76,12 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): Memor
   return {
     open() {},
     written: (taskId) => buffers.get(taskId)?.chunks,
+    release(taskId) {
+      // The entry stays, ended and empty, until its timer: an append that comes late is ignored
+      // rather than starting a buffer nobody would end.
+      const b = buffers.get(taskId);
+      if (b?.ended) b.chunks = [];
+    },
     append(taskId, chunk) {
       const b = bufferOf(taskId);
       if (b.ended) return;
@@ -362,6 +373,8 @@ export function createRedisTaskBuffer(
         await listen(ch, -1);
       }
     },
+    // What Redis holds expires on its own; a hole in it now harms nobody.
+    release: (taskId) => local.release(taskId),
     async close() {
       await writes;
       redis.off('ready', back);

@@ -1107,6 +1107,34 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((await head(u.auth)).status).toBe(409);
   });
 
+  it('frees a task’s output once its one reader has had it, and keeps a completion’s under an Idempotency-Key for a retry', async () => {
+    const u = await newUser();
+    const started = await startTask(u.auth, await newChat(u.auth));
+    expect((await stream(u.auth, started.id)).events.at(-1)!.event).toBe('done');
+    const client = clientOf(u);
+    const ask = { model: 'fake-model', messages: [{ role: 'user' as const, content: 'Say something.' }] };
+    const taskOf = (completionId: string) => completionId.replace(/^chatcmpl-/, '');
+    const answered = taskOf((await client.chat.completions.create(ask)).id);
+    let streamed = '';
+    for await (const c of await client.chat.completions.create({ ...ask, stream: true })) streamed = c.id;
+    const kept = taskOf(
+      (await client.chat.completions.create(ask, { headers: { 'Idempotency-Key': `keep-${u.id}` } })).id,
+    );
+    /** The kinds of the chunks this instance still holds of a task's output. */
+    const held = async (taskId: string) => {
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 200);
+      const chunks: string[] = [];
+      for await (const c of t.deps.buffer!.read(taskId, stop.signal)) chunks.push(c.kind);
+      clearTimeout(timer);
+      return chunks;
+    };
+    expect(await held(started.id)).toEqual([]);
+    expect(await held(answered)).toEqual([]);
+    expect(await held(taskOf(streamed))).toEqual([]);
+    expect((await held(kept)).at(-1)).toBe('done');
+  });
+
   it('lets exactly one of 50 parallel stream calls stream; the rest get 409', async () => {
     const u = await newUser();
     fake.setBehaviour({ tokenDelayMs: 5 });

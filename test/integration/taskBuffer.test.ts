@@ -99,6 +99,21 @@ function contract(
   });
 }
 
+describe('memory task buffer, released', () => {
+  it('frees an ended task’s output, ignoring what comes late, and keeps one still going', async () => {
+    const buffer = createMemoryTaskBuffer();
+    buffer.append('ended', { kind: 'delta', content: 'a' });
+    buffer.append('ended', done);
+    buffer.append('going', { kind: 'delta', content: 'b' });
+    buffer.release('ended');
+    buffer.release('going');
+    buffer.append('ended', { kind: 'error', detail: 'late' });
+    expect(buffer.written('ended')).toEqual([]);
+    expect(buffer.written('going')).toEqual([{ kind: 'delta', content: 'b' }]);
+    await buffer.close();
+  });
+});
+
 contract('memory task buffer', async () => {
   const buffer = createMemoryTaskBuffer();
   return { writer: buffer, reader: buffer, close: () => buffer.close() };
