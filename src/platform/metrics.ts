@@ -139,13 +139,13 @@ function createTaskMetrics(registers: Registry[]): TaskMetrics {
   });
   const tokens = new Counter({
     name: 'task_tokens_total',
-    help: 'Tokens charged for finished tasks, by model and side (prompt, completion)',
+    help: 'Tokens finished tasks were charged for, by model and side (prompt, completion)',
     labelNames: ['model', 'side'] as const,
     registers,
   });
   const cost = new Counter({
     name: 'task_cost_credits_total',
-    help: 'Credits charged for finished tasks, by model, as recorded with their outcome',
+    help: 'What finished tasks cost in credits, by model, as recorded with their outcome',
     labelNames: ['model'] as const,
     registers,
   });
@@ -158,7 +158,7 @@ function createTaskMetrics(registers: Registry[]): TaskMetrics {
   const counts = new Set<() => number>();
   new Gauge({
     name: 'tasks_running',
-    help: 'Tasks this instance is generating',
+    help: 'Tasks this instance is generating or settling',
     registers,
     collect() {
       let n = 0;

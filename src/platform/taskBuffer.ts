@@ -165,6 +165,10 @@ export function createRedisTaskBuffer(
   const RETRY_MS = 1_000;
   /** How many tasks' streams are looked at in one round trip after an outage. */
   const REGAIN_BATCH = 500;
+  /** At most this many pieces go in one write, so that another task's next piece waits for no more. */
+  const WRITE_BATCH = 500;
+  /** A task's stream keeps about this many entries, its last ones. */
+  const MAX_ENTRIES = 100_000;
   const retrying = new Map<string, NodeJS.Timeout>();
   const channel = (taskId: string) => `task:${taskId}:wake`;
   // Readers wait for a wake-up on one subscriber connection shared by all of them, then read with
@@ -196,7 +200,7 @@ export function createRedisTaskBuffer(
   const writeOf = (taskId: string, chunks: TaskChunk[], idOf: (i: number) => string) => {
     const multi = redis.multi();
     chunks.forEach((c, i) =>
-      multi.xadd(key(taskId), 'MAXLEN', '~', '100000', idOf(i), 'c', JSON.stringify(c)),
+      multi.xadd(key(taskId), 'MAXLEN', '~', String(MAX_ENTRIES), idOf(i), 'c', JSON.stringify(c)),
     );
     return multi
       .expire(key(taskId), chunks.some(terminal) ? keepSeconds : keepSeconds * 6)
@@ -208,17 +212,17 @@ export function createRedisTaskBuffer(
    * overtakes the one before it. Each piece has its place in the entry's id (`0-1`, `0-2`…), so a
    * write whose answer was lost, written again, is refused as already there rather than doubled.
    */
-  const flush = (taskId: string) => {
+  const flush = (taskId: string): Promise<void> => {
     writes = writes.then(async () => {
       const w = unwritten.get(taskId);
       if (!w || w.queue.length === 0 || redis.status !== 'ready') return;
-      const batch = w.queue.slice();
+      const batch = w.queue.slice(0, WRITE_BATCH);
+      let done = 0;
       try {
         const results = (await writeOf(taskId, batch, (i) => `0-${w.written + i + 1}`).exec()) ?? [];
         // Written, or refused as not past the stream's last entry: an earlier write of it landed
         // (its answer lost), or another instance ended the task there (its sweeper), after which
         // nothing is read.
-        let done = 0;
         let refused = 0;
         for (; done < batch.length; done++) {
           const err = results[done]?.[0];
@@ -246,56 +250,94 @@ export function createRedisTaskBuffer(
           'task output not written to redis; kept for later',
         );
       }
+      // More than one write's worth: the rest after what else waits by now.
+      if (done === batch.length && w.queue.length > 0) void flush(taskId);
       // Not all written with Redis there (a write refused, or timed out): tried again shortly, as
       // the task may write nothing more (its end included).
-      if (w.queue.length > 0 && redis.status === 'ready' && !retrying.has(taskId)) {
+      else if (w.queue.length > 0 && redis.status === 'ready' && !retrying.has(taskId)) {
         const timer = setTimeout(() => {
           retrying.delete(taskId);
-          flush(taskId);
+          void flush(taskId);
         }, RETRY_MS);
         timer.unref();
         retrying.set(taskId, timer);
       }
     });
+    return writes;
   };
   /**
    * Back after an outage: what Redis lost meanwhile is written again, then what waited goes out
-   * (though its task may write nothing more). A Redis restarted without persistence, or a replica
-   * that lagged when it took over, holds less of a task's output than was written to it: that part
-   * goes again from this instance's memory, after what Redis still has, so that a reader elsewhere
-   * gets no reply with a hole (or none at all). Only our own ids (`0-n`) are compared: anything
-   * else (another instance's end of the task) is past them all.
+   * (though its task may write nothing more). A Redis restarted without its data, or a replica that
+   * lagged when it took over, holds less of a task's output than was written to it, or (a write
+   * that was in flight, sent again on reconnecting) its later pieces without the earlier ones. A
+   * stream is whole when it holds our ids `0-1`…`0-n`, each once, up to the last written; anything
+   * else of ours is written again from this instance's memory, so that a reader elsewhere gets no
+   * reply with a hole. A stream whose last entry is not ours was ended by another instance (its
+   * sweeper) and is left as it is.
    */
   const back = () => {
+    const lost: string[] = [];
     writes = writes.then(async () => {
-      const tasks = [...unwritten].filter(([, w]) => w.written > 0);
-      for (let i = 0; i < tasks.length && redis.status === 'ready'; i += REGAIN_BATCH) {
-        const batch = tasks.slice(i, i + REGAIN_BATCH);
-        const lasts = redis.pipeline();
-        for (const [taskId] of batch) lasts.xrevrange(key(taskId), '+', '-', 'COUNT', 1);
-        let results: [Error | null, unknown][];
-        try {
-          results = (await lasts.exec()) ?? [];
-        } catch (err) {
-          logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
-          break;
+      try {
+        const tasks = [...unwritten].filter(([, w]) => w.written > 0);
+        for (let i = 0; i < tasks.length && redis.status === 'ready'; i += REGAIN_BATCH) {
+          const batch = tasks.slice(i, i + REGAIN_BATCH);
+          const looks = redis.pipeline();
+          for (const [taskId] of batch) looks.xlen(key(taskId)).xrevrange(key(taskId), '+', '-', 'COUNT', 1);
+          let results: [Error | null, unknown][];
+          try {
+            results = (await looks.exec()) ?? [];
+          } catch (err) {
+            logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
+            break;
+          }
+          const holed: string[] = [];
+          batch.forEach(([taskId, w], j) => {
+            const [lengthErr, length] = results[2 * j] ?? [new Error('no answer')];
+            const [lastErr, entries] = results[2 * j + 1] ?? [new Error('no answer')];
+            if (lengthErr || lastErr) return;
+            const last = (entries as [string, string[]][])[0]?.[0];
+            if (last !== undefined && !/^0-\d+$/.test(last)) return;
+            const n = last === undefined ? 0 : Number(last.slice(2));
+            // A stream longer than it keeps lost its first entries by design, not to an outage.
+            const whole = length === n || n > MAX_ENTRIES;
+            if (whole && n >= w.written) return;
+            const all = local.written(taskId);
+            if (!all || all.length < w.written) return;
+            // A whole beginning is added to; a stream with a hole is written anew.
+            const from = whole ? n : 0;
+            if (!whole) holed.push(taskId);
+            logger.warn(
+              { taskId, written: w.written, kept: length },
+              'redis lost part of a task output; written again from memory',
+            );
+            w.queue = [...all.slice(from, w.written), ...w.queue];
+            w.written = from;
+            lost.push(taskId);
+          });
+          if (holed.length > 0) {
+            try {
+              await redis.del(...holed.map(key));
+            } catch (err) {
+              logger.warn({ err: (err as Error).message }, 'task output in redis not cleared for rewriting');
+            }
+          }
         }
-        batch.forEach(([taskId, w], j) => {
-          const [err, entries] = results[j] ?? [new Error('no answer')];
-          if (err) return;
-          const last = (entries as [string, string[]][])[0]?.[0];
-          const kept = last === undefined ? 0 : /^0-\d+$/.test(last) ? Number(last.slice(2)) : Infinity;
-          const all = local.written(taskId);
-          if (kept >= w.written || !all || all.length < w.written) return;
-          logger.warn(
-            { taskId, lost: w.written - kept },
-            'redis lost part of a task output; written again from memory',
-          );
-          w.queue = [...all.slice(kept, w.written), ...w.queue];
-          w.written = kept;
-        });
+      } catch (err) {
+        logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
       }
-      for (const [taskId, w] of unwritten) if (w.queue.length > 0) flush(taskId);
+    });
+    // Task by task, those still running first, each after what else waits by then: live output
+    // waits for one task's rewrite at a time, not for all of them.
+    void writes.then(async () => {
+      const running = (id: string) => localTasks.get(id) === undefined;
+      const rewritten = new Set(lost);
+      const order = [
+        ...lost.filter(running),
+        ...lost.filter((id) => !running(id)),
+        ...[...unwritten].filter(([id, w]) => w.queue.length > 0 && !rewritten.has(id)).map(([id]) => id),
+      ];
+      for (const taskId of order) await flush(taskId);
     });
   };
   redis.on('ready', back);
@@ -311,7 +353,7 @@ export function createRedisTaskBuffer(
       if (w) {
         if (terminal(chunk)) ended(taskId);
         w.queue.push(chunk);
-        flush(taskId);
+        void flush(taskId);
         return;
       }
       // A task generated elsewhere, ended here (the sweeper): its end goes after whatever its own

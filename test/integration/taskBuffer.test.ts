@@ -186,6 +186,12 @@ withRedis('with Redis', () => {
     });
     const delta = (content: string): TaskChunk => ({ kind: 'delta', content });
     const settle = () => new Promise((res) => setTimeout(res, 100));
+    const eventually = async (ok: () => boolean) => {
+      for (let waited = 0; !ok(); waited += 10) {
+        if (waited > 3_000) throw new Error('not reached');
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    };
     const readAll = async (id: string) => {
       const stop = new AbortController();
       const timer = setTimeout(() => stop.abort(), 3_000);
@@ -272,6 +278,61 @@ withRedis('with Redis', () => {
       await settle();
       await a.connect();
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+    });
+
+    it('writes anew a stream that Redis lost but for a later piece (a write sent again on reconnecting)', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
+      writer.append(id, done);
+      await settle();
+      a.disconnect();
+      await b.del(`task:${id}:out`);
+      await b.xadd(`task:${id}:out`, '0-3', 'c', JSON.stringify(delta('3')));
+      await settle();
+      await a.connect();
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+    });
+
+    it('writes again what was lost task by task, so that a running task’s next piece waits for one rewrite, not all', async () => {
+      const ended: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        const id = crypto.randomUUID();
+        writer.open(id);
+        writer.append(id, delta(`ended ${i}`));
+        writer.append(id, done);
+        ended.push(id);
+      }
+      const live = crypto.randomUUID();
+      writer.open(live);
+      writer.append(live, delta('1'));
+      await settle();
+      a.disconnect();
+      await b.del(...ended.map((id) => `task:${id}:out`));
+      await settle();
+      // The keys each write touches, in the order they are written.
+      const written: string[] = [];
+      const multi = a.multi.bind(a);
+      jest.spyOn(a, 'multi').mockImplementation(() => {
+        const m = multi();
+        const xadd = m.xadd.bind(m) as (...args: unknown[]) => typeof m;
+        let first = true;
+        m.xadd = (...args: unknown[]) => {
+          if (first) written.push(String(args[0]));
+          // The running task's next piece comes while the first rewrite is under way.
+          if (first && written.length === 1) writer.append(live, delta('2'));
+          first = false;
+          return xadd(...args);
+        };
+        return m;
+      });
+      await a.connect();
+      await eventually(() => written.includes(`task:${live}:out`));
+      // Written right after the rewrite under way when it came, not after all twenty.
+      expect(written.indexOf(`task:${live}:out`)).toBe(1);
+      for (const id of ended) await b.del(`task:${id}:out`);
+      writer.append(live, done);
+      expect(await readAll(live)).toEqual([delta('1'), delta('2'), done]);
     });
 
     it('does not double a piece whose write landed though its answer was lost', async () => {
