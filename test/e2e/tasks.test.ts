@@ -506,6 +506,19 @@ async function readStreamed(chunks: AsyncIterable<OpenAI.ChatCompletionChunk>) {
   return read;
 }
 
+/** The value of one sample of `/metrics` (0 when the series has none yet). */
+async function sample(name: string, labels: Record<string, string> = {}) {
+  const text = (await t.http.get('/metrics')).text;
+  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  for (const line of text.split('\n')) {
+    const m = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const has = (m[2] ?? '').split(',').filter(Boolean);
+    if (wanted.every((w) => has.includes(w))) return Number(m[3]);
+  }
+  return 0;
+}
+
 describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('holds, streams the reply, saves it as a message, captures the actual cost and releases the rest', async () => {
     const u = await newUser();
@@ -1547,8 +1560,10 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       (rows) => rows.some((r) => r.id === taskId),
       'task projected',
     );
+    const swept = await sample('tasks_swept_total', { model: 'fake-model' });
     const failed = await t.deps.tasks!.sweep((before) => listOverdueTasks(t.deps.db.db, before, 100));
     expect(failed).toBeGreaterThanOrEqual(1);
+    expect(await sample('tasks_swept_total', { model: 'fake-model' })).toBe(swept + failed);
     expect(await task(u.auth, taskId)).toMatchObject({ status: 'failed', cost: 0 });
     await eventually(
       () => credits(u.auth),
@@ -1558,6 +1573,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // A second sweep changes nothing.
     await t.deps.tasks!.sweep((before) => listOverdueTasks(t.deps.db.db, before, 100));
     expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReleased')).toHaveLength(1);
+    expect(await sample('tasks_swept_total', { model: 'fake-model' })).toBe(swept + failed);
   });
 
   it('settles an outcome recorded just before a crash (the settlement reactor)', async () => {
@@ -1617,18 +1633,6 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
 });
 
 describe('the metrics of tasks', () => {
-  /** The value of one sample of `/metrics` (0 when the series has none yet). */
-  const sample = async (name: string, labels: Record<string, string> = {}) => {
-    const text = (await t.http.get('/metrics')).text;
-    const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-    for (const line of text.split('\n')) {
-      const m = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
-      if (!m || m[1] !== name) continue;
-      const has = (m[2] ?? '').split(',').filter(Boolean);
-      if (wanted.every((w) => has.includes(w))) return Number(m[3]);
-    }
-    return 0;
-  };
   const model = 'fake-metered';
 
   it('counts each model’s tasks: started, running, first output, tokens and credits charged, retries, and how each ended', async () => {
@@ -1664,26 +1668,40 @@ describe('the metrics of tasks', () => {
     const failing = await startTask(u.auth, await newChat(u.auth, model));
     expect((await stream(u.auth, failing.id)).events.at(-1)!.event).toBe('error');
 
-    expect(await sample('tasks_started_total', { model, kind: 'chat' })).toBe(2);
+    // A task cancelled mid-reply, charged for what it generated.
+    fake.setBehaviour({ fail: undefined, tokenDelayMs: 100 });
+    const asked = fake.requests.length;
+    const cancelled = await startTask(u.auth, await newChat(u.auth, model));
+    const reading = stream(u.auth, cancelled.id);
+    await tokensSent(asked, 2);
+    const cancel = await t.http.post(`${API}/tasks/${cancelled.id}/cancel`).set('Authorization', u.auth);
+    expect(cancel.status).toBe(202);
+    await reading;
+    const cut = await finished(u.auth, cancelled.id);
+    expect(cut.status).toBe('cancelled');
+    expect(cut.cost).toBeGreaterThan(0);
+
+    expect(await sample('tasks_started_total', { model, kind: 'chat' })).toBe(3);
     expect(await sample('tasks_started_total', { model, kind: 'completion' })).toBe(1);
     expect(await sample('tasks_finished_total', { model, status: 'succeeded' })).toBe(2);
     expect(await sample('tasks_finished_total', { model, status: 'failed' })).toBe(1);
+    expect(await sample('tasks_finished_total', { model, status: 'cancelled' })).toBe(1);
     expect(await sample('task_duration_seconds_count', { model, status: 'succeeded' })).toBe(2);
-    // Two with output; the failed one never had any.
-    expect(await sample('task_first_output_seconds_count', { model })).toBe(2);
+    // Three with output; the failed one never had any.
+    expect(await sample('task_first_output_seconds_count', { model })).toBe(3);
     // Asked three times in all (LLM_RETRY_ATTEMPTS): two retries.
     expect(await sample('task_provider_retries_total', { model })).toBe(2);
     const completionUsage = completion.usage!;
     expect(await sample('task_tokens_total', { model, side: 'prompt' })).toBe(
-      usage.prompt_tokens + completionUsage.prompt_tokens,
+      usage.prompt_tokens + completionUsage.prompt_tokens + cut.usage!.prompt_tokens,
     );
     expect(await sample('task_tokens_total', { model, side: 'completion' })).toBe(
-      usage.completion_tokens + completionUsage.completion_tokens,
+      usage.completion_tokens + completionUsage.completion_tokens + cut.usage!.completion_tokens,
     );
     const completionCost = completionTask.completed!.cost;
     expect(completionCost).toBeGreaterThan(0);
     expect(await sample('task_cost_credits_total', { model })).toBe(
-      (done.data.cost as number) + completionCost,
+      (done.data.cost as number) + completionCost + cut.cost!,
     );
   });
 });
