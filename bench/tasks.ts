@@ -183,6 +183,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       service: serviceCpu(),
       machine: machineBusyMs(),
       database: server ? postgresCpuMs() : NaN,
+      fake: cpuMs(fake.pid!),
+      serviceSystem: cpuMs(service.pid!, 'system'),
       load: process.cpuUsage(),
     });
     const warmupMs = ctx.quick ? 2_000 : 5_000;
@@ -223,6 +225,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     const cpu = last.service - first.service;
     const machineCpu = last.machine - first.machine;
     const databaseCpu = last.database - first.database;
+    const fakeCpu = last.fake - first.fake;
+    const systemCpu = last.serviceSystem - first.serviceSystem;
     const loadCpu = (last.load.user - first.load.user + last.load.system - first.load.system) / 1000;
     const rate = completed / elapsed;
     ctx.figures.push({
@@ -247,8 +251,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     });
     const share = (ms: number) => (completed > 0 ? (ms / completed).toFixed(2) : 'n/a');
     ctx.note(
-      `tasks (${db}): CPU per task — service ${share(cpu)} ms, ${server ? `PostgreSQL ${share(databaseCpu)} ms, ` : ''}` +
-        `load generator ${share(loadCpu)} ms, machine ${share(machineCpu)} ms`,
+      `tasks (${db}): CPU per task — service ${share(cpu)} ms (${share(systemCpu)} ms of it in the kernel), ${server ? `PostgreSQL ${share(databaseCpu)} ms, ` : ''}` +
+        `load generator ${share(loadCpu)} ms, fake provider ${share(fakeCpu)} ms, machine ${share(machineCpu)} ms`,
     );
     ctx.note(
       `tasks: ${completed} completed, ${failed} not, in ${elapsed.toFixed(1)} s; replies of ~20 tokens at ${TOKEN_DELAY_MS} ms/token`,
@@ -453,12 +457,12 @@ function postgresCpuMs(): number {
   }
 }
 
-/** CPU time (user + system) of a process, in ms, from /proc (Linux; NaN elsewhere). */
-function cpuMs(pid: number): number {
+/** CPU time of a process (user + system, or its system part), in ms, from /proc (Linux; NaN elsewhere). */
+function cpuMs(pid: number, part: 'all' | 'system' = 'all'): number {
   try {
     const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name; in clock ticks (100/s).
-    return (Number(fields[11]) + Number(fields[12])) * 10;
+    return ((part === 'all' ? Number(fields[11]) : 0) + Number(fields[12])) * 10;
   } catch {
     return NaN;
   }
