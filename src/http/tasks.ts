@@ -406,8 +406,9 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       })
       .finally(() => {
         sse.end();
-        // Its one stream has had all of it: nobody reads this task's output again.
-        if (ended) deps.buffer!.release(id);
+        // A chat's task has had its one stream: nobody reads its output again. (A completion's task
+        // may be claimed here too; its output is the completion's to free.)
+        if (ended && claimed.chatId !== null) deps.buffer!.release(id);
       });
   });
 

@@ -63,13 +63,17 @@ export interface MemoryTaskBuffer extends TaskBuffer {
 export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): MemoryTaskBuffer {
   const keepMs = options.keepMs ?? 10 * 60_000;
   // `ended`: the terminal chunk is in (a reply of thousands of deltas is not scanned per append).
-  const buffers = new Map<string, { chunks: TaskChunk[]; ended: boolean; timer?: NodeJS.Timeout }>();
+  // `readers`: reading it now; `released`: to be emptied once they are done.
+  const buffers = new Map<
+    string,
+    { chunks: TaskChunk[]; ended: boolean; readers: number; released: boolean; timer?: NodeJS.Timeout }
+  >();
   const events = new EventEmitter();
   events.setMaxListeners(0);
 
   const bufferOf = (taskId: string) => {
     let b = buffers.get(taskId);
-    if (!b) buffers.set(taskId, (b = { chunks: [], ended: false }));
+    if (!b) buffers.set(taskId, (b = { chunks: [], ended: false, readers: 0, released: false }));
     return b;
   };
 
@@ -78,9 +82,11 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): Memor
     written: (taskId) => buffers.get(taskId)?.chunks,
     release(taskId) {
       // The entry stays, ended and empty, until its timer: an append that comes late is ignored
-      // rather than starting a buffer nobody would end.
+      // rather than starting a buffer nobody would end. A reader still at it keeps it whole.
       const b = buffers.get(taskId);
-      if (b?.ended) b.chunks = [];
+      if (!b?.ended) return;
+      if (b.readers > 0) b.released = true;
+      else b.chunks = [];
     },
     append(taskId, chunk) {
       const b = bufferOf(taskId);
@@ -95,12 +101,17 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): Memor
     },
     async *read(taskId, signal) {
       let next = 0;
+      const reading = bufferOf(taskId);
+      reading.readers++;
       try {
         yield* follow();
       } finally {
-        // A reader of a task that never wrote here leaves no empty buffer behind.
+        reading.readers--;
         const b = buffers.get(taskId);
-        if (b && b.chunks.length === 0 && events.listenerCount(taskId) === 0) buffers.delete(taskId);
+        if (b?.released && b.readers === 0) b.chunks = [];
+        // A reader of a task that never wrote here leaves no empty buffer behind.
+        if (b && !b.ended && b.chunks.length === 0 && b.readers === 0 && events.listenerCount(taskId) === 0)
+          buffers.delete(taskId);
       }
       async function* follow(): AsyncGenerator<TaskChunk> {
         for (;;) {
@@ -150,7 +161,7 @@ export function createRedisTaskBuffer(
    * Redis always holds a beginning of a task's output, never one with a piece missing: what could
    * not be written (Redis away, a write failed) waits here and goes first, once Redis is back.
    */
-  const unwritten = new Map<string, { queue: TaskChunk[]; written: number }>();
+  const unwritten = new Map<string, { queue: TaskChunk[]; written: number; clear?: boolean }>();
   const ended = (taskId: string) => {
     if (localTasks.get(taskId) !== undefined) return;
     const timer = setTimeout(() => {
@@ -197,8 +208,11 @@ export function createRedisTaskBuffer(
    * One write of pieces of a task's output, each at the entry id `idOf` gives it (`*`: after the
    * last), that wakes its readers; the output is kept `keepSeconds` once it has ended.
    */
-  const writeOf = (taskId: string, chunks: TaskChunk[], idOf: (i: number) => string) => {
+  const writeOf = (taskId: string, chunks: TaskChunk[], idOf: (i: number) => string, clearFirst = false) => {
     const multi = redis.multi();
+    // A stream with a hole goes in the same transaction as the start of its rewrite: no reader sees
+    // it missing, and a clearing that fails leaves it to be tried again, rewrite and all.
+    if (clearFirst) multi.del(key(taskId));
     chunks.forEach((c, i) =>
       multi.xadd(key(taskId), 'MAXLEN', '~', String(MAX_ENTRIES), idOf(i), 'c', JSON.stringify(c)),
     );
@@ -216,10 +230,17 @@ export function createRedisTaskBuffer(
     writes = writes.then(async () => {
       const w = unwritten.get(taskId);
       if (!w || w.queue.length === 0 || redis.status !== 'ready') return;
+      // A write just refused is tried again by its timer (or once Redis is back), not at each piece:
+      // Redis may refuse them all for a while before its connection is known to be lost.
+      if (retrying.has(taskId)) return;
       const batch = w.queue.slice(0, WRITE_BATCH);
+      const clear = w.clear === true;
       let done = 0;
       try {
-        const results = (await writeOf(taskId, batch, (i) => `0-${w.written + i + 1}`).exec()) ?? [];
+        const all = (await writeOf(taskId, batch, (i) => `0-${w.written + i + 1}`, clear).exec()) ?? [];
+        if (clear && all[0]?.[0]) throw all[0][0];
+        w.clear = false;
+        const results = clear ? all.slice(1) : all;
         // Written, or refused as not past the stream's last entry: an earlier write of it landed
         // (its answer lost), or another instance ended the task there (its sweeper), after which
         // nothing is read.
@@ -275,8 +296,12 @@ export function createRedisTaskBuffer(
    * reply with a hole. A stream whose last entry is not ours was ended by another instance (its
    * sweeper) and is left as it is.
    */
+  /** The rewrites under way after outages: closing waits for them. */
+  const regaining = new Set<Promise<void>>();
   const back = () => {
-    const lost: string[] = [];
+    // Back: what waits goes now, not when a retry's timer says.
+    for (const timer of retrying.values()) clearTimeout(timer);
+    retrying.clear();
     writes = writes.then(async () => {
       try {
         const tasks = [...unwritten].filter(([, w]) => w.written > 0);
@@ -284,14 +309,7 @@ export function createRedisTaskBuffer(
           const batch = tasks.slice(i, i + REGAIN_BATCH);
           const looks = redis.pipeline();
           for (const [taskId] of batch) looks.xlen(key(taskId)).xrevrange(key(taskId), '+', '-', 'COUNT', 1);
-          let results: [Error | null, unknown][];
-          try {
-            results = (await looks.exec()) ?? [];
-          } catch (err) {
-            logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
-            break;
-          }
-          const holed: string[] = [];
+          const results = (await looks.exec()) ?? [];
           batch.forEach(([taskId, w], j) => {
             const [lengthErr, length] = results[2 * j] ?? [new Error('no answer')];
             const [lastErr, entries] = results[2 * j + 1] ?? [new Error('no answer')];
@@ -304,24 +322,16 @@ export function createRedisTaskBuffer(
             if (whole && n >= w.written) return;
             const all = local.written(taskId);
             if (!all || all.length < w.written) return;
-            // A whole beginning is added to; a stream with a hole is written anew.
+            // A whole beginning is added to; a stream with a hole is cleared and written anew.
             const from = whole ? n : 0;
-            if (!whole) holed.push(taskId);
+            if (!whole) w.clear = true;
             logger.warn(
               { taskId, written: w.written, kept: length },
               'redis lost part of a task output; written again from memory',
             );
             w.queue = [...all.slice(from, w.written), ...w.queue];
             w.written = from;
-            lost.push(taskId);
           });
-          if (holed.length > 0) {
-            try {
-              await redis.del(...holed.map(key));
-            } catch (err) {
-              logger.warn({ err: (err as Error).message }, 'task output in redis not cleared for rewriting');
-            }
-          }
         }
       } catch (err) {
         logger.warn({ err: (err as Error).message }, 'task output in redis not checked after an outage');
@@ -329,16 +339,15 @@ export function createRedisTaskBuffer(
     });
     // Task by task, those still running first, each after what else waits by then: live output
     // waits for one task's rewrite at a time, not for all of them.
-    void writes.then(async () => {
+    const going = writes.then(async () => {
+      const waiting = [...unwritten].filter(([, w]) => w.queue.length > 0).map(([id]) => id);
       const running = (id: string) => localTasks.get(id) === undefined;
-      const rewritten = new Set(lost);
-      const order = [
-        ...lost.filter(running),
-        ...lost.filter((id) => !running(id)),
-        ...[...unwritten].filter(([id, w]) => w.queue.length > 0 && !rewritten.has(id)).map(([id]) => id),
-      ];
-      for (const taskId of order) await flush(taskId);
+      for (const taskId of [...waiting.filter(running), ...waiting.filter((id) => !running(id))]) {
+        await flush(taskId);
+      }
     });
+    regaining.add(going);
+    void going.finally(() => regaining.delete(going));
   };
   redis.on('ready', back);
 
@@ -418,7 +427,12 @@ export function createRedisTaskBuffer(
     // What Redis holds expires on its own; a hole in it now harms nobody.
     release: (taskId) => local.release(taskId),
     async close() {
-      await writes;
+      // What waits goes out: the rewrites after an outage, and any write a write queued after it.
+      await Promise.all(regaining);
+      for (let last = writes; ; last = writes) {
+        await last;
+        if (last === writes) break;
+      }
       redis.off('ready', back);
       for (const timer of [...localTasks.values(), ...retrying.values()]) clearTimeout(timer);
       localTasks.clear();

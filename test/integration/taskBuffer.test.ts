@@ -112,6 +112,19 @@ describe('memory task buffer, released', () => {
     expect(buffer.written('going')).toEqual([{ kind: 'delta', content: 'b' }]);
     await buffer.close();
   });
+
+  it('keeps an ended task’s output whole for a reader still at it, and frees it when it is done', async () => {
+    const buffer = createMemoryTaskBuffer();
+    buffer.append('t', { kind: 'delta', content: 'a' });
+    buffer.append('t', done);
+    const reader = buffer.read('t', new AbortController().signal)[Symbol.asyncIterator]();
+    expect((await reader.next()).value).toEqual({ kind: 'delta', content: 'a' });
+    buffer.release('t');
+    expect((await reader.next()).value).toEqual(done);
+    expect((await reader.next()).done).toBe(true);
+    expect(buffer.written('t')).toEqual([]);
+    await buffer.close();
+  });
 });
 
 contract('memory task buffer', async () => {
@@ -186,12 +199,13 @@ withRedis('with Redis', () => {
     });
     const delta = (content: string): TaskChunk => ({ kind: 'delta', content });
     const settle = () => new Promise((res) => setTimeout(res, 100));
-    const eventually = async (ok: () => boolean) => {
-      for (let waited = 0; !ok(); waited += 10) {
+    const eventuallyAsync = async (ok: () => Promise<boolean>) => {
+      for (let waited = 0; !(await ok()); waited += 10) {
         if (waited > 3_000) throw new Error('not reached');
         await new Promise((res) => setTimeout(res, 10));
       }
     };
+    const eventually = (ok: () => boolean) => eventuallyAsync(() => Promise.resolve(ok()));
     const readAll = async (id: string) => {
       const stop = new AbortController();
       const timer = setTimeout(() => stop.abort(), 3_000);
@@ -247,7 +261,7 @@ withRedis('with Redis', () => {
       writer.append(id, delta('1'));
       writer.append(id, done);
       expect(await readAll(id)).toEqual([delta('1'), done]);
-      expect(refusals).toBe(3); // both appends' writes refused, then the retry
+      expect(refusals).toBe(3); // the first write refused, then its retry; the next retry writes both
     });
 
     it('writes again what Redis lost while away (a restart without its data), before what follows', async () => {
@@ -291,6 +305,8 @@ withRedis('with Redis', () => {
       await b.xadd(`task:${id}:out`, '0-3', 'c', JSON.stringify(delta('3')));
       await settle();
       await a.connect();
+      // Read once rewritten: a reader that came before would have had the later piece already.
+      await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
     });
 
@@ -333,6 +349,49 @@ withRedis('with Redis', () => {
       for (const id of ended) await b.del(`task:${id}:out`);
       writer.append(live, done);
       expect(await readAll(live)).toEqual([delta('1'), delta('2'), done]);
+    });
+
+    it('tries again, rewrite and all, a clearing of a stream with a hole that Redis refused', async () => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
+      writer.append(id, done);
+      await settle();
+      a.disconnect();
+      await b.del(`task:${id}:out`);
+      await b.xadd(`task:${id}:out`, '0-3', 'c', JSON.stringify(delta('3')));
+      await settle();
+      const multi = a.multi.bind(a);
+      let refused = 0;
+      jest.spyOn(a, 'multi').mockImplementation(() => {
+        const m = multi();
+        const del = m.del.bind(m) as (...args: unknown[]) => typeof m;
+        let clears = false;
+        m.del = (...args: unknown[]) => {
+          clears = true;
+          return del(...args);
+        };
+        const exec = m.exec.bind(m);
+        m.exec = () => (clears && refused++ === 0 ? Promise.reject(new Error('Command timed out')) : exec());
+        return m;
+      });
+      await a.connect();
+      await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
+      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+      expect(refused).toBeGreaterThan(1);
+    });
+
+    it('writes, before it closes, all that waited, though it is more than one write holds', async () => {
+      const id = await firstPieceThenAway();
+      for (let i = 2; i <= 1_300; i++) writer.append(id, delta(String(i)));
+      await settle();
+      await a.connect();
+      writer.append(id, done);
+      await writer.close();
+      expect(await b.xlen(`task:${id}:out`)).toBe(1_301);
+      const all = await readAll(id);
+      expect(all).toHaveLength(1_301);
+      expect(all.at(-1)).toEqual(done);
     });
 
     it('does not double a piece whose write landed though its answer was lost', async () => {
