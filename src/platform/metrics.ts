@@ -105,56 +105,56 @@ export function createMetrics(): Metrics {
 }
 
 function createTaskMetrics(registers: Registry[]): TaskMetrics {
-  const started = new Counter({
-    name: 'tasks_started_total',
-    help: 'Tasks created, by model and kind (chat: POST /tasks; completion: /chat/completions)',
-    labelNames: ['model', 'kind'] as const,
-    registers,
-  });
-  const finished = new Counter({
-    name: 'tasks_finished_total',
-    help: 'Task outcomes recorded by this instance, by model and status',
-    labelNames: ['model', 'status'] as const,
-    registers,
-  });
-  const swept = new Counter({
-    name: 'tasks_swept_total',
-    help: 'Tasks failed by the sweeper because their own instance never ended them',
-    labelNames: ['model'] as const,
-    registers,
-  });
-  const firstOutput = new Histogram({
-    name: 'task_first_output_seconds',
-    help: 'From asking the model to the first piece of its output, by model',
-    labelNames: ['model'] as const,
-    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
-    registers,
-  });
-  const duration = new Histogram({
-    name: 'task_duration_seconds',
-    help: 'From asking the model to the recorded outcome, by model and status',
-    labelNames: ['model', 'status'] as const,
-    buckets: [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
-    registers,
-  });
-  const tokens = new Counter({
-    name: 'task_tokens_total',
-    help: 'Tokens finished tasks were charged for, by model and side (prompt, completion)',
-    labelNames: ['model', 'side'] as const,
-    registers,
-  });
-  const cost = new Counter({
-    name: 'task_cost_credits_total',
-    help: 'What finished tasks cost in credits, by model, as recorded with their outcome',
-    labelNames: ['model'] as const,
-    registers,
-  });
-  const retries = new Counter({
-    name: 'task_provider_retries_total',
-    help: 'Models asked again after failing before any output, by model',
-    labelNames: ['model'] as const,
-    registers,
-  });
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]) =>
+    new Counter({ name, help, labelNames, registers });
+  const histogram = <L extends string>(
+    name: string,
+    help: string,
+    labelNames: readonly L[],
+    buckets: number[],
+  ) => new Histogram({ name, help, labelNames, buckets, registers });
+  const started = counter(
+    'tasks_started_total',
+    'Tasks created, by model and kind (chat: POST /tasks; completion: /chat/completions)',
+    ['model', 'kind'],
+  );
+  const finished = counter(
+    'tasks_finished_total',
+    'Task outcomes recorded by this instance, by model and status',
+    ['model', 'status'],
+  );
+  const swept = counter(
+    'tasks_swept_total',
+    'Tasks failed by the sweeper because their own instance never ended them',
+    ['model'],
+  );
+  const firstOutput = histogram(
+    'task_first_output_seconds',
+    'From asking the model to the first piece of its output, by model',
+    ['model'],
+    [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
+  );
+  const duration = histogram(
+    'task_duration_seconds',
+    'From asking the model to the recorded outcome, by model and status',
+    ['model', 'status'],
+    [0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
+  );
+  const tokens = counter(
+    'task_tokens_total',
+    'Tokens finished tasks were charged for, by model and side (prompt, completion)',
+    ['model', 'side'],
+  );
+  const cost = counter(
+    'task_cost_credits_total',
+    'What finished tasks cost in credits, by model, as recorded with their outcome',
+    ['model'],
+  );
+  const retries = counter(
+    'task_provider_retries_total',
+    'Models asked again after failing before any output, by model',
+    ['model'],
+  );
   const counts = new Set<() => number>();
   new Gauge({
     name: 'tasks_running',

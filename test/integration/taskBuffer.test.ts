@@ -217,6 +217,21 @@ withRedis('with Redis', () => {
       }
     };
 
+    /** A task of three pieces and its end, in Redis before the writer went away; then Redis holds only `kept`. */
+    const endedThenLost = async (kept: { id: string; piece: TaskChunk }) => {
+      const id = crypto.randomUUID();
+      writer.open(id);
+      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
+      writer.append(id, done);
+      await settle();
+      a.disconnect();
+      await b.del(`task:${id}:out`);
+      await b.xadd(`task:${id}:out`, kept.id, 'c', JSON.stringify(kept.piece));
+      await settle();
+      return id;
+    };
+    const whole = [delta('1'), delta('2'), delta('3'), done];
+
     /** A task whose first piece reached Redis before the writer's connection went away. */
     const firstPieceThenAway = async () => {
       const id = crypto.randomUUID();
@@ -280,34 +295,18 @@ withRedis('with Redis', () => {
     });
 
     it('writes again the part of an ended task that a lagging replica did not have, with nothing more to come', async () => {
-      const id = crypto.randomUUID();
-      writer.open(id);
-      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
-      writer.append(id, done);
-      await settle();
-      a.disconnect();
       // The replica that took over had the first piece only.
-      await b.del(`task:${id}:out`);
-      await b.xadd(`task:${id}:out`, '0-1', 'c', JSON.stringify(delta('1')));
-      await settle();
+      const id = await endedThenLost({ id: '0-1', piece: delta('1') });
       await a.connect();
-      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+      expect(await readAll(id)).toEqual(whole);
     });
 
     it('writes anew a stream that Redis lost but for a later piece (a write sent again on reconnecting)', async () => {
-      const id = crypto.randomUUID();
-      writer.open(id);
-      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
-      writer.append(id, done);
-      await settle();
-      a.disconnect();
-      await b.del(`task:${id}:out`);
-      await b.xadd(`task:${id}:out`, '0-3', 'c', JSON.stringify(delta('3')));
-      await settle();
+      const id = await endedThenLost({ id: '0-3', piece: delta('3') });
       await a.connect();
       // Read once rewritten: a reader that came before would have had the later piece already.
       await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
-      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+      expect(await readAll(id)).toEqual(whole);
     });
 
     it('writes again what was lost task by task, so that a running task’s next piece waits for one rewrite, not all', async () => {
@@ -352,15 +351,7 @@ withRedis('with Redis', () => {
     });
 
     it('tries again, rewrite and all, a clearing of a stream with a hole that Redis refused', async () => {
-      const id = crypto.randomUUID();
-      writer.open(id);
-      for (const c of ['1', '2', '3']) writer.append(id, delta(c));
-      writer.append(id, done);
-      await settle();
-      a.disconnect();
-      await b.del(`task:${id}:out`);
-      await b.xadd(`task:${id}:out`, '0-3', 'c', JSON.stringify(delta('3')));
-      await settle();
+      const id = await endedThenLost({ id: '0-3', piece: delta('3') });
       const multi = a.multi.bind(a);
       let refused = 0;
       jest.spyOn(a, 'multi').mockImplementation(() => {
@@ -377,7 +368,7 @@ withRedis('with Redis', () => {
       });
       await a.connect();
       await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
-      expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
+      expect(await readAll(id)).toEqual(whole);
       expect(refused).toBeGreaterThan(1);
     });
 
