@@ -286,6 +286,8 @@ export function createRedisTaskBuffer(
     });
     return writes;
   };
+  /** The rewrites under way after outages: closing waits for them. */
+  const regaining = new Set<Promise<void>>();
   /**
    * Back after an outage: what Redis lost meanwhile is written again, then what waited goes out
    * (though its task may write nothing more). A Redis restarted without its data, or a replica that
@@ -296,8 +298,6 @@ export function createRedisTaskBuffer(
    * reply with a hole. A stream whose last entry is not ours was ended by another instance (its
    * sweeper) and is left as it is.
    */
-  /** The rewrites under way after outages: closing waits for them. */
-  const regaining = new Set<Promise<void>>();
   const back = () => {
     // Back: what waits goes now, not when a retry's timer says.
     for (const timer of retrying.values()) clearTimeout(timer);
