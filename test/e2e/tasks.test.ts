@@ -506,6 +506,15 @@ async function readStreamed(chunks: AsyncIterable<OpenAI.ChatCompletionChunk>) {
   return read;
 }
 
+/** A streamed completion of 'Hi.' asked over the wire (fetch), for what the SDK hides: the response's opening. */
+const streamedHi = (auth: string, signal?: AbortSignal) =>
+  fetch(`${baseUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: auth, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'fake-model', messages: [{ role: 'user', content: 'Hi.' }], stream: true }),
+    ...(signal ? { signal } : {}),
+  });
+
 /** The value of one sample of `/metrics` (0 when the series has none yet). */
 async function sample(name: string, labels: Record<string, string> = {}) {
   const text = (await t.http.get('/metrics')).text;
@@ -1250,16 +1259,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     fake.setBehaviour({ firstTokenDelayMs: 250, tokenDelayMs: 50 });
     const asked = fake.requests.length;
     const leaving = new AbortController();
-    const sent = fetch(`${baseUrl}/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: u.auth, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'fake-model',
-        messages: [{ role: 'user', content: 'Hi.' }],
-        stream: true,
-      }),
-      signal: leaving.signal,
-    }).catch((err: unknown) => err);
+    const sent = streamedHi(u.auth, leaving.signal).catch((err: unknown) => err);
     // Asked of the model, with the response not open yet (its first piece is 250 ms away).
     await eventually(
       () => Promise.resolve(fake.requests.length),
@@ -1282,15 +1282,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('opens a streamed completion whose model is slow to start before its first piece, so the client is not left without an answer', async () => {
     const u = await newUser();
     fake.setBehaviour({ firstTokenDelayMs: 700 }); // past COMPLETION_OPEN_WAIT_MS
-    const res = await fetch(`${baseUrl}/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: u.auth, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'fake-model',
-        messages: [{ role: 'user', content: 'Hi.' }],
-        stream: true,
-      }),
-    });
+    const res = await streamedHi(u.auth);
     expect(res.status).toBe(200);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const opening = new TextDecoder().decode((await reader.read()).value);
