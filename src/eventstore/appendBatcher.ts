@@ -25,14 +25,16 @@ interface Queued extends PendingAppend {
 /**
  * Group commit for appends. While `maxInFlight` statements are running, new appends wait, and the
  * next statement takes all of them (one per stream) at once: under load many appends share one
- * round trip and one commit; with nothing in flight an append goes at once, so a lone append
- * waits for nothing. Appends to a stream already in flight wait for it, so one stream's appends
- * keep their order and no two statements of this process lock the same stream.
+ * round trip and one commit. Appends are sent once the work under way has run (`setImmediate`):
+ * those a request makes together (a task's slots and its hold) share a statement, and a lone
+ * append waits for nothing else. Appends to a stream already in flight wait for it, so one
+ * stream's appends keep their order and no two statements of this process lock the same stream.
  */
 export class AppendBatcher {
   private readonly queue: Queued[] = [];
   private readonly inFlightStreams = new Set<string>();
   private inFlight = 0;
+  private scheduled = false;
 
   constructor(
     private readonly runner: BatchRunner,
@@ -42,6 +44,15 @@ export class AppendBatcher {
   submit(append: PendingAppend): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
       this.queue.push({ ...append, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
       this.pump();
     });
   }
@@ -55,7 +66,7 @@ export class AppendBatcher {
       void this.run(batch).finally(() => {
         for (const a of batch) this.inFlightStreams.delete(a.streamName);
         this.inFlight--;
-        this.pump();
+        this.schedule();
       });
     }
   }

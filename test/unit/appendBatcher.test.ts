@@ -44,27 +44,47 @@ function scriptedRunner() {
 const tick = () => new Promise((r) => setImmediate(r));
 
 describe('append group commit', () => {
-  it('sends a lone append at once, on its own', async () => {
+  it('sends a lone append on its own, once the work under way has run', async () => {
     const { runner, calls } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 2, maxBatch: 10 });
     const done = batcher.submit(append('a-1'));
+    expect(calls).toHaveLength(0);
+    await tick();
     expect(calls.map((c) => c.kind)).toEqual(['single']);
     calls[0]!.finish();
     await expect(done).resolves.toEqual(result(1));
+  });
+
+  it('sends appends made together in one statement, though nothing is in flight', async () => {
+    const { runner, calls } = scriptedRunner();
+    const batcher = new AppendBatcher(runner, { maxInFlight: 4, maxBatch: 10 });
+    // As a task's start makes them: one now, the others a few promise steps later.
+    const together = [batcher.submit(append('slots-1'))];
+    await Promise.resolve();
+    together.push(batcher.submit(append('slots-2')));
+    await Promise.resolve().then(() => together.push(batcher.submit(append('ledger-1'))));
+    await tick();
+    expect(calls.map((c) => [c.kind, c.streams])).toEqual([['batch', ['slots-1', 'slots-2', 'ledger-1']]]);
+    calls[0]!.finish();
+    expect((await Promise.all(together)).map((r) => r.position)).toEqual([1n, 2n, 3n]);
   });
 
   it('batches appends that arrive while statements are in flight, one per stream', async () => {
     const { runner, calls } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 10 });
     const first = batcher.submit(append('a-1'));
+    await tick();
     const waiting = ['b-1', 'c-1', 'b-1', 'd-1'].map((s) => batcher.submit(append(s)));
+    await tick();
     expect(calls).toHaveLength(1);
     calls[0]!.finish();
     await first;
     await tick();
+    await tick();
     // b-1's second append waits: one append per stream in a statement, in order.
     expect(calls[1]).toMatchObject({ kind: 'batch', streams: ['b-1', 'c-1', 'd-1'] });
     calls[1]!.finish();
+    await tick();
     await tick();
     expect(calls[2]).toMatchObject({ kind: 'single', streams: ['b-1'] });
     calls[2]!.finish();
@@ -79,13 +99,19 @@ describe('append group commit', () => {
     void batcher.submit(append('a-1'));
     void batcher.submit(append('b-1'));
     await tick();
-    expect(calls.map((c) => c.streams)).toEqual([['a-1'], ['b-1']]);
+    // a-1's second append waits for its first, though a statement could still go.
+    expect(calls.map((c) => c.streams)).toEqual([['a-1', 'b-1']]);
+    calls[0]!.finish();
+    await tick();
+    await tick();
+    expect(calls.map((c) => c.streams)).toEqual([['a-1', 'b-1'], ['a-1']]);
   });
 
   it('retries on its own an append whose expectation failed in the batch, and passes on its error', async () => {
     const { runner, calls, failing } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 10 });
     const first = batcher.submit(append('a-1'));
+    await tick();
     const ok = batcher.submit(append('b-1'));
     const conflicting = batcher.submit(append('c-1'));
     calls[0]!.finish();
@@ -104,6 +130,7 @@ describe('append group commit', () => {
     const { runner, calls } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 10 });
     const first = batcher.submit(append('a-1'));
+    await tick();
     const rest = [batcher.submit(append('b-1')), batcher.submit(append('c-1'))];
     calls[0]!.finish();
     await first;
@@ -122,8 +149,9 @@ describe('append group commit', () => {
   it('never puts more than maxBatch appends in one statement', async () => {
     const { runner, calls } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 3 });
-    void batcher.submit(append('x-0'));
-    for (let i = 1; i <= 7; i++) void batcher.submit(append(`x-${i}`));
+    for (let i = 0; i <= 7; i++) void batcher.submit(append(`x-${i}`));
+    await tick();
+    expect(calls[0]!.streams).toHaveLength(3);
     calls[0]!.finish();
     await tick();
     await tick();
