@@ -126,6 +126,45 @@ export class CommandHandler {
     return { state: loaded.state as State, revision: loaded.revision, position: loaded.position };
   }
 
+  /**
+   * Reads a stream into the cache when it is not there (an empty one too), so that a command on it
+   * soon after decides and appends in one round trip: a request reads what it will write beside its
+   * other reads, not before each write. Never fails; the command meets whatever the read met.
+   */
+  async warm<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    streamName: string,
+  ): Promise<void> {
+    const key = `${decider.name}\u0000${streamName}`;
+    if (!this.cache || this.cache.has(key)) return;
+    await this.streamQueues
+      .run(key, async () => {
+        if (this.cache?.has(key)) return;
+        this.cache?.set(key, await this.load(decider, key, streamName));
+      })
+      .catch(() => undefined);
+  }
+
+  /**
+   * What `command` would decide on the stream's cached state, with no read and no append: its
+   * events, `refused` when the decider would throw, or undefined when the stream is not cached. A
+   * guess (another instance may have appended since), for choosing what to do at once; the command
+   * itself still decides on the stream as stored.
+   */
+  foresee<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    streamName: string,
+    command: Cmd,
+  ): Evt[] | 'refused' | undefined {
+    const cached = this.cache?.get(`${decider.name}\u0000${streamName}`);
+    if (!cached) return undefined;
+    try {
+      return decider.decide(command, cached.state as State);
+    } catch {
+      return 'refused';
+    }
+  }
+
   private async decideAndAppend<State, Cmd extends Command, Evt extends DecidedEvent>(
     decider: Decider<State, Cmd, Evt>,
     key: string,

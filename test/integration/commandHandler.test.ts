@@ -182,6 +182,62 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     expect(counts.reads).toBe(2);
   });
 
+  it('warms streams beside other work, so that commands on them then take one round trip each', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const handler = new CommandHandler(counted, { ids: uuidV7Ids });
+    // One stream with events (another instance's), one not written yet.
+    await new CommandHandler(store, { ids: uuidV7Ids }).handle(
+      counterDecider,
+      'counter-warm-1',
+      increment(4),
+    );
+    await Promise.all([
+      handler.warm(counterDecider, 'counter-warm-1'),
+      handler.warm(counterDecider, 'counter-warm-2'),
+    ]);
+    expect(counts.reads).toBe(2);
+    // Cached already: nothing is read again.
+    await handler.warm(counterDecider, 'counter-warm-2');
+    expect(counts.reads).toBe(2);
+    const [one, two] = await Promise.all([
+      handler.handle(counterDecider, 'counter-warm-1', increment(1)),
+      handler.handle(counterDecider, 'counter-warm-2', increment(1)),
+    ]);
+    expect(counts.reads).toBe(2);
+    expect([one.state.value, two.state.value]).toEqual([5, 1]);
+    expect(await store.readStream('counter-warm-2')).toHaveLength(1);
+  });
+
+  it('warms without failing when the store cannot be read, leaving the command to meet it', async () => {
+    const broken: EventStore = {
+      ...store,
+      readStream: () => Promise.reject(new Error('the database is away')),
+    };
+    const handler = new CommandHandler(broken, { ids: uuidV7Ids });
+    await expect(handler.warm(counterDecider, 'counter-warm-broken')).resolves.toBeUndefined();
+    await expect(handler.handle(counterDecider, 'counter-warm-broken', increment(1))).rejects.toThrow(
+      'the database is away',
+    );
+  });
+
+  it('foresees what a command would decide on the cached state, reading and writing nothing', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const handler = new CommandHandler(counted, { ids: uuidV7Ids });
+    const reset: CounterCommand = { type: 'Reset', data: {}, metadata: { now: new Date() } };
+    expect(handler.foresee(counterDecider, 'counter-foresee', increment(1))).toBeUndefined();
+    await handler.handle(counterDecider, 'counter-foresee', increment(2));
+    const reads = counts.reads;
+    expect(handler.foresee(counterDecider, 'counter-foresee', increment(1))).toEqual([
+      expect.objectContaining({ type: 'CounterIncremented' }),
+    ]);
+    expect(handler.foresee(counterDecider, 'counter-foresee', increment(-1))).toBe('refused');
+    expect(handler.foresee(counterDecider, 'counter-foresee', reset)).toEqual([
+      expect.objectContaining({ type: 'CounterReset' }),
+    ]);
+    expect(counts.reads).toBe(reads);
+    expect(await store.readStream('counter-foresee')).toHaveLength(1);
+  });
+
   it('runs concurrent commands on one stream in one process one after another, without conflicts', async () => {
     const appends: unknown[] = [];
     const watching: EventStore = {
