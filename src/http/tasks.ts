@@ -270,17 +270,26 @@ export const tasks: Resource = (router, { deps, openapi }) => {
   /**
    * Starts a task once per request: a retry of a request with an `Idempotency-Key` that already
    * started one (its answer was streamed, or its instance died) goes on from that task, neither
-   * counted by the rate limit nor holding credits again.
+   * counted by the rate limit nor holding credits again. The session check (see `auth`) and the
+   * rate limit run beside the start's reads; the start awaits them before its first write.
    */
   const startOnce = async (
     ctx: AppContext & { state: AuthedState },
-    start: (flow: TaskFlow) => Promise<StartedTask>,
+    start: (flow: TaskFlow, ready: Promise<unknown>) => Promise<StartedTask>,
   ): Promise<StartedTask> => {
     const flow = flowOf();
     const earlier = ctx.state.idempotent?.ref;
-    if (earlier) return flow.resume(earlier, ctx.state.user.id);
-    await ctx.rateLimits.consume('tasks', ctx.state.user.id);
-    const t = await start(flow);
+    if (earlier) {
+      await ctx.state.sessionChecked;
+      return flow.resume(earlier, ctx.state.user.id);
+    }
+    const ready = (async () => {
+      await ctx.state.sessionChecked;
+      await ctx.rateLimits.consume('tasks', ctx.state.user.id);
+    })();
+    // The start awaits it, unless it fails first (an unknown chat): then it is left to run out.
+    ready.catch(() => undefined);
+    const t = await start(flow, ready);
     // Unnamed, the task still runs and the answer is still kept; only a retry after a stream or a
     // crash would start another.
     await ctx.state.idempotent?.remember(t.taskId).catch((err: unknown) => {
@@ -301,12 +310,13 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       ...problemResponses(400, 401, 402, 404, 409, 429),
     },
   });
-  router.post('/tasks', auth(), async (ctx) => {
+  router.post('/tasks', auth(0, { checkBeside: true }), async (ctx) => {
     const body = CreateTaskBody.parse(ctx.request.body);
-    const t = await startOnce(ctx, (flow) =>
+    const t = await startOnce(ctx, (flow, ready) =>
       flow.startChatTask(
         { userId: ctx.state.user.id, chatId: body.chat_id, model: body.model },
         provenanceOf(ctx),
+        ready,
       ),
     );
     setEventPosition(ctx, t.position);
@@ -440,7 +450,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       ...problemResponses(400, 401, 402, 429, 502),
     },
   });
-  router.post('/chat/completions', auth(), async (ctx) => {
+  router.post('/chat/completions', auth(0, { checkBeside: true }), async (ctx) => {
     const body = CompletionBody.parse(ctx.request.body);
     const flow = flowOf();
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
@@ -477,7 +487,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
             ...(body.parallel_tool_calls != null ? { parallel: body.parallel_tool_calls } : {}),
           }
         : undefined;
-    const t = await startOnce(ctx, (f) =>
+    const t = await startOnce(ctx, (f, ready) =>
       f.startCompletion(
         {
           userId: ctx.state.user.id,
@@ -490,6 +500,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
           logprobs: body.logprobs === true ? { top: body.top_logprobs ?? 0 } : undefined,
         },
         provenanceOf(ctx),
+        ready,
       ),
     );
     setEventPosition(ctx, t.position);

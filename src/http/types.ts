@@ -72,8 +72,11 @@ export interface IdempotentRequest {
   remember(ref: string): Promise<void>;
 }
 
-/** `ctx.state` after `auth()`. */
-export type AuthedState = AppState & { user: AuthUser };
+/**
+ * `ctx.state` after `auth()`. After `auth({ checkBeside: true })`, `sessionChecked` is the session
+ * check still under way: the route may read meanwhile, and awaits it before any write.
+ */
+export type AuthedState = AppState & { user: AuthUser; sessionChecked?: Promise<void> };
 
 /** What every request's `ctx` carries besides Koa's own. */
 export interface AppContext {

@@ -1022,6 +1022,88 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     await stream(u.auth, next.id);
   });
 
+  it('holds beside taking the slots when they are known free, and gives the hold back when another instance took the chat meanwhile', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // The hold's append starts while the slots' are still under way (they are slow here).
+    const started: string[] = [];
+    const slow = interceptAppends(async (name) => {
+      started.push(name);
+      if (name.startsWith('chatslot-') || name.startsWith('userslots-')) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        started.push(`${name} done`);
+      }
+    });
+    let first: Started;
+    try {
+      first = await startTask(u.auth, chatId);
+    } finally {
+      slow.mockRestore();
+    }
+    expect(started.indexOf(ledgerStream(u.id))).toBeLessThan(
+      started.indexOf(`${chatSlotStream(chatId)} done`),
+    );
+    await stream(u.auth, first.id);
+    await finished(u.auth, first.id);
+
+    // The other instance knows the chat free (its last task there ended); this one then takes it.
+    const { flow, http: other } = secondInstance();
+    try {
+      const there = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(there.status).toBe(201);
+      await other.get(`${API}/tasks/${(there.body as Started).id}/stream`).set('Authorization', u.auth);
+      await finished(u.auth, (there.body as Started).id);
+      fake.setBehaviour({ tokenDelayMs: 20 });
+      const here = await startTask(u.auth, chatId);
+      const before = (await ledgerEvents(u.id)).length;
+      // Its cache is stale: it holds beside the slots, its chat slot is refused, and the hold goes back.
+      const refused = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(refused.status).toBe(409);
+      const after = (await ledgerEvents(u.id)).slice(before);
+      expect(after.map((e) => e.type)).toEqual(['CreditsReserved', 'CreditsReleased']);
+      expect(after[1]!.data.holdId).toBe(after[0]!.data.holdId);
+      await stream(u.auth, here.id);
+      await finished(u.auth, here.id);
+      // Its user slot was freed too: the user's next task starts there.
+      const next = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(next.status).toBe(201);
+      await finished(u.auth, (next.body as Started).id);
+    } finally {
+      await flow.close();
+    }
+  });
+
+  it.each(['/tasks', '/chat/completions'])(
+    'starts nothing on %s for a session found revoked while the start read its chat',
+    async (route) => {
+      const u = await newUser();
+      const chatId = await newChat(u.auth);
+      const guard = t.deps.sessionGuard!;
+      // The check answers late, after the reads a start makes beside it.
+      const late = jest.spyOn(guard, 'check').mockImplementation(async () => {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        return { ok: false, reason: 'revoked' };
+      });
+      let res: supertest.Response;
+      try {
+        res = await t.http
+          .post(`${API}${route}`)
+          .set('Authorization', u.auth)
+          .send(
+            route === '/tasks'
+              ? { chat_id: chatId }
+              : { model: 'fake-model', messages: [{ role: 'user', content: 'Hi' }] },
+          );
+      } finally {
+        late.mockRestore();
+      }
+      expect(res.status).toBe(401);
+      expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted']);
+      expect(await t.deps.store.readStream(userSlotsStream(u.id))).toEqual([]);
+      expect(await t.deps.store.readStream(chatSlotStream(chatId))).toEqual([]);
+    },
+  );
+
   it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

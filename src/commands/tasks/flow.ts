@@ -4,13 +4,14 @@ import type { RecordedEvent } from '../../eventstore/port';
 import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
 import type { CommandHandler, CommandMetadata } from '../handler';
 import type { LedgerCommands, Provenance } from '../ledger/credits';
+import { ledgerStream } from '../../events/ledger';
 import { TASK_OUTCOMES, taskStream, type TaskOutcome } from '../../events/tasks';
 import type { Projector } from '../../projections/types';
 import type { ContentPart, ChatMessage } from '../../events/chats';
 import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
 import { BadRequest, DependencyDown, DomainError } from '../../platform/errors';
-import { InsufficientCredits } from '../ledger/decider';
+import { InsufficientCredits, ledgerDecider } from '../ledger/decider';
 import {
   countImages,
   fitHistory,
@@ -240,7 +241,9 @@ export class TaskFlow {
   async startChatTask(
     input: { userId: string; chatId: string; model?: string | undefined },
     provenance: Provenance,
+    ready?: Promise<unknown>,
   ): Promise<StartedTask> {
+    const warmed = this.warm(input.userId, input.chatId);
     const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
     if (chat.messages.length === 0) {
       throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
@@ -266,6 +269,7 @@ export class TaskFlow {
         params,
       },
       provenance,
+      Promise.all([ready, warmed]),
     );
   }
 
@@ -281,6 +285,7 @@ export class TaskFlow {
       logprobs?: { top: number } | undefined;
     },
     provenance: Provenance,
+    ready?: Promise<unknown>,
   ): Promise<StartedTask> {
     const model = input.model === undefined ? this.deps.models.default() : this.model(input.model);
     const choice = input.tools?.choice;
@@ -295,7 +300,11 @@ export class TaskFlow {
         `The model ${model.id} answers in text only; it cannot follow response_format.`,
       );
     }
-    return this.start({ ...input, chatId: null, model }, provenance);
+    return this.start(
+      { ...input, chatId: null, model },
+      provenance,
+      Promise.all([ready, this.warm(input.userId, null)]),
+    );
   }
 
   /**
@@ -479,9 +488,29 @@ export class TaskFlow {
     return model;
   }
 
-  private async start(g: Generation, provenance: Provenance): Promise<StartedTask> {
+  /**
+   * Reads the streams a task's start writes (its user's and chat's slots, its user's ledger) into
+   * the command cache when they are not there, beside the request's other reads: each write of
+   * the start is then one round trip.
+   */
+  private warm(userId: string, chatId: string | null): Promise<unknown> {
+    const { commands } = this.deps;
+    return Promise.all([
+      commands.warm(slotsDecider, userSlotsStream(userId)),
+      chatId ? commands.warm(slotsDecider, chatSlotStream(chatId)) : undefined,
+      commands.warm(ledgerDecider, ledgerStream(userId)),
+    ]);
+  }
+
+  /**
+   * Starts a task once `ready` (the request's session check and rate limit, and the reads of
+   * `warm`) has resolved: it runs beside the reads that decide what to start, and before any write.
+   */
+  private async start(g: Generation, provenance: Provenance, ready: Promise<unknown>): Promise<StartedTask> {
+    // Awaited by the start, unless that fails first: then nothing waits for it.
+    ready.catch(() => undefined);
     if (this.closing) throw new DependencyDown('The service is restarting; ask again in a moment.');
-    const started = this.begin(g, provenance);
+    const started = this.begin(g, provenance, ready);
     this.starting.add(started);
     try {
       return await started;
@@ -490,7 +519,7 @@ export class TaskFlow {
     }
   }
 
-  private async begin(g: Generation, provenance: Provenance): Promise<StartedTask> {
+  private async begin(g: Generation, provenance: Provenance, ready: Promise<unknown>): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
     // The messages as counted already (a chat's fitted history) or now; the tools and the format on top.
     const promptTokens =
@@ -512,38 +541,66 @@ export class TaskFlow {
     const staleBefore = new Date(now.getTime() - lifeMs - this.graceMs).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
+    await ready;
+    const slots: [string, SlotCommand][] = [
+      [
+        userSlotsStream(g.userId),
+        {
+          type: 'TakeTaskSlot',
+          data: {
+            owner: `user:${g.userId}`,
+            taskId,
+            capacity: config.TASKS_MAX_RUNNING_PER_USER,
+            staleBefore,
+          },
+          metadata,
+        },
+      ],
+      ...(g.chatId
+        ? [
+            [
+              chatSlotStream(g.chatId),
+              {
+                type: 'TakeTaskSlot',
+                data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
+                metadata,
+              },
+            ] as [string, SlotCommand],
+          ]
+        : []),
+    ];
+    let holdMayExist = false;
+    const reserve = () => {
+      holdMayExist = true;
+      return ledger.reserve({
+        userId: g.userId,
+        holdId: taskId,
+        amount: hold,
+        reason: `task ${g.model.id}`,
+        expiresAt: new Date(deadline.getTime() + Math.min(HOLD_MARGIN_MS, lifeMs)),
+        now,
+        metadata: { ...provenance, correlationId: taskId },
+      });
+    };
     // Both slots at once (distinct streams); whatever was taken is freed if either is refused. The
-    // hold comes after: taken beside a slot that is then refused, it would turn a sibling request
-    // that could have run into a 402, and write a hold and its release for a request refused.
-    const taken = await Promise.allSettled([
-      this.slot(userSlotsStream(g.userId), {
-        type: 'TakeTaskSlot',
-        data: { owner: `user:${g.userId}`, taskId, capacity: config.TASKS_MAX_RUNNING_PER_USER, staleBefore },
-        metadata,
-      }),
-      g.chatId
-        ? this.slot(chatSlotStream(g.chatId), {
-            type: 'TakeTaskSlot',
-            data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
-            metadata,
-          })
-        : undefined,
+    // hold goes with them only when their cached state says both will be taken: held beside a slot
+    // that is then refused, it would turn a sibling request that could have run into a 402, and
+    // write a hold and its release for a request refused. Sent together, the three share one
+    // statement (the event store's group commit); each still succeeds or fails on its own.
+    const slotsLikely = slots.every(([stream, command]) => {
+      const foreseen = this.deps.commands.foresee(slotsDecider, stream, command);
+      return Array.isArray(foreseen) && foreseen.length > 0;
+    });
+    const [taken, early] = await Promise.all([
+      Promise.allSettled(slots.map(([stream, command]) => this.slot(stream, command))),
+      hold > 0 && slotsLikely ? Promise.allSettled([reserve()]) : undefined,
     ]);
     let created: { position: bigint };
     try {
       // The chat's refusal (409) says more than the user's (429).
-      for (const r of [taken[1], taken[0]]) if (r.status === 'rejected') throw r.reason;
-      if (hold > 0) {
-        await ledger.reserve({
-          userId: g.userId,
-          holdId: taskId,
-          amount: hold,
-          reason: `task ${g.model.id}`,
-          expiresAt: new Date(deadline.getTime() + Math.min(HOLD_MARGIN_MS, lifeMs)),
-          now,
-          metadata: { ...provenance, correlationId: taskId },
-        });
-      }
+      for (const r of taken.slice().reverse()) if (r.status === 'rejected') throw r.reason;
+      if (early?.[0].status === 'rejected') throw early[0].reason;
+      if (hold > 0 && !early) await reserve();
       created = await this.deps.commands.handle(
         taskDecider,
         taskStream(taskId),
@@ -568,7 +625,9 @@ export class TaskFlow {
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.
       const undo = { actorId: SYSTEM_ACTOR, correlationId: taskId };
-      if (hold > 0 && !(err instanceof InsufficientCredits)) {
+      // No hold was made when the ledger refused it (402), whether beside the slots or after them.
+      const holdAnswer: unknown = early?.[0].status === 'rejected' ? early[0].reason : err;
+      if (holdMayExist && !(holdAnswer instanceof InsufficientCredits)) {
         await ledger
           .release({ userId: g.userId, holdId: taskId, reason: 'task not started', metadata: undo })
           .catch(() => undefined);
@@ -917,7 +976,10 @@ export async function settleTask(
     correlationId: d.taskId,
     causationId,
   };
-  if (d.chatId && d.messageId) {
+  // The reply and the charge at once (their appends share a statement); the slots only after both,
+  // so that the chat's next task reads the reply, and the user's next hold sees this one settled.
+  const saving = async () => {
+    if (!d.chatId || !d.messageId) return;
     const saved = await appendAssistantMessage(
       commands,
       {
@@ -931,27 +993,28 @@ export async function settleTask(
       metadata,
     );
     reached(saved.position);
-  }
-  const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
-  if (hold > 0) {
+  };
+  const charging = async () => {
+    const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
+    if (hold === 0) return;
     const provenance: Provenance = { actorId: SYSTEM_ACTOR, correlationId: d.taskId, causationId };
     const reason =
       outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
-    if (d.cost > 0) {
-      const { position: captured } = await ledger.capture({
-        userId: d.userId,
-        holdId: d.taskId,
-        cost: d.cost,
-        reason,
-        metadata: provenance,
-      });
-      reached(captured);
-    } else {
-      reached(
-        (await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance })).position,
-      );
-    }
-  }
+    const { position: charged } =
+      d.cost > 0
+        ? await ledger.capture({
+            userId: d.userId,
+            holdId: d.taskId,
+            cost: d.cost,
+            reason,
+            metadata: provenance,
+          })
+        : await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance });
+    reached(charged);
+  };
+  // Both to their end before a failure is passed on: a retry of the settlement then starts afresh.
+  for (const r of await Promise.allSettled([saving(), charging()]))
+    if (r.status === 'rejected') throw r.reason;
   reached(await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata));
   return position;
 }
@@ -981,19 +1044,19 @@ async function freeSlots(
   taskId: string,
   metadata: CommandMetadata,
 ): Promise<bigint> {
-  const chat = chatId
-    ? await commands.handle(slotsDecider, chatSlotStream(chatId), {
-        type: 'FreeTaskSlot',
-        data: { owner: `chat:${chatId}`, taskId },
-        metadata,
-      })
-    : null;
-  const user = await commands.handle(slotsDecider, userSlotsStream(userId), {
-    type: 'FreeTaskSlot',
-    data: { owner: `user:${userId}`, taskId },
-    metadata,
-  });
-  return chat ? later(chat.position, user.position) : user.position;
+  const free = (stream: string, owner: string) =>
+    commands.handle(slotsDecider, stream, { type: 'FreeTaskSlot', data: { owner, taskId }, metadata });
+  // Both at once (their appends share a statement), each to its end before a failure is passed on.
+  const freed = await Promise.allSettled([
+    free(userSlotsStream(userId), `user:${userId}`),
+    ...(chatId ? [free(chatSlotStream(chatId), `chat:${chatId}`)] : []),
+  ]);
+  let position = 0n;
+  for (const r of freed) {
+    if (r.status === 'rejected') throw r.reason;
+    position = later(position, r.value.position);
+  }
+  return position;
 }
 
 const later = (a: bigint, b: bigint) => (a > b ? a : b);

@@ -27,8 +27,16 @@ export function bearerUserId(ctx: {
  * Requires a valid access token (`Authorization: Bearer …`) with at least `minPermission`
  * (0 user, 2 admin): 401 with `WWW-Authenticate: Bearer` without one, 403 when the level is too
  * low. Sets `ctx.state.user`. With `deps.sessionGuard`, a revoked session or disabled user is 401.
+ *
+ * `checkBeside` (a user's route only): the session check runs beside the route, which gets it as
+ * `ctx.state.sessionChecked` and awaits it before its first write; its reads go on meanwhile. The
+ * request still fails with 401 when the check does, whatever the route answered, and the
+ * permission is the token's.
  */
-export function auth(minPermission: PermissionLevel = 0): AppMiddleware<AuthedState> {
+export function auth(
+  minPermission: PermissionLevel = 0,
+  options: { checkBeside?: boolean } = {},
+): AppMiddleware<AuthedState> {
   return async (ctx, next) => {
     const { config, clock, sessionGuard } = ctx.deps;
     const header = ctx.get('Authorization');
@@ -42,9 +50,7 @@ export function auth(minPermission: PermissionLevel = 0): AppMiddleware<AuthedSt
       { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER },
       clock.now(),
     );
-    let permission = claims.permission;
-    if (sessionGuard) {
-      const check = await sessionGuard.check(claims.sessionId, claims.userId);
+    const checked = sessionGuard?.check(claims.sessionId, claims.userId).then((check) => {
       if (!check.ok) {
         throw new Unauthorized(
           check.reason === 'disabled'
@@ -52,9 +58,25 @@ export function auth(minPermission: PermissionLevel = 0): AppMiddleware<AuthedSt
             : 'The session of this access token has ended; sign in again.',
         );
       }
-      // A permission changed since the token was issued counts at once, up or down.
-      if (check.permission !== null) permission = check.permission;
+      return check.permission;
+    });
+    if (checked && options.checkBeside && minPermission === 0) {
+      const sessionChecked = checked.then(() => undefined);
+      // Awaited below on every path; until then a refusal is not an unhandled rejection.
+      sessionChecked.catch(() => undefined);
+      ctx.state.user = { id: claims.userId, sessionId: claims.sessionId, permission: claims.permission };
+      ctx.state.sessionChecked = sessionChecked;
+      try {
+        await next();
+      } catch (err) {
+        await sessionChecked; // a refused session is a 401, whatever else went wrong
+        throw err;
+      }
+      await sessionChecked;
+      return;
     }
+    // A permission changed since the token was issued counts at once, up or down.
+    const permission = (checked ? await checked : null) ?? claims.permission;
     ctx.state.user = { id: claims.userId, sessionId: claims.sessionId, permission };
     if (permission < minPermission) {
       throw new Forbidden('Your account is not allowed to do this.');
