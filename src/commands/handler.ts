@@ -57,9 +57,10 @@ export interface HandleResult<State> {
 
 export interface HandleOptions {
   /**
-   * The stream is named by an id just made for it (a new task), so it has no events yet: the
-   * command is decided on the empty state and appended with `no_stream` in one round trip. Should
-   * the stream exist after all, the append conflicts and the command is decided on what is stored.
+   * The stream is named by an id just made for it (a new task), or was just read empty, so it has
+   * no events yet: the command is decided on the empty state and appended with `no_stream` in one
+   * round trip. Should the stream exist after all, the append conflicts and the command is decided
+   * on what is stored.
    */
   newStream?: boolean;
 }
@@ -157,12 +158,7 @@ export class CommandHandler {
     command: Cmd,
   ): Evt[] | 'refused' | undefined {
     const cached = this.cache?.get(`${decider.name}\u0000${streamName}`);
-    if (!cached) return undefined;
-    try {
-      return decider.decide(command, cached.state as State);
-    } catch {
-      return 'refused';
-    }
+    return cached ? foreseeOn(decider, cached.state as State, command) : undefined;
   }
 
   private async decideAndAppend<State, Cmd extends Command, Evt extends DecidedEvent>(
@@ -305,6 +301,19 @@ export class CommandHandler {
       ...(m.reason ? { reason: m.reason } : {}),
     };
     return { id: this.options.ids.next(), type: e.type, data: e.data, metadata };
+  }
+}
+
+/** What `command` would decide on `state` (a state just read, or cached), or `refused`; nothing is written. */
+export function foreseeOn<State, Cmd extends Command, Evt extends DecidedEvent>(
+  decider: Decider<State, Cmd, Evt>,
+  state: State,
+  command: Cmd,
+): Evt[] | 'refused' {
+  try {
+    return decider.decide(command, state);
+  } catch {
+    return 'refused';
   }
 }
 

@@ -1022,7 +1022,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     await stream(u.auth, next.id);
   });
 
-  it('holds beside taking the slots when they are known free, and gives the hold back when another instance took the chat meanwhile', async () => {
+  it('holds beside taking the slots when they look free, and gives the hold back when one was taken through another instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
     // The hold's append starts while the slots' are still under way (they are slow here).
@@ -1040,38 +1040,94 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     } finally {
       slow.mockRestore();
     }
-    expect(started.indexOf(ledgerStream(u.id))).toBeLessThan(
-      started.indexOf(`${chatSlotStream(chatId)} done`),
-    );
+    const held = started.indexOf(ledgerStream(u.id));
+    expect(held).toBeGreaterThanOrEqual(0);
+    expect(held).toBeLessThan(started.indexOf(`${chatSlotStream(chatId)} done`));
     await stream(u.auth, first.id);
     await finished(u.auth, first.id);
 
-    // The other instance knows the chat free (its last task there ended); this one then takes it.
-    const { flow, http: other } = secondInstance();
+    // Two other instances, whose caches have the user and the chat free: their own replies there
+    // ended. The first allows one reply at a time per user.
+    const one = secondInstance({ TASKS_MAX_RUNNING_PER_USER: 1 });
+    const two = secondInstance({ TASKS_MAX_RUNNING_PER_USER: 5 });
     try {
-      const there = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
-      expect(there.status).toBe(201);
-      await other.get(`${API}/tasks/${(there.body as Started).id}/stream`).set('Authorization', u.auth);
-      await finished(u.auth, (there.body as Started).id);
-      fake.setBehaviour({ tokenDelayMs: 20 });
+      for (const other of [one.http, two.http]) {
+        const there = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+        expect(there.status).toBe(201);
+        await other.get(`${API}/tasks/${(there.body as Started).id}/stream`).set('Authorization', u.auth);
+        await finished(u.auth, (there.body as Started).id);
+      }
+      // This instance starts a reply that runs until it is cancelled.
+      fake.setBehaviour({ hang: true });
       const here = await startTask(u.auth, chatId);
-      const before = (await ledgerEvents(u.id)).length;
-      // Its cache is stale: it holds beside the slots, its chat slot is refused, and the hold goes back.
-      const refused = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
-      expect(refused.status).toBe(409);
-      const after = (await ledgerEvents(u.id)).slice(before);
+      const ledgerBefore = (await ledgerEvents(u.id)).length;
+
+      // The user's slots, as the first cached them, look free: it holds beside them, is refused
+      // (429), and gives the hold and the chat's slot back.
+      const thirdChat = await newChat(u.auth);
+      const limited = await one.http
+        .post(`${API}/tasks`)
+        .set('Authorization', u.auth)
+        .send({ chat_id: thirdChat });
+      expect(limited.status).toBe(429);
+      const after = (await ledgerEvents(u.id)).slice(ledgerBefore);
       expect(after.map((e) => e.type)).toEqual(['CreditsReserved', 'CreditsReleased']);
       expect(after[1]!.data.holdId).toBe(after[0]!.data.holdId);
-      await stream(u.auth, here.id);
+      expect((await t.deps.store.readStream(chatSlotStream(thirdChat))).map((e) => e.type)).toEqual([
+        'TaskSlotTaken',
+        'TaskSlotFreed',
+      ]);
+
+      // The chat, busy through this instance, is seen so in its slot, read afresh though the second
+      // instance's cache has it free: refused with no hold at all.
+      const busy = await two.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(busy.status).toBe(409);
+      expect(await ledgerEvents(u.id)).toHaveLength(ledgerBefore + 2);
+
+      const cancel = await t.http.post(`${API}/tasks/${here.id}/cancel`).set('Authorization', u.auth);
+      expect(cancel.status).toBe(202);
       await finished(u.auth, here.id);
-      // Its user slot was freed too: the user's next task starts there.
-      const next = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
-      expect(next.status).toBe(201);
-      await finished(u.auth, (next.body as Started).id);
     } finally {
-      await flow.close();
+      await Promise.all([one.flow.close(), two.flow.close()]);
     }
   });
+
+  it.each([
+    ['taken', false],
+    ['still being taken', true],
+  ])(
+    'holds nothing for the second of two replies asked at once in one chat (a double click), the first one’s slot %s',
+    async (_when, slowTake) => {
+      const u = await newUser();
+      const chatId = await newChat(u.auth);
+      fake.setBehaviour({ tokenDelayMs: 20 });
+      // The chat is slow to read: both requests have read its slot free before either takes it. The
+      // second decides once the first has taken it, or (its slot slow to take) while it is taking it.
+      const store = t.deps.store;
+      const read = store.readStream.bind(store);
+      const slowChat = jest.spyOn(store, 'readStream').mockImplementation(async (name, options) => {
+        if (name === chatStream(chatId)) await new Promise((resolve) => setTimeout(resolve, 100));
+        return read(name, options);
+      });
+      const slowSlot = slowAppends((name) => slowTake && name === chatSlotStream(chatId));
+      let both: supertest.Response[];
+      try {
+        both = await Promise.all(
+          [0, 1].map(() =>
+            t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId }),
+          ),
+        );
+      } finally {
+        slowChat.mockRestore();
+        slowSlot.mockRestore();
+      }
+      expect(both.map((r) => r.status).sort()).toEqual([201, 409]);
+      expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual(['CreditsGranted', 'CreditsReserved']);
+      const ok = both.find((r) => r.status === 201)!.body as Started;
+      await stream(u.auth, ok.id);
+      await finished(u.auth, ok.id);
+    },
+  );
 
   it.each(['/tasks', '/chat/completions'])(
     'starts nothing on %s for a session found revoked while the start read its chat',

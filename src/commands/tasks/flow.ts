@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import type { RecordedEvent } from '../../eventstore/port';
 import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
-import type { CommandHandler, CommandMetadata } from '../handler';
+import { foreseeOn, type CommandHandler, type CommandMetadata } from '../handler';
 import type { LedgerCommands, Provenance } from '../ledger/credits';
 import { ledgerStream } from '../../events/ledger';
 import { TASK_OUTCOMES, taskStream, type TaskOutcome } from '../../events/tasks';
@@ -48,7 +48,14 @@ import type { TaskMetrics } from '../../platform/metrics';
 import type { TaskBuffer, TaskChunk } from '../../platform/taskBuffer';
 import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
-import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand } from './slots';
+import {
+  chatSlotStream,
+  slotsDecider,
+  userSlotsStream,
+  type SlotCommand,
+  type SlotEvent,
+  type SlotsState,
+} from './slots';
 
 export type TaskFlowConfig = Pick<
   Config,
@@ -138,6 +145,8 @@ interface Generation {
   promptImages?: number | undefined;
   /** Messages of a chat's history left out to fit the model's context window (chats only). */
   omittedMessages?: number | undefined;
+  /** The chat's slot stream, read beside the chat (chats only). */
+  chatSlot?: { state: SlotsState; revision: bigint } | undefined;
 }
 
 /** How long past its deadline a task is left to its own instance before the sweeper fails it. */
@@ -203,6 +212,8 @@ export class TaskFlow {
    * chat's next task counts only its new messages, not its whole history again.
    */
   private readonly messageSizes = new LRUCache<string, MessageSize>({ max: MESSAGE_SIZES_CACHED });
+  /** Chat slots starts in this process are taking, and how many: a second start there holds only after its slots. */
+  private readonly takingChatSlots = new Map<string, number>();
   private readonly subscriber: Redis | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
@@ -243,8 +254,13 @@ export class TaskFlow {
     provenance: Provenance,
     ready?: Promise<unknown>,
   ): Promise<StartedTask> {
-    const warmed = this.warm(input.userId, input.chatId);
-    const chat = await loadChatForGeneration(this.deps.commands, input.chatId, input.userId);
+    const { commands } = this.deps;
+    const warmed = this.warm(input.userId);
+    // The chat's slot is read afresh (another instance may be answering in the chat), beside the chat.
+    const [chat, chatSlot] = await Promise.all([
+      loadChatForGeneration(commands, input.chatId, input.userId),
+      commands.read(slotsDecider, chatSlotStream(input.chatId)),
+    ]);
     if (chat.messages.length === 0) {
       throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
     }
@@ -266,6 +282,7 @@ export class TaskFlow {
         promptTokens: history.promptTokens,
         promptImages: history.images,
         omittedMessages: history.omitted,
+        chatSlot,
         params,
       },
       provenance,
@@ -303,7 +320,7 @@ export class TaskFlow {
     return this.start(
       { ...input, chatId: null, model },
       provenance,
-      Promise.all([ready, this.warm(input.userId, null)]),
+      Promise.all([ready, this.warm(input.userId)]),
     );
   }
 
@@ -489,15 +506,14 @@ export class TaskFlow {
   }
 
   /**
-   * Reads the streams a task's start writes (its user's and chat's slots, its user's ledger) into
-   * the command cache when they are not there, beside the request's other reads: each write of
-   * the start is then one round trip.
+   * Reads the user's streams a task's start writes (their slots and their ledger) into the command
+   * cache when they are not there, beside the request's other reads: each write of the start is
+   * then one round trip.
    */
-  private warm(userId: string, chatId: string | null): Promise<unknown> {
+  private warm(userId: string): Promise<unknown> {
     const { commands } = this.deps;
     return Promise.all([
       commands.warm(slotsDecider, userSlotsStream(userId)),
-      chatId ? commands.warm(slotsDecider, chatSlotStream(chatId)) : undefined,
       commands.warm(ledgerDecider, ledgerStream(userId)),
     ]);
   }
@@ -521,6 +537,9 @@ export class TaskFlow {
 
   private async begin(g: Generation, provenance: Provenance, ready: Promise<unknown>): Promise<StartedTask> {
     const { config, ledger, clock, ids } = this.deps;
+    // Nothing is counted for a request refused (its session, its rate limit): a completion's
+    // messages may be megabytes.
+    await ready;
     // The messages as counted already (a chat's fitted history) or now; the tools and the format on top.
     const promptTokens =
       (g.promptTokens ?? countPromptTokens(g.messages)) +
@@ -541,34 +560,18 @@ export class TaskFlow {
     const staleBefore = new Date(now.getTime() - lifeMs - this.graceMs).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
-    await ready;
-    const slots: [string, SlotCommand][] = [
-      [
-        userSlotsStream(g.userId),
-        {
-          type: 'TakeTaskSlot',
-          data: {
-            owner: `user:${g.userId}`,
-            taskId,
-            capacity: config.TASKS_MAX_RUNNING_PER_USER,
-            staleBefore,
-          },
-          metadata,
-        },
-      ],
-      ...(g.chatId
-        ? [
-            [
-              chatSlotStream(g.chatId),
-              {
-                type: 'TakeTaskSlot',
-                data: { owner: `chat:${g.chatId}`, taskId, capacity: 1, staleBefore },
-                metadata,
-              },
-            ] as [string, SlotCommand],
-          ]
-        : []),
-    ];
+    const take = (owner: string, capacity: number): SlotCommand => ({
+      type: 'TakeTaskSlot',
+      data: { owner, taskId, capacity, staleBefore },
+      metadata,
+    });
+    const user = {
+      stream: userSlotsStream(g.userId),
+      command: take(`user:${g.userId}`, config.TASKS_MAX_RUNNING_PER_USER),
+    };
+    const chat = g.chatId
+      ? { stream: chatSlotStream(g.chatId), command: take(`chat:${g.chatId}`, 1), read: g.chatSlot }
+      : undefined;
     let holdMayExist = false;
     const reserve = () => {
       holdMayExist = true;
@@ -583,18 +586,43 @@ export class TaskFlow {
       });
     };
     // Both slots at once (distinct streams); whatever was taken is freed if either is refused. The
-    // hold goes with them only when their cached state says both will be taken: held beside a slot
-    // that is then refused, it would turn a sibling request that could have run into a 402, and
-    // write a hold and its release for a request refused. Sent together, the three share one
-    // statement (the event store's group commit); each still succeeds or fails on its own.
-    const slotsLikely = slots.every(([stream, command]) => {
-      const foreseen = this.deps.commands.foresee(slotsDecider, stream, command);
-      return Array.isArray(foreseen) && foreseen.length > 0;
-    });
+    // hold goes with them only when both look free: held beside a slot that is then refused, it
+    // would turn a sibling request that could have run into a 402, and write a hold and its
+    // release for a request refused. Sent together, the three share one statement (the event
+    // store's group commit); each still succeeds or fails on its own. The chat's slot is judged as
+    // just read, or as cached since (a take here after the read: a double click), and never while
+    // another start here is taking it; the user's as cached (a user at their limit through another
+    // instance is the rare miss, and costs a hold and its release).
+    const { commands } = this.deps;
+    const slotsLikely =
+      takesSlot(commands.foresee(slotsDecider, user.stream, user.command)) &&
+      (!chat ||
+        (!this.takingChatSlots.has(chat.stream) &&
+          takesSlot(
+            commands.foresee(slotsDecider, chat.stream, chat.command) ??
+              (chat.read ? foreseeOn(slotsDecider, chat.read.state, chat.command) : undefined),
+          )));
+    const taking = this.takingChatSlots;
+    if (chat) taking.set(chat.stream, (taking.get(chat.stream) ?? 0) + 1);
     const [taken, early] = await Promise.all([
-      Promise.allSettled(slots.map(([stream, command]) => this.slot(stream, command))),
+      Promise.allSettled([
+        commands.handle(slotsDecider, user.stream, user.command),
+        // Read empty just now: appended as a new stream, in one round trip (a conflict reads it).
+        ...(chat
+          ? [
+              commands.handle(slotsDecider, chat.stream, chat.command, {
+                newStream: chat.read?.revision === -1n,
+              }),
+            ]
+          : []),
+      ]),
       hold > 0 && slotsLikely ? Promise.allSettled([reserve()]) : undefined,
-    ]);
+    ]).finally(() => {
+      if (!chat) return;
+      const left = taking.get(chat.stream)! - 1;
+      if (left > 0) taking.set(chat.stream, left);
+      else taking.delete(chat.stream);
+    });
     let created: { position: bigint };
     try {
       // The chat's refusal (409) says more than the user's (429).
@@ -630,7 +658,12 @@ export class TaskFlow {
       if (holdMayExist && !(holdAnswer instanceof InsufficientCredits)) {
         await ledger
           .release({ userId: g.userId, holdId: taskId, reason: 'task not started', metadata: undo })
-          .catch(() => undefined);
+          .catch((e: unknown) =>
+            this.deps.logger.warn(
+              { err: e, taskId },
+              'task hold not released; it is given back when it expires',
+            ),
+          );
       }
       await freeSlots(this.deps.commands, g.userId, g.chatId, taskId, metadata).catch((e: unknown) =>
         this.deps.logger.warn({ err: e, taskId }, 'task slots not freed; they count as stale later'),
@@ -916,10 +949,6 @@ export class TaskFlow {
     };
   }
 
-  private slot(stream: string, command: SlotCommand) {
-    return this.deps.commands.handle(slotsDecider, stream, command);
-  }
-
   /**
    * Stops the generations whose task has a cancel recorded, which its message did not bring: Redis
    * lost it (a reconnect, a publish that failed), or there is no Redis and the cancel was asked of
@@ -1036,6 +1065,10 @@ export function taskSettlementReactor(deps: SettleDeps): Projector {
     },
   };
 }
+
+/** Whether a foreseen take of a slot takes it. */
+const takesSlot = (foreseen: SlotEvent[] | 'refused' | undefined) =>
+  Array.isArray(foreseen) && foreseen.length > 0;
 
 async function freeSlots(
   commands: CommandHandler,
