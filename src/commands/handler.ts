@@ -148,16 +148,19 @@ export class CommandHandler {
 
   /**
    * What `command` would decide on the stream's cached state, with no read and no append: its
-   * events, `refused` when the decider would throw, or undefined when the stream is not cached. A
-   * guess (another instance may have appended since), for choosing what to do at once; the command
-   * itself still decides on the stream as stored.
+   * events, `refused` when the decider would throw, `changing` while a command on the stream is
+   * under way here (what it appends is not cached yet), or undefined when the stream is not cached.
+   * A guess (another instance may have appended since), for choosing what to do at once; the
+   * command itself still decides on the stream as stored.
    */
   foresee<State, Cmd extends Command, Evt extends DecidedEvent>(
     decider: Decider<State, Cmd, Evt>,
     streamName: string,
     command: Cmd,
-  ): Evt[] | 'refused' | undefined {
-    const cached = this.cache?.get(`${decider.name}\u0000${streamName}`);
+  ): Evt[] | 'refused' | 'changing' | undefined {
+    const key = `${decider.name}\u0000${streamName}`;
+    if (this.streamQueues.busy(key)) return 'changing';
+    const cached = this.cache?.get(key);
     return cached ? foreseeOn(decider, cached.state as State, command) : undefined;
   }
 
@@ -319,17 +322,24 @@ export function foreseeOn<State, Cmd extends Command, Evt extends DecidedEvent>(
 
 /** Runs tasks one after another per key; keys with nothing queued hold no memory. */
 class KeyedQueue {
-  private readonly tails = new Map<string, Promise<unknown>>();
+  private readonly queues = new Map<string, { tail: Promise<unknown>; pending: number }>();
 
   run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    const result = prev.then(task, task);
-    const tail = result.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
+    let queue = this.queues.get(key);
+    if (!queue) this.queues.set(key, (queue = { tail: Promise.resolve(), pending: 0 }));
+    const q = queue;
+    q.pending++;
+    // Counted out before whoever awaits the task resumes: `busy` is then already false.
+    const result = q.tail.then(task, task).finally(() => {
+      if (--q.pending === 0) this.queues.delete(key);
     });
+    q.tail = result.catch(() => undefined);
     return result;
+  }
+
+  /** Whether a task of this key is queued or running. */
+  busy(key: string): boolean {
+    return this.queues.has(key);
   }
 }
 

@@ -236,6 +236,14 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
     ]);
     expect(counts.reads).toBe(reads);
     expect(await store.readStream('counter-foresee')).toHaveLength(1);
+
+    // A command under way here is not in the cache yet: no guess until it has ended.
+    const under = handler.handle(counterDecider, 'counter-foresee', increment(1));
+    expect(handler.foresee(counterDecider, 'counter-foresee', increment(1))).toBe('changing');
+    await under;
+    expect(handler.foresee(counterDecider, 'counter-foresee', increment(1))).toEqual([
+      expect.objectContaining({ type: 'CounterIncremented' }),
+    ]);
   });
 
   it('runs concurrent commands on one stream in one process one after another, without conflicts', async () => {

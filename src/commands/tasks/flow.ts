@@ -48,14 +48,7 @@ import type { TaskMetrics } from '../../platform/metrics';
 import type { TaskBuffer, TaskChunk } from '../../platform/taskBuffer';
 import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
-import {
-  chatSlotStream,
-  slotsDecider,
-  userSlotsStream,
-  type SlotCommand,
-  type SlotEvent,
-  type SlotsState,
-} from './slots';
+import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand, type SlotsState } from './slots';
 
 export type TaskFlowConfig = Pick<
   Config,
@@ -212,8 +205,6 @@ export class TaskFlow {
    * chat's next task counts only its new messages, not its whole history again.
    */
   private readonly messageSizes = new LRUCache<string, MessageSize>({ max: MESSAGE_SIZES_CACHED });
-  /** Chat slots starts in this process are taking, and how many: a second start there holds only after its slots. */
-  private readonly takingChatSlots = new Map<string, number>();
   private readonly subscriber: Redis | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> = Promise.resolve();
@@ -589,21 +580,20 @@ export class TaskFlow {
     // hold goes with them only when both look free: held beside a slot that is then refused, it
     // would turn a sibling request that could have run into a 402, and write a hold and its
     // release for a request refused. Sent together, the three share one statement (the event
-    // store's group commit); each still succeeds or fails on its own. The chat's slot is judged as
-    // just read, or as cached since (a take here after the read: a double click), and never while
-    // another start here is taking it; the user's as cached (a user at their limit through another
-    // instance is the rare miss, and costs a hold and its release).
+    // store's group commit); each still succeeds or fails on its own. A slot is judged as cached,
+    // which holds what was read and any take here since (a double click), never while a take here
+    // is under way, and the chat's as just read when it was empty. The user's slots are not read
+    // afresh: a user at their limit through another instance is the rare miss, and costs a hold
+    // and its release.
     const { commands } = this.deps;
+    const looksFree = (stream: string, command: SlotCommand, read?: { state: SlotsState }) => {
+      const foreseen = commands.foresee(slotsDecider, stream, command);
+      if (foreseen === 'changing') return false;
+      const decided = foreseen ?? (read ? foreseeOn(slotsDecider, read.state, command) : undefined);
+      return Array.isArray(decided) && decided.length > 0;
+    };
     const slotsLikely =
-      takesSlot(commands.foresee(slotsDecider, user.stream, user.command)) &&
-      (!chat ||
-        (!this.takingChatSlots.has(chat.stream) &&
-          takesSlot(
-            commands.foresee(slotsDecider, chat.stream, chat.command) ??
-              (chat.read ? foreseeOn(slotsDecider, chat.read.state, chat.command) : undefined),
-          )));
-    const taking = this.takingChatSlots;
-    if (chat) taking.set(chat.stream, (taking.get(chat.stream) ?? 0) + 1);
+      looksFree(user.stream, user.command) && (!chat || looksFree(chat.stream, chat.command, chat.read));
     const [taken, early] = await Promise.all([
       Promise.allSettled([
         commands.handle(slotsDecider, user.stream, user.command),
@@ -617,12 +607,7 @@ export class TaskFlow {
           : []),
       ]),
       hold > 0 && slotsLikely ? Promise.allSettled([reserve()]) : undefined,
-    ]).finally(() => {
-      if (!chat) return;
-      const left = taking.get(chat.stream)! - 1;
-      if (left > 0) taking.set(chat.stream, left);
-      else taking.delete(chat.stream);
-    });
+    ]);
     let created: { position: bigint };
     try {
       // The chat's refusal (409) says more than the user's (429).
@@ -1065,10 +1050,6 @@ export function taskSettlementReactor(deps: SettleDeps): Projector {
     },
   };
 }
-
-/** Whether a foreseen take of a slot takes it. */
-const takesSlot = (foreseen: SlotEvent[] | 'refused' | undefined) =>
-  Array.isArray(foreseen) && foreseen.length > 0;
 
 async function freeSlots(
   commands: CommandHandler,
