@@ -80,10 +80,16 @@ function contract(
       const id = crypto.randomUUID();
       b.writer.append(id, { kind: 'delta', content: 'a' });
       const abort = new AbortController();
-      const reading = collect(b.reader, id, abort.signal);
-      await new Promise((r) => setTimeout(r, 50));
+      const got: TaskChunk[] = [];
+      const reading = (async () => {
+        for await (const c of b.reader.read(id, abort.signal)) got.push(c);
+      })();
+      // Once what was written has come (from Redis, another instance's, it takes a moment) the
+      // reader leaves, and its reading ends though the task has not.
+      for (let i = 0; i < 200 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
       abort.abort();
-      expect(await reading).toEqual([{ kind: 'delta', content: 'a' }]);
+      await reading;
+      expect(got).toEqual([{ kind: 'delta', content: 'a' }]);
     });
 
     it('keeps order across many deltas', async () => {
