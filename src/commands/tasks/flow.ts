@@ -247,11 +247,10 @@ export class TaskFlow {
   ): Promise<StartedTask> {
     const { commands } = this.deps;
     const warmed = this.warm(input.userId);
-    // The chat's slot is read afresh (another instance may be answering in the chat), beside the chat.
-    const [chat, chatSlot] = await Promise.all([
-      loadChatForGeneration(commands, input.chatId, input.userId),
-      commands.read(slotsDecider, chatSlotStream(input.chatId)),
-    ]);
+    // The chat's slot is read afresh (another instance may be answering in the chat), and before
+    // the chat: a slot seen free was freed after its reply was saved, so the chat read next has it.
+    const chatSlot = await commands.read(slotsDecider, chatSlotStream(input.chatId));
+    const chat = await loadChatForGeneration(commands, input.chatId, input.userId);
     if (chat.messages.length === 0) {
       throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
     }
@@ -990,10 +989,7 @@ export async function settleTask(
     correlationId: d.taskId,
     causationId,
   };
-  // The reply and the charge at once (their appends share a statement); the slots only after both,
-  // so that the chat's next task reads the reply, and the user's next hold sees this one settled.
-  const saving = async () => {
-    if (!d.chatId || !d.messageId) return;
+  if (d.chatId && d.messageId) {
     const saved = await appendAssistantMessage(
       commands,
       {
@@ -1007,28 +1003,27 @@ export async function settleTask(
       metadata,
     );
     reached(saved.position);
-  };
-  const charging = async () => {
-    const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
-    if (hold === 0) return;
+  }
+  const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
+  if (hold > 0) {
     const provenance: Provenance = { actorId: SYSTEM_ACTOR, correlationId: d.taskId, causationId };
     const reason =
       outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
-    const { position: charged } =
-      d.cost > 0
-        ? await ledger.capture({
-            userId: d.userId,
-            holdId: d.taskId,
-            cost: d.cost,
-            reason,
-            metadata: provenance,
-          })
-        : await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance });
-    reached(charged);
-  };
-  // Both to their end before a failure is passed on: a retry of the settlement then starts afresh.
-  for (const r of await Promise.allSettled([saving(), charging()]))
-    if (r.status === 'rejected') throw r.reason;
+    if (d.cost > 0) {
+      const { position: captured } = await ledger.capture({
+        userId: d.userId,
+        holdId: d.taskId,
+        cost: d.cost,
+        reason,
+        metadata: provenance,
+      });
+      reached(captured);
+    } else {
+      reached(
+        (await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance })).position,
+      );
+    }
+  }
   reached(await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata));
   return position;
 }
@@ -1058,19 +1053,19 @@ async function freeSlots(
   taskId: string,
   metadata: CommandMetadata,
 ): Promise<bigint> {
-  const free = (stream: string, owner: string) =>
-    commands.handle(slotsDecider, stream, { type: 'FreeTaskSlot', data: { owner, taskId }, metadata });
-  // Both at once (their appends share a statement), each to its end before a failure is passed on.
-  const freed = await Promise.allSettled([
-    free(userSlotsStream(userId), `user:${userId}`),
-    ...(chatId ? [free(chatSlotStream(chatId), `chat:${chatId}`)] : []),
-  ]);
-  let position = 0n;
-  for (const r of freed) {
-    if (r.status === 'rejected') throw r.reason;
-    position = later(position, r.value.position);
-  }
-  return position;
+  const chat = chatId
+    ? await commands.handle(slotsDecider, chatSlotStream(chatId), {
+        type: 'FreeTaskSlot',
+        data: { owner: `chat:${chatId}`, taskId },
+        metadata,
+      })
+    : null;
+  const user = await commands.handle(slotsDecider, userSlotsStream(userId), {
+    type: 'FreeTaskSlot',
+    data: { owner: `user:${userId}`, taskId },
+    metadata,
+  });
+  return chat ? later(chat.position, user.position) : user.position;
 }
 
 const later = (a: bigint, b: bigint) => (a > b ? a : b);
