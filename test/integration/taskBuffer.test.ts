@@ -229,7 +229,7 @@ withRedis('with Redis', () => {
       writer.open(id);
       for (const c of ['1', '2', '3']) writer.append(id, delta(c));
       writer.append(id, done);
-      await settle();
+      await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
       a.disconnect();
       await b.del(`task:${id}:out`);
       await b.xadd(`task:${id}:out`, kept.id, 'c', JSON.stringify(kept.piece));
@@ -243,7 +243,7 @@ withRedis('with Redis', () => {
       const id = crypto.randomUUID();
       writer.open(id);
       writer.append(id, delta('1'));
-      await settle();
+      await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 1);
       a.disconnect();
       return id;
     };
@@ -327,7 +327,8 @@ withRedis('with Redis', () => {
       const live = crypto.randomUUID();
       writer.open(live);
       writer.append(live, delta('1'));
-      await settle();
+      // All in Redis before it goes away (the live task's piece is written last).
+      await eventuallyAsync(async () => (await b.xlen(`task:${live}:out`)) === 1);
       a.disconnect();
       await b.del(...ended.map((id) => `task:${id}:out`));
       await settle();
