@@ -63,7 +63,17 @@ export interface HandleOptions {
    * on what is stored.
    */
   newStream?: boolean;
+  /**
+   * The command holds only on the stream as the caller read it, at this revision (-1: empty),
+   * because something read beside it must not have changed either: it is decided on the state at
+   * that revision and appended expecting it. A stream that has moved on throws `StreamMoved`, and
+   * nothing is decided again.
+   */
+  atRevision?: bigint | undefined;
 }
+
+/** A command sent `atRevision` found its stream past it: what its caller read beside it may be stale. */
+export class StreamMoved extends ConcurrencyConflict {}
 
 export interface CommandHandlerOptions {
   ids: IdGenerator;
@@ -109,8 +119,11 @@ export class CommandHandler {
     options: HandleOptions = {},
   ): Promise<HandleResult<State>> {
     const key = `${decider.name}\u0000${streamName}`;
+    const { atRevision } = options;
     return this.streamQueues.run(key, () =>
-      this.decideAndAppend(decider, key, streamName, command, options.newStream === true),
+      atRevision === undefined
+        ? this.decideAndAppend(decider, key, streamName, command, options.newStream === true)
+        : this.decideAndAppendAt(decider, key, streamName, command, atRevision),
     );
   }
 
@@ -204,6 +217,40 @@ export class CommandHandler {
         this.options.logger?.debug({ streamName, attempt }, 'append conflict, deciding again');
         await sleep(Math.random() * 5 * (attempt + 1));
       }
+    }
+  }
+
+  /** A command that holds only on the stream at `atRevision` (see `HandleOptions`). */
+  private async decideAndAppendAt<State, Cmd extends Command, Evt extends DecidedEvent>(
+    decider: Decider<State, Cmd, Evt>,
+    key: string,
+    streamName: string,
+    command: Cmd,
+    atRevision: bigint,
+  ): Promise<HandleResult<State>> {
+    const moved = () => new StreamMoved(`${streamName} changed while this request was under way; try again`);
+    // Cached at that revision or past it, or read empty: no read needed (the append says whether
+    // the stream is still there).
+    let current =
+      this.cache?.get(key) ??
+      (atRevision === -1n ? { revision: -1n, position: 0n, state: decider.initialState() } : undefined);
+    if (!current || current.revision < atRevision) current = await this.load(decider, key, streamName);
+    if (current.revision !== atRevision) throw moved();
+    const decided = decider.decide(command, current.state as State);
+    if (decided.length === 0) {
+      return {
+        position: current.position,
+        nextExpectedRevision: current.revision,
+        events: [],
+        state: current.state as State,
+      };
+    }
+    try {
+      return await this.append(decider, key, streamName, command, current, decided);
+    } catch (err) {
+      // The cached state is still right as of its revision: the next load reads only what came after.
+      if (err instanceof WrongExpectedRevision) throw moved();
+      throw err;
     }
   }
 

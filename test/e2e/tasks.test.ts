@@ -1185,6 +1185,92 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(prompt.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([REPLY]);
   });
 
+  /**
+   * A second instance's start of a reply in the chat, its chat read held until `meanwhile` has run
+   * (its slot read before it): what the start then answers.
+   */
+  async function startWhileChatReadIsHeld(auth: string, chatId: string, meanwhile: () => Promise<void>) {
+    const second = secondInstance();
+    const store = t.deps.store;
+    const read = store.readStream.bind(store);
+    let held = false;
+    const slowChat = jest.spyOn(store, 'readStream').mockImplementation(async (name, options) => {
+      const events = await read(name, options);
+      if (name === chatStream(chatId) && !held) {
+        held = true;
+        await meanwhile();
+      }
+      return events;
+    });
+    try {
+      const res = await second.http.post(`${API}/tasks`).set('Authorization', auth).send({ chat_id: chatId });
+      expect(held).toBe(true);
+      if (res.status === 201) await finished(auth, (res.body as Started).id);
+      return res;
+    } finally {
+      slowChat.mockRestore();
+      await second.flow.close();
+    }
+  }
+
+  it('refuses a reply asked while the last was being generated, though that one ends before the slot is taken', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 10 });
+    const first = await startTask(u.auth, chatId);
+    let asked = 0;
+    // The start reads the chat's slot taken, then the chat without the first reply; the first reply
+    // is saved and its slot freed before the start takes the slot.
+    const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
+      await eventually(
+        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
+        (type) => type === 'TaskSlotFreed',
+        'the first reply’s slot freed',
+      );
+      asked = fake.requests.length;
+    });
+    // Not answered from a history without the first reply: refused as when it was asked.
+    expect(res.status).toBe(409);
+    expect((res.body as { type: string }).type).toBe('/problems/chat-busy');
+    expect(fake.requests).toHaveLength(asked);
+    await finished(u.auth, first.id);
+    expect((await ledgerEvents(u.id)).filter((e) => e.type === 'CreditsReserved')).toHaveLength(1);
+    // Its user slot was given back: the chat takes its next reply at once.
+    await stream(u.auth, (await startTask(u.auth, chatId)).id);
+  });
+
+  it('answers from the chat as it is when another reply came and went between the start’s reads and its taking the slot', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // The start reads the chat's slot free, then the chat; another reply is asked of this instance,
+    // saved and its slot freed before the start takes the slot.
+    const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
+      const other = await startTask(u.auth, chatId);
+      await stream(u.auth, other.id);
+      await eventually(
+        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
+        (type) => type === 'TaskSlotFreed',
+        'the other reply’s slot freed',
+      );
+    });
+    expect(res.status).toBe(201);
+    // Asked with the other reply in its history: the chat was read again.
+    const prompt = fake.requests.at(-1)!.body.messages ?? [];
+    expect(prompt.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([REPLY]);
+    // A hold per reply, each settled, and the one taken beside the slot the first time given back.
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0,
+      'settled',
+    );
+    expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual([
+      'CreditsGranted',
+      ...['CreditsReserved', 'CreditsCaptured', 'CreditsReleased'], // the other reply
+      ...['CreditsReserved', 'CreditsReleased'], // the first try
+      ...['CreditsReserved', 'CreditsCaptured', 'CreditsReleased'],
+    ]);
+  });
+
   it('finishes, on closing, a task still starting when closing began, before it is closed', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

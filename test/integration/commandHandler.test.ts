@@ -1,4 +1,4 @@
-import { CommandHandler } from '../../src/commands/handler';
+import { CommandHandler, StreamMoved } from '../../src/commands/handler';
 import type { EventStore, ReadStreamOptions } from '../../src/eventstore/port';
 import { uuidV7Ids } from '../../src/platform/clock';
 import { ConcurrencyConflict, BadRequest } from '../../src/platform/errors';
@@ -180,6 +180,49 @@ describe.each(testDatabases())('command handler on %s', (kind) => {
       a.handle(counterDecider, 'counter-new-3', increment(-1), { newStream: true }),
     ).rejects.toBeInstanceOf(BadRequest);
     expect(counts.reads).toBe(2);
+  });
+
+  it('appends at the revision its caller read, and never past it: a stream moved since is refused, not decided again', async () => {
+    const { store: counted, counts } = countingStore(store);
+    const a = new CommandHandler(counted, { ids: uuidV7Ids });
+    const b = new CommandHandler(store, { ids: uuidV7Ids });
+
+    // Read empty, taken empty: one round trip, no read.
+    const created = await a.handle(counterDecider, 'counter-at-1', increment(2), { atRevision: -1n });
+    expect(created.nextExpectedRevision).toBe(0n);
+    expect(counts.reads).toBe(0);
+
+    // Still at the revision read (cached here): appended.
+    const read = await a.read(counterDecider, 'counter-at-1');
+    const next = await a.handle(counterDecider, 'counter-at-1', increment(1), { atRevision: read.revision });
+    expect(next.state.value).toBe(3);
+
+    // Moved on by another instance since it was read: refused, with nothing written.
+    const stale = await a.read(counterDecider, 'counter-at-1');
+    await b.handle(counterDecider, 'counter-at-1', increment(10));
+    const moved = await a
+      .handle(counterDecider, 'counter-at-1', increment(1), { atRevision: stale.revision })
+      .catch((e: unknown) => e);
+    expect(moved).toBeInstanceOf(StreamMoved);
+    expect((moved as StreamMoved).status).toBe(409);
+    // Moved on here (cached past it): refused without a round trip.
+    const reads = counts.reads;
+    await expect(
+      a.handle(counterDecider, 'counter-at-1', increment(1), { atRevision: stale.revision }),
+    ).rejects.toBeInstanceOf(StreamMoved);
+    expect(counts.reads).toBe(reads);
+    // Read empty, written meanwhile elsewhere: refused too.
+    await b.handle(counterDecider, 'counter-at-2', increment(1));
+    await expect(
+      a.handle(counterDecider, 'counter-at-2', increment(1), { atRevision: -1n }),
+    ).rejects.toBeInstanceOf(StreamMoved);
+    expect((await store.readStream('counter-at-1')).map((e) => (e.data as { by: number }).by)).toEqual([
+      2, 1, 10,
+    ]);
+    expect(await store.readStream('counter-at-2')).toHaveLength(1);
+    // The cache was left right: the next command reads what came after and decides on it.
+    const after = await a.handle(counterDecider, 'counter-at-1', increment(1));
+    expect(after.state.value).toBe(14);
   });
 
   it('warms streams beside other work, so that commands on them then take one round trip each', async () => {

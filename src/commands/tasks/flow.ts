@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import type { RecordedEvent } from '../../eventstore/port';
 import { appendAssistantMessage, loadChatForGeneration } from '../chats/generation';
-import { foreseeOn, type CommandHandler, type CommandMetadata } from '../handler';
+import { foreseeOn, StreamMoved, type CommandHandler, type CommandMetadata } from '../handler';
 import type { LedgerCommands, Provenance } from '../ledger/credits';
 import { ledgerStream } from '../../events/ledger';
 import { TASK_OUTCOMES, taskStream, type TaskOutcome } from '../../events/tasks';
@@ -138,7 +138,7 @@ interface Generation {
   promptImages?: number | undefined;
   /** Messages of a chat's history left out to fit the model's context window (chats only). */
   omittedMessages?: number | undefined;
-  /** The chat's slot stream, read beside the chat (chats only). */
+  /** The chat's slot stream, read before the chat (chats only): the slot is taken at its revision. */
   chatSlot?: { state: SlotsState; revision: bigint } | undefined;
 }
 
@@ -155,6 +155,8 @@ const CANCEL_CHANNEL = 'tasks:cancel';
 /** Sizes of chat messages kept (two numbers and a key each: a few MB). */
 const MESSAGE_SIZES_CACHED = 50_000;
 const SYSTEM_ACTOR = 'system:tasks';
+/** How often a chat's reply is started from its chat read again when the chat's slot moved meanwhile. */
+const CHAT_READ_ATTEMPTS = 3;
 
 /** A model the catalog does not offer. */
 export class UnknownModel extends BadRequest {
@@ -246,38 +248,46 @@ export class TaskFlow {
     ready?: Promise<unknown>,
   ): Promise<StartedTask> {
     const { commands } = this.deps;
-    const warmed = this.warm(input.userId);
-    // The chat's slot is read afresh (another instance may be answering in the chat), and before
-    // the chat: a slot seen free was freed after its reply was saved, so the chat read next has it.
-    const chatSlot = await commands.read(slotsDecider, chatSlotStream(input.chatId));
-    const chat = await loadChatForGeneration(commands, input.chatId, input.userId);
-    if (chat.messages.length === 0) {
-      throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
+    const warmed = Promise.all([ready, this.warm(input.userId)]);
+    for (let attempt = 1; ; attempt++) {
+      // The chat's slot is read afresh (another instance may be answering in the chat), and before
+      // the chat: a slot seen free was freed after its reply was saved, so the chat read next has
+      // it. The slot is taken at the revision read, or not at all: a slot freed since (a reply saved
+      // since) means the history read may lack that reply, and both are read again.
+      const chatSlot = await commands.read(slotsDecider, chatSlotStream(input.chatId));
+      const chat = await loadChatForGeneration(commands, input.chatId, input.userId);
+      if (chat.messages.length === 0) {
+        throw new NothingToAnswer('This chat has no messages yet; send one before asking for a reply.');
+      }
+      const model = this.model(input.model ?? chat.model);
+      const params = definedOnly(chat.parameters);
+      const history = fitHistory(chat.messages, chat.opening, model, params.max_tokens, (i) => {
+        const message = chat.messages[i]!;
+        const key = `${chat.chatId}\u0000${message.messageId}`;
+        let size = this.messageSizes.get(key);
+        if (size === undefined) this.messageSizes.set(key, (size = messageSize(toModelMessage(message))));
+        return size;
+      });
+      try {
+        return await this.start(
+          {
+            userId: input.userId,
+            chatId: chat.chatId,
+            model,
+            messages: history.messages.map(toModelMessage),
+            promptTokens: history.promptTokens,
+            promptImages: history.images,
+            omittedMessages: history.omitted,
+            chatSlot,
+            params,
+          },
+          provenance,
+          warmed,
+        );
+      } catch (err) {
+        if (!(err instanceof StreamMoved) || attempt >= CHAT_READ_ATTEMPTS) throw err;
+      }
     }
-    const model = this.model(input.model ?? chat.model);
-    const params = definedOnly(chat.parameters);
-    const history = fitHistory(chat.messages, chat.opening, model, params.max_tokens, (i) => {
-      const message = chat.messages[i]!;
-      const key = `${chat.chatId}\u0000${message.messageId}`;
-      let size = this.messageSizes.get(key);
-      if (size === undefined) this.messageSizes.set(key, (size = messageSize(toModelMessage(message))));
-      return size;
-    });
-    return this.start(
-      {
-        userId: input.userId,
-        chatId: chat.chatId,
-        model,
-        messages: history.messages.map(toModelMessage),
-        promptTokens: history.promptTokens,
-        promptImages: history.images,
-        omittedMessages: history.omitted,
-        chatSlot,
-        params,
-      },
-      provenance,
-      Promise.all([ready, warmed]),
-    );
   }
 
   /** A reply outside any chat: `/chat/completions`. */
@@ -598,11 +608,7 @@ export class TaskFlow {
         commands.handle(slotsDecider, user.stream, user.command),
         // Read empty just now: appended as a new stream, in one round trip (a conflict reads it).
         ...(chat
-          ? [
-              commands.handle(slotsDecider, chat.stream, chat.command, {
-                newStream: chat.read?.revision === -1n,
-              }),
-            ]
+          ? [commands.handle(slotsDecider, chat.stream, chat.command, { atRevision: chat.read?.revision })]
           : []),
       ]),
       hold > 0 && slotsLikely ? Promise.allSettled([reserve()]) : undefined,
