@@ -237,9 +237,15 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     return resultOf(rows);
   }
 
-  /** Appends to distinct streams in one statement; those whose expectation failed are left out. */
+  /**
+   * Appends to distinct streams in one statement; those whose expectation failed are left out. The
+   * streams go in by name, so that two instances' statements lock the rows they share in the same
+   * order: in the order queued, each could hold a row the other waits for, until the database
+   * broke the deadlock a second later by failing one.
+   */
   async function appendBatch(appends: readonly PendingAppend[]): Promise<Map<PendingAppend, AppendResult>> {
-    const input = appends.map((a, i) => ({
+    const byName = appends.toSorted((x, y) => (x.streamName < y.streamName ? -1 : 1));
+    const input = byName.map((a, i) => ({
       i,
       stream: a.streamName,
       category: streamCategory(a.streamName),

@@ -277,6 +277,57 @@ describe.each(testDatabases())('gathering appends on %s', (kind) => {
   });
 });
 
+const onServer = process.env.DATABASE_URL ? describe : describe.skip;
+
+onServer('appends of two instances to the same streams', () => {
+  it('never deadlock, whatever order each instance queued them in', async () => {
+    const database = await openTestDatabase('postgres');
+    // Two instances' stores on one database, each telling the statements that failed.
+    const failures: string[] = [];
+    const watched = (): Db =>
+      Object.create(database.db, {
+        query: {
+          value: async (...args: Parameters<Db['query']>) => {
+            try {
+              return await database.db.query(...args);
+            } catch (err) {
+              failures.push(`${args[2]}: ${(err as Error).message}`);
+              throw err;
+            }
+          },
+        },
+      }) as Db;
+    const one = createPostgresEventStore(watched());
+    const two = createPostgresEventStore(watched());
+    try {
+      const streams = ['order-a', 'order-b', 'order-c', 'order-d'];
+      for (const s of streams) await one.append(s, event(), 'no_stream');
+      const modes = ['any', 'stream_exists', 'any', 'stream_exists'] as const;
+      for (const mode of modes) {
+        // A third writer holds the first stream: each instance's statement takes what it can and
+        // waits, so that both are under way when it lets go.
+        const holding = database.db.db.transaction().execute(async (trx) => {
+          await sql`select revision from streams where stream_name = ${streams[0]} for update`.execute(trx);
+          await sleep(300);
+        });
+        await sleep(50);
+        // Queued in the same turn, each instance's appends share one statement: in opposite orders.
+        await Promise.all([
+          ...streams.map((s) => one.append(s, event(), mode)),
+          ...streams.toReversed().map((s) => two.append(s, event(), mode)),
+          holding,
+        ]);
+      }
+      expect(failures).toEqual([]);
+      for (const s of streams) expect(await one.readStream(s)).toHaveLength(1 + 2 * modes.length);
+    } finally {
+      await one.close();
+      await two.close();
+      await database.close();
+    }
+  });
+});
+
 const meta = { occurredAt: new Date().toISOString(), schemaVersion: 1 };
 const event = () => [{ id: uuidv7(), type: 'A', data: {}, metadata: meta }];
 
