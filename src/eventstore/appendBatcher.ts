@@ -35,6 +35,8 @@ export class AppendBatcher {
   private readonly inFlightStreams = new Set<string>();
   private inFlight = 0;
   private scheduled = false;
+  /** Whoever waits for every append to be answered. */
+  private readonly idle: (() => void)[] = [];
 
   constructor(
     private readonly runner: BatchRunner,
@@ -46,6 +48,13 @@ export class AppendBatcher {
       this.queue.push({ ...append, resolve, reject });
       this.schedule();
     });
+  }
+
+  /** Once every append submitted so far (and any submitted meanwhile) is answered: closing waits for it. */
+  async settled(): Promise<void> {
+    while (this.queue.length > 0 || this.inFlight > 0 || this.scheduled) {
+      await new Promise<void>((resolve) => this.idle.push(resolve));
+    }
   }
 
   private schedule(): void {
@@ -66,7 +75,8 @@ export class AppendBatcher {
       void this.run(batch).finally(() => {
         for (const a of batch) this.inFlightStreams.delete(a.streamName);
         this.inFlight--;
-        this.schedule();
+        if (this.queue.length > 0) this.schedule();
+        else if (this.inFlight === 0) for (const wake of this.idle.splice(0)) wake();
       });
     }
   }

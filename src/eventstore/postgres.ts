@@ -511,6 +511,8 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
       hurries.bump();
     },
     async close() {
+      // Appends already submitted are answered first (one sent and not awaited included).
+      await batcher.settled();
       notifier.stop();
       const un = await unlisten;
       await un?.();

@@ -146,6 +146,27 @@ describe('append group commit', () => {
     await expect(Promise.all(rest)).resolves.toHaveLength(2);
   });
 
+  it('settles once every append submitted is answered, those queued behind a statement included', async () => {
+    const { runner, calls } = scriptedRunner();
+    const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 10 });
+    await batcher.settled();
+    const answered: string[] = [];
+    for (const s of ['a-1', 'a-1', 'b-1']) void batcher.submit(append(s)).then(() => answered.push(s));
+    let settled = false;
+    const settling = batcher.settled().then(() => (settled = true));
+    await tick();
+    // The second append to a-1 waits for the first's statement.
+    expect(calls.map((c) => c.streams)).toEqual([['a-1', 'b-1']]);
+    calls[0]!.finish();
+    await tick();
+    await tick();
+    expect(settled).toBe(false);
+    expect(calls.map((c) => c.streams)).toEqual([['a-1', 'b-1'], ['a-1']]);
+    calls[1]!.finish();
+    await settling;
+    expect(answered.sort()).toEqual(['a-1', 'a-1', 'b-1']);
+  });
+
   it('never puts more than maxBatch appends in one statement', async () => {
     const { runner, calls } = scriptedRunner();
     const batcher = new AppendBatcher(runner, { maxInFlight: 1, maxBatch: 3 });
