@@ -149,9 +149,14 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): Memor
 export function createRedisTaskBuffer(
   redis: Redis,
   logger: Logger,
-  options: { keepSeconds?: number } = {},
+  options: { keepSeconds?: number; holeWaitMs?: number } = {},
 ): TaskBuffer {
   const keepSeconds = options.keepSeconds ?? 600;
+  /**
+   * How long a reader waits at a hole in a task's stream (Redis lost pieces its writer has not
+   * written again yet) before it reads on past it: the writer may be gone, with what was lost.
+   */
+  const holeWaitMs = options.holeWaitMs ?? 10_000;
   const local = createMemoryTaskBuffer({ keepMs: keepSeconds * 1000 });
   // The tasks generated here (opened), until their output leaves this instance's memory
   // (`keepSeconds` after it ended, as the memory buffer drops it); after that, Redis alone has it.
@@ -386,6 +391,26 @@ export function createRedisTaskBuffer(
       try {
         let last = '-';
         let yielded = 0;
+        /** The place (`0-n`) the next piece must have: 1 at first, unless the stream was trimmed. */
+        let next: number | undefined;
+        let holeSince: number | undefined;
+        /**
+         * Whether a piece of ours at place `n` may be read now. Places follow one another: a
+         * stream of ours only lacks its first pieces once it is longer than it keeps (`MAXLEN ~`
+         * keeps at least that many). Anything else is a hole that its writer fills once it is
+         * back, so the reader waits for it (a while), rather than give a reply with a hole.
+         */
+        const readable = async (n: number) => {
+          if (n === (next ?? 1)) return true;
+          if (next === undefined && (await redis.xlen(key(taskId))) >= MAX_ENTRIES) return true;
+          holeSince ??= Date.now();
+          if (Date.now() - holeSince < holeWaitMs) return false;
+          logger.warn(
+            { taskId, expected: next ?? 1, found: n },
+            'task output in redis has a hole; read past it',
+          );
+          return true;
+        };
         while (!signal.aborted) {
           let items: [string, string[]][];
           try {
@@ -399,14 +424,27 @@ export function createRedisTaskBuffer(
             }
             items = [];
           }
+          let hole = false;
           for (const [entryId, fields] of items) {
+            // Ours are `0-n`; a sweeper's end (another instance's) has an id of Redis's.
+            const n = /^0-\d+$/.test(entryId) ? Number(entryId.slice(2)) : undefined;
+            if (n !== undefined) {
+              try {
+                hole = !(await readable(n));
+              } catch {
+                hole = true;
+              }
+              if (hole) break;
+              next = n + 1;
+            }
+            holeSince = undefined;
             last = entryId;
             yielded++;
             const chunk = JSON.parse(fields[1] ?? '{}') as TaskChunk;
             yield chunk;
             if (terminal(chunk)) return;
           }
-          if (items.length > 0) continue;
+          if (items.length > 0 && !hole) continue;
           // Wait for the next write (or poll: a wake-up lost to a reconnect costs at most this).
           await new Promise<void>((resolve) => {
             const done = () => {

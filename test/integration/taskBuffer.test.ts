@@ -169,7 +169,10 @@ withRedis('with Redis', () => {
     buffer.open(id);
     buffer.append(id, { kind: 'delta', content: 'x' });
     buffer.append(id, done);
-    await new Promise((res) => setTimeout(res, 100));
+    for (let waited = 0; (await r.xlen(`task:${id}:out`)) < 2; waited += 10) {
+      if (waited > 3_000) throw new Error('not written');
+      await new Promise((res) => setTimeout(res, 10));
+    }
     // Kept longer in Redis than in memory, as when it was read back from Redis by another instance.
     await r.persist(`task:${id}:out`);
     await new Promise((res) => setTimeout(res, 1_200));
@@ -313,6 +316,62 @@ withRedis('with Redis', () => {
       // Read once rewritten: a reader that came before would have had the later piece already.
       await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 4);
       expect(await readAll(id)).toEqual(whole);
+    });
+
+    it('makes a reader elsewhere wait at a hole in what Redis holds, from the start or after what it read, until the writer fills it', async () => {
+      // Redis kept a later piece only (a write sent again on reconnecting), or lost one in the middle.
+      const fromStart = await endedThenLost({ id: '0-3', piece: delta('3') });
+      const inMiddle = crypto.randomUUID();
+      writer.open(inMiddle);
+      for (const c of ['1', '2', '3']) writer.append(inMiddle, delta(c));
+      writer.append(inMiddle, done);
+      await a.connect();
+      await eventuallyAsync(async () => (await b.xlen(`task:${inMiddle}:out`)) === 4);
+      a.disconnect();
+      await b.xdel(`task:${inMiddle}:out`, '0-2');
+      // The readers start while the writer is away, and read what they can.
+      const reading = [fromStart, inMiddle].map((id) => readAll(id));
+      await settle();
+      await a.connect();
+      expect(await Promise.all(reading)).toEqual([whole, whole]);
+    });
+
+    it('reads past a hole that nobody fills, once it has waited a while, rather than hang', async () => {
+      const id = await endedThenLost({ id: '0-3', piece: delta('3') });
+      await b.xadd(`task:${id}:out`, '0-4', 'c', JSON.stringify(done));
+      const patient = createRedisTaskBuffer(b, logger, { holeWaitMs: 300 });
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 3_000);
+      try {
+        expect(await collect(patient, id, stop.signal)).toEqual([delta('3'), done]);
+      } finally {
+        clearTimeout(timer);
+        await patient.close();
+        await b.del(`task:${id}:out`);
+      }
+    });
+
+    it('reads a stream that lost its first pieces only to its length limit without waiting', async () => {
+      // As a reply of more than 100,000 pieces leaves it: its first ones trimmed, the rest whole.
+      const id = crypto.randomUUID();
+      const pipeline = b.pipeline();
+      for (let n = 2; n <= 100_001; n++) {
+        const piece = n === 100_001 ? done : delta(String(n));
+        pipeline.xadd(`task:${id}:out`, `0-${n}`, 'c', JSON.stringify(piece));
+      }
+      await pipeline.exec();
+      const patient = createRedisTaskBuffer(b, logger, { holeWaitMs: 60_000 });
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 20_000);
+      try {
+        const all = await collect(patient, id, stop.signal);
+        expect(all).toHaveLength(100_000);
+        expect([all[0], all.at(-1)]).toEqual([delta('2'), done]);
+      } finally {
+        clearTimeout(timer);
+        await patient.close();
+        await b.del(`task:${id}:out`);
+      }
     });
 
     it('writes again what was lost task by task, so that a running task’s next piece waits for one rewrite, not all', async () => {
