@@ -1160,6 +1160,29 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     },
   );
 
+  it('answers 401 for a chat it cannot find when the session was found revoked, leaving nothing unhandled', async () => {
+    const u = await newUser();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const late = jest.spyOn(t.deps.sessionGuard!, 'check').mockImplementation(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return { ok: false, reason: 'revoked' };
+    });
+    try {
+      const res = await t.http
+        .post(`${API}/tasks`)
+        .set('Authorization', u.auth)
+        .send({ chat_id: '01900000-0000-7000-8000-000000000000' });
+      expect(res.status).toBe(401);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(unhandled).toEqual([]);
+    } finally {
+      late.mockRestore();
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

@@ -249,6 +249,8 @@ export class TaskFlow {
   ): Promise<StartedTask> {
     const { commands } = this.deps;
     const warmed = Promise.all([ready, this.warm(input.userId)]);
+    // Awaited by the start; a chat that cannot be read (404) ends the request before it.
+    warmed.catch(() => undefined);
     for (let attempt = 1; ; attempt++) {
       // The chat's slot is read afresh (another instance may be answering in the chat), and before
       // the chat: a slot seen free was freed after its reply was saved, so the chat read next has
