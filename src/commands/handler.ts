@@ -162,7 +162,8 @@ export class CommandHandler {
   /**
    * What `command` would decide on the stream's cached state, with no read and no append: its
    * events, `refused` when the decider would throw, `changing` while a command on the stream is
-   * under way here (what it appends is not cached yet), or undefined when the stream is not cached.
+   * under way here (what it appends is not cached yet) or when the cache is past `atRevision` (a
+   * command sent at it would find the stream moved on), or undefined when the stream is not cached.
    * A guess (another instance may have appended since), for choosing what to do at once; the
    * command itself still decides on the stream as stored.
    */
@@ -170,11 +171,15 @@ export class CommandHandler {
     decider: Decider<State, Cmd, Evt>,
     streamName: string,
     command: Cmd,
+    atRevision?: bigint,
   ): Evt[] | 'refused' | 'changing' | undefined {
     const key = `${decider.name}\u0000${streamName}`;
     if (this.streamQueues.busy(key)) return 'changing';
     const cached = this.cache?.get(key);
-    return cached ? foreseeOn(decider, cached.state as State, command) : undefined;
+    if (!cached) return undefined;
+    // Sent `atRevision`, a command on a stream cached past it is StreamMoved, whatever it decides.
+    if (atRevision !== undefined && cached.revision !== atRevision) return 'changing';
+    return foreseeOn(decider, cached.state as State, command);
   }
 
   private async decideAndAppend<State, Cmd extends Command, Evt extends DecidedEvent>(

@@ -396,13 +396,16 @@ export function createRedisTaskBuffer(
         let holeSince: number | undefined;
         /**
          * Whether a piece of ours at place `n` may be read now. Places follow one another: a
-         * stream of ours only lacks its first pieces once it is longer than it keeps (`MAXLEN ~`
-         * keeps at least that many). Anything else is a hole that its writer fills once it is
-         * back, so the reader waits for it (a while), rather than give a reply with a hole.
+         * stream of ours only lacks pieces before those it holds once it is longer than it keeps
+         * (`MAXLEN ~` keeps at least that many). Anything else is a hole that its writer fills
+         * once it is back, so the reader waits for it (a while), rather than give a reply with a
+         * hole. The wait is bounded: a writer back after an outage rewrites the tasks still running
+         * first and the ended ones after, and one gone for good never fills it.
          */
         const readable = async (n: number) => {
           if (n === (next ?? 1)) return true;
-          if (next === undefined && (await redis.xlen(key(taskId))) >= MAX_ENTRIES) return true;
+          // Trimmed past where this reader is (its first pieces, or more for a reader far behind).
+          if (n > (next ?? 1) && (await redis.xlen(key(taskId))) >= MAX_ENTRIES) return true;
           holeSince ??= Date.now();
           if (Date.now() - holeSince < holeWaitMs) return false;
           logger.warn(

@@ -1294,6 +1294,78 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     ]);
   });
 
+  it('does not try again a start it could not undo, so that no try holds twice', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    let failRelease: ReturnType<typeof interceptAppends> | undefined;
+    // As in the test above, another reply comes and goes; then the first try's hold cannot be
+    // given back.
+    const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
+      const other = await startTask(u.auth, chatId);
+      await stream(u.auth, other.id);
+      await eventually(
+        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
+        (type) => type === 'TaskSlotFreed',
+        'the other reply’s slot freed',
+      );
+      failRelease = interceptAppends(async (_name, events) => {
+        if (events.some((e) => e.type === 'CreditsReleased' && e.metadata.reason === 'task not started')) {
+          throw new DependencyDown('The database is away.');
+        }
+      });
+    });
+    failRelease?.mockRestore();
+    expect(res.status).toBe(409);
+    expect((res.body as { type: string }).type).toBe('/problems/concurrency-conflict');
+    // The first try's hold is left to expire; no second was taken.
+    expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual([
+      'CreditsGranted',
+      ...['CreditsReserved', 'CreditsCaptured', 'CreditsReleased'],
+      'CreditsReserved',
+    ]);
+  });
+
+  it('holds nothing beside a chat slot freed here after the start read it, and answers from the chat as it is', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    fake.setBehaviour({ tokenDelayMs: 10 });
+    const first = await startTask(u.auth, chatId);
+    // The next start reads the chat's slot taken and the chat without the first reply; its session
+    // check answers once this instance has saved that reply and freed the slot.
+    const guard = t.deps.sessionGuard!;
+    const check = guard.check.bind(guard);
+    const late = jest.spyOn(guard, 'check').mockImplementation(async (...args) => {
+      await eventually(
+        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
+        (type) => type === 'TaskSlotFreed',
+        'the first reply’s slot freed',
+      );
+      return check(...args);
+    });
+    let res: supertest.Response;
+    try {
+      res = await t.http.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+    } finally {
+      late.mockRestore();
+    }
+    expect(res.status).toBe(201);
+    await finished(u.auth, (res.body as Started).id);
+    const prompt = fake.requests.at(-1)!.body.messages ?? [];
+    expect(prompt.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([REPLY]);
+    await finished(u.auth, first.id);
+    await eventually(
+      () => credits(u.auth),
+      (c) => c.held === 0,
+      'settled',
+    );
+    // A hold for each reply, and none for the try that found the slot moved on.
+    expect((await ledgerEvents(u.id)).map((e) => e.type)).toEqual([
+      'CreditsGranted',
+      ...['CreditsReserved', 'CreditsCaptured', 'CreditsReleased'],
+      ...['CreditsReserved', 'CreditsCaptured', 'CreditsReleased'],
+    ]);
+  });
+
   it('finishes, on closing, a task still starting when closing began, before it is closed', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

@@ -339,13 +339,21 @@ withRedis('with Redis', () => {
     it('reads past a hole that nobody fills, once it has waited a while, rather than hang', async () => {
       const id = await endedThenLost({ id: '0-3', piece: delta('3') });
       await b.xadd(`task:${id}:out`, '0-4', 'c', JSON.stringify(done));
-      const patient = createRedisTaskBuffer(b, logger, { holeWaitMs: 300 });
-      const stop = new AbortController();
-      const timer = setTimeout(() => stop.abort(), 3_000);
+      const patient = createRedisTaskBuffer(b, logger, { holeWaitMs: 1_000 });
+      const read = async (forMs: number) => {
+        const stop = new AbortController();
+        const timer = setTimeout(() => stop.abort(), forMs);
+        try {
+          return await collect(patient, id, stop.signal);
+        } finally {
+          clearTimeout(timer);
+        }
+      };
       try {
-        expect(await collect(patient, id, stop.signal)).toEqual([delta('3'), done]);
+        // Nothing while it waits; then what there is.
+        expect(await read(200)).toEqual([]);
+        expect(await read(5_000)).toEqual([delta('3'), done]);
       } finally {
-        clearTimeout(timer);
         await patient.close();
         await b.del(`task:${id}:out`);
       }

@@ -10,7 +10,7 @@ import type { Projector } from '../../projections/types';
 import type { ContentPart, ChatMessage } from '../../events/chats';
 import type { Clock, IdGenerator } from '../../platform/clock';
 import type { Config } from '../../platform/config';
-import { BadRequest, DependencyDown, DomainError } from '../../platform/errors';
+import { BadRequest, ConcurrencyConflict, DependencyDown, DomainError } from '../../platform/errors';
 import { InsufficientCredits, ledgerDecider } from '../ledger/decider';
 import {
   countImages,
@@ -48,7 +48,14 @@ import type { TaskMetrics } from '../../platform/metrics';
 import type { TaskBuffer, TaskChunk } from '../../platform/taskBuffer';
 import { StorableTextStream } from '../../platform/text';
 import { taskDecider, TaskNotFound, type TaskCommand, type TaskState } from './decider';
-import { chatSlotStream, slotsDecider, userSlotsStream, type SlotCommand, type SlotsState } from './slots';
+import {
+  ChatBusy,
+  chatSlotStream,
+  slotsDecider,
+  userSlotsStream,
+  type SlotCommand,
+  type SlotsState,
+} from './slots';
 
 export type TaskFlowConfig = Pick<
   Config,
@@ -254,8 +261,10 @@ export class TaskFlow {
     for (let attempt = 1; ; attempt++) {
       // The chat's slot is read afresh (another instance may be answering in the chat), and before
       // the chat: a slot seen free was freed after its reply was saved, so the chat read next has
-      // it. The slot is taken at the revision read, or not at all: a slot freed since (a reply saved
-      // since) means the history read may lack that reply, and both are read again.
+      // it. The slot is taken at the revision read, or not at all: a slot that moved on since (a
+      // reply saved since) means the history read may lack that reply, and both are read again.
+      // A slot read taken is refused (409) as it was when asked, unless this instance has seen it
+      // move on since: then both are read again, as for a free one.
       const chatSlot = await commands.read(slotsDecider, chatSlotStream(input.chatId));
       const chat = await loadChatForGeneration(commands, input.chatId, input.userId);
       if (chat.messages.length === 0) {
@@ -597,8 +606,13 @@ export class TaskFlow {
     // afresh: a user at their limit through another instance is the rare miss, and costs a hold
     // and its release.
     const { commands } = this.deps;
-    const looksFree = (stream: string, command: SlotCommand, read?: { state: SlotsState }) => {
-      const foreseen = commands.foresee(slotsDecider, stream, command);
+    const looksFree = (
+      stream: string,
+      command: SlotCommand,
+      read?: { state: SlotsState; revision: bigint },
+    ) => {
+      // The chat's slot cached past its revision read has moved on here: its take will not hold.
+      const foreseen = commands.foresee(slotsDecider, stream, command, read?.revision);
       if (foreseen === 'changing') return false;
       const decided = foreseen ?? (read ? foreseeOn(slotsDecider, read.state, command) : undefined);
       return Array.isArray(decided) && decided.length > 0;
@@ -608,7 +622,8 @@ export class TaskFlow {
     const [taken, early] = await Promise.all([
       Promise.allSettled([
         commands.handle(slotsDecider, user.stream, user.command),
-        // Read empty just now: appended as a new stream, in one round trip (a conflict reads it).
+        // At the revision read (as a new stream when it was empty): one round trip, and a slot moved
+        // on since is StreamMoved, with nothing decided again.
         ...(chat
           ? [commands.handle(slotsDecider, chat.stream, chat.command, { atRevision: chat.read?.revision })]
           : []),
@@ -645,21 +660,35 @@ export class TaskFlow {
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.
       const undo = { actorId: SYSTEM_ACTOR, correlationId: taskId };
+      let undone = true;
       // No hold was made when the ledger refused it (402), whether beside the slots or after them.
       const holdAnswer: unknown = early?.[0].status === 'rejected' ? early[0].reason : err;
       if (holdMayExist && !(holdAnswer instanceof InsufficientCredits)) {
         await ledger
           .release({ userId: g.userId, holdId: taskId, reason: 'task not started', metadata: undo })
-          .catch((e: unknown) =>
+          .catch((e: unknown) => {
+            undone = false;
             this.deps.logger.warn(
               { err: e, taskId },
               'task hold not released; it is given back when it expires',
-            ),
-          );
+            );
+          });
       }
-      await freeSlots(this.deps.commands, g.userId, g.chatId, taskId, metadata).catch((e: unknown) =>
-        this.deps.logger.warn({ err: e, taskId }, 'task slots not freed; they count as stale later'),
+      // The chat's slot is not ours when its take was refused, or found it moved on.
+      const chatTake = taken[1];
+      const chatNotTaken =
+        chatTake?.status === 'rejected' &&
+        (chatTake.reason instanceof ChatBusy || chatTake.reason instanceof StreamMoved);
+      await freeSlots(this.deps.commands, g.userId, chatNotTaken ? null : g.chatId, taskId, metadata).catch(
+        (e: unknown) => {
+          undone = false;
+          this.deps.logger.warn({ err: e, taskId }, 'task slots not freed; they count as stale later');
+        },
       );
+      // Tried again only once nothing of this try is left: else a try would hold twice.
+      if (err instanceof StreamMoved && !undone) {
+        throw new ConcurrencyConflict('This chat changed while its reply was being started; ask again.');
+      }
       throw err;
     }
     this.deps.metrics?.started(g.model.id, g.chatId ? 'chat' : 'completion');
