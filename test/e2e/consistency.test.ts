@@ -28,7 +28,8 @@ beforeAll(async () => {
   t = await createTestApp({
     resources: [reads],
     projectors: [slow],
-    config: { CONSISTENCY_TIMEOUT_MS: 1_500 },
+    // Time enough for the slow projection on a loaded machine; the test of the 504 waits it out.
+    config: { CONSISTENCY_TIMEOUT_MS: 5_000 },
   });
 });
 afterAll(() => t?.close());

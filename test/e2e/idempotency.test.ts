@@ -178,14 +178,18 @@ describe('Idempotency-Key on POST', () => {
       .set('Idempotency-Key', key)
       .send({ counter: 'l', by: 1 })
       .then((res) => res);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    // As a retry does when this instance failed to renew the lease in time: a lease of its own.
     const row = () =>
       t.deps.db.db
         .selectFrom('idempotency_keys')
         .selectAll()
         .where('key', '=', key)
         .executeTakeFirstOrThrow();
+    // Once the running request holds its key (it then runs for seconds more).
+    for (let waited = 0; !(await row().catch(() => undefined)); waited += 20) {
+      if (waited > 10_000) throw new Error('the running request did not take its key');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // As a retry does when this instance failed to renew the lease in time: a lease of its own.
     expect((await row()).lease).toEqual(expect.any(String));
     await t.deps.db.db
       .updateTable('idempotency_keys')

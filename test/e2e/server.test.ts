@@ -6,8 +6,12 @@ import type { Resource } from '../../src/http/types';
 import { createApp } from '../../src/http/app';
 import { createTestApp, type TestApp } from '../support/app';
 
+/** Requests each route has begun to handle: one in flight is at the app, not still on its way. */
+const arrived = { slow: 0, forever: 0 };
+
 const slowRoutes: Resource = (router) => {
   router.get('/test/slow', async (ctx) => {
+    arrived.slow++;
     await new Promise((r) => setTimeout(r, 400));
     ctx.body = { done: true };
   });
@@ -19,6 +23,7 @@ const slowRoutes: Resource = (router) => {
     setTimeout(() => body.end('last\n'), 300).unref();
   });
   router.get('/test/forever', async (ctx) => {
+    arrived.forever++;
     await new Promise((r) => setTimeout(r, 60_000).unref());
     ctx.body = { done: true };
   });
@@ -36,6 +41,28 @@ function get(port: number, path: string, agent?: http.Agent): Promise<{ status: 
       })
       .on('error', reject);
   });
+}
+
+/** Polls `check` until it holds; throws, saying what it waited for, after `timeoutMs`. */
+async function eventually(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Resolves as `promise` does; rejects, saying what it waited for, if it takes longer than `ms`. */
+async function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not resolve within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 let t: TestApp;
@@ -58,19 +85,26 @@ describe('startHttpServer', () => {
   });
 
   it('lets an in-flight request finish on close, closes idle keep-alive sockets, refuses new connections', async () => {
-    server = await startHttpServer(t.app, { ...t.deps.config, HOST: '127.0.0.1', PORT: 0 }, t.deps.logger);
+    // Neither the keep-alive timeout nor the shutdown deadline comes within the wait for the close
+    // below: only closing the idle sockets at once can end it in time.
+    server = await startHttpServer(
+      t.app,
+      { ...t.deps.config, HOST: '127.0.0.1', PORT: 0, SHUTDOWN_TIMEOUT_MS: 60_000 },
+      t.deps.logger,
+    );
+    server.server.keepAliveTimeout = 60_000;
     const { port } = server;
     const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
     await get(port, '/health', agent); // leaves an idle keep-alive socket behind
+    const before = arrived.slow;
     const inFlight = get(port, '/api/v1/test/slow', agent);
-    await new Promise((r) => setTimeout(r, 100));
-    const started = Date.now();
+    // In flight once the app has it: a request still on its way when closing begins is refused.
+    await eventually(() => arrived.slow > before, 'the slow request at the app');
     const closed = server.close();
     const res = await inFlight;
     expect(res).toEqual({ status: 200, body: '{"done":true}' });
-    await closed;
     // Closed as soon as the slow request was done, not after a keep-alive timeout.
-    expect(Date.now() - started).toBeLessThan(2_000);
+    await within(10_000, closed, 'close() once the slow request was done');
     await expect(get(port, '/health')).rejects.toThrow(/ECONNREFUSED/);
     agent.destroy();
   });
@@ -127,11 +161,12 @@ describe('startHttpServer', () => {
       { ...t.deps.config, HOST: '127.0.0.1', PORT: 0, SHUTDOWN_TIMEOUT_MS: 300 },
       t.deps.logger,
     );
+    const before = arrived.forever;
     const stuck = get(server.port, '/api/v1/test/forever');
-    await new Promise((r) => setTimeout(r, 100));
-    const started = Date.now();
-    await server.close();
-    expect(Date.now() - started).toBeLessThan(1_500);
+    // Running once the app has it: a request still on its way when closing begins is refused.
+    await eventually(() => arrived.forever > before, 'the stuck request at the app');
+    // Destroyed at the deadline, not waited for (it would run for a minute).
+    await within(10_000, server.close(), 'close() with a request still running');
     await expect(stuck).rejects.toThrow(/socket hang up|ECONNRESET/);
   });
 });

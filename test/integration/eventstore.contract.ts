@@ -24,10 +24,10 @@ export interface OpenedStore {
   close(): Promise<void>;
   /**
    * Keeps a writing transaction (one holding a transaction id) open for `ms` on the store's
-   * database, so the oldest running transaction lags behind later commits. Only where the store
-   * has such transactions and they can overlap with appends.
+   * database, so the oldest running transaction lags behind later commits; `onHeld` is called once
+   * it has its id. Only where the store has such transactions and they can overlap with appends.
    */
-  holdTransaction?(ms: number): Promise<void>;
+  holdTransaction?(ms: number, onHeld?: () => void): Promise<void>;
 }
 
 /** The behaviour every EventStore adapter promises; run it once per adapter and database. */
@@ -586,8 +586,10 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
       it('waits in head for an older open transaction, so a read up to head sees every returned append', async () => {
         if (!opened.holdTransaction) return; // only where a transaction can be held open beside appends
         const from = await endOfLog(store);
-        const held = opened.holdTransaction(300);
-        await sleep(50); // the held transaction has its id: the append below commits above it
+        let hasId = false;
+        const held = opened.holdTransaction(300, () => (hasId = true));
+        // The held transaction has its id: the append below commits above it.
+        await eventually(() => hasId, 'the held transaction’s id');
         const result = await store.append(streamIn('task'), [newEvent()], 'no_stream');
         const head = await store.head();
         expect(compareLogPositions(head, result.logPosition)).toBeGreaterThanOrEqual(0);
@@ -728,10 +730,11 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
       });
 
       it('stops promptly while waiting for new events', async () => {
-        const subscription = store.subscribe({ async onEvents() {} }, { from: await endOfLog(store) });
-        subscriptions.push(subscription);
-        await sleep(100);
-        await withinMs(5_000, subscription.stop(), 'stop() of an idle subscription');
+        const from = await endOfLog(store);
+        const collector = collect(store, { from });
+        // Waiting once it has said it is caught up, however long that took.
+        await collector.settledAt(from);
+        await withinMs(5_000, collector.subscription.stop(), 'stop() of an idle subscription');
       });
     });
 

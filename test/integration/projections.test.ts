@@ -125,18 +125,30 @@ describe.each(testDatabases())('projection engine on %s', (kind) => {
   });
 
   it('lets an instance not running it see progress through unhandled events soon, from the table', async () => {
-    const running = engine();
-    await running.start();
-    await until(async () => (await running.status())[0]!.state === 'running');
-    const elsewhere = engine(); // never started: it reads the checkpoint from the table
-    // A command writing an event this projection handles, then events it does not, at once.
-    const handled = await handler.handle(counterDecider, 'counter-w', increment(1));
-    expect(await running.waitFor(['counters'], handled.position, 30_000)).toBe(true);
-    let last = 0n;
-    for (let i = 0; i < 3; i++)
-      last = (await store.append(`other-w${i}`, [somethingElse()], 'no_stream')).position;
-    // Well within the subscription's idle poll (1 s), which alone saved it before.
-    expect(await elsewhere.waitFor(['counters'], last, 700)).toBe(true);
+    // The running instance's subscription polls only after a minute, far past the wait below: that
+    // poll alone saved the progress before. Its own appends wake it at once.
+    const idle = createPostgresEventStore(t.db, { idlePollMs: 60_000 });
+    try {
+      const running = engine([counterProjector()], t.db, idle);
+      await running.start();
+      await until(async () => (await running.status())[0]!.state === 'running');
+      const elsewhere = engine(); // never started: it reads the checkpoint from the table
+      // A command writing an event this projection handles, then events it does not, at once.
+      const handled = await new CommandHandler(idle, { ids: uuidV7Ids }).handle(
+        counterDecider,
+        'counter-w',
+        increment(1),
+      );
+      expect(await running.waitFor(['counters'], handled.position, 30_000)).toBe(true);
+      let last = 0n;
+      for (let i = 0; i < 3; i++)
+        last = (await idle.append(`other-w${i}`, [somethingElse()], 'no_stream')).position;
+      // Well within the subscription's idle poll, however slow the machine.
+      expect(await elsewhere.waitFor(['counters'], last, 10_000)).toBe(true);
+      await running.stop();
+    } finally {
+      await idle.close();
+    }
   });
 
   it('hurries a subscription gathering appends: waitFor does not wait for the gathering', async () => {

@@ -293,7 +293,7 @@ withRedis('with Redis', () => {
       writer.open(id);
       writer.append(id, delta('1'));
       writer.append(id, delta('2'));
-      await settle();
+      await eventuallyAsync(async () => (await b.xlen(`task:${id}:out`)) === 2);
       a.disconnect();
       await b.del(`task:${id}:out`);
       writer.append(id, delta('3'));
