@@ -1026,7 +1026,11 @@ export async function settleTask(
     correlationId: d.taskId,
     causationId,
   };
-  if (d.chatId && d.messageId) {
+  // The reply and the charge at once (their appends share a statement); the slots only after both,
+  // so that the chat's next task reads the reply, and the user's next hold sees this one settled.
+  // (A start takes the chat's slot only at the revision it read before reading the chat.)
+  const saving = async () => {
+    if (!d.chatId || !d.messageId) return;
     const saved = await appendAssistantMessage(
       commands,
       {
@@ -1040,27 +1044,28 @@ export async function settleTask(
       metadata,
     );
     reached(saved.position);
-  }
-  const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
-  if (hold > 0) {
+  };
+  const charging = async () => {
+    const hold = knownHold ?? (await commands.read(taskDecider, taskStream(d.taskId))).state.hold;
+    if (hold === 0) return;
     const provenance: Provenance = { actorId: SYSTEM_ACTOR, correlationId: d.taskId, causationId };
     const reason =
       outcome.type === 'TaskCompleted' ? 'usage' : outcome.type === 'TaskFailed' ? 'failed' : 'cancelled';
-    if (d.cost > 0) {
-      const { position: captured } = await ledger.capture({
-        userId: d.userId,
-        holdId: d.taskId,
-        cost: d.cost,
-        reason,
-        metadata: provenance,
-      });
-      reached(captured);
-    } else {
-      reached(
-        (await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance })).position,
-      );
-    }
-  }
+    const { position: charged } =
+      d.cost > 0
+        ? await ledger.capture({
+            userId: d.userId,
+            holdId: d.taskId,
+            cost: d.cost,
+            reason,
+            metadata: provenance,
+          })
+        : await ledger.release({ userId: d.userId, holdId: d.taskId, reason, metadata: provenance });
+    reached(charged);
+  };
+  // Both to their end before a failure is passed on: a retry of the settlement then starts afresh.
+  for (const r of await Promise.allSettled([saving(), charging()]))
+    if (r.status === 'rejected') throw r.reason;
   reached(await freeSlots(commands, d.userId, d.chatId, d.taskId, metadata));
   return position;
 }
@@ -1090,19 +1095,19 @@ async function freeSlots(
   taskId: string,
   metadata: CommandMetadata,
 ): Promise<bigint> {
-  const chat = chatId
-    ? await commands.handle(slotsDecider, chatSlotStream(chatId), {
-        type: 'FreeTaskSlot',
-        data: { owner: `chat:${chatId}`, taskId },
-        metadata,
-      })
-    : null;
-  const user = await commands.handle(slotsDecider, userSlotsStream(userId), {
-    type: 'FreeTaskSlot',
-    data: { owner: `user:${userId}`, taskId },
-    metadata,
-  });
-  return chat ? later(chat.position, user.position) : user.position;
+  const free = (stream: string, owner: string) =>
+    commands.handle(slotsDecider, stream, { type: 'FreeTaskSlot', data: { owner, taskId }, metadata });
+  // Both at once (their appends share a statement), each to its end before a failure is passed on.
+  const freed = await Promise.allSettled([
+    free(userSlotsStream(userId), `user:${userId}`),
+    ...(chatId ? [free(chatSlotStream(chatId), `chat:${chatId}`)] : []),
+  ]);
+  let position = 0n;
+  for (const r of freed) {
+    if (r.status === 'rejected') throw r.reason;
+    position = later(position, r.value.position);
+  }
+  return position;
 }
 
 const later = (a: bigint, b: bigint) => (a > b ? a : b);
