@@ -48,13 +48,16 @@ describe('retry before the first token', () => {
       [{ delta: 'ok' }, { usage: { prompt_tokens: 1, completion_tokens: 1 } }],
     );
     const seen: [number, number | undefined][] = [];
+    const begun: number[] = [];
     const out = await run(
       withRetryBeforeFirstToken(inner, {
         attempts: 3,
         baseDelayMs: 1,
         onRetry: (e, n) => seen.push([n, e.status]),
+        onRetrying: (n) => begun.push(n),
       }),
     );
+    expect(begun).toEqual([2, 3]);
     expect(out.error).toBeUndefined();
     expect(out.items).toEqual([{ delta: 'ok' }, { usage: { prompt_tokens: 1, completion_tokens: 1 } }]);
     expect(inner.calls).toBe(3);
@@ -96,14 +99,21 @@ describe('retry before the first token', () => {
   it('an abort during the wait ends at once with LlmAborted', async () => {
     const inner = scripted([retryable()], [{ delta: 'late' }]);
     const controller = new AbortController();
+    const begun: number[] = [];
     const pending = run(
-      withRetryBeforeFirstToken(inner, { attempts: 3, baseDelayMs: 3_600_000 }),
+      withRetryBeforeFirstToken(inner, {
+        attempts: 3,
+        baseDelayMs: 3_600_000,
+        onRetrying: (n) => begun.push(n),
+      }),
       controller.signal,
     );
     setImmediate(() => controller.abort());
     const out = await pending;
     expect(out.error).toBeInstanceOf(LlmAborted);
     expect(inner.calls).toBe(1);
+    // No retry was made: none is counted.
+    expect(begun).toEqual([]);
   });
 
   it('waits exponentially longer, with jitter in the upper half, at least Retry-After, at most the cap', () => {

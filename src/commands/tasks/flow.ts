@@ -752,10 +752,9 @@ export class TaskFlow {
     const provider = withRetryBeforeFirstToken(models.provider(g.model), {
       attempts: config.LLM_RETRY_ATTEMPTS,
       baseDelayMs: config.LLM_RETRY_BASE_DELAY_MS,
-      onRetry: (err, attempt, delayMs) => {
-        metrics?.retried(g.model.id);
-        logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry');
-      },
+      onRetry: (err, attempt, delayMs) =>
+        logger.warn({ taskId, attempt, delayMs, status: err.status, error: err.message }, 'provider retry'),
+      onRetrying: () => metrics?.retried(g.model.id),
     });
     const askedAt = performance.now();
     const seconds = () => (performance.now() - askedAt) / 1000;

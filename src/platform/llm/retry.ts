@@ -10,8 +10,10 @@ export interface RetryOptions {
   maxDelayMs?: number;
   /** [0, 1): for tests that want a fixed jitter. */
   random?: () => number;
-  /** Told before each wait (for logs and metrics). */
+  /** Told before each wait (for logs). */
   onRetry?: (err: ProviderError, attempt: number, delayMs: number) => void;
+  /** Told as each retry begins, its wait over (for metrics: a wait cut short by an abort asks nothing). */
+  onRetrying?: (attempt: number) => void;
 }
 
 /**
@@ -46,6 +48,7 @@ async function* streamWithRetry(
       await sleep(delayMs, undefined, { signal: req.signal }).catch(() => {
         throw new LlmAborted();
       });
+      options.onRetrying?.(attempt + 1);
     }
   }
 }
