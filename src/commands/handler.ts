@@ -191,9 +191,7 @@ export class CommandHandler {
   ): Promise<HandleResult<State>> {
     // A stream named by an id made for it has no events: its empty state needs no read (the
     // `no_stream` expectation says whether that held).
-    const cached =
-      this.cache?.get(key) ??
-      (newStream ? { revision: -1n, position: 0n, state: decider.initialState() } : undefined);
+    const cached = this.cache?.get(key) ?? (newStream ? emptyStream(decider) : undefined);
     let attempt = 0;
     if (cached) {
       const fast = await this.appendOnCached(decider, key, streamName, command, cached);
@@ -203,14 +201,7 @@ export class CommandHandler {
     for (; ; attempt++) {
       const current = await this.load(decider, key, streamName);
       const decided = decider.decide(command, current.state as State);
-      if (decided.length === 0) {
-        return {
-          position: current.position,
-          nextExpectedRevision: current.revision,
-          events: [],
-          state: current.state as State,
-        };
-      }
+      if (decided.length === 0) return unchanged<State>(current);
       try {
         return await this.append(decider, key, streamName, command, current, decided);
       } catch (err) {
@@ -236,20 +227,11 @@ export class CommandHandler {
     const moved = () => new StreamMoved(`${streamName} changed while this request was under way; try again`);
     // Cached at that revision or past it, or read empty: no read needed (the append says whether
     // the stream is still there).
-    let current =
-      this.cache?.get(key) ??
-      (atRevision === -1n ? { revision: -1n, position: 0n, state: decider.initialState() } : undefined);
+    let current = this.cache?.get(key) ?? (atRevision === -1n ? emptyStream(decider) : undefined);
     if (!current || current.revision < atRevision) current = await this.load(decider, key, streamName);
     if (current.revision !== atRevision) throw moved();
     const decided = decider.decide(command, current.state as State);
-    if (decided.length === 0) {
-      return {
-        position: current.position,
-        nextExpectedRevision: current.revision,
-        events: [],
-        state: current.state as State,
-      };
-    }
+    if (decided.length === 0) return unchanged<State>(current);
     try {
       return await this.append(decider, key, streamName, command, current, decided);
     } catch (err) {
@@ -357,6 +339,23 @@ export class CommandHandler {
     };
     return { id: this.options.ids.next(), type: e.type, data: e.data, metadata };
   }
+}
+
+/** A stream with no events yet, as a command sees it. */
+const emptyStream = (decider: { initialState(): unknown }): Cached => ({
+  revision: -1n,
+  position: 0n,
+  state: decider.initialState(),
+});
+
+/** The answer to a command that decided nothing on the stream as it is. */
+function unchanged<State>(current: Cached): HandleResult<State> {
+  return {
+    position: current.position,
+    nextExpectedRevision: current.revision,
+    events: [],
+    state: current.state as State,
+  };
 }
 
 /** What `command` would decide on `state` (a state just read, or cached), or `refused`; nothing is written. */

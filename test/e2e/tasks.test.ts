@@ -362,6 +362,14 @@ function interceptAppends(before: (name: string, events: readonly NewEvent[]) =>
   });
 }
 
+/** Once the chat's slot was last freed (its reply saved): `what` names it in a failure. */
+const chatSlotFreed = (chatId: string, what: string) =>
+  eventually(
+    async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
+    (type) => type === 'TaskSlotFreed',
+    what,
+  );
+
 /** Makes each append `slow` picks wait 300 ms (`onSlow` told first); restore the spy when done. */
 function slowAppends(slow: (name: string, events: readonly NewEvent[]) => boolean, onSlow?: () => void) {
   return interceptAppends(async (name, events) => {
@@ -1247,11 +1255,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // The start reads the chat's slot taken, then the chat without the first reply; the first reply
     // is saved and its slot freed before the start takes the slot.
     const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
-      await eventually(
-        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
-        (type) => type === 'TaskSlotFreed',
-        'the first reply’s slot freed',
-      );
+      await chatSlotFreed(chatId, 'the first reply’s slot freed');
       asked = fake.requests.length;
     });
     // Not answered from a history without the first reply: refused as when it was asked.
@@ -1272,11 +1276,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
       const other = await startTask(u.auth, chatId);
       await stream(u.auth, other.id);
-      await eventually(
-        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
-        (type) => type === 'TaskSlotFreed',
-        'the other reply’s slot freed',
-      );
+      await chatSlotFreed(chatId, 'the other reply’s slot freed');
     });
     expect(res.status).toBe(201);
     // Asked with the other reply in its history: the chat was read again.
@@ -1305,11 +1305,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const res = await startWhileChatReadIsHeld(u.auth, chatId, async () => {
       const other = await startTask(u.auth, chatId);
       await stream(u.auth, other.id);
-      await eventually(
-        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
-        (type) => type === 'TaskSlotFreed',
-        'the other reply’s slot freed',
-      );
+      await chatSlotFreed(chatId, 'the other reply’s slot freed');
       failRelease = interceptAppends(async (_name, events) => {
         if (events.some((e) => e.type === 'CreditsReleased' && e.metadata.reason === 'task not started')) {
           throw new DependencyDown('The database is away.');
@@ -1337,11 +1333,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const guard = t.deps.sessionGuard!;
     const check = guard.check.bind(guard);
     const late = jest.spyOn(guard, 'check').mockImplementation(async (...args) => {
-      await eventually(
-        async () => (await t.deps.store.readStream(chatSlotStream(chatId))).at(-1)?.type,
-        (type) => type === 'TaskSlotFreed',
-        'the first reply’s slot freed',
-      );
+      await chatSlotFreed(chatId, 'the first reply’s slot freed');
       return check(...args);
     });
     let res: supertest.Response;
