@@ -141,6 +141,10 @@ export function createMemoryTaskBuffer(options: { keepMs?: number } = {}): Memor
   };
 }
 
+/** The place of a piece of ours in a task's stream (its entry id `0-n`), or undefined for another's. */
+const placeOf = (entryId: string): number | undefined =>
+  /^0-\d+$/.test(entryId) ? Number(entryId.slice(2)) : undefined;
+
 /**
  * Redis Streams: any instance can serve a task's stream, wherever it is generated. Every write also
  * goes to this instance's memory buffer, so when Redis is down the instance that generates still
@@ -320,8 +324,8 @@ export function createRedisTaskBuffer(
             const [lastErr, entries] = results[2 * j + 1] ?? [new Error('no answer')];
             if (lengthErr || lastErr) return;
             const last = (entries as [string, string[]][])[0]?.[0];
-            if (last !== undefined && !/^0-\d+$/.test(last)) return;
-            const n = last === undefined ? 0 : Number(last.slice(2));
+            const n = last === undefined ? 0 : placeOf(last);
+            if (n === undefined) return;
             // A stream longer than it keeps lost its first entries by design, not to an outage.
             const whole = length === n || n > MAX_ENTRIES;
             if (whole && n >= w.written) return;
@@ -429,8 +433,8 @@ export function createRedisTaskBuffer(
           }
           let hole = false;
           for (const [entryId, fields] of items) {
-            // Ours are `0-n`; a sweeper's end (another instance's) has an id of Redis's.
-            const n = /^0-\d+$/.test(entryId) ? Number(entryId.slice(2)) : undefined;
+            // A sweeper's end (another instance's) has no place of ours.
+            const n = placeOf(entryId);
             if (n !== undefined) {
               try {
                 hole = !(await readable(n));

@@ -255,9 +255,7 @@ export class TaskFlow {
     ready?: Promise<unknown>,
   ): Promise<StartedTask> {
     const { commands } = this.deps;
-    const warmed = Promise.all([ready, this.warm(input.userId)]);
-    // Awaited by the start; a chat that cannot be read (404) ends the request before it.
-    warmed.catch(() => undefined);
+    const warmed = this.beside(ready, input.userId);
     for (let attempt = 1; ; attempt++) {
       // The chat's slot is read afresh (another instance may be answering in the chat), and before
       // the chat: a slot seen free was freed after its reply was saved, so the chat read next has
@@ -328,11 +326,7 @@ export class TaskFlow {
         `The model ${model.id} answers in text only; it cannot follow response_format.`,
       );
     }
-    return this.start(
-      { ...input, chatId: null, model },
-      provenance,
-      Promise.all([ready, this.warm(input.userId)]),
-    );
+    return this.start({ ...input, chatId: null, model }, provenance, this.beside(ready, input.userId));
   }
 
   /**
@@ -517,25 +511,24 @@ export class TaskFlow {
   }
 
   /**
-   * Reads the user's streams a task's start writes (their slots and their ledger) into the command
-   * cache when they are not there, beside the request's other reads: each write of the start is
-   * then one round trip.
+   * What a start awaits before its first write: the request's `ready` (its session check and rate
+   * limit) and the reads of the user's streams the start writes (their slots and their ledger) into
+   * the command cache, each write then being one round trip. Both run beside the start's own
+   * reads; one that fails first (an unknown chat) leaves this to run out, not unhandled.
    */
-  private warm(userId: string): Promise<unknown> {
+  private beside(ready: Promise<unknown> | undefined, userId: string): Promise<unknown> {
     const { commands } = this.deps;
-    return Promise.all([
+    const all = Promise.all([
+      ready,
       commands.warm(slotsDecider, userSlotsStream(userId)),
       commands.warm(ledgerDecider, ledgerStream(userId)),
     ]);
+    all.catch(() => undefined);
+    return all;
   }
 
-  /**
-   * Starts a task once `ready` (the request's session check and rate limit, and the reads of
-   * `warm`) has resolved: it runs beside the reads that decide what to start, and before any write.
-   */
+  /** Starts a task once `ready` (see `beside`) has resolved, before any write. */
   private async start(g: Generation, provenance: Provenance, ready: Promise<unknown>): Promise<StartedTask> {
-    // Awaited by the start, unless that fails first: then nothing waits for it.
-    ready.catch(() => undefined);
     if (this.closing) throw new DependencyDown('The service is restarting; ask again in a moment.');
     const started = this.begin(g, provenance, ready);
     this.starting.add(started);
