@@ -517,6 +517,135 @@ describe('OpenAI-compatible provider against the fake server', () => {
   });
 });
 
+describe('an event stream as servers write it', () => {
+  /** A server answering every request with `pieces`, written one by one with a pause between. */
+  async function serve(pieces: (string | Buffer)[], options: { status?: number } = {}) {
+    const seen = { closedByClient: false, closed: Promise.resolve() };
+    const server = http.createServer((req, res) => {
+      let settle!: () => void;
+      seen.closed = new Promise<void>((resolve) => (settle = resolve));
+      let finished = false;
+      res.on('close', () => {
+        if (!finished) seen.closedByClient = true;
+        settle();
+      });
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(options.status ?? 200, { 'content-type': 'text/event-stream' });
+        void (async () => {
+          for (const piece of pieces) {
+            if (res.destroyed) return;
+            res.write(piece);
+            await sleep(5);
+          }
+          finished = true;
+          res.end();
+        })();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    servers.push(server);
+    return { url: `http://127.0.0.1:${port}/v1`, seen };
+  }
+  const servers: http.Server[] = [];
+  afterEach(async () => {
+    await Promise.all(
+      servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve).closeAllConnections())),
+    );
+  });
+
+  const chunk = (delta: object, extra: object = {}) =>
+    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }], ...extra })}\n\n`;
+  const finishChunk = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\n`;
+  const usageChunk = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } })}\n\n`;
+
+  it('reads events cut anywhere across reads, inside a character too, with CRLF lines, comments and names', async () => {
+    const body = Buffer.from(
+      ': keep-alive\r\n\r\n' +
+        chunk({ role: 'assistant', content: '你好' }).replaceAll('\n', '\r\n') +
+        'event: message\n' +
+        chunk({ content: ' 🎉 ok' }) +
+        finishChunk +
+        usageChunk +
+        'data: [DONE]\n\n',
+    );
+    // Cut inside 你 (three bytes), between \r and \n, inside "data:", and inside 🎉 (four bytes).
+    const cuts = [
+      body.indexOf('你') + 1,
+      body.indexOf('\r\n\r\ndata') + 1,
+      body.indexOf('data: {"id"') + 3,
+      body.indexOf('🎉') + 2,
+      body.length,
+    ].sort((a, b) => a - b);
+    const pieces = cuts.map((end, i) => body.subarray(i === 0 ? 0 : cuts[i - 1], end));
+    const { url } = await serve(pieces);
+    const out = await collect(providerFor({ baseURL: url }));
+    expect(out.error).toBeUndefined();
+    expect(out.deltas).toEqual(['你好', ' 🎉 ok']);
+    expect(out.finish).toBe('stop');
+    expect(out.usage).toEqual({ prompt_tokens: 7, completion_tokens: 3 });
+  });
+
+  it('ignores what comes after [DONE]', async () => {
+    const { url } = await serve([
+      chunk({ content: 'one' }),
+      finishChunk,
+      'data: [DONE]\n\n',
+      chunk({ content: 'two' }),
+    ]);
+    const out = await collect(providerFor({ baseURL: url }));
+    expect(out.error).toBeUndefined();
+    expect(out.deltas).toEqual(['one']);
+  });
+
+  it('an error the provider sends in the stream fails with its message: retryable before any output, not after', async () => {
+    const error = 'data: {"error":{"message":"The server is overloaded","type":"server_error"}}\n\n';
+    const before = await serve([error]);
+    const early = await collect(providerFor({ baseURL: before.url }));
+    expect(early.error).toBeInstanceOf(ProviderError);
+    expect(early.error).toMatchObject({ retryable: true, afterOutput: false, status: undefined });
+    expect((early.error as Error).message).toMatch(/overloaded/);
+
+    const after = await serve([chunk({ content: 'half' }), error]);
+    const late = await collect(providerFor({ baseURL: after.url }));
+    expect(late.deltas).toEqual(['half']);
+    expect(late.error).toMatchObject({ name: 'ProviderError', retryable: false, afterOutput: true });
+    expect((late.error as Error).message).toMatch(/overloaded/);
+  });
+
+  it('a body that is not the events of a reply fails retryably', async () => {
+    const { url } = await serve(['data: <html>Bad gateway</html>\n\n']);
+    const out = await collect(providerFor({ baseURL: url }));
+    expect(out.error).toMatchObject({ name: 'ProviderError', retryable: true, afterOutput: false });
+    expect((out.error as Error).message).toMatch(/the stream broke/);
+  });
+
+  it('an event that never ends fails once past its limit, instead of being held whole', async () => {
+    const piece = 'x'.repeat(1024 * 1024);
+    const { url, seen } = await serve(['data: ', ...Array.from({ length: 40 }, () => piece)]);
+    const out = await collect(providerFor({ baseURL: url }));
+    expect(out.error).toMatchObject({ name: 'ProviderError', retryable: true });
+    expect((out.error as Error).message).toMatch(/max buffer size/);
+    await seen.closed;
+    expect(seen.closedByClient).toBe(true);
+  });
+
+  it('a reader that stops early closes the connection', async () => {
+    const long = Array.from({ length: 200 }, (_, i) => `word${i}`).join(' ');
+    fake.setBehaviour({ reply: long, tokenDelayMs: 20 });
+    const reader = providerFor()
+      .stream({ model, messages, params: { max_tokens: 256 }, signal: new AbortController().signal })
+      [Symbol.asyncIterator]();
+    expect(await reader.next()).toMatchObject({ done: false, value: { delta: expect.any(String) } });
+    await reader.return?.(undefined);
+    const [request] = fake.requests;
+    await request?.closed;
+    expect(request?.closedByClient).toBe(true);
+    expect(request?.completed).toBe(false);
+  });
+});
+
 describe('a configured catalog', () => {
   it('reaches its provider with the key from the environment and the upstream model name', async () => {
     const catalog = createModelCatalog(
