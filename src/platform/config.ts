@@ -184,8 +184,10 @@ export const ConfigSchema = z.object({
   /** The built-in model's pause before each token, so its replies stream like a model's. */
   LOCAL_MODEL_DELAY_MS: int(0, 10_000).default(15),
   /**
-   * Longest wait for a provider's response and then between two chunks of it: a provider that
-   * stops sending fails the task (and releases its hold) instead of holding it forever.
+   * Longest wait for a provider's response and then between two chunks of it (a keep-alive
+   * comment counts as one): a provider that stops sending fails the task (and releases its hold)
+   * instead of holding it forever; one that only keeps its stream alive is stopped by the task's
+   * time limit.
    */
   LLM_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(120_000),
   /** Attempts per generation (the first included) while the provider fails before its first token. */

@@ -587,6 +587,28 @@ describe('an event stream as servers write it', () => {
     expect(out.usage).toEqual({ prompt_tokens: 7, completion_tokens: 3 });
   });
 
+  it('counts a comment as a sign of life: a provider sending keep-alives while its model thinks is not cut', async () => {
+    const keepAlives = Array.from({ length: 8 }, () => ': processing\n\n');
+    // Eight pieces to a comment, each followed by the server's 5 ms pause: a comment about every
+    // 40 ms, for about 320 ms.
+    const spaced = keepAlives.flatMap((c) => [c, ...Array.from({ length: 7 }, () => '')]);
+    const { url } = await serve([...spaced, chunk({ content: 'at last' }), finishChunk, 'data: [DONE]\n\n']);
+    const out = await collect(providerFor({ baseURL: url, idleTimeoutMs: 150 }));
+    expect(out.error).toBeUndefined();
+    expect(out.deltas).toEqual(['at last']);
+
+    // The same silence without them is cut.
+    const { url: quiet } = await serve([
+      ...spaced.map(() => ''),
+      chunk({ content: 'at last' }),
+      finishChunk,
+      'data: [DONE]\n\n',
+    ]);
+    const cut = await collect(providerFor({ baseURL: quiet, idleTimeoutMs: 150 }));
+    expect(cut.error).toMatchObject({ name: 'ProviderError', retryable: true });
+    expect((cut.error as Error).message).toMatch(/no data for 150 ms/);
+  });
+
   it('ignores what comes after [DONE]', async () => {
     const { url } = await serve([
       chunk({ content: 'one' }),

@@ -31,8 +31,9 @@ export interface OpenAIProviderOptions {
   /** Servers without auth (Ollama, a bare vLLM) still get a placeholder: the SDK requires one. */
   apiKey?: string | undefined;
   /**
-   * Longest wait for the response, and then between two chunks of it: a provider that stops
-   * sending fails the generation instead of holding it (and its credits) forever.
+   * Longest wait for the response, and then between two chunks of it (a keep-alive comment
+   * counts): a provider that stops sending fails the generation instead of holding it (and its
+   * credits) forever.
    */
   idleTimeoutMs: number;
   /** `max_completion_tokens` for OpenAI's reasoning models, which refuse `max_tokens`. */
@@ -130,7 +131,8 @@ async function* streamCompletion(
     const response = await client.chat.completions.create(requestBody(req, options), { signal }).asResponse();
     if (!response.body) throw failure('the response had no body', true);
     reader = response.body.getReader();
-    const events = sseEvents();
+    // A comment (a keep-alive some servers send while the model thinks) shows the provider is there.
+    const events = sseEvents(arm);
     while (!signal.aborted) {
       const read = await reader.read();
       if (read.done) {
@@ -189,9 +191,9 @@ const MAX_EVENT_CHARS = 16 * 1024 * 1024;
  * The events of an SSE body, fed its bytes as they arrive: each feed answers the data of the
  * events it completed, none after `[DONE]` (what follows it is read and ignored, as the SDK does).
  * A character split across two reads is decoded whole; an event longer than `MAX_EVENT_CHARS`
- * fails the feed.
+ * fails the feed. `onComment` is called for each comment line.
  */
-function sseEvents(): { feed(bytes: Uint8Array): string[] } {
+function sseEvents(onComment: () => void): { feed(bytes: Uint8Array): string[] } {
   let events: string[] = [];
   let broken: Error | undefined;
   let done = false;
@@ -203,6 +205,7 @@ function sseEvents(): { feed(bytes: Uint8Array): string[] } {
     onError: (err) => {
       if (err.type === 'max-buffer-size-exceeded') broken = err;
     },
+    onComment,
     maxBufferSize: MAX_EVENT_CHARS,
   });
   const decoder = new TextDecoder();
