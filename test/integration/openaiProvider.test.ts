@@ -519,7 +519,7 @@ describe('OpenAI-compatible provider against the fake server', () => {
 
 describe('an event stream as servers write it', () => {
   /** A server answering every request with `pieces`, written one by one with a pause between. */
-  async function serve(pieces: (string | Buffer)[], options: { status?: number } = {}) {
+  async function serve(pieces: (string | Buffer)[]) {
     const seen = { closedByClient: false, closed: Promise.resolve() };
     const server = http.createServer((req, res) => {
       let settle!: () => void;
@@ -531,7 +531,7 @@ describe('an event stream as servers write it', () => {
       });
       req.resume();
       req.on('end', () => {
-        res.writeHead(options.status ?? 200, { 'content-type': 'text/event-stream' });
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
         void (async () => {
           for (const piece of pieces) {
             if (res.destroyed) return;
@@ -555,10 +555,12 @@ describe('an event stream as servers write it', () => {
     );
   });
 
-  const chunk = (delta: object, extra: object = {}) =>
-    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }], ...extra })}\n\n`;
-  const finishChunk = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\n`;
-  const usageChunk = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } })}\n\n`;
+  /** An event of a streamed reply with these fields. */
+  const event = (fields: object) =>
+    `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', ...fields })}\n\n`;
+  const chunk = (delta: object) => event({ choices: [{ index: 0, delta, finish_reason: null }] });
+  const finishChunk = event({ choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] });
+  const usageChunk = event({ choices: [], usage: { prompt_tokens: 7, completion_tokens: 3 } });
 
   it('reads events cut anywhere across reads, inside a character too, with CRLF lines, comments and names', async () => {
     const body = Buffer.from(
@@ -588,25 +590,22 @@ describe('an event stream as servers write it', () => {
   });
 
   it('counts a comment as a sign of life: a provider sending keep-alives while its model thinks is not cut', async () => {
-    const keepAlives = Array.from({ length: 8 }, () => ': processing\n\n');
     // Eight pieces to a comment, each followed by the server's 5 ms pause: a comment about every
-    // 40 ms, for about 320 ms.
+    // 40 ms, for about a second, twice the idle timeout (which leaves a stall of the test's own
+    // event loop room to pass unnoticed).
+    const keepAlives = Array.from({ length: 24 }, () => ': processing\n\n');
     const spaced = keepAlives.flatMap((c) => [c, ...Array.from({ length: 7 }, () => '')]);
-    const { url } = await serve([...spaced, chunk({ content: 'at last' }), finishChunk, 'data: [DONE]\n\n']);
-    const out = await collect(providerFor({ baseURL: url, idleTimeoutMs: 150 }));
+    const reply = [chunk({ content: 'at last' }), finishChunk, 'data: [DONE]\n\n'];
+    const { url } = await serve([...spaced, ...reply]);
+    const out = await collect(providerFor({ baseURL: url, idleTimeoutMs: 500 }));
     expect(out.error).toBeUndefined();
     expect(out.deltas).toEqual(['at last']);
 
     // The same silence without them is cut.
-    const { url: quiet } = await serve([
-      ...spaced.map(() => ''),
-      chunk({ content: 'at last' }),
-      finishChunk,
-      'data: [DONE]\n\n',
-    ]);
-    const cut = await collect(providerFor({ baseURL: quiet, idleTimeoutMs: 150 }));
+    const { url: quiet } = await serve([...spaced.map(() => ''), ...reply]);
+    const cut = await collect(providerFor({ baseURL: quiet, idleTimeoutMs: 500 }));
     expect(cut.error).toMatchObject({ name: 'ProviderError', retryable: true });
-    expect((cut.error as Error).message).toMatch(/no data for 150 ms/);
+    expect((cut.error as Error).message).toMatch(/no data for 500 ms/);
   });
 
   it('ignores what comes after [DONE]', async () => {
