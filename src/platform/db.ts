@@ -4,13 +4,21 @@ import net from 'node:net';
 import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
-import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from 'kysely';
+import {
+  Kysely,
+  PostgresDialect,
+  type PostgresCursor,
+  type PostgresPool,
+  type PostgresPoolClient,
+  type PostgresQueryResult,
+} from 'kysely';
 import pg from 'pg';
 import type { Config } from './config';
 import { isConnectionFailure } from './errors';
 import type { Logger } from './logger';
 import type { Database } from './schema';
 import { Mutex } from './mutex';
+import { PREPARED_MARK } from './prepared';
 
 export type { Database };
 
@@ -79,6 +87,27 @@ export async function openDatabaseForCli(config: Config, logger: Logger): Promis
   return openEmbedded(config, logger, { serveEmbedded: false });
 }
 
+/** Each marked text's name, the same on every connection of the process. */
+const preparedNames = new Map<string, string>();
+/** A guard, not a limit any statement of ours reaches: past it, marked texts are sent unnamed. */
+const MAX_PREPARED = 500;
+
+/** A client for kysely whose marked statements go named (its cursors go as they are). */
+function preparing(client: pg.PoolClient, release: () => void): PostgresPoolClient {
+  function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
+  function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
+  function query(text: string | PostgresCursor<unknown>, values?: readonly unknown[]): unknown {
+    if (typeof text !== 'string') return client.query(text as unknown as pg.Submittable);
+    if (!text.endsWith(PREPARED_MARK)) return client.query(text, values as unknown[]);
+    let name = preparedNames.get(text);
+    if (name === undefined && preparedNames.size < MAX_PREPARED) {
+      preparedNames.set(text, (name = `prepared_${preparedNames.size + 1}`));
+    }
+    return client.query({ text, values: values as unknown[], ...(name ? { name } : {}) });
+  }
+  return { query, release };
+}
+
 async function openServer(
   url: string,
   poolSize: number,
@@ -111,7 +140,19 @@ async function openServer(
   pool.on('connect', (client) => {
     client.on('error', (err) => logger.debug({ err }, 'database connection failed in use'));
   });
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  // Over the service's embedded database every client shares PGlite's one session, and with it
+  // the prepared-statement names: a second client must not prepare the service's names again.
+  const namesStatements = !opts.overEmbeddedSocket;
+  const kyselyPool: PostgresPool = namesStatements
+    ? {
+        async connect() {
+          const client = await pool.connect();
+          return preparing(client, () => client.release());
+        },
+        end: () => pool.end(),
+      }
+    : pool;
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: kyselyPool }) });
   const sessionClient = new SessionClient(() => new BoundedClient({ connectionString: url }), logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
   return {
@@ -119,10 +160,7 @@ async function openServer(
     db,
     locks,
     async query<R>(text: string, values: readonly unknown[], name?: string, options?: { arrays?: boolean }) {
-      // Over the service's embedded database every client shares PGlite's one session, and with it
-      // the prepared-statement names: a second client must not prepare the service's names again.
-      const prepared = opts.overEmbeddedSocket ? undefined : name;
-      const res = await pool.query(queryConfig(text, values, prepared, options));
+      const res = await pool.query(queryConfig(text, values, namesStatements ? name : undefined, options));
       return res.rows as R[];
     },
     listen: (channel, onNotify) => sessionClient.listen(channel, onNotify),
@@ -310,7 +348,7 @@ async function openEmbedded(config: Config, logger: Logger, options: OpenOptions
   const pool: PostgresPool = {
     async connect(): Promise<PostgresPoolClient> {
       const { client, release } = await checkout();
-      return { query: client.query.bind(client), release };
+      return preparing(client, release);
     },
     end: () => inner.end(),
   };

@@ -5,6 +5,7 @@ import type { RecordedEvent } from '../eventstore/port';
 import { groupByKey } from './batch';
 import { jsonChunkPairs, jsonChunks, pgTimestamp } from './json';
 import type { Projector } from './types';
+import { prepared } from '../platform/prepared';
 
 const messageRow = (chatId: string, m: ChatMessage) => ({
   id: m.messageId,
@@ -119,7 +120,7 @@ export const chatsProjector: Projector = {
       await sql`
         insert into chat_messages
         select * from json_populate_recordset(null::chat_messages, ${chunk}::json)
-        on conflict (id) do nothing`.execute(trx);
+        on conflict (id) do nothing ${prepared}`.execute(trx);
     }
   },
 };
@@ -164,6 +165,6 @@ async function writeChats(trx: Kysely<Database>, started: string, changed: strin
       delete from chat_messages where chat_id in (select id from changed where purge)
     )
     select id, true as started, null::text as before from started
-    union all select id, false, before::text from changed`.execute(trx);
+    union all select id, false, before::text from changed ${prepared}`.execute(trx);
   return written.rows;
 }

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import type { LedgerEvent } from '../events/ledger';
 import type { Projector } from './types';
+import { prepared } from '../platform/prepared';
 
 type HoldEvent = Extract<
   LedgerEvent,
@@ -42,6 +43,7 @@ export const openHoldsProjector: Projector = {
       .selectFrom('open_holds_seen')
       .select(['user_id', 'last_position'])
       .where(sql<boolean>`user_id = any(${users}::text[])`)
+      .modifyEnd(prepared)
       .execute();
     const seen = new Map(seenRows.map((r) => [r.user_id, BigInt(r.last_position)]));
 
@@ -75,7 +77,7 @@ export const openHoldsProjector: Projector = {
         delete from open_holds h
         using unnest(${closed.map((h) => h.userId)}::text[], ${closed.map((h) => h.holdId)}::text[])
           as c(user_id, hold_id)
-        where h.user_id = c.user_id and h.hold_id = c.hold_id`.execute(trx);
+        where h.user_id = c.user_id and h.hold_id = c.hold_id ${prepared}`.execute(trx);
     }
     const opened = [...holds.values()].flatMap((h) => (h.open ? [h.open] : []));
     if (opened.length > 0) {
@@ -95,12 +97,12 @@ export const openHoldsProjector: Projector = {
           expires_at = excluded.expires_at,
           reserved_position = excluded.reserved_position,
           reserved_event_id = excluded.reserved_event_id,
-          correlation_id = excluded.correlation_id`.execute(trx);
+          correlation_id = excluded.correlation_id ${prepared}`.execute(trx);
     }
     await sql`
       insert into open_holds_seen (user_id, last_position)
       select * from unnest(${[...latest.keys()]}::text[], ${[...latest.values()].map(String)}::bigint[])
       on conflict (user_id) do update set last_position = excluded.last_position
-      where open_holds_seen.last_position < excluded.last_position`.execute(trx);
+      where open_holds_seen.last_position < excluded.last_position ${prepared}`.execute(trx);
   },
 };

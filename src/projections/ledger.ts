@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import { LEDGER_EVENT_TYPES, type LedgerEvent } from '../events/ledger';
 import { pgTimestamp } from './json';
 import type { Projector } from './types';
+import { prepared } from '../platform/prepared';
 
 /** What an event does to the balance (posted) and to the open holds, and whether it is a history entry. */
 function effect(e: LedgerEvent): {
@@ -104,6 +105,6 @@ export const ledgerProjector: Projector = {
       select id, user_id, position, type, posted, balance_after, reason, ref, created_at
       from applied
       where type is not null
-      on conflict (id) do nothing`.execute(trx);
+      on conflict (id) do nothing ${prepared}`.execute(trx);
   },
 };

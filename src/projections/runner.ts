@@ -4,6 +4,7 @@ import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
 import type { ProjectionEngine, ProjectionStatus, Projector, RebuildProgress, RunnerState } from './types';
+import { prepared } from '../platform/prepared';
 
 export interface ProjectionEngineOptions {
   db: Db;
@@ -384,6 +385,7 @@ class Runner {
       .where('name', '=', this.projector.name)
       .where('txid', '=', String(expected.txid))
       .where('position', '=', String(expected.position))
+      .modifyEnd(prepared)
       .executeTakeFirst();
     if (Number(moved.numUpdatedRows) !== 1) {
       throw new CheckpointMoved(`checkpoint of ${this.projector.name} moved`);

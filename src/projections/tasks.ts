@@ -5,6 +5,7 @@ import type { RecordedEvent } from '../eventstore/port';
 import { groupByKey } from './batch';
 import { jsonChunkPairs, pgTimestamp, pgTimestampOrNull } from './json';
 import type { Projector } from './types';
+import { prepared } from '../platform/prepared';
 
 /** What an outcome sets on the task's row. */
 function outcomeColumns(e: TaskOutcome) {
@@ -132,5 +133,5 @@ async function writeTasks(trx: Kysely<Database>, created: string, changed: strin
         id text, last_position bigint, claimed_position bigint, outcome_position bigint,
         status text, prompt_tokens int, completion_tokens int, cost bigint, message_id text,
         error text, finished_at timestamptz)
-      where tasks.id = u.id and tasks.last_position < u.last_position`.execute(trx);
+      where tasks.id = u.id and tasks.last_position < u.last_position ${prepared}`.execute(trx);
 }

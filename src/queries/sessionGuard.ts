@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { sql, type Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../platform/clock';
+import { prepared } from '../platform/prepared';
 import type { Database } from '../platform/schema';
 import type { PermissionLevel } from '../platform/tokens';
 
@@ -75,6 +76,7 @@ export function createSessionGuard(options: {
       .leftJoin('sessions', (join) => join.on('sessions.id', '=', sessionId))
       .leftJoin('users', (join) => join.on('users.id', '=', userId))
       .select(['sessions.revoked_at', 'users.disabled', 'users.permission'])
+      .modifyEnd(prepared)
       .executeTakeFirstOrThrow();
     const row: Row = {
       // A session not yet projected has just started: it cannot have been revoked before it existed.
