@@ -2,10 +2,10 @@ import { sql, type Kysely } from 'kysely';
 import { CHAT_EVENT_TYPES, type ChatEvent, type ChatMessage } from '../events/chats';
 import type { Database } from '../platform/schema';
 import type { RecordedEvent } from '../eventstore/port';
+import { prepared } from '../platform/prepared';
 import { groupByKey } from './batch';
 import { jsonChunkPairs, jsonChunks, pgTimestamp } from './json';
 import type { Projector } from './types';
-import { prepared } from '../platform/prepared';
 
 const messageRow = (chatId: string, m: ChatMessage) => ({
   id: m.messageId,

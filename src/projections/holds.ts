@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { LedgerEvent } from '../events/ledger';
-import type { Projector } from './types';
 import { prepared } from '../platform/prepared';
+import type { Projector } from './types';
 
 type HoldEvent = Extract<
   LedgerEvent,

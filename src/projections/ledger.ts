@@ -1,8 +1,8 @@
 import { sql } from 'kysely';
 import { LEDGER_EVENT_TYPES, type LedgerEvent } from '../events/ledger';
+import { prepared } from '../platform/prepared';
 import { pgTimestamp } from './json';
 import type { Projector } from './types';
-import { prepared } from '../platform/prepared';
 
 /** What an event does to the balance (posted) and to the open holds, and whether it is a history entry. */
 function effect(e: LedgerEvent): {

@@ -3,8 +3,8 @@ import { START, compareLogPositions, type EventStore, type LogPosition } from '.
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
-import type { ProjectionEngine, ProjectionStatus, Projector, RebuildProgress, RunnerState } from './types';
 import { prepared } from '../platform/prepared';
+import type { ProjectionEngine, ProjectionStatus, Projector, RebuildProgress, RunnerState } from './types';
 
 export interface ProjectionEngineOptions {
   db: Db;

@@ -2,10 +2,10 @@ import { sql, type Kysely } from 'kysely';
 import type { TaskEvent, TaskOutcome } from '../events/tasks';
 import type { Database, TasksTable } from '../platform/schema';
 import type { RecordedEvent } from '../eventstore/port';
+import { prepared } from '../platform/prepared';
 import { groupByKey } from './batch';
 import { jsonChunkPairs, pgTimestamp, pgTimestampOrNull } from './json';
 import type { Projector } from './types';
-import { prepared } from '../platform/prepared';
 
 /** What an outcome sets on the task's row. */
 function outcomeColumns(e: TaskOutcome) {
