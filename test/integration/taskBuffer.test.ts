@@ -207,7 +207,6 @@ withRedis('with Redis', () => {
       b.disconnect();
     });
     const delta = (content: string): TaskChunk => ({ kind: 'delta', content });
-    const settle = () => new Promise((res) => setTimeout(res, 100));
     const eventuallyAsync = async (ok: () => Promise<boolean>) => {
       for (let waited = 0; !(await ok()); waited += 10) {
         if (waited > 3_000) throw new Error('not reached');
@@ -215,6 +214,11 @@ withRedis('with Redis', () => {
       }
     };
     const eventually = (ok: () => boolean) => eventuallyAsync(() => Promise.resolve(ok()));
+    /**
+     * Until the writer's connection, disconnected, is closed for good: connecting again before that
+     * is refused ("already connecting/connected").
+     */
+    const gone = () => eventually(() => a.status === 'end');
     const readAll = async (id: string) => {
       const stop = new AbortController();
       const timer = setTimeout(() => stop.abort(), 3_000);
@@ -236,7 +240,7 @@ withRedis('with Redis', () => {
       a.disconnect();
       await b.del(`task:${id}:out`);
       await b.xadd(`task:${id}:out`, kept.id, 'c', JSON.stringify(kept.piece));
-      await settle();
+      await gone();
       return id;
     };
     const whole = [delta('1'), delta('2'), delta('3'), done];
@@ -255,7 +259,7 @@ withRedis('with Redis', () => {
       const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
       writer.append(id, delta('3'));
-      await settle();
+      await gone();
       await a.connect();
       writer.append(id, delta('4'));
       writer.append(id, done);
@@ -266,7 +270,7 @@ withRedis('with Redis', () => {
       const id = await firstPieceThenAway();
       writer.append(id, delta('2'));
       writer.append(id, done);
-      await settle();
+      await gone();
       await a.connect();
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), done]);
     });
@@ -297,7 +301,7 @@ withRedis('with Redis', () => {
       a.disconnect();
       await b.del(`task:${id}:out`);
       writer.append(id, delta('3'));
-      await settle();
+      await gone();
       await a.connect();
       writer.append(id, done);
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), delta('3'), done]);
@@ -331,7 +335,7 @@ withRedis('with Redis', () => {
       await b.xdel(`task:${inMiddle}:out`, '0-2');
       // The readers start while the writer is away, and read what they can.
       const reading = [fromStart, inMiddle].map((id) => readAll(id));
-      await settle();
+      await gone();
       await a.connect();
       expect(await Promise.all(reading)).toEqual([whole, whole]);
     });
@@ -398,7 +402,7 @@ withRedis('with Redis', () => {
       await eventuallyAsync(async () => (await b.xlen(`task:${live}:out`)) === 1);
       a.disconnect();
       await b.del(...ended.map((id) => `task:${id}:out`));
-      await settle();
+      await gone();
       // The keys each write touches, in the order they are written.
       const written: string[] = [];
       const multi = a.multi.bind(a);
@@ -449,7 +453,7 @@ withRedis('with Redis', () => {
     it('writes, before it closes, all that waited, though it is more than one write holds', async () => {
       const id = await firstPieceThenAway();
       for (let i = 2; i <= 1_300; i++) writer.append(id, delta(String(i)));
-      await settle();
+      await gone();
       await a.connect();
       writer.append(id, done);
       await writer.close();
@@ -464,7 +468,7 @@ withRedis('with Redis', () => {
       writer.append(id, delta('2'));
       // As if the write of the second piece had reached Redis before the connection broke.
       await b.xadd(`task:${id}:out`, '0-2', 'c', JSON.stringify(delta('2')));
-      await settle();
+      await gone();
       await a.connect();
       writer.append(id, done);
       expect(await readAll(id)).toEqual([delta('1'), delta('2'), done]);
@@ -482,10 +486,13 @@ withRedis('with Redis', () => {
       generating.open(id);
       generating.append(id, { kind: 'delta', content: 'x' });
       generating.append(id, { kind: 'delta', content: 'y' });
-      await new Promise((res) => setTimeout(res, 100));
+      // Both pieces in Redis before the sweeper ends the task, as when it finds it overdue.
+      for (let waited = 0; (await b.xlen(`task:${id}:out`)) < 2; waited += 10) {
+        if (waited > 3_000) throw new Error('the pieces did not reach Redis');
+        await new Promise((res) => setTimeout(res, 10));
+      }
       const failed: TaskChunk = { kind: 'error', detail: 'The task ran past its time limit.' };
       sweeping.append(id, failed);
-      await new Promise((res) => setTimeout(res, 100));
       expect(await collect(sweeping, id)).toEqual([
         { kind: 'delta', content: 'x' },
         { kind: 'delta', content: 'y' },
