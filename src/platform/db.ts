@@ -143,11 +143,15 @@ async function openServer(
   // Over the service's embedded database every client shares PGlite's one session, and with it
   // the prepared-statement names: a second client must not prepare the service's names again.
   const namesStatements = !opts.overEmbeddedSocket;
+  // One wrapper per connection, as kysely keeps its own state per client object it is given.
+  const wrappers = new WeakMap<pg.PoolClient, PostgresPoolClient>();
   const kyselyPool: PostgresPool = namesStatements
     ? {
         async connect() {
           const client = await pool.connect();
-          return preparing(client, () => client.release());
+          let wrapper = wrappers.get(client);
+          if (!wrapper) wrappers.set(client, (wrapper = preparing(client, () => client.release())));
+          return wrapper;
         },
         end: () => pool.end(),
       }
