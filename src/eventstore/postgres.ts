@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import DataLoader from 'dataloader';
 import { sql, type Kysely } from 'kysely';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
@@ -131,6 +132,18 @@ const EVENT_COLUMNS =
   "position, txid::text as txid, event_id, stream_name, revision, type, data, metadata, date_part('epoch', recorded_at) * 1000 as recorded_ms";
 const READ_STREAM_FORWARDS_SQL = `select ${EVENT_COLUMNS} from events
   where stream_name = $1 and revision >= $2::bigint order by revision asc limit $3`;
+/**
+ * Several streams, each from a revision on, in one statement (one snapshot): the events of the
+ * `i`th read (numbered from 1, in the order asked), each read's in revision order.
+ */
+const READ_STREAMS_SQL = `select e.*, r.i from unnest($1::text[], $2::bigint[]) with ordinality as r(name, from_revision, i)
+  cross join lateral (
+    select ${EVENT_COLUMNS} from events
+    where stream_name = r.name and revision >= r.from_revision order by revision asc
+  ) e
+  order by r.i, e.revision`;
+/** The most stream reads one statement takes; more wait for the next. */
+const MAX_READS_TOGETHER = 100;
 const READ_STREAM_BACKWARDS_SQL = `select ${EVENT_COLUMNS} from events
   where stream_name = $1 and revision <= $2::bigint order by revision desc limit $3`;
 /**
@@ -294,15 +307,72 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     return result;
   }
 
+  /**
+   * A whole stream from a revision on (a command reading what was appended since its cached
+   * state): the reads asked for while the work under way runs (`setImmediate`) share one statement.
+   * Under load a command's reads come in dozens at a time, and each statement costs both processes
+   * a round trip, a plan and a wake-up whatever it reads. A lone read goes alone, as before.
+   */
+  const streamReads = new DataLoader<{ streamName: string; from: bigint }, RecordedEvent[]>(
+    async (reads) => {
+      if (reads.length === 1) {
+        const [{ streamName, from }] = reads as [{ streamName: string; from: bigint }];
+        return [await readStreamForwards(streamName, from, 2 ** 31 - 1)];
+      }
+      let rows: [...EventRow, i: string][];
+      try {
+        rows = await handle.query(
+          READ_STREAMS_SQL,
+          [reads.map((r) => r.streamName), reads.map((r) => String(r.from))],
+          'eventstore_read_streams',
+          { arrays: true },
+        );
+      } catch {
+        // The statement failed as a whole (a name PostgreSQL cannot take as text, the connection
+        // lost): each read goes again on its own, so one read's failure is never another's.
+        return Promise.all(
+          reads.map((r) =>
+            readStreamForwards(r.streamName, r.from, 2 ** 31 - 1).catch((err: unknown) =>
+              err instanceof Error ? err : new Error(String(err)),
+            ),
+          ),
+        );
+      }
+      const events = reads.map((): RecordedEvent[] => []);
+      for (const row of rows) events[Number(row[9]) - 1]!.push(toRecorded(row as unknown as EventRow));
+      return events;
+    },
+    { cache: false, batchScheduleFn: (run) => setImmediate(run), maxBatchSize: MAX_READS_TOGETHER },
+  );
+
+  async function readStreamForwards(
+    streamName: string,
+    from: bigint,
+    limit: number,
+  ): Promise<RecordedEvent[]> {
+    const rows = await handle.query<EventRow>(
+      READ_STREAM_FORWARDS_SQL,
+      [streamName, String(from), limit],
+      'eventstore_read_stream',
+      { arrays: true },
+    );
+    return rows.map(toRecorded);
+  }
+
   async function readStream(streamName: string, opts: ReadStreamOptions = {}): Promise<RecordedEvent[]> {
     const backwards = opts.direction === 'backwards';
     const limit = opts.maxCount ?? 2 ** 31 - 1;
     if (limit <= 0) return [];
     const from = opts.fromRevision ?? (backwards ? MAX_BIGINT : 0n);
+    if (!backwards) {
+      return opts.maxCount === undefined
+        ? streamReads.load({ streamName, from })
+        : readStreamForwards(streamName, from, limit);
+    }
     const rows = await handle.query<EventRow>(
-      backwards ? READ_STREAM_BACKWARDS_SQL : READ_STREAM_FORWARDS_SQL,
+      READ_STREAM_BACKWARDS_SQL,
       [streamName, String(from), limit],
-      backwards ? 'eventstore_read_stream_backwards' : 'eventstore_read_stream',
+      'eventstore_read_stream_backwards',
       { arrays: true },
     );
     return rows.map(toRecorded);

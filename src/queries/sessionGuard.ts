@@ -1,3 +1,4 @@
+import DataLoader from 'dataloader';
 import type { Redis } from 'ioredis';
 import { sql, type Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
@@ -34,6 +35,13 @@ interface Row {
   at: number;
 }
 
+/** What the read models hold of a session and its user (null: not projected yet). */
+interface Found {
+  revoked_at: Date | string | null;
+  disabled: boolean | null;
+  permission: number | null;
+}
+
 const SESSION_KEY = (id: string) => `auth:revoked:session:${id}`;
 const USER_KEY = (id: string) => `auth:disabled:user:${id}`;
 
@@ -64,20 +72,43 @@ export function createSessionGuard(options: {
     return null;
   }
 
+  // A request's only read when the cache is cold. The checks asked for while the work under way
+  // runs (`setImmediate`) share one statement: under load requests come dozens at a time.
+  const probes = new DataLoader<{ sessionId: string; userId: string }, Found>(
+    async (asked) => {
+      if (asked.length === 1) {
+        const [{ sessionId, userId }] = asked as [{ sessionId: string; userId: string }];
+        // A one-row probe with the session and the user joined to it, null where a row is not
+        // projected yet.
+        return [
+          await db
+            .selectFrom(sql<{ one: number }>`(select 1 as one)`.as('probe'))
+            .leftJoin('sessions', (join) => join.on('sessions.id', '=', sessionId))
+            .leftJoin('users', (join) => join.on('users.id', '=', userId))
+            .select(['sessions.revoked_at', 'users.disabled', 'users.permission'])
+            .modifyEnd(prepared)
+            .executeTakeFirstOrThrow(),
+        ];
+      }
+      // A probe per check, in the order asked.
+      const { rows: found } = await sql<Found>`
+        select s.revoked_at, u.disabled, u.permission
+        from unnest(${asked.map((a) => a.sessionId)}::text[], ${asked.map((a) => a.userId)}::text[])
+          with ordinality as probe(session_id, user_id, i)
+        left join sessions s on s.id = probe.session_id
+        left join users u on u.id = probe.user_id
+        order by probe.i ${prepared}`.execute(db);
+      return found;
+    },
+    { cache: false, batchScheduleFn: (run) => setImmediate(run), maxBatchSize: 100 },
+  );
+
   async function fromReadModels(sessionId: string, userId: string): Promise<Row> {
     const key = `${sessionId}\u0000${userId}`;
     const now = clock.now().getTime();
     const cached = rows.get(key);
     if (cached && now - cached.at < cacheMs) return cached;
-    // One statement for both (a request's only read when the cache is cold): a one-row probe with
-    // the session and the user joined to it, null where a row is not projected yet.
-    const found = await db
-      .selectFrom(sql<{ one: number }>`(select 1 as one)`.as('probe'))
-      .leftJoin('sessions', (join) => join.on('sessions.id', '=', sessionId))
-      .leftJoin('users', (join) => join.on('users.id', '=', userId))
-      .select(['sessions.revoked_at', 'users.disabled', 'users.permission'])
-      .modifyEnd(prepared)
-      .executeTakeFirstOrThrow();
+    const found = await probes.load({ sessionId, userId });
     const row: Row = {
       // A session not yet projected has just started: it cannot have been revoked before it existed.
       revoked: found.revoked_at !== null,

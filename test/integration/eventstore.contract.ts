@@ -13,6 +13,7 @@ import {
   type ExpectedRevision,
   type LogPosition,
   type NewEvent,
+  type ReadStreamOptions,
   type RecordedEvent,
   type SubscribeOptions,
   type Subscription,
@@ -314,6 +315,36 @@ export function eventStoreContract(name: string, open: () => Promise<OpenedStore
 
       it('reads a missing stream as no events', async () => {
         expect(await store.readStream(streamIn('chat'))).toEqual([]);
+      });
+
+      it('answers reads asked for at once each with its own stream, as read alone', async () => {
+        const other = streamIn('chat');
+        await store.append(other, [newEvent('MessageSent', { n: 'other' })], 'no_stream');
+        const asked: [string, ReadStreamOptions?][] = [
+          [stream],
+          [other],
+          [streamIn('chat')],
+          [stream, { fromRevision: 3n }],
+          [stream, { fromRevision: 5n }],
+          [other],
+          [stream, { maxCount: 1 }],
+          [stream, { direction: 'backwards', maxCount: 2 }],
+        ];
+        const together = await Promise.all(asked.map(([name, options]) => store.readStream(name, options)));
+        const alone: RecordedEvent[][] = [];
+        for (const [name, options] of asked) alone.push(await store.readStream(name, options));
+        expect(together).toEqual(alone);
+        expect(together.map(revisions)).toEqual([
+          [0n, 1n, 2n, 3n, 4n],
+          [0n],
+          [],
+          [3n, 4n],
+          [],
+          [0n],
+          [0n],
+          [4n, 3n],
+        ]);
+        expect(together[1]![0]!.data).toEqual({ n: 'other' });
       });
 
       it('round-trips id, type, data, metadata, stream name, revision and recording time', async () => {

@@ -32,6 +32,54 @@ describe.each(testDatabases())('on %s', (kind) => {
   });
 });
 
+describe.each(testDatabases())('stream reads on %s', (kind) => {
+  it('asked for at once share one statement; a lone one goes alone', async () => {
+    const database = await openTestDatabase(kind);
+    const statements: string[] = [];
+    const store = createPostgresEventStore(watching(database.db, (name) => statements.push(name)));
+    try {
+      const streams = Array.from({ length: 30 }, (_, i) => `chat-${uuidv7()}-${i}`);
+      for (const [i, stream] of streams.entries()) {
+        const events = Array.from({ length: (i % 3) + 1 }, (_, n) => ({
+          id: uuidv7(),
+          type: 'MessageSent',
+          data: { i, n },
+          metadata: meta,
+        }));
+        await store.append(stream, events, 'no_stream');
+      }
+      statements.length = 0;
+      const read = await Promise.all(
+        streams.map((stream, i) => store.readStream(stream, { fromRevision: BigInt(i % 2) })),
+      );
+      expect(statements).toEqual(['eventstore_read_streams']);
+      read.forEach((events, i) => {
+        const from = i % 2;
+        expect(events.map((e) => [e.streamName, e.revision, e.data])).toEqual(
+          Array.from({ length: (i % 3) + 1 - from }, (_, k) => [
+            streams[i],
+            BigInt(from + k),
+            { i, n: from + k },
+          ]),
+        );
+      });
+      statements.length = 0;
+      expect(await store.readStream(streams[2]!)).toHaveLength(3);
+      expect(statements).toEqual(['eventstore_read_stream']);
+      // A name that text cannot hold fails the shared statement: it fails alone, the others answer.
+      const [bad, ...good] = await Promise.allSettled([
+        store.readStream('chat-\u0000'),
+        ...streams.slice(0, 3).map((stream) => store.readStream(stream)),
+      ]);
+      expect(bad!.status).toBe('rejected');
+      expect(good.map((r) => (r.status === 'fulfilled' ? r.value.length : r.reason))).toEqual([1, 2, 3]);
+    } finally {
+      await store.close();
+      await database.close();
+    }
+  });
+});
+
 describe.each(testDatabases())('live subscribers on %s', (kind) => {
   it('share one read per wake, each getting exactly the events its filter matches, in order', async () => {
     const database = await openTestDatabase(kind);
@@ -354,6 +402,18 @@ function follow(store: EventStore, handling?: () => Promise<void> | undefined) {
     onCaughtUp: () => caughtUp(),
   });
   return { seen, subscription, caughtUp: reached };
+}
+
+/** `db`, telling `onStatement` the name of each named statement it runs. */
+function watching(db: Db, onStatement: (name: string) => void): Db {
+  return Object.create(db, {
+    query: {
+      value: (...args: Parameters<Db['query']>) => {
+        if (args[2]) onStatement(args[2]);
+        return db.query(...args);
+      },
+    },
+  }) as Db;
 }
 
 /** `db`, telling `onRead` the number of rows of each read of the log. */
