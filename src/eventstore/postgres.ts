@@ -317,7 +317,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     async (reads) => {
       if (reads.length === 1) {
         const [{ streamName, from }] = reads as [{ streamName: string; from: bigint }];
-        return [await readStreamForwards(streamName, from, 2 ** 31 - 1)];
+        return [await readOneStream(streamName, from, 2 ** 31 - 1)];
       }
       let rows: [...EventRow, i: string][];
       try {
@@ -332,7 +332,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         // lost): each read goes again on its own, so one read's failure is never another's.
         return Promise.all(
           reads.map((r) =>
-            readStreamForwards(r.streamName, r.from, 2 ** 31 - 1).catch((err: unknown) =>
+            readOneStream(r.streamName, r.from, 2 ** 31 - 1).catch((err: unknown) =>
               err instanceof Error ? err : new Error(String(err)),
             ),
           ),
@@ -345,15 +345,17 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     { cache: false, batchScheduleFn: (run) => setImmediate(run), maxBatchSize: MAX_READS_TOGETHER },
   );
 
-  async function readStreamForwards(
+  /** One stream read in a statement of its own. */
+  async function readOneStream(
     streamName: string,
     from: bigint,
     limit: number,
+    backwards = false,
   ): Promise<RecordedEvent[]> {
     const rows = await handle.query<EventRow>(
-      READ_STREAM_FORWARDS_SQL,
+      backwards ? READ_STREAM_BACKWARDS_SQL : READ_STREAM_FORWARDS_SQL,
       [streamName, String(from), limit],
-      'eventstore_read_stream',
+      backwards ? 'eventstore_read_stream_backwards' : 'eventstore_read_stream',
       { arrays: true },
     );
     return rows.map(toRecorded);
@@ -364,18 +366,8 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const limit = opts.maxCount ?? 2 ** 31 - 1;
     if (limit <= 0) return [];
     const from = opts.fromRevision ?? (backwards ? MAX_BIGINT : 0n);
-    if (!backwards) {
-      return opts.maxCount === undefined
-        ? streamReads.load({ streamName, from })
-        : readStreamForwards(streamName, from, limit);
-    }
-    const rows = await handle.query<EventRow>(
-      READ_STREAM_BACKWARDS_SQL,
-      [streamName, String(from), limit],
-      'eventstore_read_stream_backwards',
-      { arrays: true },
-    );
-    return rows.map(toRecorded);
+    if (!backwards && opts.maxCount === undefined) return streamReads.load({ streamName, from });
+    return readOneStream(streamName, from, limit, backwards);
   }
 
   async function readAll(opts: ReadAllOptions = {}): Promise<ReadAllBatch> {
