@@ -58,6 +58,8 @@ export interface PostgresEventStoreOptions {
 }
 
 const MAX_BIGINT = 2n ** 63n - 1n;
+/** A stream read's count when none is asked for: all of it. */
+const WHOLE_STREAM = 2 ** 31 - 1;
 
 /**
  * Appends, one statement each: the `streams` row change carries the expected-revision check (its
@@ -317,7 +319,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     async (reads) => {
       if (reads.length === 1) {
         const [{ streamName, from }] = reads as [{ streamName: string; from: bigint }];
-        return [await readOneStream(streamName, from, 2 ** 31 - 1)];
+        return [await readOneStream(streamName, from, WHOLE_STREAM)];
       }
       let rows: [...EventRow, i: string][];
       try {
@@ -332,7 +334,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
         // lost): each read goes again on its own, so one read's failure is never another's.
         return Promise.all(
           reads.map((r) =>
-            readOneStream(r.streamName, r.from, 2 ** 31 - 1).catch((err: unknown) =>
+            readOneStream(r.streamName, r.from, WHOLE_STREAM).catch((err: unknown) =>
               err instanceof Error ? err : new Error(String(err)),
             ),
           ),
@@ -363,7 +365,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
 
   async function readStream(streamName: string, opts: ReadStreamOptions = {}): Promise<RecordedEvent[]> {
     const backwards = opts.direction === 'backwards';
-    const limit = opts.maxCount ?? 2 ** 31 - 1;
+    const limit = opts.maxCount ?? WHOLE_STREAM;
     if (limit <= 0) return [];
     const from = opts.fromRevision ?? (backwards ? MAX_BIGINT : 0n);
     if (!backwards && opts.maxCount === undefined) return streamReads.load({ streamName, from });

@@ -72,25 +72,11 @@ export function createSessionGuard(options: {
     return null;
   }
 
-  // A request's only read when the cache is cold. The checks asked for while the work under way
-  // runs (`setImmediate`) share one statement: under load requests come dozens at a time.
+  // A request's only read when the cache is cold: a probe per check, the session and the user
+  // joined to it, null where a row is not projected yet. The checks asked for while the work under
+  // way runs (`setImmediate`) share one statement: under load requests come dozens at a time.
   const probes = new DataLoader<{ sessionId: string; userId: string }, Found>(
     async (asked) => {
-      if (asked.length === 1) {
-        const [{ sessionId, userId }] = asked as [{ sessionId: string; userId: string }];
-        // A one-row probe with the session and the user joined to it, null where a row is not
-        // projected yet.
-        return [
-          await db
-            .selectFrom(sql<{ one: number }>`(select 1 as one)`.as('probe'))
-            .leftJoin('sessions', (join) => join.on('sessions.id', '=', sessionId))
-            .leftJoin('users', (join) => join.on('users.id', '=', userId))
-            .select(['sessions.revoked_at', 'users.disabled', 'users.permission'])
-            .modifyEnd(prepared)
-            .executeTakeFirstOrThrow(),
-        ];
-      }
-      // A probe per check, in the order asked.
       const { rows: found } = await sql<Found>`
         select s.revoked_at, u.disabled, u.permission
         from unnest(${asked.map((a) => a.sessionId)}::text[], ${asked.map((a) => a.userId)}::text[])
