@@ -65,6 +65,8 @@ export const ConfigSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   DATABASE_URL: optionalUrl(['postgres', 'postgresql']),
   DATABASE_POOL_SIZE: int(1, 500).default(20),
+  DATABASE_POOL_MIN: int(0, 500).default(6),
+  DATABASE_POOL_IDLE_MS: int(100, 3_600_000).default(30_000),
   DATABASE_CONNECT_TIMEOUT_MS: int(100, 120_000).default(5_000),
   DATA_DIR: z.string().min(1).default('./data'),
   EMBEDDED_DB_HOST: z.string().min(1).default('127.0.0.1'),

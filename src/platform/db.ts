@@ -67,6 +67,10 @@ export async function openDatabase(config: Config, logger: Logger, options: Open
       config.DATABASE_POOL_SIZE,
       config.DATABASE_CONNECT_TIMEOUT_MS,
       logger,
+      {
+        keepIdle: config.DATABASE_POOL_MIN,
+        idleTimeoutMs: config.DATABASE_POOL_IDLE_MS,
+      },
     );
   }
   return openEmbedded(config, logger, options);
@@ -113,7 +117,16 @@ async function openServer(
   poolSize: number,
   connectTimeoutMs: number,
   logger: Logger,
-  opts: { overEmbeddedSocket?: boolean } = {},
+  opts: {
+    overEmbeddedSocket?: boolean;
+    /**
+     * Connections kept open however long idle (once opened): the first requests after a quiet spell
+     * then find their connections there, their statements prepared, instead of opening them anew.
+     */
+    keepIdle?: number;
+    /** How long a connection past `keepIdle` may stay idle before it is closed. */
+    idleTimeoutMs?: number;
+  } = {},
 ): Promise<Db> {
   // Every connection here, the pool's and the session's: an attempt to a server that does not
   // answer (gone from the network, not refusing) fails after connectTimeoutMs instead of lasting
@@ -130,7 +143,8 @@ async function openServer(
   const pool = new pg.Pool({
     connectionString: url,
     max: poolSize,
-    idleTimeoutMillis: 30_000,
+    min: Math.min(opts.keepIdle ?? 0, poolSize),
+    idleTimeoutMillis: opts.idleTimeoutMs ?? 30_000,
     Client: BoundedClient,
   });
   pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
@@ -145,6 +159,10 @@ async function openServer(
   const namesStatements = !opts.overEmbeddedSocket;
   // One wrapper per connection, as kysely keeps its own state per client object it is given.
   const wrappers = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  // Ended once, by kysely or by close(): kysely ends the pool only if it ever used it, and a Db
+  // used through `query` alone would otherwise keep its connections (DATABASE_POOL_MIN) open.
+  let ended: Promise<void> | undefined;
+  const end = () => (ended ??= pool.end());
   const kyselyPool: PostgresPool = namesStatements
     ? {
         async connect() {
@@ -153,9 +171,9 @@ async function openServer(
           if (!wrapper) wrappers.set(client, (wrapper = preparing(client, () => client.release())));
           return wrapper;
         },
-        end: () => pool.end(),
+        end,
       }
-    : pool;
+    : { connect: () => pool.connect(), end };
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: kyselyPool }) });
   const sessionClient = new SessionClient(() => new BoundedClient({ connectionString: url }), logger);
   const locks: SessionLocks = opts.overEmbeddedSocket ? new LocalLocks() : sessionClient;
@@ -171,6 +189,7 @@ async function openServer(
     async close() {
       await sessionClient.close();
       await db.destroy();
+      await end();
     },
   };
 }
