@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import DataLoader from 'dataloader';
 import { sql, type Kysely } from 'kysely';
 import type { Db } from '../platform/db';
+import { gathered } from '../platform/gathered';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
 import { AppendBatcher, type PendingAppend } from './appendBatcher';
@@ -311,41 +311,36 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
 
   /**
    * A whole stream from a revision on (a command reading what was appended since its cached
-   * state): the reads asked for while the work under way runs (`setImmediate`) share one statement.
-   * Under load a command's reads come in dozens at a time, and each statement costs both processes
-   * a round trip, a plan and a wake-up whatever it reads. A lone read goes alone, as before.
+   * state): the reads gathered share one statement; a lone read goes alone, as before.
    */
-  const streamReads = new DataLoader<{ streamName: string; from: bigint }, RecordedEvent[]>(
-    async (reads) => {
-      if (reads.length === 1) {
-        const [{ streamName, from }] = reads as [{ streamName: string; from: bigint }];
-        return [await readOneStream(streamName, from, WHOLE_STREAM)];
-      }
-      let rows: [...EventRow, i: string][];
-      try {
-        rows = await handle.query(
-          READ_STREAMS_SQL,
-          [reads.map((r) => r.streamName), reads.map((r) => String(r.from))],
-          'eventstore_read_streams',
-          { arrays: true },
-        );
-      } catch {
-        // The statement failed as a whole (a name PostgreSQL cannot take as text, the connection
-        // lost): each read goes again on its own, so one read's failure is never another's.
-        return Promise.all(
-          reads.map((r) =>
-            readOneStream(r.streamName, r.from, WHOLE_STREAM).catch((err: unknown) =>
-              err instanceof Error ? err : new Error(String(err)),
-            ),
+  const streamReads = gathered<{ streamName: string; from: bigint }, RecordedEvent[]>(async (reads) => {
+    if (reads.length === 1) {
+      const [{ streamName, from }] = reads as [{ streamName: string; from: bigint }];
+      return [await readOneStream(streamName, from, WHOLE_STREAM)];
+    }
+    let rows: [...EventRow, i: string][];
+    try {
+      rows = await handle.query(
+        READ_STREAMS_SQL,
+        [reads.map((r) => r.streamName), reads.map((r) => String(r.from))],
+        'eventstore_read_streams',
+        { arrays: true },
+      );
+    } catch {
+      // The statement failed as a whole (a name PostgreSQL cannot take as text, the connection
+      // lost): each read goes again on its own, so one read's failure is never another's.
+      return Promise.all(
+        reads.map((r) =>
+          readOneStream(r.streamName, r.from, WHOLE_STREAM).catch((err: unknown) =>
+            err instanceof Error ? err : new Error(String(err)),
           ),
-        );
-      }
-      const events = reads.map((): RecordedEvent[] => []);
-      for (const row of rows) events[Number(row[9]) - 1]!.push(toRecorded(row as unknown as EventRow));
-      return events;
-    },
-    { cache: false, batchScheduleFn: (run) => setImmediate(run), maxBatchSize: MAX_READS_TOGETHER },
-  );
+        ),
+      );
+    }
+    const events = reads.map((): RecordedEvent[] => []);
+    for (const row of rows) events[Number(row[9]) - 1]!.push(toRecorded(row as unknown as EventRow));
+    return events;
+  }, MAX_READS_TOGETHER);
 
   /** One stream read in a statement of its own. */
   async function readOneStream(

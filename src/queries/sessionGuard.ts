@@ -1,8 +1,8 @@
-import DataLoader from 'dataloader';
 import type { Redis } from 'ioredis';
 import { sql, type Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../platform/clock';
+import { gathered } from '../platform/gathered';
 import { prepared } from '../platform/prepared';
 import type { Database } from '../platform/schema';
 import type { PermissionLevel } from '../platform/tokens';
@@ -73,21 +73,17 @@ export function createSessionGuard(options: {
   }
 
   // A request's only read when the cache is cold: a probe per check, the session and the user
-  // joined to it, null where a row is not projected yet. The checks asked for while the work under
-  // way runs (`setImmediate`) share one statement: under load requests come dozens at a time.
-  const probes = new DataLoader<{ sessionId: string; userId: string }, Found>(
-    async (asked) => {
-      const { rows: found } = await sql<Found>`
-        select s.revoked_at, u.disabled, u.permission
-        from unnest(${asked.map((a) => a.sessionId)}::text[], ${asked.map((a) => a.userId)}::text[])
-          with ordinality as probe(session_id, user_id, i)
-        left join sessions s on s.id = probe.session_id
-        left join users u on u.id = probe.user_id
-        order by probe.i ${prepared}`.execute(db);
-      return found;
-    },
-    { cache: false, batchScheduleFn: (run) => setImmediate(run), maxBatchSize: 100 },
-  );
+  // joined to it, null where a row is not projected yet. The checks gathered share one statement.
+  const probes = gathered<{ sessionId: string; userId: string }, Found>(async (asked) => {
+    const { rows: found } = await sql<Found>`
+      select s.revoked_at, u.disabled, u.permission
+      from unnest(${asked.map((a) => a.sessionId)}::text[], ${asked.map((a) => a.userId)}::text[])
+        with ordinality as probe(session_id, user_id, i)
+      left join sessions s on s.id = probe.session_id
+      left join users u on u.id = probe.user_id
+      order by probe.i ${prepared}`.execute(db);
+    return found;
+  });
 
   async function fromReadModels(sessionId: string, userId: string): Promise<Row> {
     const key = `${sessionId}\u0000${userId}`;
