@@ -20,7 +20,7 @@ import { auth } from './middleware/auth';
 import { consistentRead, EVENT_POSITION_HEADER, setEventPosition } from './middleware/consistency';
 import { API_BASE, bearerSecurity, problemResponses } from './openapi';
 import { GENERATION_FAILED, PROVIDER_REFUSED } from './openaiErrors';
-import { openSse, SSE_HEADERS } from './sse';
+import { openSse, SSE_HEADERS, STREAM_CLOSED } from './sse';
 import type { AppContext, AuthedState, Resource } from './types';
 
 const TaskId = z.object({ id: z.string().min(1).max(100) });
@@ -600,7 +600,7 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     // first piece (at most COMPLETION_OPEN_WAIT_MS: a model may think long before it), and a refusal
     // is then the 400 a completion not streamed answers.
     const leaving = new AbortController();
-    const leave = () => leaving.abort();
+    const leave = () => leaving.abort(STREAM_CLOSED);
     ctx.res.once('close', leave);
     if (ctx.req.socket.destroyed) leave(); // gone while the task started
     const early: TaskChunk[] = [];
