@@ -185,6 +185,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       database: server ? postgresCpuMs() : NaN,
       fake: cpuMs(fake.pid!),
       serviceSystem: cpuMs(service.pid!, 'system'),
+      serviceOwn: cpuMs(service.pid!),
+      serviceMain: cpuMs(service.pid!, 'all', service.pid),
       load: process.cpuUsage(),
     });
     const warmupMs = ctx.quick ? 2_000 : 5_000;
@@ -227,6 +229,8 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     const databaseCpu = last.database - first.database;
     const fakeCpu = last.fake - first.fake;
     const systemCpu = last.serviceSystem - first.serviceSystem;
+    const mainCpu = last.serviceMain - first.serviceMain;
+    const otherThreadsCpu = last.serviceOwn - first.serviceOwn - mainCpu;
     const loadCpu = (last.load.user - first.load.user + last.load.system - first.load.system) / 1000;
     const rate = completed / elapsed;
     ctx.figures.push({
@@ -253,6 +257,12 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     ctx.note(
       `tasks (${db}): CPU per task — service ${share(cpu)} ms (${share(systemCpu)} ms of it in the kernel), ${server ? `PostgreSQL ${share(databaseCpu)} ms, ` : ''}` +
         `load generator ${share(loadCpu)} ms, fake provider ${share(fakeCpu)} ms, machine ${share(machineCpu)} ms`,
+    );
+    // The event loop is one thread: busy all the time, it is the limit whatever the cores. The other
+    // threads are V8's (garbage collection, compiling) and libuv's pool.
+    ctx.note(
+      `tasks (${db}): the service's main thread ${share(mainCpu)} ms per task, busy ${((mainCpu / (elapsed * 1000)) * 100).toFixed(0)}% ` +
+        `of the time; its other threads ${share(otherThreadsCpu)} ms per task`,
     );
     ctx.note(
       `tasks: ${completed} completed, ${failed} not, in ${elapsed.toFixed(1)} s; replies of ~20 tokens at ${TOKEN_DELAY_MS} ms/token`,
@@ -457,10 +467,14 @@ function postgresCpuMs(): number {
   }
 }
 
-/** CPU time of a process (user + system, or its system part), in ms, from /proc (Linux; NaN elsewhere). */
-function cpuMs(pid: number, part: 'all' | 'system' = 'all'): number {
+/**
+ * CPU time of a process (user + system, or its system part), in ms, from /proc (Linux; NaN
+ * elsewhere); of one of its threads only when `thread` is given (the main thread's id is the pid).
+ */
+function cpuMs(pid: number, part: 'all' | 'system' = 'all', thread?: number): number {
   try {
-    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    const path = thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`;
+    const fields = fs.readFileSync(path, 'utf8').split(') ')[1]!.split(' ');
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name; in clock ticks (100/s).
     return ((part === 'all' ? Number(fields[11]) : 0) + Number(fields[12])) * 10;
   } catch {
