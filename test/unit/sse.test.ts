@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { PassThrough } from 'node:stream';
 import type { ParameterizedContext } from 'koa';
-import { MAX_UNSENT_BYTES, openSse } from '../../src/http/sse';
+import { MAX_UNSENT_BYTES, openSse, STREAM_CLOSED } from '../../src/http/sse';
 
 /** A response whose client reads nothing: what is written stays in the stream's buffer. */
 function stalledClient() {
@@ -36,6 +36,21 @@ describe('an event stream to a client that stops reading', () => {
     const held = ctx.body.writableLength;
     sse.send(null, piece);
     expect(ctx.body.writableLength).toBe(held);
+    sse.end();
+  });
+});
+
+describe('an event stream that ends', () => {
+  it.each([
+    ['ended by the service', (sse: { end(): void }) => sse.end()],
+    ['left by its client', (_sse: unknown, res: EventEmitter) => res.emit('close')],
+  ])('aborts its signal with a reason of its own when %s (no DOMException is built)', (_, finish) => {
+    const { ctx } = stalledClient();
+    const sse = openSse(ctx, 60_000);
+    expect(sse.signal.aborted).toBe(false);
+    finish(sse, ctx.res);
+    expect(sse.signal.aborted).toBe(true);
+    expect(sse.signal.reason).toBe(STREAM_CLOSED);
     sse.end();
   });
 });
