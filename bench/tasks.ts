@@ -206,6 +206,13 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     );
     let completed = 0;
     let failed = 0;
+    /** Where a task's time went under load: its POST answered, first and last token, done. */
+    const phases = {
+      answered: [] as number[],
+      first: [] as number[],
+      last: [] as number[],
+      done: [] as number[],
+    };
     const reasons = new Map<string, number>();
     await Promise.all(
       users.map(async (u) => {
@@ -216,8 +223,13 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
             return null;
           });
           if (window !== 'counting') continue;
-          if (r?.done) completed++;
-          else failed++;
+          if (r?.done) {
+            completed++;
+            phases.answered.push(r.answeredMs);
+            phases.first.push(r.firstTokenMs);
+            phases.last.push(r.lastTokenMs);
+            phases.done.push(r.doneMs);
+          } else failed++;
         }
       }),
     );
@@ -266,6 +278,13 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     );
     ctx.note(
       `tasks: ${completed} completed, ${failed} not, in ${elapsed.toFixed(1)} s; replies of ~20 tokens at ${TOKEN_DELAY_MS} ms/token`,
+    );
+    // With the streams kept busy, throughput is 200 over a task's time: where that time goes.
+    for (const a of Object.values(phases)) a.sort((x, y) => x - y);
+    const at = (a: number[]) => `${percentile(a, 50).toFixed(0)} / ${percentile(a, 99).toFixed(0)}`;
+    ctx.note(
+      `tasks (${db}): under load, p50 / p99 ms from the POST: answered ${at(phases.answered)}, first token ` +
+        `${at(phases.first)}, last token ${at(phases.last)}, done ${at(phases.done)}`,
     );
     for (const [why, n] of reasons) ctx.note(`tasks: ${n} × ${why}`);
   } finally {
@@ -368,7 +387,7 @@ async function send(
 async function runTask(
   base: string,
   u: BenchUser,
-): Promise<{ firstTokenMs: number; answeredMs: number; doneMs: number; done: boolean }> {
+): Promise<{ firstTokenMs: number; answeredMs: number; lastTokenMs: number; doneMs: number; done: boolean }> {
   const t0 = performance.now();
   const posted = await send(`${base}/tasks`, { method: 'POST', auth: u.auth, body: { chat_id: u.chatId } });
   const answer = await posted.body.text();
@@ -381,15 +400,19 @@ async function runTask(
     throw new Error(`stream: ${res.status}`);
   }
   let first = NaN;
+  let last = NaN;
   let text = '';
   const decoder = new TextDecoder();
   for await (const chunk of res.body) {
-    text += decoder.decode(chunk, { stream: true });
+    const piece = decoder.decode(chunk, { stream: true });
+    text += piece;
     if (Number.isNaN(first) && text.includes('event: delta')) first = performance.now() - t0;
+    if (piece.includes('event: delta')) last = performance.now() - t0;
   }
   return {
     firstTokenMs: first,
     answeredMs,
+    lastTokenMs: last,
     doneMs: performance.now() - t0,
     done: text.includes('event: done'),
   };
