@@ -68,6 +68,7 @@ export const ConfigSchema = z.object({
   DATABASE_POOL_MIN: int(0, 500).default(6),
   DATABASE_POOL_IDLE_MS: int(100, 3_600_000).default(30_000),
   DATABASE_CONNECT_TIMEOUT_MS: int(100, 120_000).default(5_000),
+  DATABASE_STATEMENT_TIMEOUT_MS: int(0, 3_600_000).default(60_000),
   DATA_DIR: z.string().min(1).default('./data'),
   EMBEDDED_DB_HOST: z.string().min(1).default('127.0.0.1'),
   EMBEDDED_DB_PORT: int(0, 65535).default(5499),

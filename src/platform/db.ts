@@ -14,7 +14,7 @@ import {
 } from 'kysely';
 import pg from 'pg';
 import type { Config } from './config';
-import { isConnectionFailure } from './errors';
+import { isConnectionFailure, isStatementTimeout, UNANSWERED_CONNECTION } from './errors';
 import type { Logger } from './logger';
 import type { Database } from './schema';
 import { Mutex } from './mutex';
@@ -70,6 +70,7 @@ export async function openDatabase(config: Config, logger: Logger, options: Open
       {
         keepIdle: config.DATABASE_POOL_MIN,
         idleTimeoutMs: config.DATABASE_POOL_IDLE_MS,
+        statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
       },
     );
   }
@@ -78,7 +79,8 @@ export async function openDatabase(config: Config, logger: Logger, options: Open
 
 /**
  * For CLIs: the server when configured; else the running service's embedded database over the wire
- * protocol; else the data directory itself, when no service holds it.
+ * protocol; else the data directory itself, when no service holds it. A CLI's statements have no
+ * bound: an operator's migration, rebuild or verification may rightly run for long.
  */
 export async function openDatabaseForCli(config: Config, logger: Logger): Promise<Db> {
   if (config.DATABASE_URL)
@@ -96,20 +98,32 @@ const preparedNames = new Map<string, string>();
 /** A guard, not a limit any statement of ours reaches: past it, marked texts are sent unnamed. */
 const MAX_PREPARED = 500;
 
-/** A client for kysely whose marked statements go named (its cursors go as they are). */
-function preparing(client: pg.PoolClient, release: () => void): PostgresPoolClient {
+/**
+ * A client for kysely whose marked statements go named (its cursors go as they are). Once a
+ * statement on it had no answer in time, it is not used again: the statement may still be running
+ * there, and whatever came next would wait behind it. Its next statements (a transaction's
+ * rollback) fail at once, and releasing it closes it.
+ */
+function preparing(client: pg.PoolClient, release: (err?: Error) => void): PostgresPoolClient {
+  let unanswered = false;
+  const watched = (sent: Promise<unknown>) =>
+    sent.catch((err: unknown) => {
+      if (isStatementTimeout(err)) unanswered = true;
+      throw err;
+    });
   function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
   function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
   function query(text: string | PostgresCursor<unknown>, values?: readonly unknown[]): unknown {
     if (typeof text !== 'string') return client.query(text as unknown as pg.Submittable);
-    if (!text.endsWith(PREPARED_MARK)) return client.query(text, values as unknown[]);
+    if (unanswered) return Promise.reject(new Error(UNANSWERED_CONNECTION));
+    if (!text.endsWith(PREPARED_MARK)) return watched(client.query(text, values as unknown[]));
     let name = preparedNames.get(text);
     if (name === undefined && preparedNames.size < MAX_PREPARED) {
       preparedNames.set(text, (name = `prepared_${preparedNames.size + 1}`));
     }
-    return client.query({ text, values: values as unknown[], ...(name ? { name } : {}) });
+    return watched(client.query({ text, values: values as unknown[], ...(name ? { name } : {}) }));
   }
-  return { query, release };
+  return { query, release: () => release(unanswered ? new Error(UNANSWERED_CONNECTION) : undefined) };
 }
 
 async function openServer(
@@ -126,6 +140,8 @@ async function openServer(
     keepIdle?: number;
     /** How long a connection past `keepIdle` may stay idle before it is closed. */
     idleTimeoutMs?: number;
+    /** How long a statement may go unanswered before it fails and its connection is closed (0: no bound). */
+    statementTimeoutMs?: number;
   } = {},
 ): Promise<Db> {
   // Every connection here, the pool's and the session's: an attempt to a server that does not
@@ -134,9 +150,20 @@ async function openServer(
   // and waits. Over the service's embedded socket even the attempt waits its turn behind the
   // service's transactions, so it has no bound.
   const connectionTimeoutMillis = opts.overEmbeddedSocket ? 0 : connectTimeoutMs;
+  // And every statement on them: a server that stops answering without closing the connection (a
+  // network partition, a frozen host) fails the statements waiting on it after statementTimeoutMs
+  // instead of holding them, and the requests and the shutdown waiting on those, for good. TCP
+  // keepalive finds such a peer on a connection idle meanwhile.
+  const query_timeout = opts.statementTimeoutMs || undefined;
   class BoundedClient extends pg.Client {
     constructor(config?: pg.ClientConfig) {
-      super({ ...config, connectionTimeoutMillis });
+      super({
+        ...config,
+        connectionTimeoutMillis,
+        query_timeout,
+        keepAlive: true,
+        keepAliveInitialDelayMillis: 10_000,
+      });
     }
   }
   // int8 stays a string from pg (its default); callers convert to bigint.
@@ -168,7 +195,7 @@ async function openServer(
         async connect() {
           const client = await pool.connect();
           let wrapper = wrappers.get(client);
-          if (!wrapper) wrappers.set(client, (wrapper = preparing(client, () => client.release())));
+          if (!wrapper) wrappers.set(client, (wrapper = preparing(client, (err) => client.release(err))));
           return wrapper;
         },
         end,
@@ -292,7 +319,8 @@ class SessionClient implements SessionLocks {
     return this.mutex.run(async () => {
       if (this.held.has(key)) return false; // held by this process already: not reentrant, as LocalLocks
       const client = await this.connection();
-      const res = await client.query<{ ok: boolean }>(
+      const res = await this.ask<{ ok: boolean }>(
+        client,
         'select pg_try_advisory_lock(hashtextextended($1, 0)) as ok',
         [key],
       );
@@ -304,10 +332,30 @@ class SessionClient implements SessionLocks {
   release(key: string): Promise<void> {
     return this.mutex.run(async () => {
       if (!this.held.delete(key) || !this.client) return;
-      await this.client
-        .query('select pg_advisory_unlock(hashtextextended($1, 0))', [key])
-        .catch(() => undefined);
+      await this.ask(this.client, 'select pg_advisory_unlock(hashtextextended($1, 0))', [key]).catch(
+        () => undefined,
+      );
     });
+  }
+
+  /**
+   * A statement on the session connection. One with no answer in time ends the connection (and
+   * the locks with it, which its listeners hear): what came next would wait behind it.
+   */
+  private async ask<R extends pg.QueryResultRow>(
+    client: pg.Client,
+    text: string,
+    values: unknown[],
+  ): Promise<pg.QueryResult<R>> {
+    try {
+      return await client.query<R>(text, values);
+    } catch (err) {
+      if (isStatementTimeout(err)) {
+        this.drop(client);
+        client.end().catch(() => undefined);
+      }
+      throw err;
+    }
   }
 
   onLost(listener: () => void): void {

@@ -113,9 +113,20 @@ const CONNECTION_CODES = new Set([
   '57P03',
 ]);
 
-/** What pg says when the server dropped the connection, or did not answer a connection attempt in time. */
+/**
+ * What pg says when the server dropped the connection, did not answer a connection attempt in
+ * time, or did not answer a statement in time (`query_timeout`).
+ */
 const CONNECTION_MESSAGES =
-  /Connection terminated|connection timeout|^timeout expired$|Client has encountered a connection error/i;
+  /Connection terminated|connection timeout|^timeout expired$|Client has encountered a connection error|^Query read timeout$/i;
+
+/** A statement failed for want of an answer in time (DATABASE_STATEMENT_TIMEOUT_MS). */
+export function isStatementTimeout(err: unknown): boolean {
+  return err instanceof Error && err.message === 'Query read timeout';
+}
+
+/** A statement refused on a connection where an earlier one had no answer in time. */
+export const UNANSWERED_CONNECTION = 'Connection terminated: a statement on it had no answer in time';
 
 /** The database (or another backing service) is unreachable: 503, not 500. */
 export function isConnectionFailure(err: unknown): boolean {

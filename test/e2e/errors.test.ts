@@ -62,6 +62,23 @@ const testRoutes: Resource = (router) => {
       await db.close();
     }
   });
+  // The server (where there is one) running a statement for longer than its bound, as a server
+  // that stopped answering would leave it.
+  router.get('/test/unanswered-statement', async () => {
+    const db = await openDatabase(
+      testConfig({
+        DATABASE_URL: process.env.DATABASE_URL,
+        DATABASE_POOL_SIZE: 1,
+        DATABASE_STATEMENT_TIMEOUT_MS: 200,
+      }),
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      await db.query('select pg_sleep(3)', []);
+    } finally {
+      await db.close();
+    }
+  });
   router.get('/test/domain', () => {
     throw new InsufficientCreditsForTest(10, 25);
   });
@@ -258,6 +275,16 @@ describe('problem+json errors', () => {
       expectProblem(res, 503);
       expect(res.body.type).toBe('/problems/dependency-unavailable');
       expect(accepted).toBeGreaterThan(before); // it did reach the silent server
+    },
+  );
+
+  (process.env.DATABASE_URL ? it : it.skip)(
+    'answers 503, not 500 or a hang, when a statement has no answer within its bound',
+    async () => {
+      const res = await t.http.get('/api/v1/test/unanswered-statement');
+      expectProblem(res, 503);
+      expect(res.body.type).toBe('/problems/dependency-unavailable');
+      expect(res.headers['retry-after']).toBe('5');
     },
   );
 

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { openDatabase } from '../../src/platform/db';
+import { openDatabase, openDatabaseForCli } from '../../src/platform/db';
+import { isConnectionFailure, isStatementTimeout } from '../../src/platform/errors';
 import { createLogger } from '../../src/platform/logger';
 import { openTestDatabase, type TestDatabase } from '../support/databases';
 
@@ -75,6 +76,76 @@ onServer('the pool on postgres', () => {
       expect(quick).toEqual({ status: 'fulfilled', value: [{ n: 2 }] });
     } finally {
       await db.close();
+      await t.close();
+    }
+  });
+
+  /** The reason `run` failed with (it must fail). */
+  async function failure(run: () => Promise<unknown>): Promise<unknown> {
+    try {
+      await run();
+    } catch (err) {
+      return err;
+    }
+    throw new Error('it did not fail');
+  }
+
+  it('fails a statement left unanswered past its bound as the database being away, and never uses its connection again', async () => {
+    const t = await openTestDatabase('postgres');
+    // One connection: a statement that waited behind the unanswered one would fail too.
+    const db = await openDatabase(
+      { ...t.config, DATABASE_POOL_SIZE: 1, DATABASE_POOL_MIN: 0, DATABASE_STATEMENT_TIMEOUT_MS: 300 },
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      // A statement that runs for seconds stands for a server that stopped answering.
+      const direct = await failure(() => db.query('select pg_sleep(5)', []));
+      expect(isStatementTimeout(direct)).toBe(true);
+      expect(isConnectionFailure(direct)).toBe(true);
+      expect(await db.query<{ n: number }>('select 2 as n', [])).toEqual([{ n: 2 }]);
+
+      const built = await failure(() => sql`select pg_sleep(5)`.execute(db.db));
+      expect(isConnectionFailure(built)).toBe(true);
+      expect((await sql<{ n: number }>`select 3 as n`.execute(db.db)).rows).toEqual([{ n: 3 }]);
+
+      // In a transaction, its rollback is not sent behind it (it would wait as long): the
+      // transaction fails at once, and its connection is closed.
+      const inTransaction = await failure(() =>
+        db.db.transaction().execute(async (trx) => {
+          await sql`select pg_sleep(5)`.execute(trx);
+        }),
+      );
+      expect(isConnectionFailure(inTransaction)).toBe(true);
+      expect((await sql<{ n: number }>`select 4 as n`.execute(db.db)).rows).toEqual([{ n: 4 }]);
+      // Each of the three went on a connection of its own, the pool opening a new one after each:
+      // all three still run on the server, the last query's connection being a fourth.
+      const { rows } = await sql<{ n: string }>`
+        select count(*) as n from pg_stat_activity
+        where datname = current_database() and query = 'select pg_sleep(5)'`.execute(t.db.db);
+      expect(Number(rows[0]!.n)).toBe(3);
+    } finally {
+      await db.close();
+      await t.close();
+    }
+  });
+
+  it('leaves statements unbounded at 0, and in the CLIs, whose operators may run long ones', async () => {
+    const t = await openTestDatabase('postgres');
+    const config = { ...t.config, DATABASE_POOL_SIZE: 1 };
+    const unbounded = await openDatabase(
+      { ...config, DATABASE_STATEMENT_TIMEOUT_MS: 0 },
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    const cli = await openDatabaseForCli(
+      { ...config, DATABASE_STATEMENT_TIMEOUT_MS: 100 },
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      expect(await unbounded.query('select pg_sleep(0.3) as slept', [])).toHaveLength(1);
+      expect(await cli.query('select pg_sleep(0.3) as slept', [])).toHaveLength(1);
+    } finally {
+      await unbounded.close();
+      await cli.close();
       await t.close();
     }
   });
