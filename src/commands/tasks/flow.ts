@@ -162,8 +162,6 @@ const CANCEL_CHANNEL = 'tasks:cancel';
 /** Sizes of chat messages kept (two numbers and a key each: a few MB). */
 const MESSAGE_SIZES_CACHED = 50_000;
 const SYSTEM_ACTOR = 'system:tasks';
-/** Why a generation stops when its task could not be stored: nothing of it is kept. */
-const NOT_STORED = 'task not stored';
 /** How often a chat's reply is started from its chat read again when the chat's slot moved meanwhile. */
 const CHAT_READ_ATTEMPTS = 3;
 
@@ -631,7 +629,7 @@ export class TaskFlow {
       for (const r of taken.slice().reverse()) if (r.status === 'rejected') throw r.reason;
       if (early?.[0].status === 'rejected') throw early[0].reason;
       if (hold > 0 && !early) await reserve();
-      const creating = this.deps.commands.handle(
+      created = await this.deps.commands.handle(
         taskDecider,
         taskStream(taskId),
         {
@@ -651,11 +649,6 @@ export class TaskFlow {
         },
         { newStream: true },
       );
-      // The model is asked now, not once the task is stored: its request is on its way while the
-      // task's append is, and what comes back waits for the task (a task not stored stops it, and
-      // its output goes nowhere). The hold is stored before anything is asked.
-      this.generate(taskId, g, promptTokens, maxTokens, hold, deadline, creating);
-      created = await creating;
     } catch (err) {
       // Undo what was taken (a hold may have landed though its answer was lost); the caller hears
       // the original refusal or failure, whatever the undoing meets.
@@ -692,6 +685,7 @@ export class TaskFlow {
       throw err;
     }
     this.deps.metrics?.started(g.model.id, g.chatId ? 'chat' : 'completion');
+    this.generate(taskId, g, promptTokens, maxTokens, hold, deadline);
     return {
       taskId,
       chatId: g.chatId,
@@ -704,11 +698,7 @@ export class TaskFlow {
     };
   }
 
-  /**
-   * Runs the generation in the background. Its output is taken once `stored` (the task's append)
-   * has succeeded, and its outcome is then recorded and settled whatever happens; a task not
-   * stored stops it, with nothing recorded.
-   */
+  /** Runs the generation in the background; its outcome is recorded and settled whatever happens. */
   private generate(
     taskId: string,
     g: Generation,
@@ -716,18 +706,15 @@ export class TaskFlow {
     maxTokens: number,
     hold: number,
     deadline: Date,
-    stored: Promise<unknown>,
   ): void {
+    this.deps.buffer.open(taskId);
     const abort = new AbortController();
-    stored.catch(() => abort.abort(NOT_STORED));
     const timer = setTimeout(() => abort.abort('timeout'), Math.max(0, deadline.getTime() - Date.now()));
     timer.unref();
-    // The model is asked once the task's append has gone out (the event store sends it at the
-    // next turn): the SDK's request setup is a millisecond or more of synchronous work, done while
-    // the append is on its way rather than before it, or after the 201 (where it held up the
-    // stream's request).
-    const done = new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)))
-      .then(() => this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal, stored))
+    // The model is asked once the request that started the task has been answered: the SDK's
+    // request setup is a millisecond or more of synchronous work, which would hold up the 201.
+    const done = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.produce(taskId, g, promptTokens, maxTokens, hold, abort.signal))
       .catch((err: unknown) => {
         this.deps.logger.error({ err, taskId }, 'task not settled here; the reactor or the sweeper will');
         // Whoever reads the stream is not left waiting.
@@ -753,7 +740,6 @@ export class TaskFlow {
     maxTokens: number,
     hold: number,
     signal: AbortSignal,
-    stored: Promise<unknown>,
   ): Promise<void> {
     const { buffer, models, config, logger, metrics } = this.deps;
     const provider = withRetryBeforeFirstToken(models.provider(g.model), {
@@ -802,11 +788,8 @@ export class TaskFlow {
     let failure: string | null = null;
     /** The provider's status when it refused the request as asked (before any output). */
     let refusedWith: number | null = null;
-    // The task was refused before its generation began: nothing is asked.
-    if (signal.reason === NOT_STORED) return;
-    // The request goes out now; what comes back is taken once the task is stored.
-    const items = provider
-      .stream({
+    try {
+      const stream = provider.stream({
         model: g.model,
         messages: g.messages,
         params: { ...g.params, max_tokens: maxTokens },
@@ -814,31 +797,13 @@ export class TaskFlow {
         responseFormat: g.responseFormat,
         logprobs: g.logprobs,
         signal,
-      })
-      [Symbol.asyncIterator]();
-    const head = items.next();
-    // Taken below, or left when the task is not stored (its signal has stopped the request).
-    head.catch(() => undefined);
-    const isStored = await stored.then(
-      () => true,
-      () => false,
-    );
-    if (!isStored) return;
-    buffer.open(taskId);
-    try {
-      try {
-        for (let next = await head; !next.done; next = await items.next()) {
-          const item = next.value;
-          if ('usage' in item) reported = item.usage;
-          else if ('finish' in item) finish = item.finish;
-          else if ('toolCall' in item) addCall(calls.push(item.toolCall));
-          else if ('reasoning' in item) addReasoning(storableReasoning.push(item.reasoning));
-          else if ('delta' in item) add(storable.push(item.delta), g.logprobs ? item.logprobs : undefined);
-        }
-      } catch (err) {
-        // As `for await` would: the request is closed whatever stopped the loop.
-        void items.return?.(undefined).catch(() => undefined);
-        throw err;
+      });
+      for await (const item of stream) {
+        if ('usage' in item) reported = item.usage;
+        else if ('finish' in item) finish = item.finish;
+        else if ('toolCall' in item) addCall(calls.push(item.toolCall));
+        else if ('reasoning' in item) addReasoning(storableReasoning.push(item.reasoning));
+        else if ('delta' in item) add(storable.push(item.delta), g.logprobs ? item.logprobs : undefined);
       }
     } catch (err) {
       if (!(isAbortError(err) && signal.aborted)) {
