@@ -99,12 +99,12 @@ onServer('the pool on postgres', () => {
     );
     try {
       // A statement that runs for seconds stands for a server that stopped answering.
-      const direct = await failure(() => db.query('select pg_sleep(5)', []));
+      const direct = await failure(() => db.query('select pg_sleep(10)', []));
       expect(isStatementTimeout(direct)).toBe(true);
       expect(isConnectionFailure(direct)).toBe(true);
       expect(await db.query<{ n: number }>('select 2 as n', [])).toEqual([{ n: 2 }]);
 
-      const built = await failure(() => sql`select pg_sleep(5)`.execute(db.db));
+      const built = await failure(() => sql`select pg_sleep(10)`.execute(db.db));
       expect(isConnectionFailure(built)).toBe(true);
       expect((await sql<{ n: number }>`select 3 as n`.execute(db.db)).rows).toEqual([{ n: 3 }]);
 
@@ -112,7 +112,7 @@ onServer('the pool on postgres', () => {
       // transaction fails at once, and its connection is closed.
       const inTransaction = await failure(() =>
         db.db.transaction().execute(async (trx) => {
-          await sql`select pg_sleep(5)`.execute(trx);
+          await sql`select pg_sleep(10)`.execute(trx);
         }),
       );
       expect(isConnectionFailure(inTransaction)).toBe(true);
@@ -121,7 +121,7 @@ onServer('the pool on postgres', () => {
       // all three still run on the server, the last query's connection being a fourth.
       const { rows } = await sql<{ n: string }>`
         select count(*) as n from pg_stat_activity
-        where datname = current_database() and query = 'select pg_sleep(5)'`.execute(t.db.db);
+        where datname = current_database() and query = 'select pg_sleep(10)'`.execute(t.db.db);
       expect(Number(rows[0]!.n)).toBe(3);
     } finally {
       await db.close();
