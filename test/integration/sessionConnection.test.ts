@@ -3,7 +3,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { openDatabase, openDatabaseForCli } from '../../src/platform/db';
 import { isConnectionFailure, isStatementTimeout } from '../../src/platform/errors';
 import { createLogger } from '../../src/platform/logger';
+import { testConfig } from '../../src/platform/config';
 import { openTestDatabase, type TestDatabase } from '../support/databases';
+import { createPgCluster } from '../support/pgCluster';
 
 const onServer = process.env.DATABASE_URL ? describe : describe.skip;
 
@@ -126,6 +128,40 @@ onServer('the pool on postgres', () => {
     } finally {
       await db.close();
       await t.close();
+    }
+  });
+
+  it('fails the statements of a frozen server within their bound, and serves again once it thaws', async () => {
+    const cluster = await createPgCluster();
+    const db = await openDatabase(
+      testConfig({
+        DATABASE_URL: cluster.url,
+        DATABASE_POOL_SIZE: 2,
+        DATABASE_POOL_MIN: 0,
+        DATABASE_CONNECT_TIMEOUT_MS: 500,
+        DATABASE_STATEMENT_TIMEOUT_MS: 500,
+      }),
+      createLogger({ LOG_LEVEL: 'silent' }),
+    );
+    try {
+      // Connections open: one in the pool, and the session connection.
+      expect(await db.query<{ n: number }>('select 1 as n', [])).toEqual([{ n: 1 }]);
+      expect(await db.locks.tryAcquire('before')).toBe(true);
+      await db.locks.release('before');
+      cluster.freeze();
+      try {
+        // Without a bound, each of these waited for as long as the host stayed frozen.
+        expect(isConnectionFailure(await failure(() => db.query('select 2 as n', [])))).toBe(true);
+        expect(isConnectionFailure(await failure(() => sql`select 3 as n`.execute(db.db)))).toBe(true);
+        expect(isConnectionFailure(await failure(() => db.locks.tryAcquire('frozen')))).toBe(true);
+      } finally {
+        cluster.thaw();
+      }
+      expect(await db.query<{ n: number }>('select 4 as n', [])).toEqual([{ n: 4 }]);
+      expect(await db.locks.tryAcquire('after')).toBe(true);
+    } finally {
+      await db.close();
+      await cluster.destroy();
     }
   });
 

@@ -18,6 +18,13 @@ export interface PgCluster {
   start(): Promise<void>;
   /** `immediate` is a crash (no checkpoint, recovery on the next start); `fast` a clean shutdown. */
   stop(mode: 'fast' | 'immediate'): Promise<void>;
+  /**
+   * Suspends its processes (SIGSTOP), as a frozen host: connections stay open and nothing on them
+   * is answered, nor any new one.
+   */
+  freeze(): void;
+  /** Resumes them (SIGCONT). */
+  thaw(): void;
   /** Stops it if it runs and deletes its directory. */
   destroy(): Promise<void>;
 }
@@ -48,6 +55,12 @@ export async function createPgCluster(): Promise<PgCluster> {
     port,
     start: () => pgCtl(['-l', log, '-o', options, 'start']).then(() => undefined),
     stop: (mode) => pgCtl(['-m', mode, 'stop']).then(() => undefined),
+    // The server first, so that it starts no process meanwhile; resumed last.
+    freeze: () => serverProcesses(data).forEach((pid) => process.kill(pid, 'SIGSTOP')),
+    thaw: () =>
+      serverProcesses(data)
+        .reverse()
+        .forEach((pid) => process.kill(pid, 'SIGCONT')),
     async destroy() {
       // By its pid file rather than by what we think it is doing: a start that timed out may yet run.
       if (fs.existsSync(path.join(data, 'postmaster.pid'))) {
@@ -64,6 +77,24 @@ export async function createPgCluster(): Promise<PgCluster> {
     throw err;
   }
   return cluster;
+}
+
+/** The cluster's server process (from its pid file), then its children. */
+function serverProcesses(data: string): number[] {
+  const server = Number(fs.readFileSync(path.join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const children = fs
+    .readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        // The parent's pid is the second field after the command, which is in parentheses.
+        return Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]) === server;
+      } catch {
+        return false; // ended meanwhile
+      }
+    })
+    .map(Number);
+  return [server, ...children];
 }
 
 /** The server binaries: pg_config's, else the newest under /usr/lib/postgresql (Debian keeps them off PATH). */
