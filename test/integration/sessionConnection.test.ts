@@ -144,16 +144,23 @@ onServer('the pool on postgres', () => {
       createLogger({ LOG_LEVEL: 'silent' }),
     );
     try {
-      // Connections open: one in the pool, and the session connection.
-      expect(await db.query<{ n: number }>('select 1 as n', [])).toEqual([{ n: 1 }]);
+      // Connections open: two in the pool (two statements at once), and the session connection.
+      await Promise.all([db.query('select pg_sleep(0.05)', []), db.query('select pg_sleep(0.05)', [])]);
       expect(await db.locks.tryAcquire('before')).toBe(true);
       await db.locks.release('before');
       cluster.freeze();
       try {
-        // Without a bound, each of these waited for as long as the host stayed frozen.
-        expect(isConnectionFailure(await failure(() => db.query('select 2 as n', [])))).toBe(true);
-        expect(isConnectionFailure(await failure(() => sql`select 3 as n`.execute(db.db)))).toBe(true);
-        expect(isConnectionFailure(await failure(() => db.locks.tryAcquire('frozen')))).toBe(true);
+        // Without a bound, each of these waited for as long as the host stayed frozen. Each goes
+        // on a connection already open, so it is the statement's bound that ends the wait.
+        const failures = [
+          await failure(() => db.query('select 2 as n', [])),
+          await failure(() => sql`select 3 as n`.execute(db.db)),
+          await failure(() => db.locks.tryAcquire('frozen')),
+        ];
+        for (const err of failures) {
+          expect(isStatementTimeout(err)).toBe(true);
+          expect(isConnectionFailure(err)).toBe(true);
+        }
       } finally {
         cluster.thaw();
       }
