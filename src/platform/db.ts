@@ -104,13 +104,20 @@ const MAX_PREPARED = 500;
  * there, and whatever came next would wait behind it. Its next statements (a transaction's
  * rollback) fail at once, and releasing it closes it.
  */
-function preparing(client: pg.PoolClient, release: (err?: Error) => void): PostgresPoolClient {
+function preparing(
+  client: pg.PoolClient,
+  release: (err?: Error) => void,
+  bounded = false,
+): PostgresPoolClient {
   let unanswered = false;
+  // Watched only where statements have a bound (not on PGlite): a promise more per statement.
   const watched = (sent: Promise<unknown>) =>
-    sent.catch((err: unknown) => {
-      if (isStatementTimeout(err)) unanswered = true;
-      throw err;
-    });
+    bounded
+      ? sent.catch((err: unknown) => {
+          if (isStatementTimeout(err)) unanswered = true;
+          throw err;
+        })
+      : sent;
   function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
   function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
   function query(text: string | PostgresCursor<unknown>, values?: readonly unknown[]): unknown {
@@ -195,7 +202,10 @@ async function openServer(
         async connect() {
           const client = await pool.connect();
           let wrapper = wrappers.get(client);
-          if (!wrapper) wrappers.set(client, (wrapper = preparing(client, (err) => client.release(err))));
+          if (!wrapper) {
+            const bounded = query_timeout !== undefined;
+            wrappers.set(client, (wrapper = preparing(client, (err) => client.release(err), bounded)));
+          }
           return wrapper;
         },
         end,

@@ -113,12 +113,9 @@ const CONNECTION_CODES = new Set([
   '57P03',
 ]);
 
-/**
- * What pg says when the server dropped the connection, did not answer a connection attempt in
- * time, or did not answer a statement in time (`query_timeout`).
- */
+/** What pg says when the server dropped the connection, or did not answer a connection attempt in time. */
 const CONNECTION_MESSAGES =
-  /Connection terminated|connection timeout|^timeout expired$|Client has encountered a connection error|^Query read timeout$/i;
+  /Connection terminated|connection timeout|^timeout expired$|Client has encountered a connection error/i;
 
 /** A statement failed for want of an answer in time (DATABASE_STATEMENT_TIMEOUT_MS). */
 export function isStatementTimeout(err: unknown): boolean {
@@ -135,6 +132,8 @@ export function isConnectionFailure(err: unknown): boolean {
     if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true;
     const message = (e as { message?: unknown }).message;
     if (typeof message === 'string' && CONNECTION_MESSAGES.test(message)) return true;
+    // Or a statement it did not answer in time: the connection is not used again.
+    if (isStatementTimeout(e)) return true;
   }
   return false;
 }
