@@ -100,37 +100,53 @@ const MAX_PREPARED = 500;
 
 /**
  * A client for kysely whose marked statements go named (its cursors go as they are). Once a
- * statement on it had no answer in time, it is not used again: the statement may still be running
- * there, and whatever came next would wait behind it. Its next statements (a transaction's
- * rollback) fail at once, and releasing it closes it.
+ * statement on it had no answer in time (see `BoundedClient`), it is not used again: the statement
+ * may still be running there, and whatever came next would wait behind it. Its next statements (a
+ * transaction's rollback) fail at once, and releasing it closes it.
  */
-function preparing(
-  client: pg.PoolClient,
-  release: (err?: Error) => void,
-  bounded = false,
-): PostgresPoolClient {
-  let unanswered = false;
-  // Watched only where statements have a bound (not on PGlite): a promise more per statement.
-  const watched = (sent: Promise<unknown>) =>
-    bounded
-      ? sent.catch((err: unknown) => {
-          if (isStatementTimeout(err)) unanswered = true;
-          throw err;
-        })
-      : sent;
+function preparing(client: pg.PoolClient, release: (err?: Error) => void): PostgresPoolClient {
+  const unanswered = () => (client as { unanswered?: boolean }).unanswered === true;
   function query<R>(text: string, values: readonly unknown[]): Promise<PostgresQueryResult<R>>;
   function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
   function query(text: string | PostgresCursor<unknown>, values?: readonly unknown[]): unknown {
     if (typeof text !== 'string') return client.query(text as unknown as pg.Submittable);
-    if (unanswered) return Promise.reject(new Error(UNANSWERED_CONNECTION));
-    if (!text.endsWith(PREPARED_MARK)) return watched(client.query(text, values as unknown[]));
+    if (unanswered()) return Promise.reject(new Error(UNANSWERED_CONNECTION));
+    if (!text.endsWith(PREPARED_MARK)) return client.query(text, values as unknown[]);
     let name = preparedNames.get(text);
     if (name === undefined && preparedNames.size < MAX_PREPARED) {
       preparedNames.set(text, (name = `prepared_${preparedNames.size + 1}`));
     }
-    return watched(client.query({ text, values: values as unknown[], ...(name ? { name } : {}) }));
+    return client.query({ text, values: values as unknown[], ...(name ? { name } : {}) });
   }
-  return { query, release: () => release(unanswered ? new Error(UNANSWERED_CONNECTION) : undefined) };
+  return { query, release: () => release(unanswered() ? new Error(UNANSWERED_CONNECTION) : undefined) };
+}
+
+/** What pg keeps of a connection's backend, and of its cancel requests (not in its types). */
+interface BackendKey {
+  processID: number | null;
+  secretKey: number | null;
+}
+interface CancelConnection {
+  readonly stream: net.Socket;
+  on(event: 'connect' | 'error', listener: () => void): void;
+  connect(portOrPath: number | string, host?: string): void;
+  cancel(processID: number, secretKey: number): void;
+}
+
+/**
+ * Asks the server to cancel what a connection's backend is running: PostgreSQL's cancel request,
+ * on a connection of its own (behind PgBouncer too, which forwards it). A server that does not
+ * take the request (frozen, gone) is let go of after `timeoutMs`; nothing waits for it.
+ */
+function cancelOnServer(client: pg.Client, timeoutMs: number): void {
+  const { processID, secretKey } = client as unknown as BackendKey;
+  if (processID === null || secretKey === null) return;
+  const con = new pg.Connection() as unknown as CancelConnection;
+  con.on('error', () => undefined);
+  if (timeoutMs > 0) con.stream.setTimeout(timeoutMs, () => con.stream.destroy());
+  con.on('connect', () => con.cancel(processID, secretKey));
+  if (client.host?.startsWith('/')) con.connect(`${client.host}/.s.PGSQL.${client.port}`);
+  else con.connect(client.port, client.host);
 }
 
 async function openServer(
@@ -163,6 +179,8 @@ async function openServer(
   // keepalive finds such a peer on a connection idle meanwhile.
   const query_timeout = opts.statementTimeoutMs || undefined;
   class BoundedClient extends pg.Client {
+    /** A statement on it went unanswered past its bound: it is closed, never used again. */
+    unanswered = false;
     constructor(config?: pg.ClientConfig) {
       super({
         ...config,
@@ -171,6 +189,39 @@ async function openServer(
         keepAlive: true,
         keepAliveInitialDelayMillis: 10_000,
       });
+    }
+
+    /**
+     * Every statement, however sent (a promise, a callback, the pool's): one given up on past its
+     * bound marks the connection unanswered, and is cancelled on the server, which would else run
+     * it to its end, holding its locks, though its connection is closed.
+     */
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- pg's query has a dozen overloads; this one only watches them
+    override query(...args: unknown[]): any {
+      const send = super.query.bind(this) as (...a: unknown[]) => unknown;
+      // Watched only where statements have a bound: a promise more per statement.
+      if (!query_timeout) return send(...args);
+      const last = args[args.length - 1];
+      if (typeof last === 'function') {
+        args[args.length - 1] = (err: unknown, res: unknown) => {
+          this.given(err);
+          (last as (err: unknown, res: unknown) => void)(err, res);
+        };
+        return send(...args);
+      }
+      const sent = send(...args);
+      if (!(sent instanceof Promise)) return sent; // a cursor, which reads as it goes
+      return sent.catch((err: unknown) => {
+        this.given(err);
+        throw err;
+      });
+    }
+
+    /** Notes a statement's failure: one unanswered in time is given up on here and there. */
+    private given(err: unknown): void {
+      if (!isStatementTimeout(err) || this.unanswered) return;
+      this.unanswered = true;
+      cancelOnServer(this, connectTimeoutMs);
     }
   }
   // int8 stays a string from pg (its default); callers convert to bigint.
@@ -202,10 +253,7 @@ async function openServer(
         async connect() {
           const client = await pool.connect();
           let wrapper = wrappers.get(client);
-          if (!wrapper) {
-            const bounded = query_timeout !== undefined;
-            wrappers.set(client, (wrapper = preparing(client, (err) => client.release(err), bounded)));
-          }
+          if (!wrapper) wrappers.set(client, (wrapper = preparing(client, (err) => client.release(err))));
           return wrapper;
         },
         end,
