@@ -199,12 +199,12 @@ async function openServer(
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- pg's query has a dozen overloads; this one only watches them
     override query(...args: unknown[]): any {
       const send = super.query.bind(this) as (...a: unknown[]) => unknown;
-      // Watched only where statements have a bound: a promise more per statement.
+      // Watched only where statements have a bound: a closure or a promise more per statement.
       if (!query_timeout) return send(...args);
       const last = args[args.length - 1];
       if (typeof last === 'function') {
         args[args.length - 1] = (err: unknown, res: unknown) => {
-          this.given(err);
+          this.failed(err);
           (last as (err: unknown, res: unknown) => void)(err, res);
         };
         return send(...args);
@@ -212,13 +212,13 @@ async function openServer(
       const sent = send(...args);
       if (!(sent instanceof Promise)) return sent; // a cursor, which reads as it goes
       return sent.catch((err: unknown) => {
-        this.given(err);
+        this.failed(err);
         throw err;
       });
     }
 
-    /** Notes a statement's failure: one unanswered in time is given up on here and there. */
-    private given(err: unknown): void {
+    /** A statement failed: one unanswered past its bound marks the connection, and is cancelled. */
+    private failed(err: unknown): void {
       if (!isStatementTimeout(err) || this.unanswered) return;
       this.unanswered = true;
       cancelOnServer(this, connectTimeoutMs);
