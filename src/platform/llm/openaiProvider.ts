@@ -49,6 +49,9 @@ export interface OpenAIProviderOptions {
 const isFinishReason = (reason: string): reason is FinishReason =>
   (FINISH_REASONS as readonly string[]).includes(reason);
 
+/** How much longer than the idle timeout the SDK waits for a response before giving up itself. */
+const SDK_TIMEOUT_SLACK_MS = 1_000;
+
 /** HTTP statuses worth another attempt: timeouts, conflicts, rate limits, server trouble. */
 const RETRYABLE_STATUS = (status: number) =>
   status === 408 || status === 409 || status === 429 || status >= 500;
@@ -68,7 +71,10 @@ export function createOpenAIProvider(options: OpenAIProviderOptions): LlmProvide
     adminAPIKey: null,
     webhookSecret: null,
     maxRetries: 0,
-    timeout: options.idleTimeoutMs,
+    // Our idle timer decides (see `streamCompletion`); the SDK's own, for the wait for the response
+    // only, is a backstop past it. The same length raced ours, a timer firing a fraction of a
+    // millisecond early: the provider's silence then failed as a broken connection.
+    timeout: options.idleTimeoutMs + SDK_TIMEOUT_SLACK_MS,
     fetch: undiciFetch(),
     ...(options.headers ? { defaultHeaders: options.headers } : {}),
     ...(options.logger ? { logger: options.logger.child({ provider: options.id }) } : {}),
