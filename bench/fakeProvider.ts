@@ -9,6 +9,7 @@ void startFakeOpenAI({
   reply: 'Event sourcing keeps every change as an event, so any state can be rebuilt by replay.',
   tokenDelayMs,
   firstTokenDelayMs: 0,
+  keepRequests: false,
 }).then((fake) => {
   console.log(fake.url);
   process.on('SIGTERM', () => void fake.close().then(() => process.exit(0)));

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { countPromptTokens, tokenPieces } from '../../../src/platform/llm/tokens';
+import { countMessageTokens, countPromptTokens, tokenPieces } from '../../../src/platform/llm/tokens';
 import type { ChatMessageInput } from '../../../src/platform/llm/types';
 
 /**
@@ -83,6 +83,11 @@ export interface FakeOpenAIOptions extends Partial<FakeBehaviour> {
   apiKey?: string;
   /** Model ids of `GET /v1/models`. */
   models?: string[];
+  /**
+   * Whether each request is kept in `requests` (the default). A benchmark's fake serves thousands
+   * of requests and keeps none, so that its own collector's work does not grow with the run.
+   */
+  keepRequests?: boolean;
 }
 
 export interface FakeOpenAI {
@@ -104,10 +109,11 @@ const DEFAULT_BEHAVIOUR: FakeBehaviour = {
 };
 
 export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
-  const { apiKey, models = ['fake-model'], ...initial } = options;
+  const { apiKey, models = ['fake-model'], keepRequests = true, ...initial } = options;
   let behaviour: FakeBehaviour = { ...DEFAULT_BEHAVIOUR, ...initial };
   let failed = 0;
   const requests: FakeRequest[] = [];
+  let served = 0;
   const sockets = new Set<Socket>();
 
   const server = http.createServer((req, res) => {
@@ -194,11 +200,12 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
       if (!record.completed && !record.dropped) record.closedByClient = true;
       settle();
     });
-    requests.push(record);
+    served++;
+    if (keepRequests) requests.push(record);
     return record;
   }
 
-  const id = () => `chatcmpl-fake${requests.length}`;
+  const id = () => `chatcmpl-fake${served}`;
 
   async function streamReply(
     res: http.ServerResponse,
@@ -358,12 +365,12 @@ export function fakeLogprob(piece: string, index: number, top: number) {
  * tool calls' chunks; `deltas` are the chunks' deltas, and `tokens` what the usage counts.
  */
 function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
-  const all = b.pieces ?? tokenPieces(b.reply);
+  const all = b.pieces ?? piecesOf(b.reply);
   const max = body.max_completion_tokens ?? body.max_tokens;
   const cut = typeof max === 'number' && max >= 0 && max < all.length;
   const tokens = cut ? all.slice(0, max) : all;
   const pieces = tokens.filter((p) => p !== '');
-  const thoughts = b.reasoning ? tokenPieces(b.reasoning).filter((p) => p !== '') : [];
+  const thoughts = b.reasoning ? piecesOf(b.reasoning).filter((p) => p !== '') : [];
   const field = b.reasoningField ?? 'reasoning_content';
   const deltas: { content?: string; [field: string]: unknown }[] = [
     ...thoughts.map((t) => ({ [field]: t })),
@@ -386,7 +393,7 @@ function replyFor(body: ChatRequestBody, b: FakeBehaviour) {
 }
 
 function usageOf(body: ChatRequestBody, completionTokens: number, b: FakeBehaviour) {
-  const prompt = b.usage?.prompt_tokens ?? countPromptTokens(body.messages ?? []);
+  const prompt = b.usage?.prompt_tokens ?? promptTokensOf(body.messages ?? []);
   const completion = b.usage?.completion_tokens ?? completionTokens;
   return {
     prompt_tokens: prompt,
@@ -395,6 +402,36 @@ function usageOf(body: ChatRequestBody, completionTokens: number, b: FakeBehavio
     prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
     completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0 },
   };
+}
+
+/** Texts' token pieces, as counted once: a fake replies with the same text thousands of times. */
+const pieces = new Map<string, string[]>();
+function piecesOf(text: string): string[] {
+  let found = pieces.get(text);
+  if (!found) {
+    if (pieces.size >= 1_000) pieces.clear();
+    pieces.set(text, (found = tokenPieces(text)));
+  }
+  return found;
+}
+
+/**
+ * A prompt's tokens as `countPromptTokens` counts them, each message counted once: a chat's
+ * requests repeat its history, which in a long benchmark grows by a reply per request.
+ */
+const messageTokens = new Map<string, number>();
+function promptTokensOf(messages: readonly ChatMessageInput[]): number {
+  let total = countPromptTokens([]);
+  for (const m of messages) {
+    const key = JSON.stringify(m);
+    let n = messageTokens.get(key);
+    if (n === undefined) {
+      if (messageTokens.size >= 100_000) messageTokens.clear();
+      messageTokens.set(key, (n = countMessageTokens(m)));
+    }
+    total += n;
+  }
+  return total;
 }
 
 function markCompleted(record: FakeRequest): void {
