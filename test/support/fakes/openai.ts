@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { LRUCache } from 'lru-cache';
 import { countMessageTokens, countPromptTokens, tokenPieces } from '../../../src/platform/llm/tokens';
 import type { ChatMessageInput } from '../../../src/platform/llm/types';
 
@@ -405,13 +406,10 @@ function usageOf(body: ChatRequestBody, completionTokens: number, b: FakeBehavio
 }
 
 /** Texts' token pieces, as counted once: a fake replies with the same text thousands of times. */
-const pieces = new Map<string, string[]>();
+const pieces = new LRUCache<string, string[]>({ max: 1_000 });
 function piecesOf(text: string): string[] {
   let found = pieces.get(text);
-  if (!found) {
-    if (pieces.size >= 1_000) pieces.clear();
-    pieces.set(text, (found = tokenPieces(text)));
-  }
+  if (!found) pieces.set(text, (found = tokenPieces(text)));
   return found;
 }
 
@@ -419,16 +417,13 @@ function piecesOf(text: string): string[] {
  * A prompt's tokens as `countPromptTokens` counts them, each message counted once: a chat's
  * requests repeat its history, which in a long benchmark grows by a reply per request.
  */
-const messageTokens = new Map<string, number>();
+const messageTokens = new LRUCache<string, number>({ max: 100_000 });
 function promptTokensOf(messages: readonly ChatMessageInput[]): number {
   let total = countPromptTokens([]);
   for (const m of messages) {
     const key = JSON.stringify(m);
     let n = messageTokens.get(key);
-    if (n === undefined) {
-      if (messageTokens.size >= 100_000) messageTokens.clear();
-      messageTokens.set(key, (n = countMessageTokens(m)));
-    }
+    if (n === undefined) messageTokens.set(key, (n = countMessageTokens(m)));
     total += n;
   }
   return total;
