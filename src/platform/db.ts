@@ -121,6 +121,10 @@ function preparing(client: pg.PoolClient, release: (err?: Error) => void): Postg
   return { query, release: () => release(unanswered() ? new Error(UNANSWERED_CONNECTION) : undefined) };
 }
 
+/** pg's own `query`, which `BoundedClient` watches (taken once, not bound per statement). */
+// eslint-disable-next-line @typescript-eslint/unbound-method -- always applied to a client
+const sendQuery = pg.Client.prototype.query as unknown as (this: pg.Client, ...args: unknown[]) => unknown;
+
 /** What pg keeps of a connection's backend, and of its cancel requests (not in its types). */
 interface BackendKey {
   processID: number | null;
@@ -198,18 +202,17 @@ async function openServer(
      */
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- pg's query has a dozen overloads; this one only watches them
     override query(...args: unknown[]): any {
-      const send = super.query.bind(this) as (...a: unknown[]) => unknown;
       // Watched only where statements have a bound: a closure or a promise more per statement.
-      if (!query_timeout) return send(...args);
+      if (!query_timeout) return sendQuery.apply(this, args);
       const last = args[args.length - 1];
       if (typeof last === 'function') {
         args[args.length - 1] = (err: unknown, res: unknown) => {
           this.failed(err);
           (last as (err: unknown, res: unknown) => void)(err, res);
         };
-        return send(...args);
+        return sendQuery.apply(this, args);
       }
-      const sent = send(...args);
+      const sent = sendQuery.apply(this, args);
       if (!(sent instanceof Promise)) return sent; // a cursor, which reads as it goes
       return sent.catch((err: unknown) => {
         this.failed(err);
