@@ -287,6 +287,13 @@ type Credits = {
 };
 const credits = async (auth: string) =>
   (await t.http.get(`${API}/users/me/credits`).set('Authorization', auth)).body as Credits;
+/** Once the user's credits show no hold and `spent` gone of the 1,000 they signed up with. */
+const settledSpending = (auth: string, spent: number, what: string) =>
+  eventually(
+    () => credits(auth),
+    (c) => c.held === 0 && c.balance === 1000 - spent,
+    what,
+  );
 /** A chat's messages as the read model has them: none while the chat itself is not projected yet (404). */
 const messages = async (auth: string, chatId: string) =>
   (
@@ -665,11 +672,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(absurd.usage).toMatchObject({ prompt_tokens: 8192, completion_tokens: 5 });
     expect(absurd.paid).toBe(creditsFor(8192, PROMPT_PRICE) + creditsFor(5, COMPLETION_PRICE));
     const spent = reported.paid + counted.paid + absurd.paid;
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000 - spent,
-      'the three charges projected',
-    );
+    await settledSpending(u.auth, spent, 'the three charges projected');
   });
 
   it('saves and charges a reply holding NUL or half a surrogate pair, which the database cannot store as sent', async () => {
@@ -1561,11 +1564,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     // The service's own trouble with its provider (its key, here) stays a 502.
     fake.setBehaviour({ fail: { status: 401 } });
     expect((await failureOf<{ status: number }>(client.chat.completions.create(ask))).status).toBe(502);
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000,
-      'both holds released',
-    );
+    await settledSpending(u.auth, 0, 'both holds released');
     expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCaptured')).toBe(false);
   });
 
@@ -1707,11 +1706,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       role: 'assistant',
       content: [{ type: 'text', text: partial }],
     });
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000 - view.cost!,
-      'partial charged',
-    );
+    await settledSpending(u.auth, view.cost!, 'partial charged');
   });
 
   it('cancels: upstream stopped, what was generated saved and charged, the rest released', async () => {
@@ -1730,11 +1725,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect(fake.requests[asked]!.closedByClient).toBe(true);
     const view = await finished(u.auth, started.id);
     expect(view.status).toBe('cancelled');
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
-      'settled',
-    );
+    await settledSpending(u.auth, view.cost ?? 0, 'settled');
     // A finished task cannot be cancelled again.
     expect((await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth)).status).toBe(
       409,
@@ -1763,11 +1754,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       const view = await finished(u.auth, id);
       expect(view.status).toBe('cancelled');
       expect(view.usage!.completion_tokens).toBeLessThan(countTextTokens(REPLY));
-      await eventually(
-        () => credits(u.auth),
-        (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
-        'settled',
-      );
+      await settledSpending(u.auth, view.cost ?? 0, 'settled');
     } finally {
       lost?.mockRestore();
       await flow.close();
@@ -1936,11 +1923,7 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
       },
       metadata: { now },
     });
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 988,
-      'captured by the reactor',
-    );
+    await settledSpending(u.auth, 12, 'captured by the reactor');
     expect(await lastMessage(u.auth, chatId, `m-${taskId}`)).toMatchObject({
       id: `m-${taskId}`,
       content: [{ type: 'text', text: 'Saved by the reactor.' }],
@@ -2309,11 +2292,7 @@ describe('/chat/completions with the official openai client', () => {
     expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens);
     const cost =
       creditsFor(usage.prompt_tokens, PROMPT_PRICE) + creditsFor(usage.completion_tokens, COMPLETION_PRICE);
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000 - cost,
-      'completion charged',
-    );
+    await settledSpending(u.auth, cost, 'completion charged');
   });
 
   it('streams chunks, then the usage chunk', async () => {
@@ -2416,11 +2395,7 @@ describe('/chat/completions with the official openai client', () => {
     const cost =
       creditsFor(first.usage!.prompt_tokens, PROMPT_PRICE) +
       creditsFor(first.usage!.completion_tokens, COMPLETION_PRICE);
-    await eventually(
-      () => credits(u.auth),
-      (c) => c.held === 0 && c.balance === 1000 - cost,
-      'charged',
-    );
+    await settledSpending(u.auth, cost, 'charged');
     await expectChargedOnce(u);
   });
 
@@ -2548,11 +2523,7 @@ describe('/chat/completions with the official openai client', () => {
       );
       const taskId = reserved.find((e) => e.type === 'CreditsReserved')!.data.holdId as string;
       const view = await finished(u.auth, taskId);
-      await eventually(
-        () => credits(u.auth),
-        (c) => c.held === 0 && c.balance === 1000 - (view.cost ?? 0),
-        'settled',
-      );
+      await settledSpending(u.auth, view.cost ?? 0, 'settled');
       return view;
     };
 
@@ -2915,11 +2886,7 @@ describe('/chat/completions with the official openai client', () => {
         toolCalls: asRecorded([call]),
       });
       expect(cost).toBeLessThan(created.hold);
-      await eventually(
-        () => credits(u.auth),
-        (c) => c.held === 0 && c.balance === 1000 - cost,
-        'the calls charged',
-      );
+      await settledSpending(u.auth, cost, 'the calls charged');
       expect(await holdMovements(u.id, taskId)).toEqual([
         ['CreditsReserved', created.hold],
         ['CreditsCaptured', cost],
@@ -3089,11 +3056,7 @@ describe('/chat/completions with the official openai client', () => {
       });
       const cost = creditsFor(created.promptTokens, PROMPT_PRICE) + creditsFor(output, COMPLETION_PRICE);
       expect(completed!.cost).toBe(cost);
-      await eventually(
-        () => credits(u.auth),
-        (c) => c.held === 0 && c.balance === 1000 - cost,
-        'the call charged',
-      );
+      await settledSpending(u.auth, cost, 'the call charged');
       expect((await holdMovements(u.id, taskId)).filter(([type]) => type === 'CreditsCaptured')).toEqual([
         ['CreditsCaptured', cost],
       ]);
