@@ -1633,6 +1633,40 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     expect((sent.at(-1)!.data as { role: string }).role).toBe('user');
   });
 
+  it('fails a task at once on a provider error holding text the store refuses, and frees its chat', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // NUL, half a surrogate pair and a page more: an upstream's error as it may come.
+    fake.setBehaviour({
+      fail: { status: 400, message: `Invalid request \u0000 \ud800 ${'x'.repeat(5_000)}` },
+    });
+    const started = await startTask(u.auth, chatId);
+    const s = await stream(u.auth, started.id);
+    expect(s.events.at(-1)!.event).toBe('error');
+    expect(await task(u.auth, started.id)).toMatchObject({ status: 'failed', cost: 0 });
+    const failed = (await t.deps.store.readStream(taskStream(started.id))).find(
+      (e) => e.type === 'TaskFailed',
+    );
+    const reason = (failed!.data as { reason: string }).reason;
+    expect(reason).toContain('Invalid request \uFFFD \uFFFD xxx');
+    expect(reason.length).toBeLessThan(1_100);
+    await settledSpending(u.auth, 0, 'hold released');
+    // A completion refused so is the caller's 400, as any refusal, not a wait for the sweeper.
+    const refused = await failureOf<{ status: number; message: string }>(
+      clientOf(u).chat.completions.create({
+        model: 'fake-model',
+        messages: [{ role: 'user', content: 'Hi.' }],
+      }),
+    );
+    expect(refused.status).toBe(400);
+    expect(refused.message).toContain('Invalid request \uFFFD');
+    // The chat is free for the next reply.
+    fake.setBehaviour({ fail: undefined });
+    const next = await startTask(u.auth, chatId);
+    expect((await stream(u.auth, next.id)).events.at(-1)!.event).toBe('done');
+    await settledSpending(u.auth, (await task(u.auth, next.id)).cost!, 'the next reply charged');
+  });
+
   it('streams a task claimed after it ended from its outcome, without settling it a second time', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

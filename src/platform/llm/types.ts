@@ -4,6 +4,8 @@
  * the OpenAI SDK against any compatible endpoint, or the built-in local model.
  */
 
+import { storableText } from '../text';
+
 export type ChatContentPart =
   | { type: 'text'; text: string }
   | { type: 'image_url'; image_url: { url: string; detail?: 'auto' | 'low' | 'high' | undefined } };
@@ -202,10 +204,15 @@ export interface ProviderErrorOptions {
   cause?: unknown;
 }
 
+/** The longest message a `ProviderError` keeps: an upstream's error may be a whole HTML page. */
+const MAX_PROVIDER_MESSAGE = 1_000;
+
 /**
  * A provider failed. `retryable`: worth another attempt, which is only ever true before any output
  * (429, 5xx, connection refused or reset, timeout); 400/401/404 and anything after output are not.
- * The message never carries credentials.
+ * The message never carries credentials. It holds the upstream's words, cut to
+ * `MAX_PROVIDER_MESSAGE` and made storable (`storableText`): a task's failure records it, and the
+ * event store refuses NUL and half a surrogate pair.
  */
 export class ProviderError extends Error {
   override readonly name = 'ProviderError';
@@ -216,7 +223,9 @@ export class ProviderError extends Error {
   readonly retryAfterMs?: number;
 
   constructor(message: string, options: ProviderErrorOptions) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    const cut =
+      message.length > MAX_PROVIDER_MESSAGE ? `${message.slice(0, MAX_PROVIDER_MESSAGE)}…` : message;
+    super(storableText(cut), options.cause === undefined ? undefined : { cause: options.cause });
     this.retryable = options.retryable && !options.afterOutput;
     this.afterOutput = options.afterOutput ?? false;
     if (options.status !== undefined) this.status = options.status;
