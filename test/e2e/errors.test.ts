@@ -1,4 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import pg from 'pg';
 import supertest from 'supertest';
 import { z } from 'zod';
@@ -227,6 +228,35 @@ describe('problem+json errors', () => {
       .set('Content-Type', 'application/json')
       .send(`{"name":"${'x'.repeat(3 * 1024 * 1024)}","items":[]}`);
     expectProblem(res, 413);
+  });
+
+  it('answers 400 for a body its Content-Encoding does not decode, and reads one that it does', async () => {
+    const json = Buffer.from(JSON.stringify({ name: 'x', items: [] }));
+    const send = (encoding: string, body: Buffer) =>
+      t.http
+        .post('/api/v1/test/echo')
+        .set('Content-Type', 'application/json')
+        .set('Content-Encoding', encoding)
+        // As the bytes are: supertest would write a Buffer out as JSON.
+        .serialize((bytes: Buffer) => bytes as unknown as string)
+        .send(body);
+    for (const [encoding, body] of [
+      ['gzip', gzipSync(json).subarray(0, 8)],
+      ['gzip', json],
+      ['deflate', json],
+      ['br', json],
+    ] as const) {
+      const res = await send(encoding, body);
+      expectProblem(res, 400);
+      expect(res.body.detail).toContain(`Content-Encoding (${encoding})`);
+    }
+    for (const [encoding, body] of [
+      ['gzip', gzipSync(json)],
+      ['deflate', deflateSync(json)],
+      ['br', brotliCompressSync(json)],
+    ] as const) {
+      expect((await send(encoding, body)).body).toEqual({ name: 'x', items: [] });
+    }
   });
 
   it('answers 415 for a body of an unsupported Content-Type', async () => {

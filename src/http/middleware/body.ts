@@ -61,17 +61,35 @@ export function body(limit: string, largeLimit = limit): AppMiddleware {
         ctx.throw(415, `Content-Type ${type} is not supported: send application/json.`);
       }
     }
-    await parserFor(ctx)(ctx, async () => {
-      const parsed = (ctx.request as { body?: unknown }).body;
-      if (deeperThan(parsed, MAX_DEPTH)) {
-        throw new BadRequest(`The body is nested deeper than ${MAX_DEPTH} levels.`);
+    let read = false;
+    try {
+      await parserFor(ctx)(ctx, async () => {
+        read = true;
+        const parsed = (ctx.request as { body?: unknown }).body;
+        if (deeperThan(parsed, MAX_DEPTH)) {
+          throw new BadRequest(`The body is nested deeper than ${MAX_DEPTH} levels.`);
+        }
+        if (holdsUnstorableText(parsed)) {
+          throw new UnstorableText('The body');
+        }
+        await next();
+      });
+    } catch (err) {
+      // A body its Content-Encoding does not decode (cut short, or not what it says): the
+      // decompressor's own error, with no status, would be a 500.
+      if (!read && isDecodingError(err)) {
+        const encoding = ctx.get('Content-Encoding').slice(0, 50);
+        throw new BadRequest(`The body could not be decoded as its Content-Encoding (${encoding}) says.`);
       }
-      if (holdsUnstorableText(parsed)) {
-        throw new UnstorableText('The body');
-      }
-      await next();
-    });
+      throw err;
+    }
   };
+}
+
+/** zlib's errors (`Z_DATA_ERROR`, `Z_BUF_ERROR`…) and Brotli's (`ERR__ERROR_FORMAT_…`). */
+function isDecodingError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('Z_') || code.startsWith('ERR__ERROR_'));
 }
 
 /** Whether arrays and objects nest deeper than `levels` (looking no deeper than that). */
