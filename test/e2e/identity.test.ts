@@ -311,6 +311,29 @@ describe('sign-in and sessions', () => {
     expect((await login(u.username, 'brand new pw')).status).toBe(200);
   });
 
+  it('changes my password once when the same old password is sent with ten new ones at once', async () => {
+    const u = await signedIn();
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        t.http
+          .put('/api/v1/users/me/password')
+          .set('Authorization', u.auth)
+          .send({ old_password: u.password, new_password: `new password ${i}` }),
+      ),
+    );
+    const changed = answers.flatMap((res, i) => (res.status === 204 ? [i] : []));
+    expect(changed).toHaveLength(1);
+    for (const res of answers) {
+      if (res.status === 204) continue;
+      expect(res.status).toBe(400);
+      expect(res.body.detail).toBe('The old password is wrong.');
+    }
+    // The one told so is the one that works.
+    for (let i = 0; i < 10; i++) {
+      expect((await login(u.username, `new password ${i}`)).status).toBe(i === changed[0] ? 200 : 401);
+    }
+  });
+
   it('ends at its next refresh a session the sessions read model did not show to be revoked', async () => {
     // An instance whose sessions read model is behind (here: not running at all).
     const lagging = await createTestApp({

@@ -1,7 +1,7 @@
 import type { Command, Decider } from '../handler';
 import type { IdentityProvider, SignInMethod, UniqueEvent, UniqueKind, UserEvent } from '../../events/users';
 import type { PermissionLevel } from '../../platform/tokens';
-import { Conflict, NotFound } from '../../platform/errors';
+import { BadRequest, Conflict, NotFound } from '../../platform/errors';
 
 export class UserNotFound extends NotFound {}
 
@@ -69,7 +69,18 @@ export type UserCommand =
   | Command<'ChangeProfile', { userId: string; nickname?: string; email?: string | null }>
   | Command<
       'ChangePassword',
-      { userId: string; passwordHash: string; by: 'self' | 'admin'; keptSessionId: string | null }
+      {
+        userId: string;
+        passwordHash: string;
+        by: 'self' | 'admin';
+        keptSessionId: string | null;
+        /**
+         * The hash the old password was checked against (a change of one's own): a change since
+         * (another request with the same old password, the check done before either was stored)
+         * means the old password is no longer the one given.
+         */
+        replaces?: string | null;
+      }
     >
   | Command<'ChangeAvatar', { userId: string; avatarId: string }>
   | Command<'ChangePermission', { userId: string; permission: PermissionLevel }>
@@ -99,8 +110,12 @@ export function decideUser(cmd: UserCommand, s: UserState): UserEvent[] {
       if (data.nickname === undefined && data.email === undefined) return [];
       return [{ type: 'ProfileChanged', data }];
     }
-    case 'ChangePassword':
-      return [{ type: 'PasswordChanged', data: { ...cmd.data, changedAt: now } }];
+    case 'ChangePassword': {
+      const { replaces, ...data } = cmd.data;
+      if (replaces !== undefined && replaces !== s.passwordHash)
+        throw new BadRequest('The old password is wrong.');
+      return [{ type: 'PasswordChanged', data: { ...data, changedAt: now } }];
+    }
     case 'ChangeAvatar':
       if (s.avatarId === cmd.data.avatarId) return [];
       return [{ type: 'AvatarChanged', data: { ...cmd.data, changedAt: now } }];

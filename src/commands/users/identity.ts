@@ -412,8 +412,9 @@ export async function changeOwnPassword(
 ): Promise<bigint> {
   const user = await readUser(deps, input.userId);
   if (!user.registered) throw new NotFound('No such user.');
-  if (!(await verifyPassword(user.passwordHash, input.oldPassword)))
-    throw new BadRequest('The old password is wrong.');
+  // Taken now: the state read is the cached one, which changes in place as others change it.
+  const checked = user.passwordHash;
+  if (!(await verifyPassword(checked, input.oldPassword))) throw new BadRequest('The old password is wrong.');
   const result = await deps.commands.handle(userDecider, userStream(input.userId), {
     type: 'ChangePassword',
     data: {
@@ -421,6 +422,7 @@ export async function changeOwnPassword(
       passwordHash: await hashPassword(input.newPassword),
       by: 'self',
       keptSessionId: input.sessionId,
+      replaces: checked,
     },
     metadata: meta(deps, ctx),
   });
