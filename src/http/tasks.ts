@@ -26,7 +26,7 @@ import type { AppContext, AuthedState, Resource } from './types';
 const TaskId = z.object({ id: z.string().min(1).max(100) });
 const TaskListQuery = PageQuery.extend({
   chat_id: z.string().min(1).max(100).optional(),
-  status: z.enum(['running', 'succeeded', 'failed', 'cancelled']).optional(),
+  status: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']).optional(),
 });
 const CreateTaskBody = z
   .strictObject({ chat_id: z.string().min(1).max(100), model: z.string().min(1).max(200).optional() })

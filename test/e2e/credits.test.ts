@@ -205,6 +205,13 @@ describe('credits', () => {
       .set('Authorization', admin)
       .send({ amount: 5, expiresAt: '2030-01-01T00:00:00Z' });
     expect(misspelt.status).toBe(400);
+    // A code that could never be redeemed is not issued.
+    const expired = await t.http
+      .post('/api/v1/codes')
+      .set('Authorization', admin)
+      .send({ amount: 5, expires_at: new Date(Date.now() - 1000).toISOString() });
+    expect(expired.status).toBe(400);
+    expect(expired.body.detail).toMatch(/expires_at .* past/);
     const patch = await t.http
       .patch('/api/v1/users/x')
       .set('Authorization', admin)

@@ -2243,6 +2243,8 @@ describe('the list of my tasks', () => {
     expect((await list(u.auth, `?chat_id=${a}`)).items.map((i) => i.id)).toEqual([ids[1], ids[0]]);
     expect((await list(u.auth, '?status=failed')).items.map((i) => i.id)).toEqual([ids[1]]);
     expect((await list(u.auth, `?chat_id=${b}&status=failed`)).items).toEqual([]);
+    // A status of the contract that none of these is in (a task runs from its start).
+    expect((await list(u.auth, '?status=queued')).items).toEqual([]);
 
     // A page at a time, each item once.
     const paged: string[] = [];
