@@ -207,11 +207,14 @@ export const users: Resource = (router, { deps, openapi }) => {
 
   const sendAvatar = async (ctx: Parameters<AppMiddleware<AuthedState>>[0], userId: string) => {
     const { state } = await deps.commands.read(userDecider, userStream(userId));
-    const jpeg = state.registered && state.avatarId ? await loadAvatarBlob(db, state.avatarId) : undefined;
+    // Taken now: the state read is the cached one, which a change of avatar meanwhile changes in
+    // place, and the ETag must name the picture sent.
+    const avatarId = state.registered ? state.avatarId : null;
+    const jpeg = avatarId ? await loadAvatarBlob(db, avatarId) : undefined;
     if (!jpeg) throw new NotFound('No avatar.');
     ctx.type = 'image/jpeg';
     ctx.set('Cache-Control', 'private, max-age=300');
-    ctx.set('ETag', `"${state.avatarId}"`);
+    ctx.set('ETag', `"${avatarId}"`);
     // Koa tells freshness only of a 2xx (or 304) answer; until a body is set, the status is 404.
     ctx.status = 200;
     if (ctx.fresh) {
