@@ -334,6 +334,22 @@ describe('sign-in and sessions', () => {
     }
   });
 
+  it('changes my email once when four changes come at once, and leaves none of the others reserved', async () => {
+    const u = await signedIn();
+    const emails = Array.from({ length: 4 }, (_, i) => `${u.username}_${i}@example.com`);
+    const changes = await Promise.all(
+      emails.map((email) => t.http.patch('/api/v1/users/me').set('Authorization', u.auth).send({ email })),
+    );
+    const won = changes.flatMap((res, i) => (res.status === 200 ? [emails[i]!] : []));
+    expect(won).toHaveLength(1);
+    for (const res of changes) if (res.status !== 200) expect(res.status).toBe(409);
+    expect((await t.http.get('/api/v1/users/me').set('Authorization', u.auth)).body.email).toBe(won[0]);
+    // Every email the user does not have is free for another to register with.
+    for (const email of emails.filter((e) => e !== won[0])) {
+      expect((await register(uniqueName(), 'correct horse', email)).res.status).toBe(201);
+    }
+  });
+
   it('ends at its next refresh a session the sessions read model did not show to be revoked', async () => {
     // An instance whose sessions read model is behind (here: not running at all).
     const lagging = await createTestApp({

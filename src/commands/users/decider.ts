@@ -1,7 +1,7 @@
 import type { Command, Decider } from '../handler';
 import type { IdentityProvider, SignInMethod, UniqueEvent, UniqueKind, UserEvent } from '../../events/users';
 import type { PermissionLevel } from '../../platform/tokens';
-import { BadRequest, Conflict, NotFound } from '../../platform/errors';
+import { BadRequest, ConcurrencyConflict, Conflict, NotFound } from '../../platform/errors';
 
 export class UserNotFound extends NotFound {}
 
@@ -66,7 +66,19 @@ export type UserCommand =
         signupCredits?: number;
       }
     >
-  | Command<'ChangeProfile', { userId: string; nickname?: string; email?: string | null }>
+  | Command<
+      'ChangeProfile',
+      {
+        userId: string;
+        nickname?: string;
+        email?: string | null;
+        /**
+         * The email the change replaces, as read: the caller releases it afterwards, so a change
+         * since (another request's) means that one is not the email replaced.
+         */
+        replacesEmail?: string | null;
+      }
+    >
   | Command<
       'ChangePassword',
       {
@@ -103,6 +115,11 @@ export function decideUser(cmd: UserCommand, s: UserState): UserEvent[] {
   const { userId } = cmd.data;
   switch (cmd.type) {
     case 'ChangeProfile': {
+      if (cmd.data.replacesEmail !== undefined && cmd.data.replacesEmail !== s.email) {
+        throw new ConcurrencyConflict(
+          'Your email changed while this change was made; read your profile and try again.',
+        );
+      }
       const data: Extract<UserEvent, { type: 'ProfileChanged' }>['data'] = { userId, changedAt: now };
       if (cmd.data.nickname !== undefined && cmd.data.nickname !== s.nickname)
         data.nickname = cmd.data.nickname;

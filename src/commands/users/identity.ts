@@ -495,6 +495,8 @@ export async function changeProfile(
         userId: input.userId,
         ...(input.nickname !== undefined ? { nickname: input.nickname } : {}),
         ...(input.email !== undefined ? { email: input.email } : {}),
+        // The email released below is the one the change replaced, not another's meanwhile.
+        ...(emailChanges ? { replacesEmail: oldEmail } : {}),
       },
       metadata: meta(deps, ctx),
     });
