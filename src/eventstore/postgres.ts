@@ -43,6 +43,11 @@ const BLOCKED_POLL_MS = 5;
 const GATHER_MS = 40;
 /** How long head() waits for transactions still open below the newest event. */
 const HEAD_WAIT_MS = 30_000;
+/**
+ * The most events of the log's newest stretch kept for live subscribers that fell behind the
+ * others (`fromRecent`): a few seconds of a busy log, a few megabytes.
+ */
+const RECENT_EVENTS = 4_096;
 const NOTIFY_INTERVAL_MS = 5;
 
 export interface PostgresEventStoreOptions {
@@ -415,7 +420,10 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
    * at or after the caller's generation of appends, so it cannot miss an append the caller woke for.
    */
   const liveReads = new Map<string, { generation: number; read: Promise<PendingRead> }>();
-  type PendingRead = Awaited<ReturnType<typeof readAllWithPending>>;
+  type PendingRead = Awaited<ReturnType<typeof readAllWithPending>> & {
+    /** Taken from the stretch kept and not caught up: the subscriber reads on as a live one. */
+    readOn?: boolean;
+  };
 
   function readLive(
     from: LogPosition,
@@ -423,25 +431,120 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     seen: number,
     filter?: EventFilter,
   ): Promise<PendingRead> {
+    const kept = fromRecent(from, maxCount, seen, filter);
+    if (kept) return Promise.resolve(kept);
+    // At the newest point kept, a subscriber stays live when its batch is not the last: what it
+    // reads next is the newest too. Elsewhere it catches up with its filter.
+    const atNewest = recent !== undefined && compareLogPositions(from, recent.to) === 0;
     const key = `${from.txid}:${from.position}:${maxCount}`;
-    let entry = liveReads.get(key);
-    if (!entry || entry.generation < seen) {
-      const read = readAllWithPending({ from, maxCount });
-      const made = { generation: signal.generation, read };
-      liveReads.set(key, made);
-      // Kept while in flight and one turn after, for the subscribers woken with this one.
-      const forget = () => setImmediate(() => liveReads.get(key) === made && liveReads.delete(key));
-      read.then(forget, forget);
-      entry = made;
-    }
-    return entry.read.then(({ batch, blocked }) => ({
+    const entry = liveReads.get(key);
+    if (!entry) return filtered(startRead(key, from, maxCount), filter, atNewest);
+    if (entry.generation >= seen) return filtered(entry.read, filter, atNewest);
+    // A read from here is under way, begun before what woke the caller: the caller takes its
+    // events from the stretch kept once they are in, and reads on from where they end, rather
+    // than read them all again beside it.
+    return entry.read.then(() => {
+      const found = fromRecent(from, maxCount, seen, filter);
+      if (found) return found;
+      // It found nothing new: one read from here again, shared by every caller that waited.
+      const again = liveReads.get(key);
+      if (again && again !== entry && again.generation >= seen) return filtered(again.read, filter, atNewest);
+      return filtered(startRead(key, from, maxCount), filter, atNewest);
+    });
+  }
+
+  function startRead(key: string, from: LogPosition, maxCount: number): Promise<PendingRead> {
+    const generation = signal.generation;
+    const read = readAllWithPending({ from, maxCount }).then((r) => {
+      keep(from, generation, r);
+      return r;
+    });
+    const made = { generation, read };
+    liveReads.set(key, made);
+    // Kept while in flight and one turn after, for the subscribers woken with this one.
+    const forget = () => setImmediate(() => liveReads.get(key) === made && liveReads.delete(key));
+    read.then(forget, forget);
+    return read;
+  }
+
+  const filtered = (
+    read: Promise<PendingRead>,
+    filter: EventFilter | undefined,
+    atNewest: boolean,
+  ): Promise<PendingRead> =>
+    read.then(({ batch, blocked }) => ({
       batch: {
         events: batch.events.filter((e) => matches(filter, e)),
         next: batch.next,
         caughtUp: batch.caughtUp,
       },
       blocked,
+      readOn: atNewest && !batch.caughtUp,
     }));
+
+  /**
+   * The log's newest stretch as the live reads found it: every event of (from, to], in log order
+   * (a read goes below the oldest running transaction, so what it finds there is complete for
+   * good). Under load the subscribers drift apart, a slow batch putting one behind the others, and
+   * each then read again events the others had read; one behind now takes them from here, and
+   * only reads at the newest point go to the database. `generation`: when the read that reached
+   * `to` started, for a subscriber woken later, who may read from here only up to `to`.
+   */
+  let recent:
+    | { from: LogPosition; to: LogPosition; events: RecordedEvent[]; generation: number; read: PendingRead }
+    | undefined;
+
+  /** Adds a live read to the stretch kept: joined to it when it starts within it, else started over. */
+  function keep(from: LogPosition, generation: number, read: PendingRead): void {
+    const { events, next } = read.batch;
+    if (recent && compareLogPositions(next, recent.to) <= 0) return; // nothing newer than what is kept
+    if (!recent || compareLogPositions(from, recent.from) < 0 || compareLogPositions(from, recent.to) > 0) {
+      recent = { from, to: next, events: [...events], generation, read };
+    } else {
+      const newest = recent.to;
+      for (const e of events) if (compareLogPositions(e.logPosition, newest) > 0) recent.events.push(e);
+      Object.assign(recent, { to: next, generation, read });
+    }
+    if (recent.events.length > 2 * RECENT_EVENTS) {
+      const dropped = recent.events.splice(0, recent.events.length - RECENT_EVENTS);
+      recent.from = dropped.at(-1)!.logPosition;
+    }
+  }
+
+  /**
+   * A live subscriber's next batch from the stretch kept, when it is within it (behind its newest
+   * point). Up to that point only: it counts as caught up there only if the read that reached it
+   * started after what woke the subscriber, else it reads on from there.
+   */
+  function fromRecent(
+    from: LogPosition,
+    maxCount: number,
+    seen: number,
+    filter?: EventFilter,
+  ): PendingRead | undefined {
+    if (!recent || compareLogPositions(from, recent.from) < 0 || compareLogPositions(from, recent.to) >= 0) {
+      return undefined;
+    }
+    const { events } = recent;
+    let first = 0;
+    for (let end = events.length; first < end;) {
+      const mid = (first + end) >>> 1;
+      if (compareLogPositions(events[mid]!.logPosition, from) <= 0) first = mid + 1;
+      else end = mid;
+    }
+    const last = Math.min(events.length, first + maxCount);
+    const taken = events.slice(first, last);
+    const whole = last === events.length;
+    const caughtUp = whole && recent.read.batch.caughtUp && recent.generation >= seen;
+    return {
+      batch: {
+        events: filter ? taken.filter((e) => matches(filter, e)) : taken,
+        next: whole ? recent.to : taken.at(-1)!.logPosition,
+        caughtUp,
+      },
+      blocked: caughtUp && recent.read.blocked,
+      readOn: !caughtUp,
+    };
   }
 
   function subscribe(handler: SubscriptionHandler, opts: SubscribeOptions = {}): Subscription {
@@ -462,7 +565,7 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
           ? await readLive(position, batchSize, seen, opts.filter)
           : await readAllWithPending({ ...readOpts, from: position });
         const { batch, blocked } = read;
-        live = batch.caughtUp;
+        live = batch.caughtUp || read.readOn === true;
         if (stopped) break;
         if (batch.events.length > 0 || compareLogPositions(batch.next, position) > 0) {
           await handler.onEvents(batch.events, batch.next);

@@ -213,6 +213,54 @@ describe.each(testDatabases())('live subscribers under bursts on %s', (kind) => 
   });
 });
 
+describe.each(testDatabases())('live subscribers behind the others on %s', (kind) => {
+  it('take what the others read from the stretch kept, not the log again', async () => {
+    const database = await openTestDatabase(kind);
+    let rowsRead = 0;
+    // Each read has a header row before its events.
+    const counted = watchingReadAll(database.db, (rows) => (rowsRead += rows - 1));
+    const store = createPostgresEventStore(counted, { gatherMs: 5 });
+    // Batches that take longer put a subscriber behind the others, each by its own amount.
+    const delays = [0, 0, 3, 7, 13, 21];
+    const seen = delays.map(() => [] as RecordedEvent[]);
+    const caughtUp = delays.map(() => false);
+    const subscriptions = delays.map((ms, i) =>
+      store.subscribe({
+        onEvents: async (events) => {
+          if (ms > 0) await sleep(ms);
+          seen[i]!.push(...events);
+        },
+        onCaughtUp: () => {
+          caughtUp[i] = true;
+        },
+      }),
+    );
+    try {
+      await until(() => caughtUp.every(Boolean));
+      const before = rowsRead;
+      await Promise.all(
+        Array.from({ length: 4 }, async (_, w) => {
+          for (let i = 0; i < 50; i++) await store.append(`burst-${w}-${i}`, event(), 'no_stream');
+        }),
+      );
+      await until(() => seen.every((s) => s.length >= 200), 30_000);
+      await sleep(100); // nothing more arrives: no event twice
+      const read = rowsRead - before;
+      const all = (await store.readAll({ maxCount: 1_000 })).events.filter((e) =>
+        e.streamName.startsWith('burst-'),
+      );
+      expect(all).toHaveLength(200);
+      for (const s of seen) expect(s.map((e) => e.id)).toEqual(all.map((e) => e.id));
+      // Six subscribers reading for themselves read most events several times over.
+      expect(read).toBeLessThan(200 * 1.5);
+    } finally {
+      await Promise.all(subscriptions.map((s) => s.stop()));
+      await store.close();
+      await database.close();
+    }
+  });
+});
+
 describe.each(testDatabases())('append notifications on %s', (kind) => {
   it('wake the subscribers of another store at once, and not the appending store’s again with its own', async () => {
     const database = await openTestDatabase(kind);
