@@ -91,7 +91,7 @@ export type UserCommand =
          * (another request with the same old password, the check done before either was stored)
          * means the old password is no longer the one given.
          */
-        replaces?: string | null;
+        replacesHash?: string | null;
       }
     >
   | Command<'ChangeAvatar', { userId: string; avatarId: string }>
@@ -128,8 +128,8 @@ export function decideUser(cmd: UserCommand, s: UserState): UserEvent[] {
       return [{ type: 'ProfileChanged', data }];
     }
     case 'ChangePassword': {
-      const { replaces, ...data } = cmd.data;
-      if (replaces !== undefined && replaces !== s.passwordHash)
+      const { replacesHash, ...data } = cmd.data;
+      if (replacesHash !== undefined && replacesHash !== s.passwordHash)
         throw new BadRequest('The old password is wrong.');
       return [{ type: 'PasswordChanged', data: { ...data, changedAt: now } }];
     }

@@ -422,7 +422,7 @@ export async function changeOwnPassword(
       passwordHash: await hashPassword(input.newPassword),
       by: 'self',
       keptSessionId: input.sessionId,
-      replaces: checked,
+      replacesHash: checked,
     },
     metadata: meta(deps, ctx),
   });
