@@ -421,7 +421,10 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
    */
   const liveReads = new Map<string, { generation: number; read: Promise<PendingRead> }>();
   type PendingRead = Awaited<ReturnType<typeof readAllWithPending>> & {
-    /** Taken from the stretch kept and not caught up: the subscriber reads on as a live one. */
+    /**
+     * Not caught up, but taken from the stretch kept or read at its newest point: the subscriber
+     * reads on as a live one rather than catch up with its filter.
+     */
     readOn?: boolean;
   };
 
@@ -487,23 +490,31 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
    * (a read goes below the oldest running transaction, so what it finds there is complete for
    * good). Under load the subscribers drift apart, a slow batch putting one behind the others, and
    * each then read again events the others had read; one behind now takes them from here, and
-   * only reads at the newest point go to the database. `generation`: when the read that reached
-   * `to` started, for a subscriber woken later, who may read from here only up to `to`.
+   * only reads at the newest point go to the database. Of the read that reached `to`: when it
+   * started (`generation`, for a subscriber woken later, who may read from here only up to `to`),
+   * whether it was caught up, and whether committed events waited behind an open transaction.
    */
   let recent:
-    | { from: LogPosition; to: LogPosition; events: RecordedEvent[]; generation: number; read: PendingRead }
+    | {
+        from: LogPosition;
+        to: LogPosition;
+        events: RecordedEvent[];
+        generation: number;
+        caughtUp: boolean;
+        blocked: boolean;
+      }
     | undefined;
 
   /** Adds a live read to the stretch kept: joined to it when it starts within it, else started over. */
-  function keep(from: LogPosition, generation: number, read: PendingRead): void {
-    const { events, next } = read.batch;
+  function keep(from: LogPosition, generation: number, { batch, blocked }: PendingRead): void {
+    const { events, next, caughtUp } = batch;
     if (recent && compareLogPositions(next, recent.to) <= 0) return; // nothing newer than what is kept
     if (!recent || compareLogPositions(from, recent.from) < 0 || compareLogPositions(from, recent.to) > 0) {
-      recent = { from, to: next, events: [...events], generation, read };
+      recent = { from, to: next, events: [...events], generation, caughtUp, blocked };
     } else {
       const newest = recent.to;
       for (const e of events) if (compareLogPositions(e.logPosition, newest) > 0) recent.events.push(e);
-      Object.assign(recent, { to: next, generation, read });
+      Object.assign(recent, { to: next, generation, caughtUp, blocked });
     }
     if (recent.events.length > 2 * RECENT_EVENTS) {
       const dropped = recent.events.splice(0, recent.events.length - RECENT_EVENTS);
@@ -535,14 +546,14 @@ export function createPostgresEventStore(handle: Db, options: PostgresEventStore
     const last = Math.min(events.length, first + maxCount);
     const taken = events.slice(first, last);
     const whole = last === events.length;
-    const caughtUp = whole && recent.read.batch.caughtUp && recent.generation >= seen;
+    const caughtUp = whole && recent.caughtUp && recent.generation >= seen;
     return {
       batch: {
         events: filter ? taken.filter((e) => matches(filter, e)) : taken,
         next: whole ? recent.to : taken.at(-1)!.logPosition,
         caughtUp,
       },
-      blocked: caughtUp && recent.read.blocked,
+      blocked: caughtUp && recent.blocked,
       readOn: !caughtUp,
     };
   }
