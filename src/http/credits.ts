@@ -7,7 +7,7 @@ import { userDecider } from '../commands/users/decider';
 import { codeStream } from '../events/codes';
 import { ledgerStream } from '../events/ledger';
 import { userStream } from '../events/users';
-import { BadRequest, NotFound } from '../platform/errors';
+import { NotFound } from '../platform/errors';
 import { findCode, listCodes } from '../queries/codes';
 import { balanceOf, creditHistory } from '../queries/credits';
 import { PageQuery } from '../queries/paging';
@@ -151,9 +151,6 @@ export const credits: Resource = (router, { deps, openapi }) => {
   router.post('/codes', auth(2), async (ctx) => {
     const body = IssueBody.parse(ctx.request.body);
     const now = clock.now();
-    if (body.expires_at !== undefined && Date.parse(body.expires_at) <= now.getTime()) {
-      throw new BadRequest(`expires_at ${body.expires_at} is in the past: no one could redeem such a code.`);
-    }
     const batchId = ids.next();
     const issued: string[] = [];
     let position = 0n;

@@ -1,6 +1,6 @@
 import type { Command, Decider } from '../handler';
 import type { CodeEvent } from '../../events/codes';
-import { Conflict, NotFound } from '../../platform/errors';
+import { BadRequest, Conflict, NotFound } from '../../platform/errors';
 
 /** The code cannot be redeemed (revoked, expired, used up, or already used by this user): 409. */
 export class CodeNotRedeemable extends Conflict {}
@@ -39,6 +39,10 @@ export function decideCode(cmd: CodeCommand, s: CodeState): CodeEvent[] {
   switch (cmd.type) {
     case 'IssueCode': {
       if (s.issued) return []; // issuing the same code again: idempotent
+      const { expiresAt } = cmd.data;
+      if (expiresAt !== null && Date.parse(expiresAt) <= cmd.metadata.now.getTime()) {
+        throw new BadRequest(`expires_at ${expiresAt} is in the past: no one could redeem such a code.`);
+      }
       return [{ type: 'CodeIssued', data: { ...cmd.data, issuedAt: now } }];
     }
     case 'UseCode': {
