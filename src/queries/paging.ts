@@ -9,8 +9,19 @@ export interface Page<T> {
   next_cursor: string | null;
 }
 
+/**
+ * Digits only: a number as JavaScript reads it would take `1e1`, `0x10` or ` 5`, and a repeated
+ * parameter (an array) would be refused as "NaN".
+ */
+const Limit = z
+  .preprocess(
+    (v) => (typeof v === 'string' && /^[0-9]+$/.test(v) ? Number(v) : v),
+    z.number({ error: 'must be a whole number from 1 to 100' }).int().min(1).max(100),
+  )
+  .default(20);
+
 export const PageQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(100).default(20),
+  limit: Limit,
   cursor: z.string().max(500).optional(),
 });
 

@@ -2302,12 +2302,17 @@ describe('the list of my tasks', () => {
       '?status=done',
       '?limit=0',
       '?limit=101',
+      '?limit=1e1',
+      '?limit=0x10',
+      '?limit=1&limit=2',
       '?cursor=not-ours',
       `?chat_id=${'x'.repeat(101)}`,
     ]) {
       const res = await t.http.get(`${API}/tasks${query}`).set('Authorization', u.auth);
       expect(res.status).toBe(400);
       expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+      expect(JSON.stringify(res.body)).not.toMatch(/NaN/);
+      if (query.startsWith('?limit')) expect(JSON.stringify(res.body)).toMatch(/whole number from 1 to 100/);
     }
     expect((await t.http.get(`${API}/tasks`)).status).toBe(401);
   });
