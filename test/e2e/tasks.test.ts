@@ -1196,6 +1196,27 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     }
   });
 
+  it('keeps a running reply’s chat busy on an instance configured with a shorter task life', async () => {
+    const u = await newUser();
+    const chatId = await newChat(u.auth);
+    // A rolling deploy that shortens the task life: the other instance would count a slot taken
+    // more than 1.5 s ago (its life and grace) as stale, though this one's task runs for 10 minutes.
+    const { flow, http: other } = secondInstance({ TASK_TIMEOUT_SECONDS: 1 });
+    fake.setBehaviour({ reply: 'word '.repeat(40), tokenDelayMs: 100 });
+    try {
+      const first = await startTask(u.auth, chatId);
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      const res = await other.post(`${API}/tasks`).set('Authorization', u.auth).send({ chat_id: chatId });
+      expect(res.status).toBe(409);
+      expect((await t.http.get(`${API}/tasks/${first.id}`).set('Authorization', u.auth)).body).toMatchObject({
+        status: 'running',
+      });
+      await finished(u.auth, first.id);
+    } finally {
+      await flow.close();
+    }
+  });
+
   it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

@@ -76,14 +76,17 @@ describe('task decider', () => {
 describe('task slots decider', () => {
   const slots = deciderSpec(slotsDecider);
   const staleBefore = '2026-04-01T07:00:00.000Z';
+  /** The new slot's own stale mark: its task's deadline and the sweeper's grace. */
+  const staleAt = '2026-04-01T08:20:00.000Z';
   const take = (taskId: string, owner = 'chat:c1', capacity = 1) => ({
     type: 'TakeTaskSlot' as const,
-    data: { owner, taskId, capacity, staleBefore },
+    data: { owner, taskId, capacity, staleAt, staleBefore },
     metadata,
   });
-  const taken = (taskId: string, owner = 'chat:c1', takenAt = at) => ({
+  /** A slot taken; `ownStaleAt` null for one recorded before slots had a stale mark of their own. */
+  const taken = (taskId: string, owner = 'chat:c1', takenAt = at, ownStaleAt: string | null = staleAt) => ({
     type: 'TaskSlotTaken' as const,
-    data: { owner, taskId, takenAt },
+    data: { owner, taskId, takenAt, ...(ownStaleAt ? { staleAt: ownStaleAt } : {}) },
   });
   const freed = (taskId: string, reason: 'ended' | 'stale', owner = 'chat:c1') => ({
     type: 'TaskSlotFreed' as const,
@@ -131,7 +134,21 @@ describe('task slots decider', () => {
 
   it('frees a slot taken before the stale mark instead of blocking the chat for ever', () => {
     slots
-      .given([taken('t1', 'chat:c1', '2026-04-01T06:00:00.000Z')])
+      .given([taken('t1', 'chat:c1', '2026-04-01T06:00:00.000Z', null)])
+      .when(take('t2'))
+      .then([freed('t1', 'stale'), taken('t2')]);
+  });
+
+  it('judges a slot by the stale mark it was taken with, whatever task life is configured since', () => {
+    // Taken under a longer life (its mark still ahead), though before the mark of today's shorter
+    // one: its task may still be running, and the chat stays busy.
+    slots
+      .given([taken('t1', 'chat:c1', '2026-04-01T06:00:00.000Z', '2026-04-01T08:10:00.000Z')])
+      .when(take('t2'))
+      .thenThrows(ChatBusy);
+    // Past its own mark, though taken after today's: freed.
+    slots
+      .given([taken('t1', 'chat:c1', '2026-04-01T07:30:00.000Z', '2026-04-01T07:59:00.000Z')])
       .when(take('t2'))
       .then([freed('t1', 'stale'), taken('t2')]);
   });

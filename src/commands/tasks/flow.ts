@@ -562,11 +562,12 @@ export class TaskFlow {
     const lifeMs = config.TASK_TIMEOUT_SECONDS * 1000;
     const deadline = new Date(now.getTime() + lifeMs);
     const staleBefore = new Date(now.getTime() - lifeMs - this.graceMs).toISOString();
+    const staleAt = new Date(deadline.getTime() + this.graceMs).toISOString();
     const metadata = { ...this.metadataOf(provenance), correlationId: taskId };
 
     const take = (owner: string, capacity: number): SlotCommand => ({
       type: 'TakeTaskSlot',
-      data: { owner, taskId, capacity, staleBefore },
+      data: { owner, taskId, capacity, staleAt, staleBefore },
       metadata,
     });
     const user = {

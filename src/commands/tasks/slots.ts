@@ -12,12 +12,19 @@ export class ChatBusy extends Conflict {
  * stream's expected revision, so the capacity holds under any concurrency and across instances.
  */
 export interface SlotsState {
-  /** Task id → when its slot was taken. */
-  taken: Map<string, string>;
+  /** Task id → when its slot was taken, and when it counts as stale (slots taken before that was recorded have none). */
+  taken: Map<string, { takenAt: string; staleAt: string | undefined }>;
 }
 
 export type SlotEvent =
-  | { type: 'TaskSlotTaken'; data: { owner: string; taskId: string; takenAt: string } }
+  | {
+      type: 'TaskSlotTaken';
+      /**
+       * `staleAt`: its task's deadline and the sweeper's grace, as the instance that took it set
+       * them. Absent from slots taken before it was recorded: those are judged by `staleBefore`.
+       */
+      data: { owner: string; taskId: string; takenAt: string; staleAt?: string };
+    }
   | {
       type: 'TaskSlotFreed';
       data: { owner: string; taskId: string; reason: 'ended' | 'stale'; freedAt: string };
@@ -31,9 +38,13 @@ export type SlotCommand =
         taskId: string;
         capacity: number;
         /**
-         * A slot taken before this is stale, its task long past any deadline (its instance died between
-         * taking the slot and recording the task): it is freed rather than block the owner for ever.
+         * When this slot counts as stale: its task long past its deadline (its instance died between
+         * taking the slot and recording the task), so it is freed rather than block the owner for
+         * ever. Fixed when taken, so that a shorter task life configured later (a rolling deploy)
+         * never frees the slot of a task still running under the longer one.
          */
+        staleAt: string;
+        /** For slots taken with no `staleAt` of their own: one taken before this is stale. */
         staleBefore: string;
       }
     >
@@ -46,8 +57,9 @@ export const slotsDecider: Decider<SlotsState, SlotCommand, SlotEvent> = {
   name: 'taskslots',
   initialState: () => ({ taken: new Map() }),
   evolve(s, e) {
-    if (e.type === 'TaskSlotTaken') s.taken.set(e.data.taskId, e.data.takenAt);
-    else s.taken.delete(e.data.taskId);
+    if (e.type === 'TaskSlotTaken') {
+      s.taken.set(e.data.taskId, { takenAt: e.data.takenAt, staleAt: e.data.staleAt });
+    } else s.taken.delete(e.data.taskId);
     return s;
   },
   decide(cmd, s) {
@@ -58,7 +70,9 @@ export const slotsDecider: Decider<SlotsState, SlotCommand, SlotEvent> = {
       return [{ type: 'TaskSlotFreed', data: { owner, taskId, reason: 'ended', freedAt: now } }];
     }
     if (s.taken.has(taskId)) return [];
-    const stale = [...s.taken].filter(([, takenAt]) => takenAt < cmd.data.staleBefore).map(([id]) => id);
+    const stale = [...s.taken]
+      .filter(([, slot]) => (slot.staleAt ? slot.staleAt < now : slot.takenAt < cmd.data.staleBefore))
+      .map(([id]) => id);
     if (s.taken.size - stale.length >= cmd.data.capacity) {
       if (owner.startsWith('chat:')) throw new ChatBusy('A reply is still being generated in this chat.');
       throw new RateLimited(
@@ -71,7 +85,7 @@ export const slotsDecider: Decider<SlotsState, SlotCommand, SlotEvent> = {
         type: 'TaskSlotFreed',
         data: { owner, taskId: id, reason: 'stale', freedAt: now },
       })),
-      { type: 'TaskSlotTaken', data: { owner, taskId, takenAt: now } },
+      { type: 'TaskSlotTaken', data: { owner, taskId, takenAt: now, staleAt: cmd.data.staleAt } },
     ];
   },
 };
