@@ -45,10 +45,16 @@ export function sendTokens(ctx: ParameterizedContext, pair: TokenPair, status = 
   };
 }
 
-/** The username a sign-in attempt names, as its rate-limit key (case does not make a new budget). */
+/**
+ * The username a sign-in attempt names, as its rate-limit key: read as the sign-in reads it (trimmed,
+ * then at most 64 characters), so neither case nor padding makes a new budget. A name the sign-in
+ * refuses (400) needs no key.
+ */
 function usernameOf(body: unknown): string | undefined {
   const name = (body as Record<string, unknown> | undefined)?.username;
-  return typeof name === 'string' && name.length <= 64 ? name.trim().toLowerCase() : undefined;
+  if (typeof name !== 'string') return undefined;
+  const trimmed = name.trim();
+  return trimmed.length >= 1 && trimmed.length <= 64 ? trimmed.toLowerCase() : undefined;
 }
 
 /** The OAuth2 token endpoint takes the refresh grant too, as standard clients send it. */
