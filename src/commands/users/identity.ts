@@ -229,11 +229,29 @@ export function signupGrantReactor(commands: CommandHandler): Projector {
 }
 
 /** Starts a login session and issues its token pair. */
+/** What a sign-in was let in on: the user as read before its checks. */
+export interface SignInBasis {
+  passwordHash: string | null;
+  sessionsEndedAt: string | null;
+}
+
+/** The basis of a sign-in, taken at its read: the state read is the cache's, which later commands change in place. */
+export function signInBasis(user: UserState): SignInBasis {
+  return { passwordHash: user.passwordHash, sessionsEndedAt: user.sessionsEnded?.at ?? null };
+}
+
+/**
+ * Starts a session for a user signed in. A change that ends the user's sessions (a new password, the
+ * user disabled) and lands while the sign-in was being checked finds no session to end yet: so once
+ * the session is recorded, the user is read again, and a session whose basis has changed since is
+ * ended at once and refused. A change landing after that read finds the session and ends it.
+ */
 export async function startSession(
   deps: IdentityDeps,
   user: UserState,
   method: SignInMethod,
   ctx: RequestContext,
+  basis: SignInBasis = signInBasis(user),
 ): Promise<TokenPair> {
   if (user.disabled) throw new Unauthorized('This account is disabled.');
   const sessionId = deps.ids.next();
@@ -257,7 +275,20 @@ export async function startSession(
     },
     { newStream: true },
   );
-  return tokenPair(deps, user, sessionId, refreshToken, result.position);
+  const current = await readUser(deps, user.userId);
+  const ended = (current.sessionsEnded?.at ?? null) !== basis.sessionsEndedAt;
+  if (current.disabled || ended || (method === 'password' && current.passwordHash !== basis.passwordHash)) {
+    const reason = current.disabled ? 'user_disabled' : (current.sessionsEnded?.reason ?? 'password_change');
+    await revokeSession(deps, sessionId, reason, ctx);
+    throw new Unauthorized(
+      current.disabled
+        ? 'This account is disabled.'
+        : reason === 'password_change'
+          ? 'The password of this account has changed; sign in again.'
+          : 'The sessions of this account were ended meanwhile; sign in again.',
+    );
+  }
+  return tokenPair(deps, current, sessionId, refreshToken, result.position);
 }
 
 /** Refresh tokens name their session, so a refresh finds its stream without an index. */
@@ -300,9 +331,10 @@ export async function passwordSignIn(
 ): Promise<TokenPair> {
   const owner = await ownerOf(deps, 'username', input.username);
   const user = owner ? await readUser(deps, owner) : undefined;
+  const basis = user && signInBasis(user);
   const ok = await verifyPassword(user?.registered ? user.passwordHash : null, input.password);
   if (!ok || !user) throw new Unauthorized('Wrong username or password.');
-  return startSession(deps, user, 'password', ctx);
+  return startSession(deps, user, 'password', ctx, basis);
 }
 
 /** Rotates a refresh token. A spent one revokes its session; the answer is 401 either way. */
