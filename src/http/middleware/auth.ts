@@ -1,26 +1,47 @@
 import { Forbidden, Unauthorized } from '../../platform/errors';
 import { verifyAccessToken, type PermissionLevel } from '../../platform/tokens';
+import type { SessionGuard } from '../../queries/sessionGuard';
 import type { AppMiddleware, AuthedState } from '../types';
 
 const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i;
 
 /**
- * The user of the request's access token when it is valid (signature, issuer, expiry), else
- * undefined: for what runs before a route's `auth()` (which answers 401 for a bad one).
+ * The user and session of the request's access token when it is valid (signature, issuer, expiry),
+ * else undefined: for what runs before a route's `auth()` (which answers 401 for a bad one).
  */
-export function bearerUserId(ctx: {
+export function bearerClaims(ctx: {
   get(field: string): string;
   deps: { config: { JWT_SECRET?: string | undefined; JWT_ISSUER: string }; clock: { now(): Date } };
-}): string | undefined {
+}): { userId: string; sessionId: string } | undefined {
   const token = BEARER.exec(ctx.get('Authorization'))?.[1];
   const { config, clock } = ctx.deps;
   if (!token || !config.JWT_SECRET) return undefined;
   try {
-    return verifyAccessToken(token, { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER }, clock.now())
-      .userId;
+    const { userId, sessionId } = verifyAccessToken(
+      token,
+      { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER },
+      clock.now(),
+    );
+    return { userId, sessionId };
   } catch {
     return undefined;
   }
+}
+
+/** The token's session still open and its user enabled (else 401): answers the user's permission now. */
+export async function checkSession(
+  guard: SessionGuard,
+  claims: { sessionId: string; userId: string },
+): Promise<PermissionLevel | null> {
+  const check = await guard.check(claims.sessionId, claims.userId);
+  if (!check.ok) {
+    throw new Unauthorized(
+      check.reason === 'disabled'
+        ? 'This account is disabled.'
+        : 'The session of this access token has ended; sign in again.',
+    );
+  }
+  return check.permission;
 }
 
 /**
@@ -50,16 +71,7 @@ export function auth(
       { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER },
       clock.now(),
     );
-    const checked = sessionGuard?.check(claims.sessionId, claims.userId).then((check) => {
-      if (!check.ok) {
-        throw new Unauthorized(
-          check.reason === 'disabled'
-            ? 'This account is disabled.'
-            : 'The session of this access token has ended; sign in again.',
-        );
-      }
-      return check.permission;
-    });
+    const checked = sessionGuard && checkSession(sessionGuard, claims);
     if (checked && options.checkBeside && minPermission === 0) {
       const sessionChecked = checked.then(() => undefined);
       // Awaited below on every path; until then a refusal is not an unhandled rejection.

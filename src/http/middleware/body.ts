@@ -6,7 +6,7 @@ import { UnstorableText } from '../../eventstore/port';
 import { holdsUnstorableText } from '../../platform/text';
 import { API_BASE, routedPath, TOKEN_URL } from '../openapi';
 import type { AppContext, AppMiddleware } from '../types';
-import { bearerUserId } from './auth';
+import { bearerClaims } from './auth';
 
 const WITH_BODY = new Set(['POST', 'PUT', 'PATCH']);
 /** Deeper than any request of this API, and shallow enough for any walk of it to be safe. */
@@ -44,7 +44,7 @@ export function body(limit: string, largeLimit = limit): AppMiddleware {
   const large = parserOf(largeLimit);
   // Only a request with a valid access token: anyone else's body is read no further than any other.
   const parserFor = (ctx: Context & AppContext) =>
-    LARGE_ROUTES.has(routedPath(ctx.path)) && bearerUserId(ctx) !== undefined ? large : small;
+    LARGE_ROUTES.has(routedPath(ctx.path)) && bearerClaims(ctx) !== undefined ? large : small;
   return async (ctx, next) => {
     // PostgreSQL text cannot hold NUL: refused here as bad input, not failed later as a 500.
     if (/%00|\0/i.test(ctx.path) || /%00|\0/i.test(ctx.querystring)) {

@@ -4,7 +4,7 @@ import { sql, type Kysely } from 'kysely';
 import { BadRequest, Conflict, DomainError } from '../../platform/errors';
 import type { Database } from '../../platform/schema';
 import type { AppMiddleware, IdempotentRequest } from '../types';
-import { bearerUserId } from './auth';
+import { bearerClaims, checkSession } from './auth';
 import { respondWithError } from './errors';
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
@@ -46,8 +46,8 @@ export function idempotency(): AppMiddleware {
       throw new BadRequest(`${IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters.`);
     }
     const db = ctx.deps.db.db;
-    const userId = bearerUserId(ctx);
-    const scope = userId ? `user:${userId}` : 'anonymous'; // the route's auth() answers 401
+    const claims = bearerClaims(ctx);
+    const scope = claims ? `user:${claims.userId}` : 'anonymous'; // the route's auth() answers 401
     const request = requestText(ctx.method, ctx.path, ctx.querystring, ctx.request.body);
     const hash = createHash('sha256').update(request).digest('hex');
     const secrets = sealer(request, ctx.deps.config.JWT_SECRET);
@@ -56,6 +56,9 @@ export function idempotency(): AppMiddleware {
     const lease = randomUUID();
     const claimed = await claim(db, { scope, key, hash, lease, leaseSeconds });
     if (!claimed) {
+      // What the key holds is told only to a session still open, as the route would (its auth()
+      // does not run for a kept answer).
+      if (claims && ctx.deps.sessionGuard) await checkSession(ctx.deps.sessionGuard, claims);
       const row = await db
         .selectFrom('idempotency_keys')
         .selectAll()

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { LimitName } from '../../platform/rateLimits';
 import { API_BASE } from '../openapi';
 import type { AppMiddleware, AppState } from '../types';
-import { bearerUserId } from './auth';
+import { bearerClaims } from './auth';
 
 type Ctx = Parameters<AppMiddleware>[0];
 
@@ -15,7 +15,7 @@ export function defaultBudget(): AppMiddleware {
   return async (ctx, next) => {
     if (ctx.path === API_BASE || ctx.path.startsWith(`${API_BASE}/`)) {
       // A bad token is counted by address, and `auth()` answers 401.
-      const userId = bearerUserId(ctx);
+      const userId = bearerClaims(ctx)?.userId;
       if (userId) await ctx.rateLimits.consume('user', userId);
       else await ctx.rateLimits.consume('ip', clientIp(ctx));
     }
