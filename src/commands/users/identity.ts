@@ -164,7 +164,7 @@ export async function registerUser(
   deps: IdentityDeps,
   input: RegisterInput,
   ctx: RequestContext,
-): Promise<{ user: UserState; position: bigint }> {
+): Promise<{ user: UserState; registered: boolean; position: bigint }> {
   const userId = input.userId ?? deps.ids.next();
   const passwordHash = input.password === null ? null : await hashPassword(input.password);
   await reserve(deps, 'username', input.username, userId, ctx);
@@ -189,8 +189,19 @@ export async function registerUser(
     metadata: meta(deps, { ...ctx, actorId: ctx.actorId ?? userId }),
   });
   const registered = result.events.find((e) => e.type === 'UserRegistered');
+  if (!registered) {
+    // Registered already, by a sign-in of the same identity that got there first: the values this
+    // one reserved for the user are not the user's, and go back.
+    const user = result.state;
+    if (user.username !== input.username) await release(deps, 'username', input.username, userId, ctx);
+    if (input.email && user.email !== input.email) await release(deps, 'email', input.email, userId, ctx);
+  }
   const position = registered ? await grantSignupCredits(deps.commands, registered) : result.position;
-  return { user: result.state, position: position > result.position ? position : result.position };
+  return {
+    user: result.state,
+    registered: registered !== undefined,
+    position: position > result.position ? position : result.position,
+  };
 }
 
 /** The sign-up grant of a recorded registration. Idempotent: keyed by the user. */
@@ -228,7 +239,6 @@ export function signupGrantReactor(commands: CommandHandler): Projector {
   };
 }
 
-/** Starts a login session and issues its token pair. */
 /** What a sign-in was let in on: the user as read before its checks. */
 export interface SignInBasis {
   passwordHash: string | null;
@@ -577,27 +587,27 @@ export async function providerSignIn(
   if (!user.registered) {
     for (let attempt = 0; ; attempt++) {
       try {
-        user = (
-          await registerUser(
-            deps,
-            {
-              userId: owner,
-              username: `${identity.usernamePrefix}_${randomBytes(6).toString('hex')}`,
-              password: null,
-              email: null,
-              ...(identity.nickname ? { nickname: identity.nickname.slice(0, 64) } : {}),
-              method,
-            },
-            ctx,
-          )
-        ).user;
+        const done = await registerUser(
+          deps,
+          {
+            userId: owner,
+            username: `${identity.usernamePrefix}_${randomBytes(6).toString('hex')}`,
+            password: null,
+            email: null,
+            ...(identity.nickname ? { nickname: identity.nickname.slice(0, 64) } : {}),
+            method,
+          },
+          ctx,
+        );
+        user = done.user;
+        // Registered by this sign-in, or by another of the same identity at the same time.
+        registered = done.registered;
         break;
       } catch (err) {
         // A random username colliding is rare; another attempt picks another.
         if (!(err instanceof ValueTaken) || attempt >= 3) throw err;
       }
     }
-    registered = true;
   }
   const linked = await deps.commands.handle(userDecider, userStream(owner), {
     type: 'LinkIdentity',
