@@ -200,7 +200,8 @@ export const adminLedger: Resource = (router, { deps, openapi }) => {
     undefined,
     ReconciliationSchema,
   );
-  router.get('/admin/ledger/reconcile', auth(2), consistentRead<AuthedState>([]), async (ctx) => {
+  // Compared as of the balances projection's checkpoint: `X-Consistent-After` waits for it.
+  router.get('/admin/ledger/reconcile', auth(2), consistentRead<AuthedState>(['ledger']), async (ctx) => {
     ctx.body = await reports.reconcile();
   });
 
