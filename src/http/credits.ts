@@ -69,7 +69,16 @@ export const credits: Resource = (router, { deps, openapi }) => {
   router.get('/users/me/credits', auth(), consistentRead<AuthedState>(['ledger']), async (ctx) => {
     const { limit, cursor } = PageQuery.parse(ctx.query);
     const userId = ctx.state.user.id;
-    ctx.body = { ...(await balanceOf(db, userId)), history: await creditHistory(db, userId, limit, cursor) };
+    // One snapshot for both: read apart, a batch of the ledger projection committed between them
+    // would answer a balance that the history's newest entry contradicts.
+    ctx.body = await db
+      .transaction()
+      .setIsolationLevel('repeatable read')
+      .setAccessMode('read only')
+      .execute(async (trx) => ({
+        ...(await balanceOf(trx, userId)),
+        history: await creditHistory(trx, userId, limit, cursor),
+      }));
   });
 
   openapi.registerPath({
