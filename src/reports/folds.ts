@@ -36,6 +36,12 @@ export interface Balance {
 }
 
 const balance = (posted: number, held: number): Balance => ({ posted, held, available: posted - held });
+/** A balance from exact sums: what is available, and what is held. */
+const exactBalance = (available: bigint, held: bigint): Balance => ({
+  posted: Number(available + held),
+  held: Number(held),
+  available: Number(available),
+});
 
 /** The movement's time; one without a valid time (verify reports it) counts as at the start of time. */
 function momentOf(kind: number, e: LedgerRecord): number {
@@ -287,13 +293,17 @@ export interface Summary {
   };
 }
 
-/** Period totals by movement type and the trial balance, over the whole log. */
+/**
+ * Period totals by movement type and the trial balance, over the whole log. Summed exactly (each
+ * amount is within the safe range, their sums over a log need not be), and given as numbers: a
+ * closing balance in range is then exact whatever the totals that led to it.
+ */
 export class SummaryFold implements LedgerFold<Summary> {
   private readonly counts = new Array<number>(MOVEMENT_TYPES.length).fill(0);
-  private readonly amounts = new Array<number>(MOVEMENT_TYPES.length).fill(0);
-  private readonly opening = new Array<number>(ACCOUNTS.length).fill(0);
-  private readonly debit = new Array<number>(ACCOUNTS.length).fill(0);
-  private readonly credit = new Array<number>(ACCOUNTS.length).fill(0);
+  private readonly amounts = new Array<bigint>(MOVEMENT_TYPES.length).fill(0n);
+  private readonly opening = new Array<bigint>(ACCOUNTS.length).fill(0n);
+  private readonly debit = new Array<bigint>(ACCOUNTS.length).fill(0n);
+  private readonly credit = new Array<bigint>(ACCOUNTS.length).fill(0n);
   private events = 0;
   private readonly fromMs: number;
   private readonly toMs: number;
@@ -316,11 +326,11 @@ export class SummaryFold implements LedgerFold<Summary> {
     const entry = JOURNAL[kind]!;
     let dr = entry[0];
     let cr = entry[1];
-    let abs = amount;
+    let abs = BigInt(amount);
     if (amount < 0) {
       dr = entry[1];
       cr = entry[0];
-      abs = -amount;
+      abs = -abs;
     }
     if (t < this.fromMs) {
       this.opening[cr]! += abs;
@@ -329,26 +339,20 @@ export class SummaryFold implements LedgerFold<Summary> {
     }
     this.events++;
     this.counts[kind]!++;
-    this.amounts[kind]! += amount;
+    this.amounts[kind]! += BigInt(amount);
     this.debit[dr]! += abs;
     this.credit[cr]! += abs;
   }
 
   result(): Summary {
-    const accounts = ACCOUNTS.map((account, i): TrialBalanceLine => ({
-      account,
-      opening_balance: this.opening[i]!,
-      debit: this.debit[i]!,
-      credit: this.credit[i]!,
-      closing_balance: this.opening[i]! + this.credit[i]! - this.debit[i]!,
-    }));
-    const sum = (f: (l: TrialBalanceLine) => number) => accounts.reduce((s, l) => s + f(l), 0);
-    const totalDebit = sum((l) => l.debit);
-    const totalCredit = sum((l) => l.credit);
+    const closing = ACCOUNTS.map((_, i) => this.opening[i]! + this.credit[i]! - this.debit[i]!);
+    const sum = (values: bigint[]) => values.reduce((s, v) => s + v, 0n);
+    const totalDebit = sum(this.debit);
+    const totalCredit = sum(this.credit);
     const userOpen = this.opening[USER]!;
     const holdsOpen = this.opening[HOLDS]!;
-    const userClose = accounts[USER]!.closing_balance;
-    const holdsClose = accounts[HOLDS]!.closing_balance;
+    const userClose = closing[USER]!;
+    const holdsClose = closing[HOLDS]!;
     return {
       from: this.from.toISOString(),
       to: this.to.toISOString(),
@@ -356,20 +360,23 @@ export class SummaryFold implements LedgerFold<Summary> {
       movements: MOVEMENT_TYPES.map((type, i) => ({
         type,
         count: this.counts[i]!,
-        amount: this.amounts[i]!,
+        amount: Number(this.amounts[i]!),
       })),
       balances: {
-        opening: balance(userOpen + holdsOpen, holdsOpen),
-        closing: balance(userClose + holdsClose, holdsClose),
+        opening: exactBalance(userOpen, holdsOpen),
+        closing: exactBalance(userClose, holdsClose),
       },
       trial_balance: {
-        accounts,
-        total_debit: totalDebit,
-        total_credit: totalCredit,
-        balanced:
-          totalDebit === totalCredit &&
-          sum((l) => l.opening_balance) === 0 &&
-          sum((l) => l.closing_balance) === 0,
+        accounts: ACCOUNTS.map((account, i): TrialBalanceLine => ({
+          account,
+          opening_balance: Number(this.opening[i]!),
+          debit: Number(this.debit[i]!),
+          credit: Number(this.credit[i]!),
+          closing_balance: Number(closing[i]!),
+        })),
+        total_debit: Number(totalDebit),
+        total_credit: Number(totalCredit),
+        balanced: totalDebit === totalCredit && sum(this.opening) === 0n && sum(closing) === 0n,
       },
     };
   }
