@@ -32,36 +32,28 @@ const preset = {
   messages: [{ role: 'system', content: 'secret prompt' }],
 };
 
+/** Creates the preset under `key`, or (sent again) asks for the answer kept for it. */
+const presetWithKey = (auth: string, key: string) =>
+  t.http.post('/api/v1/presets').set('Authorization', auth).set('Idempotency-Key', key).send(preset);
+
 describe('an access token of an ended session', () => {
   it('gets 401, not a replayed answer, for a POST with an Idempotency-Key it used before', async () => {
     const u = await signedIn();
-    const first = await t.http
-      .post('/api/v1/presets')
-      .set('Authorization', u.auth)
-      .set('Idempotency-Key', 'create-preset-1')
-      .send(preset);
+    const first = await presetWithKey(u.auth, 'create-preset-1');
     expect(first.status).toBe(201);
 
     expect((await t.http.delete('/api/v1/session').set('Authorization', u.auth)).status).toBe(204);
     // Any other request with the token is refused now.
     expect((await t.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
 
-    const replay = await t.http
-      .post('/api/v1/presets')
-      .set('Authorization', u.auth)
-      .set('Idempotency-Key', 'create-preset-1')
-      .send(preset);
+    const replay = await presetWithKey(u.auth, 'create-preset-1');
     expect(replay.status).toBe(401);
     expect(replay.body).not.toHaveProperty('messages');
   });
 
   it('gets 401 for a replay once the user is disabled', async () => {
     const u = await signedIn();
-    const first = await t.http
-      .post('/api/v1/presets')
-      .set('Authorization', u.auth)
-      .set('Idempotency-Key', 'create-preset-2')
-      .send(preset);
+    const first = await presetWithKey(u.auth, 'create-preset-2');
     expect(first.status).toBe(201);
 
     const adminToken = bearer({ userId: `admin-${process.pid}`, permission: 2 });
@@ -72,11 +64,7 @@ describe('an access token of an ended session', () => {
     expect(disabled.status).toBe(200);
     expect((await t.http.get('/api/v1/users/me').set('Authorization', u.auth)).status).toBe(401);
 
-    const replay = await t.http
-      .post('/api/v1/presets')
-      .set('Authorization', u.auth)
-      .set('Idempotency-Key', 'create-preset-2')
-      .send(preset);
+    const replay = await presetWithKey(u.auth, 'create-preset-2');
     expect(replay.status).toBe(401);
   });
 });
