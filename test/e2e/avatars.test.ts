@@ -2,7 +2,7 @@ import zlib from 'node:zlib';
 import sharp from 'sharp';
 import { allResources } from '../../src/http/resources';
 import { allProjectors } from '../../src/projections';
-import { createTestApp, type TestApp } from '../support/app';
+import { createTestApp, signedInUser, type TestApp } from '../support/app';
 
 let t: TestApp;
 beforeAll(async () => {
@@ -10,17 +10,7 @@ beforeAll(async () => {
 });
 afterAll(() => t?.close());
 
-let n = 0;
-async function signedIn() {
-  const username = `avatar_${process.pid}_${++n}`;
-  const reg = await t.http.post('/api/v1/users').send({ username, password: 'correct horse' });
-  expect(reg.status).toBe(201);
-  const login = await t.http
-    .post('/api/v1/session/oauth2/token')
-    .type('form')
-    .send({ username, password: 'correct horse' });
-  return { id: reg.body.id as string, auth: `Bearer ${login.body.access_token as string}` };
-}
+const signedIn = () => signedInUser(t, 'avatar');
 
 const png = (width: number, height: number, color = { r: 200, g: 30, b: 30 }) =>
   sharp({ create: { width, height, channels: 3, background: color } })

@@ -1,6 +1,6 @@
 import { allResources } from '../../src/http/resources';
 import { allProjectors } from '../../src/projections';
-import { createTestApp, type TestApp } from '../support/app';
+import { createTestApp, signedInUser, type TestApp } from '../support/app';
 import { bearer } from '../support/tokens';
 
 /**
@@ -15,16 +15,7 @@ beforeAll(async () => {
 });
 afterAll(() => t?.close());
 
-let n = 0;
-async function signedIn() {
-  const username = `replay_${process.pid}_${++n}`;
-  const password = 'correct horse';
-  const reg = await t.http.post('/api/v1/users').send({ username, password });
-  expect(reg.status).toBe(201);
-  const res = await t.http.post('/api/v1/session/oauth2/token').type('form').send({ username, password });
-  expect(res.status).toBe(200);
-  return { id: reg.body.id as string, auth: `Bearer ${res.body.access_token as string}` };
-}
+const signedIn = () => signedInUser(t, 'replay');
 
 const preset = {
   name: 'mine',

@@ -159,6 +159,22 @@ export function taskFlowOf(
  * A registered user of a chosen id (no password, no sign-up grant), for tests that act on a user
  * by a readable id and sign in with a minted token.
  */
+let signUps = 0;
+
+/** A user signed up and signed in through the API (a unique name from `prefix`): its id and bearer header. */
+export async function signedInUser(
+  t: Pick<TestApp, 'http'>,
+  prefix: string,
+): Promise<{ id: string; auth: string }> {
+  const username = `${prefix}_${process.pid}_${++signUps}`;
+  const password = 'correct horse';
+  const reg = await t.http.post('/api/v1/users').send({ username, password });
+  if (reg.status !== 201) throw new Error(`sign-up: ${reg.status} ${JSON.stringify(reg.body)}`);
+  const res = await t.http.post('/api/v1/session/oauth2/token').type('form').send({ username, password });
+  if (res.status !== 200) throw new Error(`sign-in: ${res.status} ${JSON.stringify(res.body)}`);
+  return { id: reg.body.id as string, auth: `Bearer ${res.body.access_token as string}` };
+}
+
 export async function registeredUser(t: Pick<TestApp, 'deps'>, userId: string): Promise<void> {
   await t.deps.commands.handle(userDecider, userStream(userId), {
     type: 'RegisterUser',
