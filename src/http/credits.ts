@@ -143,7 +143,8 @@ export const credits: Resource = (router, { deps, openapi }) => {
       amount,
       balance_after: result.state.posted,
       reason,
-      ref: movementId,
+      // As the history shows the entry: a grant's own id, the entry an adjustment corrects (none here).
+      ref: amount > 0 ? movementId : null,
       created_at: metadata.now.toISOString(),
     };
   });

@@ -219,3 +219,39 @@ describe('credits', () => {
     expect(patch.status).toBe(400);
   });
 });
+
+it('answers an admin grant or adjustment with the entry the user’s history shows under its id', async () => {
+  await registeredUser(t, 'adj-user');
+  const owner = `Bearer ${mintToken({ userId: 'adj-user' })}`;
+  const grant = await t.http
+    .post('/api/v1/users/adj-user/credits')
+    .set('Authorization', admin)
+    .send({ amount: 100, reason: 'welcome' });
+  expect(grant.status).toBe(201);
+  const adjust = await t.http
+    .post('/api/v1/users/adj-user/credits')
+    .set('Authorization', admin)
+    .send({ amount: -30, reason: 'double grant' });
+  expect(adjust.status).toBe(201);
+  expect(adjust.body).toMatchObject({ type: 'adjusted', amount: -30, balance_after: 70 });
+
+  const mine = await t.http
+    .get('/api/v1/users/me/credits')
+    .set('Authorization', owner)
+    .set('X-Consistent-After', adjust.headers['x-event-position'] as string);
+  expect(mine.status).toBe(200);
+  const items = mine.body.history.items as Record<string, unknown>[];
+  const granted = items.find((i) => i.id === grant.body.id);
+  const adjusted = items.find((i) => i.id === adjust.body.id);
+  // The grant's entry is the same in both answers...
+  expect(granted).toMatchObject({ type: 'granted', amount: 100, reason: 'welcome', ref: grant.body.ref });
+  // ...and so is the adjustment's, which corrects no entry of its own naming.
+  expect(adjust.body.ref).toBeNull();
+  expect(adjusted).toMatchObject({
+    type: 'adjusted',
+    amount: -30,
+    balance_after: 70,
+    reason: 'double grant',
+    ref: adjust.body.ref,
+  });
+});
