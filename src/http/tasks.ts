@@ -597,8 +597,8 @@ export const tasks: Resource = (router, { deps, openapi }) => {
     const task = followed(flow, t.taskId, ctx.state.user.id, ctx.log);
     // Followed before the response opens: OpenAI answers a request it refuses with its status,
     // streamed or not, and a provider refuses before any output. The response waits for the task's
-    // first piece (at most COMPLETION_OPEN_WAIT_MS: a model may think long before it), and a refusal
-    // is then the 400 a completion not streamed answers.
+    // first piece (at most COMPLETION_OPEN_WAIT_MS: a model may think long before it), and a failure
+    // is then the 400 or 502 a completion not streamed answers.
     const leaving = new AbortController();
     const leave = () => leaving.abort(STREAM_CLOSED);
     ctx.res.once('close', leave);
@@ -619,10 +619,19 @@ export const tasks: Resource = (router, { deps, openapi }) => {
       new Promise((resolve) => (waiting = setTimeout(resolve, deps.config.COMPLETION_OPEN_WAIT_MS))),
     ]);
     clearTimeout(waiting);
-    const refusal = early[0];
-    if (refusal?.kind === 'error' && refusal.refused) {
+    // Failed before any output (refused, or the provider down through every retry): nothing was
+    // sent yet, so it is answered with its status, as the same completion not streamed is, and
+    // nothing generated was charged.
+    const failed = early[0];
+    if (failed?.kind === 'error') {
       ctx.res.off('close', leave);
-      throw new ProviderRefused(refusal.detail);
+      answered();
+      if (failed.refused) throw new ProviderRefused(failed.detail);
+      throw new GenerationFailed(
+        failed.detail,
+        false,
+        failed.position ? BigInt(failed.position) : t.position,
+      );
     }
     const sse = openSse(ctx, heartbeatMs);
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>

@@ -2340,6 +2340,67 @@ describe('the list of my tasks', () => {
 });
 
 describe('/chat/completions with the official openai client', () => {
+  it.each([
+    ['a provider 5xx through every retry', 500],
+    ['the provider refusing our key', 401],
+  ])(
+    'answers a streamed completion that fails before any output (%s) with the 502 it answers unstreamed',
+    async (_what, status) => {
+      const u = await newUser();
+      const client = clientOf(u);
+      const say = [{ role: 'user' as const, content: 'Say something.' }];
+      fake.setBehaviour({ fail: { status } });
+      const unstreamed = await failureOf<{ status: number }>(
+        client.chat.completions.create({ model: 'fake-model', messages: say }),
+      );
+      expect(unstreamed).toBeInstanceOf(OpenAI.InternalServerError);
+      expect(unstreamed.status).toBe(502);
+      // Nothing was sent before the failure: the SDK gets the same status, not a 200 stream with an
+      // error inside it (a bare APIError, no status, never retried).
+      const streamed = await failureOf<{ status: number; headers: Headers }>(
+        (async () => {
+          const chunks = await client.chat.completions.create({
+            model: 'fake-model',
+            messages: say,
+            stream: true,
+          });
+          for await (const _ of chunks) {
+            // read to the end
+          }
+        })(),
+      );
+      expect(streamed).toBeInstanceOf(OpenAI.InternalServerError);
+      expect(streamed.status).toBe(502);
+      expect(streamed.headers.get('x-should-retry')).toBeNull();
+      // Neither was charged.
+      await settledSpending(u.auth, 0, 'holds released, nothing charged');
+      expect((await ledgerEvents(u.id)).some((e) => e.type === 'CreditsCaptured')).toBe(false);
+    },
+  );
+
+  it('ends the built-in model’s reply before a stop sequence, charging nothing past it', async () => {
+    const messages = [{ role: 'user' as const, content: 'alpha beta gamma' }];
+    const whole = await clientOf(await newUser()).chat.completions.create({ model: 'local-echo', messages });
+    // The local model's reply quotes the message: the stop sequence is in it.
+    expect(whole.choices[0]!.message.content).toContain('beta');
+    const u = await newUser();
+    const stopped = await clientOf(u).chat.completions.create({
+      model: 'local-echo',
+      messages,
+      stop: ['gamma', 'beta'],
+    });
+    const content = stopped.choices[0]!.message.content!;
+    expect(whole.choices[0]!.message.content!.startsWith(content)).toBe(true);
+    expect(content).not.toContain('beta');
+    expect(whole.choices[0]!.message.content!.slice(content.length).startsWith('beta')).toBe(true);
+    expect(stopped.choices[0]!.finish_reason).toBe('stop');
+    expect(stopped.usage!.completion_tokens).toBeLessThan(whole.usage!.completion_tokens);
+    const cost =
+      creditsFor(stopped.usage!.prompt_tokens, PROMPT_PRICE) +
+      creditsFor(stopped.usage!.completion_tokens, COMPLETION_PRICE);
+    await settledSpending(u.auth, cost, 'charged what was written');
+  });
+
   it('answers a completion with usage, charged to the caller', async () => {
     const u = await newUser();
     const client = clientOf(u);
