@@ -18,8 +18,10 @@ export interface LocalProviderOptions {
  * The built-in model: offline and deterministic, so the whole chat flow (hold, stream, message,
  * capture) works on a fresh machine and in tests. The reply restates the last user message;
  * it streams token by token and reports real token counts, like a provider with usage, and log
- * probabilities when asked (each token was certain). It calls no tools: offered some, it answers in
- * text, as a model may (a request that forces a call is refused before it gets here).
+ * probabilities when asked (each token was certain). It ends before a stop sequence, as OpenAI's
+ * models do: the reply holds none of it, and nothing past it is written or counted. It calls no
+ * tools: offered some, it answers in text, as a model may (a request that forces a call is refused
+ * before it gets here).
  */
 export function createLocalProvider(options: LocalProviderOptions): LlmProvider {
   return {
@@ -31,7 +33,7 @@ async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator
   const { signal } = req;
   throwIfAborted(signal);
   const promptTokens = countPromptTokens(req.messages, req.tools);
-  const whole = tokenPieces(localReply(req.messages));
+  const whole = tokenPieces(beforeStop(localReply(req.messages), req.params.stop));
   const pieces = whole.slice(0, Math.max(0, req.params.max_tokens));
   let completionTokens = 0;
   for (const piece of pieces) {
@@ -43,6 +45,16 @@ async function* streamLocal(req: StreamRequest, delayMs: number): AsyncGenerator
   }
   yield { finish: pieces.length < whole.length ? 'length' : 'stop' };
   yield { usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens } };
+}
+
+/** The reply up to the first of the stop sequences it holds (all of it when it holds none). */
+function beforeStop(reply: string, stop: readonly string[] | undefined): string {
+  let end = reply.length;
+  for (const sequence of stop ?? []) {
+    const at = sequence === '' ? -1 : reply.indexOf(sequence);
+    if (at >= 0 && at < end) end = at;
+  }
+  return reply.slice(0, end);
 }
 
 /**
