@@ -2,7 +2,8 @@ import { z } from 'zod';
 import { chatDecider, MAX_TITLE_LENGTH, type ChatState } from '../commands/chats/decider';
 import { startChat } from '../commands/chats/start';
 import { UserContentSchema, chatStream } from '../events/chats';
-import { NotFound } from '../platform/errors';
+import { Conflict, NotFound } from '../platform/errors';
+import { chatSlotStream, slotsDecider } from '../commands/tasks/slots';
 import { findChat, listChats, listMessages, type ChatView } from '../queries/chats';
 import { PageQuery } from '../queries/paging';
 import { auth } from './middleware/auth';
@@ -136,11 +137,26 @@ export const chats: Resource = (router, { deps, openapi }) => {
   });
   router.delete('/chats/:id', auth(), async (ctx) => {
     const { id } = ChatId.parse(ctx.params);
+    const userId = ctx.state.user.id;
     const r = await commands.handle(chatDecider, chatStream(id), {
       type: 'DeleteChat',
-      data: { chatId: id, userId: ctx.state.user.id },
+      data: { chatId: id, userId },
       metadata: metadataOf(ctx),
     });
+    // A reply still being generated has nowhere to go: it is cancelled, and charged only for what was
+    // generated so far (its settlement, the one of any cancel, frees the chat's slot).
+    if (deps.tasks) {
+      const { state } = await commands.read(slotsDecider, chatSlotStream(id));
+      const provenance = { actorId: userId, requestId: ctx.state.requestId };
+      for (const taskId of state.taken.keys()) {
+        await deps.tasks.cancel(taskId, userId, provenance).catch((err: unknown) => {
+          // Ended meanwhile (409), or a slot whose task was never recorded (404): nothing to stop.
+          if (!(err instanceof Conflict || err instanceof NotFound)) {
+            ctx.log.warn({ err, taskId }, 'reply of a deleted chat not cancelled; it runs to its end');
+          }
+        });
+      }
+    }
     setEventPosition(ctx, r.position);
     ctx.status = 204;
   });

@@ -1787,6 +1787,27 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     );
   });
 
+  it('cancels the reply being generated in a chat that is deleted, charging only what was generated', async () => {
+    const u = await newUser();
+    fake.setBehaviour({ tokenDelayMs: 100 });
+    const chatId = await newChat(u.auth);
+    const asked = fake.requests.length;
+    const started = await startTask(u.auth, chatId);
+    const reading = stream(u.auth, started.id);
+    await tokensSent(asked, 2);
+    expect((await t.http.delete(`${API}/chats/${chatId}`).set('Authorization', u.auth)).status).toBe(204);
+    const s = await reading;
+    expect(s.events.at(-1)).toMatchObject({ event: 'error' });
+    await fake.requests[asked]!.closed;
+    expect(fake.requests[asked]!.closedByClient).toBe(true);
+    const view = await finished(u.auth, started.id);
+    expect(view.status).toBe('cancelled');
+    expect(s.events.some((e) => e.event === 'delta')).toBe(true);
+    expect(view.usage!.completion_tokens).toBeLessThan(tokenPieces(REPLY).length);
+    expect(view.cost).toBeGreaterThan(0);
+    await settledSpending(u.auth, view.cost ?? 0, 'charged for what was generated');
+  });
+
   it('stops a generation whose cancel message never reached its instance, from the cancel in its stream', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);
