@@ -1,4 +1,6 @@
-import { ConfigError, loadConfig } from '../../src/platform/config';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConfigError, ConfigSchema, loadConfig } from '../../src/platform/config';
 
 describe('configuration', () => {
   it('is the embedded default when nothing is set', () => {
@@ -48,5 +50,28 @@ describe('configuration', () => {
     expect(
       loadConfig({ DATABASE_URL: 'postgres://db/x', JWT_SECRET: 'x'.repeat(32) }).JWT_SECRET,
     ).toHaveLength(32);
+  });
+});
+
+describe('the settings’ documentation', () => {
+  const root = path.resolve(__dirname, '../..');
+  const names = Object.keys(ConfigSchema.shape);
+
+  it('lists every setting in .env.example', () => {
+    const example = fs.readFileSync(path.join(root, '.env.example'), 'utf8');
+    expect(names.filter((n) => !new RegExp(`^#? ?${n}=`, 'm').test(example))).toEqual([]);
+  });
+
+  it('names every setting in the README, the rate limits by their suffix and id/secret pairs once', () => {
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+    const rates = readme.split('\n').find((l) => l.includes('`RATE_LIMIT_*`')) ?? '';
+    const named = (n: string) => {
+      if (readme.includes(n)) return true;
+      const rate = /^RATE_LIMIT_(.+)$/.exec(n);
+      if (rate) return rates.includes(`\`${rate[1]}\``);
+      const secret = /^(.+)_SECRET$/.exec(n);
+      return secret !== null && readme.includes(`${secret[1]}_ID\`/\`_SECRET`);
+    };
+    expect(names.filter((n) => !named(n))).toEqual([]);
   });
 });
