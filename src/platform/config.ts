@@ -16,7 +16,14 @@ const optionalUrl = (protocols: readonly string[]) =>
     )
     .optional();
 
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/** A whole number written in digits: an empty setting is an error naming it, not a silent 0. */
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^[0-9]+$/, `must be a whole number from ${min} to ${max}`)
+    .transform(Number)
+    .pipe(z.number().min(min).max(max));
 const list = z.string().transform((v) =>
   v
     .split(',')

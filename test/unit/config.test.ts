@@ -75,3 +75,26 @@ describe('the settings’ documentation', () => {
     expect(names.filter((n) => !named(n))).toEqual([]);
   });
 });
+
+describe('a whole-number setting', () => {
+  const problem = (variable: string, value: string) => {
+    try {
+      loadConfig({ [variable]: value });
+      return undefined;
+    } catch (err) {
+      return err instanceof ConfigError
+        ? err.problems.find((p) => p.variable === variable)?.message
+        : undefined;
+    }
+  };
+
+  it.each(['PORT', 'SHUTDOWN_TIMEOUT_MS', 'DATABASE_STATEMENT_TIMEOUT_MS', 'SIGNUP_CREDITS'])(
+    'refuses %s set empty, or not in digits, naming it, instead of taking it as 0',
+    (variable) => {
+      for (const value of ['', '  ', '0x50', '1e3', '12abc']) {
+        expect(problem(variable, value)).toMatch(/must be a whole number/);
+      }
+      expect(problem(variable, ' 5000 ')).toBeUndefined();
+    },
+  );
+});
