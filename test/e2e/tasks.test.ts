@@ -1217,6 +1217,27 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     }
   });
 
+  it('sends a message written in several text parts with its parts apart, not glued into one word', async () => {
+    const u = await newUser();
+    const chatId = await presetChat(u.auth);
+    const sent = await t.http
+      .post(`${API}/chats/${chatId}/messages`)
+      .set('Authorization', u.auth)
+      .send({
+        content: [
+          { type: 'text', text: 'Tell me about' },
+          { type: 'text', text: 'foxes.' },
+        ],
+      });
+    expect(sent.status).toBe(201);
+    const started = await startTask(u.auth, chatId);
+    await finished(u.auth, started.id);
+    expect(fake.requests.at(-1)!.body.messages!.at(-1)).toEqual({
+      role: 'user',
+      content: 'Tell me about\nfoxes.',
+    });
+  });
+
   it('frees a chat for its next reply only once the last reply is in it, for every instance', async () => {
     const u = await newUser();
     const chatId = await newChat(u.auth);

@@ -1152,9 +1152,11 @@ function toModelMessage(m: ChatMessage): ChatMessageInput {
       ? { type: 'text' as const, text: p.text }
       : { type: 'image_url' as const, image_url: { url: p.url } },
   );
+  // Text alone goes as one string, which every compatible provider takes; its parts on lines of
+  // their own, as the user wrote them apart.
   const textOnly = parts.every((p) => p.type === 'text');
   return {
     role: m.role,
-    content: textOnly ? parts.map((p) => (p.type === 'text' ? p.text : '')).join('') : parts,
+    content: textOnly ? parts.map((p) => (p.type === 'text' ? p.text : '')).join('\n') : parts,
   };
 }
