@@ -32,9 +32,18 @@ export function problemTypeForStatus(status: number): string {
     .replace(/^-|-$/g, '')}`;
 }
 
+/**
+ * The title of a plain HTTP status's problem, in the sentence case of the service's own problems
+ * ("Not found"): one title for every occurrence of a type, whichever layer raised it.
+ */
+export function statusTitle(status: number): string {
+  const phrase = STATUS_CODES[status] ?? 'Error';
+  return phrase.charAt(0) + phrase.slice(1).toLowerCase();
+}
+
 /** A `type`/`title`/`status` problem for a plain HTTP status. */
 export function statusProblem(status: number, detail: string): Problem {
-  return { type: problemTypeForStatus(status), title: STATUS_CODES[status] ?? 'Error', status, detail };
+  return { type: problemTypeForStatus(status), title: statusTitle(status), status, detail };
 }
 
 /** Errors from koa's `ctx.throw`, http-errors and the body parser. */
@@ -140,7 +149,7 @@ export function classify(err: unknown): Classified {
   return {
     problem: {
       type: status === 500 ? '/problems/internal' : problemTypeForStatus(status),
-      title: STATUS_CODES[status] ?? 'Internal Server Error',
+      title: statusTitle(status),
       status,
       detail: 'The server could not complete the request.',
     },

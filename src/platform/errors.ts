@@ -69,14 +69,14 @@ export class DependencyDown extends DomainError {
 export class UnsupportedMediaType extends DomainError {
   readonly status = 415;
   readonly type = problemType('unsupported-media-type');
-  readonly title = 'Unsupported Media Type';
+  readonly title = 'Unsupported media type';
 }
 
 /** The request body, or what it would decode to, is larger than the route takes. */
 export class PayloadTooLarge extends DomainError {
   readonly status = 413;
   readonly type = problemType('payload-too-large');
-  readonly title = 'Payload Too Large';
+  readonly title = 'Payload too large';
   /** Response headers (the errors middleware sets them): close a connection whose body was left unread. */
   readonly headers: Record<string, string>;
   constructor(detail: string, options: { closeConnection?: boolean } = {}) {
