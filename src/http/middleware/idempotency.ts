@@ -10,7 +10,17 @@ import { respondWithError } from './errors';
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 const KEY = /^[\x21-\x7e]{1,255}$/;
 /** Response headers that are part of the answer and replayed with it. */
-const REPLAYED_HEADERS = ['content-type', 'location', 'x-event-position', 'retry-after', 'cache-control'];
+const REPLAYED_HEADERS = [
+  'content-type',
+  'location',
+  'x-event-position',
+  'retry-after',
+  'cache-control',
+  // Set with a problem: a 401's challenge, a 405's methods, a failed completion's advice to the SDK.
+  'www-authenticate',
+  'allow',
+  'x-should-retry',
+];
 
 /** The same key was sent with a different request. */
 export class IdempotencyKeyReused extends DomainError {
