@@ -448,11 +448,67 @@ class LocalLocks implements SessionLocks {
   onLost(): void {}
 }
 
+/**
+ * Holds a data directory for this process: PGlite is one process's database, and a second process
+ * opening the same files (another `npm start`, a tool while a service runs) would write beside the
+ * first and lose what it wrote. The lock file names its process; one whose process is gone (killed)
+ * is taken over. Answers its release.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const file = path.join(dataDir, 'pgdata.lock');
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return () => {
+        if (readPid(file) === process.pid) fs.rmSync(file, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = readPid(file);
+      if (holder !== undefined && holder !== process.pid && alive(holder)) {
+        throw new Error(
+          `DATA_DIR ${dataDir} is in use by process ${holder}, which has its embedded database open. ` +
+            `Stop it first, or point DATA_DIR elsewhere (if no such process is running, remove ${file}).`,
+          { cause: err },
+        );
+      }
+      fs.rmSync(file, { force: true }); // its process is gone (or it is this one)
+    }
+  }
+  throw new Error(`DATA_DIR ${dataDir}: could not take ${file}`);
+}
+
+function readPid(file: string): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, under another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 async function openEmbedded(config: Config, logger: Logger, options: OpenOptions): Promise<Db> {
   const inMemory = config.DATA_DIR === 'memory://' || config.DATA_DIR === ':memory:';
   const dataDir = inMemory ? undefined : path.resolve(config.DATA_DIR);
   if (dataDir) fs.mkdirSync(dataDir, { recursive: true });
-  const pglite = await PGlite.create(dataDir ? path.join(dataDir, 'pgdata') : 'memory://');
+  const unlock = dataDir ? lockDataDir(dataDir) : () => undefined;
+  let pglite: PGlite;
+  try {
+    pglite = await PGlite.create(dataDir ? path.join(dataDir, 'pgdata') : 'memory://');
+  } catch (err) {
+    unlock();
+    throw err;
+  }
 
   // PGlite has one session. Our pool holds `gate` for each connection checkout (a whole transaction),
   // and the wire-protocol server takes it for each message it runs, so neither side's statements can
@@ -541,6 +597,7 @@ async function openEmbedded(config: Config, logger: Logger, options: OpenOptions
       }
       await db.destroy();
       await pglite.close();
+      unlock();
     },
   };
 }
