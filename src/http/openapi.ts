@@ -7,6 +7,7 @@ import {
 import { z } from 'zod';
 import packageJson from '../../package.json';
 import { PROBLEM_CONTENT_TYPE, ProblemSchema } from './problem';
+import { CONSISTENT_AFTER_HEADER } from './middleware/consistency';
 
 // Gives `.openapi(...)` to zod schemas created from now on (zod 4 copies methods at construction,
 // so schemas built before this runs lack it). Prefer `.meta({ id, description, example })`, which
@@ -75,7 +76,7 @@ export type OpenApiDocument = ReturnType<OpenApiGeneratorV31['generateDocument']
 /** The OpenAPI 3.1 document for everything registered. Paths are relative to the `/api/v1` server. */
 export function generateOpenApiDocument(registry: OpenAPIRegistry): OpenApiDocument {
   // ProblemSchema (meta id 'Problem') is listed so components.schemas.Problem exists even when no path uses it.
-  return new OpenApiGeneratorV31([...registry.definitions, ProblemSchema]).generateDocument({
+  const doc = new OpenApiGeneratorV31([...registry.definitions, ProblemSchema]).generateDocument({
     openapi: '3.1.0',
     info: {
       title: 'Chat Credits API',
@@ -84,4 +85,30 @@ export function generateOpenApiDocument(registry: OpenAPIRegistry): OpenApiDocum
     },
     servers: [{ url: API_BASE }],
   });
+  // Every GET takes `X-Consistent-After` (API.md): a bad one is a 400, one its read model does not
+  // reach in time a 504. Said once here for all of them, as the middleware does it for all of them.
+  for (const item of Object.values(doc.paths ?? {})) {
+    const get = item.get;
+    if (!get) continue;
+    const parameters = get.parameters ?? [];
+    if (!parameters.some((p) => 'name' in p && p.name === CONSISTENT_AFTER_HEADER)) {
+      get.parameters = [...parameters, CONSISTENT_AFTER_PARAMETER];
+    }
+    get.responses ??= {};
+    for (const status of [400, 504]) {
+      get.responses[status] ??= {
+        description: STATUS_DESCRIPTIONS[status]!,
+        content: { [PROBLEM_CONTENT_TYPE]: { schema: { $ref: '#/components/schemas/Problem' } } },
+      };
+    }
+  }
+  return doc;
 }
+
+const CONSISTENT_AFTER_PARAMETER = {
+  name: CONSISTENT_AFTER_HEADER,
+  in: 'header' as const,
+  required: false,
+  description: 'A position a command answered (X-Event-Position): the read waits until it shows it.',
+  schema: { type: 'string' as const, pattern: '^[0-9]+$' },
+};
