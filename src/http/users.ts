@@ -99,7 +99,7 @@ export const users: Resource = (router, { deps, openapi }) => {
   });
   router.post('/users', limit('register_ip', clientIp), async (ctx) => {
     const body = RegisterBody.parse(ctx.request.body);
-    const { user, position } = await registerUser(
+    const { user, registeredAt, position } = await registerUser(
       identity,
       { username: body.username, password: body.password, email: body.email ?? null, method: 'password' },
       requestContext(ctx),
@@ -107,7 +107,7 @@ export const users: Resource = (router, { deps, openapi }) => {
     setEventPosition(ctx, position);
     ctx.status = 201;
     ctx.set('Location', `${API_BASE}/users/me`);
-    ctx.body = viewOf(user, deps.clock.now().toISOString());
+    ctx.body = viewOf(user, registeredAt ?? deps.clock.now().toISOString());
   });
 
   openapi.registerPath({

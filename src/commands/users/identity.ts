@@ -164,7 +164,7 @@ export async function registerUser(
   deps: IdentityDeps,
   input: RegisterInput,
   ctx: RequestContext,
-): Promise<{ user: UserState; registered: boolean; position: bigint }> {
+): Promise<{ user: UserState; registered: boolean; registeredAt: string | null; position: bigint }> {
   const userId = input.userId ?? deps.ids.next();
   const passwordHash = input.password === null ? null : await hashPassword(input.password);
   await reserve(deps, 'username', input.username, userId, ctx);
@@ -200,6 +200,8 @@ export async function registerUser(
   return {
     user: result.state,
     registered: registered !== undefined,
+    // As the user's profile shows it (the event's time, not a clock read later).
+    registeredAt: registered ? (registered.data as { registeredAt: string }).registeredAt : null,
     position: position > result.position ? position : result.position,
   };
 }
