@@ -13,6 +13,10 @@ afterAll(() => t?.close());
 const admin = `Bearer ${mintToken({ userId: 'admin-1', permission: 2 })}`;
 const userToken = (id: string) => `Bearer ${mintToken({ userId: id })}`;
 
+/** An admin's grant (or, negative, adjustment) of a user's credits. */
+const adminCredits = (userId: string, amount: number, reason: string) =>
+  t.http.post(`/api/v1/users/${userId}/credits`).set('Authorization', admin).send({ amount, reason });
+
 async function issue(body: Record<string, unknown>) {
   const res = await t.http.post('/api/v1/codes').set('Authorization', admin).send(body);
   expect(res.status).toBe(201);
@@ -99,21 +103,12 @@ describe('credits', () => {
   });
 
   it('lets admins grant and adjust, with each entry’s balance after it, paged', async () => {
-    const grant = await t.http
-      .post('/api/v1/users/dave/credits')
-      .set('Authorization', admin)
-      .send({ amount: 100, reason: 'welcome' });
+    const grant = await adminCredits('dave', 100, 'welcome');
     expect(grant.status).toBe(201);
     expect(grant.body).toMatchObject({ type: 'granted', amount: 100, balance_after: 100, reason: 'welcome' });
-    const adjust = await t.http
-      .post('/api/v1/users/dave/credits')
-      .set('Authorization', admin)
-      .send({ amount: -30, reason: 'double grant' });
+    const adjust = await adminCredits('dave', -30, 'double grant');
     expect(adjust.body).toMatchObject({ type: 'adjusted', amount: -30, balance_after: 70 });
-    const overdraw = await t.http
-      .post('/api/v1/users/dave/credits')
-      .set('Authorization', admin)
-      .send({ amount: -71, reason: 'too much' });
+    const overdraw = await adminCredits('dave', -71, 'too much');
     expect(overdraw.status).toBe(402);
     const nobody = await t.http
       .post('/api/v1/users/nobody/credits')
@@ -223,15 +218,9 @@ describe('credits', () => {
 it('answers an admin grant or adjustment with the entry the user’s history shows under its id', async () => {
   await registeredUser(t, 'adj-user');
   const owner = `Bearer ${mintToken({ userId: 'adj-user' })}`;
-  const grant = await t.http
-    .post('/api/v1/users/adj-user/credits')
-    .set('Authorization', admin)
-    .send({ amount: 100, reason: 'welcome' });
+  const grant = await adminCredits('adj-user', 100, 'welcome');
   expect(grant.status).toBe(201);
-  const adjust = await t.http
-    .post('/api/v1/users/adj-user/credits')
-    .set('Authorization', admin)
-    .send({ amount: -30, reason: 'double grant' });
+  const adjust = await adminCredits('adj-user', -30, 'double grant');
   expect(adjust.status).toBe(201);
   expect(adjust.body).toMatchObject({ type: 'adjusted', amount: -30, balance_after: 70 });
 

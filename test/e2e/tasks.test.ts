@@ -194,14 +194,24 @@ async function presetChat(
   return (chat.body as { id: string }).id;
 }
 
+/** Sends a user message (its parts as API.md has them) to a chat. */
+async function sendMessage(
+  auth: string,
+  chatId: string,
+  content: ({ type: 'text'; text: string } | { type: 'image'; url: string })[],
+  visible = true,
+): Promise<void> {
+  const sent = await t.http
+    .post(`${API}/chats/${chatId}/messages`)
+    .set('Authorization', auth)
+    .send({ content, visible });
+  expect(sent.status).toBe(201);
+}
+
 /** A chat (from a private preset) with one user message, ready for a reply. */
 async function newChat(auth: string, model = 'fake-model'): Promise<string> {
   const chatId = await presetChat(auth, model);
-  const msg = await t.http
-    .post(`${API}/chats/${chatId}/messages`)
-    .set('Authorization', auth)
-    .send({ content: [{ type: 'text', text: 'Tell me about foxes.' }] });
-  expect(msg.status).toBe(201);
+  await sendMessage(auth, chatId, [{ type: 'text', text: 'Tell me about foxes.' }]);
   return chatId;
 }
 
@@ -943,17 +953,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('holds a prompt’s images at the most a provider may count for them, and charges what it reports', async () => {
     const u = await newUser();
     const chatId = await presetChat(u.auth);
-    const asked = await t.http
-      .post(`${API}/chats/${chatId}/messages`)
-      .set('Authorization', u.auth)
-      .send({
-        content: [
-          { type: 'text', text: 'What are these?' },
-          { type: 'image', url: 'https://images.example.com/a.jpg' },
-          { type: 'image', url: 'https://images.example.com/b.jpg' },
-        ],
-      });
-    expect(asked.status).toBe(201);
+    await sendMessage(u.auth, chatId, [
+      { type: 'text', text: 'What are these?' },
+      { type: 'image', url: 'https://images.example.com/a.jpg' },
+      { type: 'image', url: 'https://images.example.com/b.jpg' },
+    ]);
     // The provider counts both pictures at high detail: far above our count of them.
     const reported = 1_900;
     fake.setBehaviour({ usage: { prompt_tokens: reported } });
@@ -1220,16 +1224,10 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   it('sends a message written in several text parts with its parts apart, not glued into one word', async () => {
     const u = await newUser();
     const chatId = await presetChat(u.auth);
-    const sent = await t.http
-      .post(`${API}/chats/${chatId}/messages`)
-      .set('Authorization', u.auth)
-      .send({
-        content: [
-          { type: 'text', text: 'Tell me about' },
-          { type: 'text', text: 'foxes.' },
-        ],
-      });
-    expect(sent.status).toBe(201);
+    await sendMessage(u.auth, chatId, [
+      { type: 'text', text: 'Tell me about' },
+      { type: 'text', text: 'foxes.' },
+    ]);
     const started = await startTask(u.auth, chatId);
     await finished(u.auth, started.id);
     expect(fake.requests.at(-1)!.body.messages!.at(-1)).toEqual({
@@ -1785,7 +1783,11 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     await settledSpending(u.auth, view.cost!, 'partial charged');
   });
 
-  it('cancels: upstream stopped, what was generated saved and charged, the rest released', async () => {
+  /**
+   * A slow reply that `stop` ends after its first tokens: the reader told, upstream closed, the task
+   * cancelled and charged for what was generated. Answers the user, the task, its stream and its view.
+   */
+  async function stoppedMidReply(stop: (auth: string, chatId: string, taskId: string) => Promise<void>) {
     const u = await newUser();
     fake.setBehaviour({ tokenDelayMs: 100 });
     const chatId = await newChat(u.auth);
@@ -1793,15 +1795,23 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
     const started = await startTask(u.auth, chatId);
     const reading = stream(u.auth, started.id);
     await tokensSent(asked, 2);
-    const cancel = await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth);
-    expect(cancel.status).toBe(202);
+    await stop(u.auth, chatId, started.id);
     const s = await reading;
     expect(s.events.at(-1)).toMatchObject({ event: 'error' });
     await fake.requests[asked]!.closed;
     expect(fake.requests[asked]!.closedByClient).toBe(true);
     const view = await finished(u.auth, started.id);
     expect(view.status).toBe('cancelled');
-    await settledSpending(u.auth, view.cost ?? 0, 'settled');
+    await settledSpending(u.auth, view.cost ?? 0, 'charged for what was generated');
+    return { u, started, s, view };
+  }
+
+  it('cancels: upstream stopped, what was generated saved and charged, the rest released', async () => {
+    const { u, started } = await stoppedMidReply(async (auth, _chatId, taskId) => {
+      expect((await t.http.post(`${API}/tasks/${taskId}/cancel`).set('Authorization', auth)).status).toBe(
+        202,
+      );
+    });
     // A finished task cannot be cancelled again.
     expect((await t.http.post(`${API}/tasks/${started.id}/cancel`).set('Authorization', u.auth)).status).toBe(
       409,
@@ -1809,24 +1819,12 @@ describe('tasks, end to end against an OpenAI-compatible provider', () => {
   });
 
   it('cancels the reply being generated in a chat that is deleted, charging only what was generated', async () => {
-    const u = await newUser();
-    fake.setBehaviour({ tokenDelayMs: 100 });
-    const chatId = await newChat(u.auth);
-    const asked = fake.requests.length;
-    const started = await startTask(u.auth, chatId);
-    const reading = stream(u.auth, started.id);
-    await tokensSent(asked, 2);
-    expect((await t.http.delete(`${API}/chats/${chatId}`).set('Authorization', u.auth)).status).toBe(204);
-    const s = await reading;
-    expect(s.events.at(-1)).toMatchObject({ event: 'error' });
-    await fake.requests[asked]!.closed;
-    expect(fake.requests[asked]!.closedByClient).toBe(true);
-    const view = await finished(u.auth, started.id);
-    expect(view.status).toBe('cancelled');
+    const { s, view } = await stoppedMidReply(async (auth, chatId) => {
+      expect((await t.http.delete(`${API}/chats/${chatId}`).set('Authorization', auth)).status).toBe(204);
+    });
     expect(s.events.some((e) => e.event === 'delta')).toBe(true);
     expect(view.usage!.completion_tokens).toBeLessThan(tokenPieces(REPLY).length);
     expect(view.cost).toBeGreaterThan(0);
-    await settledSpending(u.auth, view.cost ?? 0, 'charged for what was generated');
   });
 
   it('stops a generation whose cancel message never reached its instance, from the cancel in its stream', async () => {
@@ -2114,13 +2112,7 @@ describe('a chat longer than its model’s context window', () => {
     const chatId = await presetChat(u.auth, 'fake-narrow', opening);
     const question = (i: number) =>
       `Question ${i}: ${'tell me more about foxes and their dens in winter, '.repeat(5)}`;
-    const ask = async (i: number) => {
-      const sent = await t.http
-        .post(`${API}/chats/${chatId}/messages`)
-        .set('Authorization', u.auth)
-        .send({ content: [{ type: 'text', text: question(i) }] });
-      expect(sent.status).toBe(201);
-    };
+    const ask = (i: number) => sendMessage(u.auth, chatId, [{ type: 'text', text: question(i) }]);
     const history: ChatMessageInput[] = [...opening];
     for (let i = 0; i < 8; i++) {
       await ask(i);
@@ -2187,13 +2179,8 @@ describe('a chat longer than its model’s context window', () => {
   it('fits the history to the model the task names, hidden messages counted with the rest', async () => {
     const u = await newUser();
     const chatId = await presetChat(u.auth, 'fake-model');
-    const say = async (text: string, visible = true) => {
-      const sent = await t.http
-        .post(`${API}/chats/${chatId}/messages`)
-        .set('Authorization', u.auth)
-        .send({ content: [{ type: 'text', text }], visible });
-      expect(sent.status).toBe(201);
-    };
+    const say = (text: string, visible = true) =>
+      sendMessage(u.auth, chatId, [{ type: 'text', text }], visible);
     const note = `Hidden note: ${'the user keeps foxes and likes short answers. '.repeat(6)}`;
     await say(note, false);
     const questions = Array.from(
