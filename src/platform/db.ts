@@ -613,11 +613,7 @@ async function runningEmbeddedServer(dataDir: string): Promise<string | undefine
   } catch {
     return undefined;
   }
-  try {
-    process.kill(info.pid, 0);
-  } catch {
-    return undefined; // the process that wrote it is gone
-  }
+  if (!alive(info.pid)) return undefined; // the process that wrote it is gone
   const { hostname, port } = new URL(info.url);
   const reachable = await new Promise<boolean>((resolve) => {
     const socket = net.connect(Number(port), hostname, () => {
