@@ -164,7 +164,7 @@ export async function registerUser(
   deps: IdentityDeps,
   input: RegisterInput,
   ctx: RequestContext,
-): Promise<{ user: UserState; registered: boolean; registeredAt: string | null; position: bigint }> {
+): Promise<{ user: UserState; registeredAt: string | null; position: bigint }> {
   const userId = input.userId ?? deps.ids.next();
   const passwordHash = input.password === null ? null : await hashPassword(input.password);
   await reserve(deps, 'username', input.username, userId, ctx);
@@ -199,8 +199,8 @@ export async function registerUser(
   const position = registered ? await grantSignupCredits(deps.commands, registered) : result.position;
   return {
     user: result.state,
-    registered: registered !== undefined,
-    // As the user's profile shows it (the event's time, not a clock read later).
+    // As the user's profile shows it (the event's time, not a clock read later); null when another
+    // registration of the same user got there first.
     registeredAt: registered ? (registered.data as { registeredAt: string }).registeredAt : null,
     position: position > result.position ? position : result.position,
   };
@@ -603,7 +603,7 @@ export async function providerSignIn(
         );
         user = done.user;
         // Registered by this sign-in, or by another of the same identity at the same time.
-        registered = done.registered;
+        registered = done.registeredAt !== null;
         break;
       } catch (err) {
         // A random username colliding is rare; another attempt picks another.
