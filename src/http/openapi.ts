@@ -3,6 +3,7 @@ import {
   OpenApiGeneratorV31,
   extendZodWithOpenApi,
   type ResponseConfig,
+  type RouteConfig,
 } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
 import packageJson from '../../package.json';
@@ -75,8 +76,13 @@ export type OpenApiDocument = ReturnType<OpenApiGeneratorV31['generateDocument']
 
 /** The OpenAPI 3.1 document for everything registered. Paths are relative to the `/api/v1` server. */
 export function generateOpenApiDocument(registry: OpenAPIRegistry): OpenApiDocument {
+  // Every GET takes `X-Consistent-After` (API.md): a bad one is a 400, one its read model does not
+  // reach in time a 504. Said once here for all of them, as the middleware does it for all of them.
+  const definitions = registry.definitions.map((d) =>
+    d.type === 'route' && d.route.method === 'get' ? { ...d, route: withConsistentRead(d.route) } : d,
+  );
   // ProblemSchema (meta id 'Problem') is listed so components.schemas.Problem exists even when no path uses it.
-  const doc = new OpenApiGeneratorV31([...registry.definitions, ProblemSchema]).generateDocument({
+  return new OpenApiGeneratorV31([...definitions, ProblemSchema]).generateDocument({
     openapi: '3.1.0',
     info: {
       title: 'Chat Credits API',
@@ -85,30 +91,28 @@ export function generateOpenApiDocument(registry: OpenAPIRegistry): OpenApiDocum
     },
     servers: [{ url: API_BASE }],
   });
-  // Every GET takes `X-Consistent-After` (API.md): a bad one is a 400, one its read model does not
-  // reach in time a 504. Said once here for all of them, as the middleware does it for all of them.
-  for (const item of Object.values(doc.paths ?? {})) {
-    const get = item.get;
-    if (!get) continue;
-    const parameters = get.parameters ?? [];
-    if (!parameters.some((p) => 'name' in p && p.name === CONSISTENT_AFTER_HEADER)) {
-      get.parameters = [...parameters, CONSISTENT_AFTER_PARAMETER];
-    }
-    get.responses ??= {};
-    for (const status of [400, 504]) {
-      get.responses[status] ??= {
-        description: STATUS_DESCRIPTIONS[status]!,
-        content: { [PROBLEM_CONTENT_TYPE]: { schema: { $ref: '#/components/schemas/Problem' } } },
-      };
-    }
-  }
-  return doc;
 }
 
-const CONSISTENT_AFTER_PARAMETER = {
-  name: CONSISTENT_AFTER_HEADER,
-  in: 'header' as const,
-  required: false,
-  description: 'A position a command answered (X-Event-Position): the read waits until it shows it.',
-  schema: { type: 'string' as const, pattern: '^[0-9]+$' },
-};
+const ConsistentAfterHeader = z.object({
+  [CONSISTENT_AFTER_HEADER]: z
+    .string()
+    .regex(/^[0-9]+$/)
+    .optional()
+    .meta({
+      description: 'A position a command answered (X-Event-Position): the read waits until it shows it.',
+    }),
+});
+
+/** A GET's route as documented: the header it takes, and the answers it brings (the route's own first). */
+function withConsistentRead(route: RouteConfig): RouteConfig {
+  const headers = route.request?.headers ?? z.object({});
+  return {
+    ...route,
+    // (No route declares its headers as a list; one that did would keep them as they are.)
+    request: {
+      ...route.request,
+      headers: headers instanceof z.ZodObject ? headers.extend(ConsistentAfterHeader.shape) : headers,
+    },
+    responses: { ...problemResponses(400, 504), ...route.responses },
+  };
+}
