@@ -3,8 +3,8 @@ import sharp from 'sharp';
 import supertest from 'supertest';
 import { createApp } from '../../src/http/app';
 import { allResources } from '../../src/http/resources';
-import type { Db } from '../../src/platform/db';
 import { allProjectors } from '../../src/projections';
+import { holdingReadsOf } from '../support/holdReads';
 import { createTestApp, type TestApp } from '../support/app';
 
 /**
@@ -25,51 +25,6 @@ const png = (color: { r: number; g: number; b: number }) =>
     .toBuffer();
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-/**
- * The app's database, with every read of `table` held until `release` is called (a slow query, a
- * pool busy under load): `held` resolves when one is waiting.
- */
-function holdingReadsOf(db: Db, table: string) {
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  let onHeld!: () => void;
-  const held = new Promise<void>((resolve) => (onHeld = resolve));
-  const wrap = <T extends object>(builder: T): T =>
-    new Proxy(builder, {
-      get(target, prop) {
-        const v = Reflect.get(target, prop, target) as unknown;
-        if (typeof v !== 'function') return v;
-        if (prop === 'execute' || prop === 'executeTakeFirst' || prop === 'executeTakeFirstOrThrow') {
-          return async (...args: unknown[]) => {
-            onHeld();
-            await gate;
-            return (v as (...a: unknown[]) => unknown).apply(target, args);
-          };
-        }
-        return (...args: unknown[]) => {
-          const r = (v as (...a: unknown[]) => unknown).apply(target, args);
-          return r && typeof r === 'object' && 'executeTakeFirst' in r ? wrap(r) : r;
-        };
-      },
-    });
-  const kysely = new Proxy(db.db, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target) as unknown;
-      if (prop === 'selectFrom') {
-        return (from: string, ...rest: unknown[]) => {
-          const b = (v as (...a: unknown[]) => object).call(target, from, ...rest);
-          return from === table ? wrap(b) : b;
-        };
-      }
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  const gated = new Proxy(db, {
-    get: (target, prop) => (prop === 'db' ? kysely : (Reflect.get(target, prop, target) as unknown)),
-  });
-  return { db: gated, held, release };
-}
 
 describe('an avatar changed while another request serves it', () => {
   it('is served with the ETag of the picture sent', async () => {

@@ -1,10 +1,9 @@
-import type { Kysely } from 'kysely';
 import supertest from 'supertest';
 import { createApp } from '../../src/http/app';
 import { allResources } from '../../src/http/resources';
-import type { Database, Db } from '../../src/platform/db';
 import { allProjectors } from '../../src/projections';
 import { createTestApp, registeredUser, type TestApp } from '../support/app';
+import { holdingReadsOf } from '../support/holdReads';
 import { bearer } from '../support/tokens';
 
 /**
@@ -17,63 +16,6 @@ import { bearer } from '../support/tokens';
 let t: TestApp;
 const admin = bearer({ userId: 'admin-1', permission: 2 });
 const user = bearer({ userId: 'skew' });
-
-/** Holds back the next read of `ledger_entries` (the history), before it runs, until released. */
-function holdHistoryRead() {
-  let armed = false;
-  let reached!: () => void;
-  const atHold = new Promise<void>((resolve) => (reached = resolve));
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  const held = <B extends object>(builder: B): B =>
-    new Proxy(builder, {
-      get(target, prop, receiver) {
-        const value = Reflect.get(target, prop, receiver) as unknown;
-        if (typeof value !== 'function') return value;
-        const call = (...args: unknown[]) => (value as (...a: unknown[]) => unknown).apply(target, args);
-        if (prop === 'execute' || prop === 'executeTakeFirst') {
-          return async (...args: unknown[]) => {
-            reached();
-            await released;
-            return call(...args);
-          };
-        }
-        return (...args: unknown[]) => {
-          const r = call(...args);
-          return r !== null && typeof r === 'object' && 'execute' in r ? held(r) : r;
-        };
-      },
-    });
-  /** The app's database, with the hold; a transaction's queries go through it too. */
-  const kysely = (k: Kysely<Database>): Kysely<Database> =>
-    new Proxy(k, {
-      get(target, prop, receiver) {
-        const value = Reflect.get(target, prop, receiver) as unknown;
-        if (prop === 'selectFrom') {
-          return (table: never) => {
-            const query = target.selectFrom(table);
-            if (!armed || (table as string) !== 'ledger_entries') return query;
-            armed = false;
-            return held(query);
-          };
-        }
-        if (prop === 'transaction') return () => transaction(target.transaction());
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-  const transaction = <B extends object>(builder: B): B =>
-    new Proxy(builder, {
-      get(target, prop, receiver) {
-        const value = Reflect.get(target, prop, receiver) as (...a: unknown[]) => unknown;
-        if (prop === 'execute') {
-          return (run: (trx: Kysely<Database>) => Promise<unknown>) =>
-            value.call(target, (trx: Kysely<Database>) => run(kysely(trx)));
-        }
-        return (...args: unknown[]) => transaction(value.apply(target, args) as object);
-      },
-    });
-  return { kysely, arm: () => (armed = true), atHold, release };
-}
 
 beforeAll(async () => {
   t = await createTestApp({ resources: [...allResources], projectors: allProjectors });
@@ -92,20 +34,16 @@ const grant = async (amount: number) => {
 
 it('GET /users/me/credits answers a balance that agrees with its own history', async () => {
   const first = await grant(100);
-  const hold = holdHistoryRead();
-  const db: Db = new Proxy(t.deps.db, {
-    get: (target, prop, receiver) =>
-      prop === 'db' ? hold.kysely(target.db) : (Reflect.get(target, prop, receiver) as unknown),
-  });
-  const http = supertest(createApp({ ...t.deps, db }, [...allResources]).callback());
+  // Another instance of the app, whose reads of the history are held before they run.
+  const hold = holdingReadsOf(t.deps.db, 'ledger_entries');
+  const http = supertest(createApp({ ...t.deps, db: hold.db }, [...allResources]).callback());
 
-  hold.arm();
   const reading = http
     .get('/api/v1/users/me/credits')
     .set('Authorization', user)
     .set('X-Consistent-After', first)
     .then((r) => r);
-  await hold.atHold;
+  await hold.held;
   // Made and projected while the balance is held, if the read lets them: on PGlite a snapshot held
   // open keeps every other statement waiting, the grant's too.
   const granting = grant(5);
