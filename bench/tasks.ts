@@ -92,14 +92,14 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
     // tasks first, unmeasured, on users of their own: the code paths of a task are compiled, and
     // each measured task is still its user's first (nothing of its chat or slots is cached).
     for (const u of warmupUsers) await runTask(base, u);
-    for (let i = 0; i < WARMUP_TASKS; i++) await directFirstToken(fakeUrl);
+    for (let i = 0; i < WARMUP_TASKS; i++) await completionFirstToken(fakeUrl);
     const direct: number[] = [];
     const through: number[] = [];
     const answered: number[] = [];
     const whole: number[] = [];
     /** Each back-to-back sample as it came: its first token, and when its POST was answered. */
     const inOrder: { first: number; answered: number }[] = [];
-    for (let i = 0; i < samples; i++) direct.push(await directFirstToken(fakeUrl));
+    for (let i = 0; i < samples; i++) direct.push(await completionFirstToken(fakeUrl));
     // The floor of what a task can add: a task is two requests (POST, then its stream), and an
     // HTTP round trip to the service that touches nothing (GET /health) is part of each.
     const bare: number[] = [];
@@ -118,7 +118,14 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
       await new Promise((resolve) => setTimeout(resolve, IDLE_PAUSE_MS));
       idle.push((await runTask(base, u)).firstTokenMs);
     }
-    for (const a of [direct, through, answered, idle, whole, bare]) a.sort((x, y) => x - y);
+    // The same streaming request as straight to the fake, through the service's `/chat/completions`
+    // (held, charged and settled like a task): what the service adds to one request, where a
+    // chat's task is two (its POST, then its stream).
+    for (const u of warmupUsers) await completionFirstToken(base, u.auth);
+    const completions: number[] = [];
+    for (let i = 0; i < samples; i++)
+      completions.push(await completionFirstToken(base, users[i % STREAMS]!.auth));
+    for (const a of [direct, through, answered, idle, whole, bare, completions]) a.sort((x, y) => x - y);
     // What the service adds: its times less the fake's typical one. Both percentiles subtract the
     // median, since the fake's slowest answers are hiccups of their own: p99 less p99 once reported
     // a p99 below the p50.
@@ -169,6 +176,15 @@ async function tasksOn(ctx: BenchContext, serverUrl: string | undefined): Promis
         suite: 'tasks',
         name: `added time to first token p${p}, ${IDLE_PAUSE_MS} ms between tasks, ${db}${setup}`,
         value: percentile(idle, p) - percentile(direct, 50),
+        unit: 'ms',
+        reference: { name: 'direct to the fake, p50 ms', value: percentile(direct, 50) },
+      });
+    }
+    for (const p of [50, 99]) {
+      ctx.figures.push({
+        suite: 'tasks',
+        name: `added time to first token p${p}, the same request through /chat/completions, ${db}${setup}`,
+        value: percentile(completions, p) - percentile(direct, 50),
         unit: 'ms',
         reference: { name: 'direct to the fake, p50 ms', value: percentile(direct, 50) },
       });
@@ -430,12 +446,15 @@ async function roundTrip(url: string): Promise<number> {
   return performance.now() - t0;
 }
 
-/** One streaming request straight to the fake, timed up to its first content chunk. */
-async function directFirstToken(fakeUrl: string): Promise<number> {
+/**
+ * One streaming chat completion, timed up to its first content chunk: straight to the fake, or the
+ * same request through the service's `/chat/completions` (as a user, charged to their credits).
+ */
+async function completionFirstToken(baseUrl: string, auth = 'Bearer bench'): Promise<number> {
   const t0 = performance.now();
-  const res = await send(`${fakeUrl}/chat/completions`, {
+  const res = await send(`${baseUrl}/chat/completions`, {
     method: 'POST',
-    auth: 'Bearer bench',
+    auth,
     body: {
       model: 'fake-model',
       stream: true,
@@ -443,6 +462,8 @@ async function directFirstToken(fakeUrl: string): Promise<number> {
       messages: [{ role: 'user', content: 'What is event sourcing?' }],
     },
   });
+  if (res.status !== 200)
+    throw new Error(`${baseUrl}/chat/completions: ${res.status} ${await res.body.text()}`);
   let first = NaN;
   let text = '';
   const decoder = new TextDecoder();
