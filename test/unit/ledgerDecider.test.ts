@@ -4,6 +4,7 @@ import {
   MAX_BALANCE,
   HoldNotFound,
   InsufficientCredits,
+  LedgerIdTaken,
   RefundExceedsCharge,
   ledgerDecider,
   type LedgerCommand,
@@ -233,6 +234,38 @@ describe('ledger decider', () => {
           data: { userId: u, chargeId: 'c1', amount: 5, reason: 'api call', holdId: null, chargedAt: at },
         },
       ]);
+  });
+
+  it('keeps holds and direct charges apart: neither takes the id of the other', () => {
+    // A capture is kept under its hold's id beside the direct charges; a hold named as a charge
+    // would, captured, replace that charge's record (what it can still be refunded).
+    const charged: LedgerEvent = {
+      type: 'CreditsCharged',
+      data: { userId: u, chargeId: 'x', amount: 100, reason: 'api call', holdId: null, chargedAt: at },
+    };
+    spec
+      .given([granted(1000), charged])
+      .when(cmd('ReserveCredits', { userId: u, holdId: 'x', amount: 50, expiresAt: later, reason: 'task' }))
+      .thenThrows(LedgerIdTaken);
+    const charge = cmd('ChargeCredits', {
+      userId: u,
+      chargeId: 't1',
+      amount: 5,
+      reason: 'api call',
+      allowDirect: true,
+    });
+    spec
+      .given([granted(1000), reserved('t1', 50)])
+      .when(charge)
+      .thenThrows(LedgerIdTaken);
+    const captured: LedgerEvent = {
+      type: 'CreditsCaptured',
+      data: { userId: u, holdId: 't1', amount: 30, capturedAt: at },
+    };
+    spec
+      .given([granted(1000), reserved('t1', 30), captured])
+      .when(charge)
+      .thenThrows(LedgerIdTaken);
   });
 
   it('refuses an adjustment that would take available credits below zero', () => {

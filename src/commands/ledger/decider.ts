@@ -36,6 +36,11 @@ export class HoldNotFound extends NotFound {}
 export class ChargeNotFound extends NotFound {}
 export class RefundExceedsCharge extends Conflict {}
 export class DirectChargeNotAllowed extends Conflict {}
+/**
+ * A hold and a direct charge named alike: a capture is recorded under its hold's id beside the
+ * direct charges, so the two kinds share one set of ids.
+ */
+export class LedgerIdTaken extends Conflict {}
 
 interface Hold {
   amount: number;
@@ -158,6 +163,7 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
     case 'ReserveCredits': {
       const { holdId, amount } = cmd.data;
       if (s.holds.has(holdId) || s.resolved.has(holdId)) return [];
+      if (s.charges.has(holdId)) throw new LedgerIdTaken(`A charge is named ${holdId}; a hold cannot be.`);
       positive(amount, 'amount');
       if (available(s) < amount) throw new InsufficientCredits(available(s), amount);
       return [{ type: 'CreditsReserved', data: { ...cmd.data, reservedAt: now } }];
@@ -196,6 +202,9 @@ export function decideLedger(cmd: LedgerCommand, s: Ledger): LedgerEvent[] {
     }
     case 'ChargeCredits': {
       const { chargeId, amount, allowDirect, userId, reason } = cmd.data;
+      if (s.holds.has(chargeId) || s.resolved.has(chargeId)) {
+        throw new LedgerIdTaken(`A hold is named ${chargeId}; a charge cannot be.`);
+      }
       if (s.charges.has(chargeId)) return [];
       if (!allowDirect)
         throw new DirectChargeNotAllowed('Charges need a hold; direct charges are not allowed.');
