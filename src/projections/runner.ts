@@ -1,5 +1,11 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
-import { START, compareLogPositions, type EventStore, type LogPosition } from '../eventstore/port';
+import {
+  START,
+  compareLogPositions,
+  type EventStore,
+  type LogPosition,
+  type RecordedEvent,
+} from '../eventstore/port';
 import type { Db } from '../platform/db';
 import type { Logger } from '../platform/logger';
 import type { Database } from '../platform/schema';
@@ -40,6 +46,11 @@ const POLL_MS = 10;
  * batch. Progress not yet saved is only read again after a restart, and finds nothing to apply.
  */
 const IDLE_CHECKPOINT_MS = 250;
+/**
+ * The most events a rebuild applies in one transaction: a read model writing a statement per event
+ * holds it for about a quarter of a second here (10,000 held it for 2 s, CONSISTENCY_TIMEOUT_MS).
+ */
+export const REBUILD_TRANSACTION_EVENTS = 1_000;
 
 /**
  * Runs projectors: one runner per projector across all processes (advisory lock; the others stand
@@ -546,6 +557,21 @@ export async function rebuildProjection(
         db,
       );
     }
+    /**
+     * Applies events to the new tables, at most REBUILD_TRANSACTION_EVENTS a transaction: the
+     * PostgreSQL store reads no event above the oldest running transaction, so a long one here
+     * would hold back every live read model (and read-your-writes would answer 504).
+     */
+    const applyToNewTables = async (events: RecordedEvent[]) => {
+      for (let i = 0; i < events.length; i += REBUILD_TRANSACTION_EVENTS) {
+        const slice = events.slice(i, i + REBUILD_TRANSACTION_EVENTS);
+        await db.transaction().execute(async (trx) => {
+          // Unqualified names resolve to the new tables first, whatever SQL the projector writes.
+          await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
+          await projector.apply(trx, slice);
+        });
+      }
+    };
     const types = projector.eventTypes;
     const total = await store.count({ filter: { eventTypes: types }, limit: Number.MAX_SAFE_INTEGER });
     let processed = 0;
@@ -559,11 +585,7 @@ export async function rebuildProjection(
       next?.catch(() => undefined); // awaited below; don't let a failure go unhandled meanwhile
       if (batch.events.length > 0) {
         const events = batch.events;
-        await db.transaction().execute(async (trx) => {
-          // Unqualified names resolve to the new tables first, whatever SQL the projector writes.
-          await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
-          await projector.apply(trx, events);
-        });
+        await applyToNewTables(events);
         processed += events.length;
         onProgress?.({ name: projector.name, processed, total: Math.max(total, processed) });
       }
@@ -577,10 +599,7 @@ export async function rebuildProjection(
         const more = await store.readAll({ from, maxCount: batchSize, filter: { eventTypes: types } });
         const events = more.events.filter((e) => compareLogPositions(e.logPosition, to) <= 0);
         if (events.length > 0) {
-          await db.transaction().execute(async (trx) => {
-            await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
-            await projector.apply(trx, events);
-          });
+          await applyToNewTables(events);
           processed += events.length;
         }
         if (events.length < more.events.length || more.caughtUp) break;
@@ -610,8 +629,17 @@ export async function rebuildProjection(
         // Moved on since it was read: catch up once more (the log is read outside this transaction).
         if (locked && compareLogPositions(locked.position, position) > 0) return false;
         for (const table of projector.tables) {
+          // `like … including all` named the copied indexes by PostgreSQL's rule: they take the
+          // names the migrations gave the old ones, which later migrations refer to.
+          const names = await indexNames(trx, table);
           await sql`drop table ${sql.id('public', table)}`.execute(trx);
           await sql`alter table ${sql.id(schema, table)} set schema public`.execute(trx);
+          for (const [definition, name] of await indexNames(trx, table)) {
+            const old = names.get(definition);
+            if (old !== undefined && old !== name) {
+              await sql`alter index ${sql.id('public', name)} rename to ${sql.id(old)}`.execute(trx);
+            }
+          }
         }
         await sql`drop schema ${sql.id(schema)}`.execute(trx);
         await trx
@@ -633,6 +661,17 @@ export async function rebuildProjection(
   } finally {
     await handle.locks.release(lockKey).catch(() => undefined);
   }
+}
+
+/** The indexes of a table in `public`, by their definition without their name. */
+async function indexNames(trx: Transaction<Database>, table: string): Promise<Map<string, string>> {
+  const { rows } = await sql<{ indexname: string; indexdef: string }>`
+    select indexname, indexdef from pg_indexes where schemaname = 'public' and tablename = ${table}`.execute(
+    trx,
+  );
+  return new Map(
+    rows.map((r) => [r.indexdef.replace(/^(CREATE (?:UNIQUE )?INDEX )\S+ ON /, '$1ON '), r.indexname]),
+  );
 }
 
 function sleep(ms: number): Promise<void> {
