@@ -27,6 +27,10 @@ const granted = (amount: number, grantId = 'g1'): LedgerEvent => ({
   type: 'CreditsGranted',
   data: { userId: u, grantId, amount, reason: 'signup', grantedAt: at },
 });
+const captured = (holdId: string, amount: number): LedgerEvent => ({
+  type: 'CreditsCaptured',
+  data: { userId: u, holdId, amount, capturedAt: at },
+});
 const reserved = (holdId: string, amount: number, expiresAt = later): LedgerEvent => ({
   type: 'CreditsReserved',
   data: { userId: u, holdId, amount, reason: 'task', expiresAt, reservedAt: at },
@@ -70,16 +74,12 @@ describe('ledger decider', () => {
         { type: 'CreditsCaptured', data: { userId: u, holdId: 't1', amount: 30, capturedAt: at } },
         { type: 'CreditsReleased', data: { userId: u, holdId: 't1', amount: 20, releasedAt: at } },
       ]);
-    const captured: LedgerEvent = {
-      type: 'CreditsCaptured',
-      data: { userId: u, holdId: 't1', amount: 50, capturedAt: at },
-    };
     spec
-      .given([granted(100), reserved('t1', 50), captured])
+      .given([granted(100), reserved('t1', 50), captured('t1', 50)])
       .when(capture)
       .then([]);
     spec
-      .given([granted(100), reserved('t1', 50), captured])
+      .given([granted(100), reserved('t1', 50), captured('t1', 50)])
       .when(cmd('ReleaseCredits', { userId: u, holdId: 't1' }))
       .then([]);
   });
@@ -181,11 +181,7 @@ describe('ledger decider', () => {
   });
 
   it('refunds at most what was charged, once per refund id', () => {
-    const captured: LedgerEvent = {
-      type: 'CreditsCaptured',
-      data: { userId: u, holdId: 't1', amount: 30, capturedAt: at },
-    };
-    const history = [granted(100), reserved('t1', 30), captured];
+    const history = [granted(100), reserved('t1', 30), captured('t1', 30)];
     const refund = (refundId: string, amount: number) =>
       cmd('RefundCredits', { userId: u, refundId, chargeId: 't1', amount, reason: 'bad answer' });
     spec
@@ -258,12 +254,8 @@ describe('ledger decider', () => {
       .given([granted(1000), reserved('t1', 50)])
       .when(charge)
       .thenThrows(LedgerIdTaken);
-    const captured: LedgerEvent = {
-      type: 'CreditsCaptured',
-      data: { userId: u, holdId: 't1', amount: 30, capturedAt: at },
-    };
     spec
-      .given([granted(1000), reserved('t1', 30), captured])
+      .given([granted(1000), reserved('t1', 30), captured('t1', 30)])
       .when(charge)
       .thenThrows(LedgerIdTaken);
   });
