@@ -557,10 +557,11 @@ export async function rebuildProjection(
         db,
       );
     }
+    let processed = 0;
     /**
-     * Applies events to the new tables, at most REBUILD_TRANSACTION_EVENTS a transaction: the
-     * PostgreSQL store reads no event above the oldest running transaction, so a long one here
-     * would hold back every live read model (and read-your-writes would answer 504).
+     * Applies events to the new tables (counted in `processed`), at most REBUILD_TRANSACTION_EVENTS
+     * a transaction: the PostgreSQL store reads no event above the oldest running transaction, so
+     * a long one here would hold back every live read model (and read-your-writes would answer 504).
      */
     const applyToNewTables = async (events: RecordedEvent[]) => {
       for (let i = 0; i < events.length; i += REBUILD_TRANSACTION_EVENTS) {
@@ -570,11 +571,11 @@ export async function rebuildProjection(
           await sql`set local search_path to ${sql.id(schema)}, public`.execute(trx);
           await projector.apply(trx, slice);
         });
+        processed += slice.length;
       }
     };
     const types = projector.eventTypes;
     const total = await store.count({ filter: { eventTypes: types }, limit: Number.MAX_SAFE_INTEGER });
-    let processed = 0;
     onProgress?.({ name: projector.name, processed, total });
     const read = (from: LogPosition) =>
       store.readAll({ from, maxCount: batchSize, filter: { eventTypes: types } });
@@ -584,9 +585,7 @@ export async function rebuildProjection(
       const next = batch.caughtUp ? undefined : read(batch.next);
       next?.catch(() => undefined); // awaited below; don't let a failure go unhandled meanwhile
       if (batch.events.length > 0) {
-        const events = batch.events;
-        await applyToNewTables(events);
-        processed += events.length;
+        await applyToNewTables(batch.events);
         onProgress?.({ name: projector.name, processed, total: Math.max(total, processed) });
       }
       if (!next) break;
@@ -598,10 +597,7 @@ export async function rebuildProjection(
       for (let from = position; compareLogPositions(from, to) < 0;) {
         const more = await store.readAll({ from, maxCount: batchSize, filter: { eventTypes: types } });
         const events = more.events.filter((e) => compareLogPositions(e.logPosition, to) <= 0);
-        if (events.length > 0) {
-          await applyToNewTables(events);
-          processed += events.length;
-        }
+        if (events.length > 0) await applyToNewTables(events);
         if (events.length < more.events.length || more.caughtUp) break;
         from = more.next;
       }
